@@ -1,0 +1,84 @@
+"""The causal interface decoder (the universal task layer), with a KV cache."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from metalm_jax.models import layers
+
+POSITION_SCHEMES = ("learned", "sinusoidal", "rotary")
+
+
+def causal_segment_mask(segment_ids):
+  """bool [B, 1, L, L]: query t may see key s <= t of the same segment."""
+  l = segment_ids.shape[-1]
+  causal = jnp.tril(jnp.ones((l, l), jnp.bool_))
+  same = segment_ids[:, :, None] == segment_ids[:, None, :]
+  return (causal[None] & same)[:, None]
+
+
+class Decoder(nn.Module):
+  """Pre-LN / DeepNorm causal Transformer with tied (or untied) output embedding.
+
+  cfg: the `model.decoder` config section (FrozenConfigDict).
+  """
+  cfg: Any
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    cfg = self.cfg
+    if cfg.positions not in POSITION_SCHEMES:
+      raise ValueError(f"model.decoder.positions={cfg.positions!r}; expected one of {POSITION_SCHEMES}")
+    init = nn.initializers.normal(0.02)
+    self.embedder = nn.Embed(cfg.vocab_size, cfg.emb_dim, dtype=self.dtype, param_dtype=jnp.float32,
+                             embedding_init=layers.param_init(init, ("vocab", "embed")))
+    if cfg.positions == "learned":
+      self.pos_embedding = self.param("pos_embedding", layers.param_init(init, ("length", "embed")),
+                                      (cfg.max_len, cfg.emb_dim))
+    self.blocks = [
+        layers.block_from_cfg(cfg, self.dtype, rotary=cfg.positions == "rotary",
+                              remat=cfg.get("remat", False), name=f"layers_{i}")
+        for i in range(cfg.num_layers)]
+    if cfg.norm == "pre":
+      self.final_norm = layers.LayerNorm(cfg.ln_eps, self.dtype)
+    self.embed_dropout = nn.Dropout(cfg.get("dropout", 0.0))
+    if not cfg.tie_embeddings:
+      self.lm_head = nn.Dense(cfg.vocab_size, use_bias=False, dtype=self.dtype,
+                              param_dtype=jnp.float32,
+                              kernel_init=layers.param_init(init, ("embed", "vocab")))
+
+  def embed(self, tokens):
+    return self.embedder(tokens)
+
+  def __call__(self, tokens, positions, segment_ids, input_embeds: Optional[Any] = None,
+               decode: bool = False, deterministic: bool = True):
+    """Returns float32 logits [B, T, vocab].
+
+    In decode mode the call appends T positions to the KV cache; `segment_ids`
+    then only marks real (non-zero) vs padding keys.
+    """
+    cfg = self.cfg
+    x = self.embed(tokens) if input_embeds is None else input_embeds.astype(self.dtype)
+    # Positional information is added after docking replaced some inputs.
+    if cfg.positions == "learned":
+      x = x + jnp.take(self.pos_embedding, positions, axis=0).astype(self.dtype)
+    elif cfg.positions == "sinusoidal":
+      table = jnp.asarray(layers.sinusoidal_table(cfg.max_len, cfg.emb_dim))
+      x = x + jnp.take(table, positions, axis=0).astype(self.dtype)
+    if cfg.get("dropout", 0.0):
+      x = self.embed_dropout(x, deterministic=deterministic)
+    x = layers.constrain(x, ("act_batch", "act_length", "act_embed"))
+    mask = None if decode else causal_segment_mask(segment_ids)
+    key_valid = segment_ids != 0
+    for block in self.blocks:
+      x = block(x, mask, positions, key_valid, decode, deterministic)
+    if cfg.norm == "pre":
+      x = self.final_norm(x)
+    if cfg.tie_embeddings:
+      logits = self.embedder.attend(x)
+    else:
+      logits = self.lm_head(x)
+    logits = layers.constrain(logits, ("act_batch", "act_length", "act_vocab"))
+    return logits.astype(jnp.float32)

@@ -1,0 +1,241 @@
+"""Transformer building blocks shared by the decoder and the encoders.
+
+Parameters carry logical axis names (embed, heads, kv, mlp, vocab, ...);
+activations are constrained with `act_*` names. The rules table that maps
+them to mesh axes lives in the config (see configs/common.py).
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from metalm_jax.registry import Registry
+
+Array = jax.Array
+ACTIVATIONS = Registry("activation")
+ACTIVATIONS.register("gelu")(functools.partial(jax.nn.gelu, approximate=False))
+ACTIVATIONS.register("gelu_new")(functools.partial(jax.nn.gelu, approximate=True))
+ACTIVATIONS.register("gelu_tanh")(functools.partial(jax.nn.gelu, approximate=True))
+ACTIVATIONS.register("quick_gelu")(lambda x: x * jax.nn.sigmoid(1.702 * x))
+ACTIVATIONS.register("relu")(jax.nn.relu)
+ACTIVATIONS.register("silu")(jax.nn.silu)
+
+NEG_INF = -1e9  # large negative bias; finite so fully-masked rows stay NaN-free
+
+
+def dtype_of(name: str):
+  return jnp.dtype(name)
+
+
+def param_init(init, axes):
+  return nn.with_logical_partitioning(init, axes)
+
+
+def constrain(x, axes):
+  return nn.with_logical_constraint(x, axes)
+
+
+class LayerNorm(nn.Module):
+  eps: float = 1e-5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.LayerNorm(
+        epsilon=self.eps, dtype=self.dtype, param_dtype=jnp.float32,
+        scale_init=param_init(nn.initializers.ones, ("norm",)),
+        bias_init=param_init(nn.initializers.zeros, ("norm",)))(x)
+
+
+def sinusoidal_table(length: int, dim: int) -> np.ndarray:
+  """[length, dim] table: sin on the first half of channels, cos on the second."""
+  half = dim // 2
+  freq = np.exp(-math.log(10000.0) * np.arange(half) / max(half, 1))
+  ang = np.arange(length)[:, None] * freq[None, :]
+  table = np.zeros((length, dim), np.float32)
+  table[:, :half] = np.sin(ang)
+  table[:, half:2 * half] = np.cos(ang)
+  return table
+
+
+def apply_rotary(x: Array, positions: Array) -> Array:
+  """Rotary embedding (rotate-half form) on x [B, T, H, D] at positions [B, T]."""
+  d = x.shape[-1]
+  half = d // 2
+  inv = 1.0 / (10000.0 ** (jnp.arange(half, dtype=jnp.float32) / half))
+  ang = positions[..., None].astype(jnp.float32) * inv  # [B, T, half]
+  sin, cos = jnp.sin(ang)[:, :, None, :], jnp.cos(ang)[:, :, None, :]
+  x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)
+
+
+class Attention(nn.Module):
+  """Multi-head attention with an optional KV cache.
+
+  mask: bool [B, 1, Q, K] (True = may attend) for the non-cached path. In
+  decode mode the cache holds keys for `cache_len` positions; `key_valid`
+  [B, T] marks which of the T new positions are real tokens.
+  """
+  num_heads: int
+  head_dim: int
+  dtype: Any = jnp.float32
+  use_bias: bool = True
+  dropout: float = 0.0
+  rotary: bool = False
+  out_init_scale: float = 1.0
+  v_init_scale: float = 1.0
+
+  @nn.compact
+  def __call__(self, x, mask=None, positions=None, *, decode=False,
+               key_valid=None, deterministic=True):
+    emb = x.shape[-1]
+    dense = functools.partial(
+        nn.DenseGeneral, dtype=self.dtype, param_dtype=jnp.float32,
+        use_bias=self.use_bias)
+    qkv_axes = ("embed", "heads", "kv")
+    init = nn.initializers.xavier_uniform()
+    bias_init = param_init(nn.initializers.zeros, ("heads", "kv"))
+    q = dense(features=(self.num_heads, self.head_dim), kernel_init=param_init(init, qkv_axes),
+              bias_init=bias_init, name="query")(x)
+    k = dense(features=(self.num_heads, self.head_dim), kernel_init=param_init(init, qkv_axes),
+              bias_init=bias_init, name="key")(x)
+    v_init = nn.initializers.variance_scaling(self.v_init_scale ** 2, "fan_avg", "uniform")
+    v = dense(features=(self.num_heads, self.head_dim), kernel_init=param_init(v_init, qkv_axes),
+              bias_init=bias_init, name="value")(x)
+    if self.rotary:
+      q, k = apply_rotary(q, positions), apply_rotary(k, positions)
+    q = constrain(q, ("act_batch", "act_length", "act_heads", "act_kv"))
+    k = constrain(k, ("act_batch", "act_length", "act_heads", "act_kv"))
+    v = constrain(v, ("act_batch", "act_length", "act_heads", "act_kv"))
+
+    if decode:
+      k, v, mask = self._update_cache(k, v, key_valid)
+
+    scale = 1.0 / math.sqrt(self.head_dim)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q * scale, k).astype(jnp.float32)
+    if mask is not None:
+      logits = jnp.where(mask, logits, NEG_INF)
+    probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    if self.dropout > 0 and not deterministic:
+      probs = nn.Dropout(self.dropout)(probs, deterministic=False)
+    out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+    out_init = nn.initializers.variance_scaling(self.out_init_scale ** 2, "fan_avg", "uniform")
+    return nn.DenseGeneral(
+        features=emb, axis=(-2, -1), dtype=self.dtype, param_dtype=jnp.float32,
+        use_bias=self.use_bias,
+        kernel_init=param_init(out_init, ("heads", "kv", "embed")),
+        bias_init=param_init(nn.initializers.zeros, ("embed",)), name="out")(out)
+
+  def _update_cache(self, k, v, key_valid):
+    """Writes the T new keys/values at `index` and builds the [B,1,T,C] mask."""
+    b, t = k.shape[:2]
+    is_init = not self.has_variable("cache", "key")
+    ck = self.variable("cache", "key", jnp.zeros, k.shape, k.dtype)
+    cv = self.variable("cache", "value", jnp.zeros, v.shape, v.dtype)
+    cvalid = self.variable("cache", "valid", jnp.zeros, (b, t), jnp.bool_)
+    cidx = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+    if is_init:  # init call: shapes only, attend causally within the chunk
+      causal = jnp.tril(jnp.ones((t, t), jnp.bool_))
+      return k, v, causal[None, None]
+    idx = cidx.value
+    ck.value = jax.lax.dynamic_update_slice(ck.value, k, (0, idx, 0, 0))
+    cv.value = jax.lax.dynamic_update_slice(cv.value, v, (0, idx, 0, 0))
+    cvalid.value = jax.lax.dynamic_update_slice(cvalid.value, key_valid.astype(jnp.bool_), (0, idx))
+    cidx.value = idx + t
+    cache_len = ck.value.shape[1]
+    q_abs = idx + jnp.arange(t)
+    k_abs = jnp.arange(cache_len)
+    mask = (k_abs[None, :] <= q_abs[:, None])[None, None] & cvalid.value[:, None, None, :]
+    return ck.value, cv.value, mask
+
+
+class Mlp(nn.Module):
+  hidden: int
+  activation: str = "gelu"
+  dtype: Any = jnp.float32
+  use_bias: bool = True
+  init_scale: float = 1.0
+
+  @nn.compact
+  def __call__(self, x):
+    emb = x.shape[-1]
+    init = nn.initializers.variance_scaling(self.init_scale ** 2, "fan_avg", "uniform")
+    h = nn.Dense(self.hidden, dtype=self.dtype, param_dtype=jnp.float32, use_bias=self.use_bias,
+                 kernel_init=param_init(init, ("embed", "mlp")),
+                 bias_init=param_init(nn.initializers.zeros, ("mlp",)), name="wi")(x)
+    h = ACTIVATIONS.get(self.activation)(h)
+    h = constrain(h, ("act_batch", "act_length", "act_mlp"))
+    return nn.Dense(emb, dtype=self.dtype, param_dtype=jnp.float32, use_bias=self.use_bias,
+                    kernel_init=param_init(init, ("mlp", "embed")),
+                    bias_init=param_init(nn.initializers.zeros, ("embed",)), name="wo")(h)
+
+
+NORM_STYLES = ("pre", "post", "deepnorm")
+
+
+class Block(nn.Module):
+  """One Transformer layer: attention + MLP with pre-LN, post-LN or DeepNorm.
+
+  DeepNorm (Wang et al., 2022): x <- LN(alpha * x + f(x)), with the value,
+  output and MLP weights initialised scaled by beta (set by the caller).
+  """
+  num_heads: int
+  head_dim: int
+  mlp_dim: int
+  activation: str = "gelu"
+  norm: str = "pre"
+  ln_eps: float = 1e-5
+  dropout: float = 0.0
+  use_bias: bool = True
+  rotary: bool = False
+  dtype: Any = jnp.float32
+  deepnorm_alpha: float = 1.0
+  deepnorm_beta: float = 1.0
+
+  @nn.compact
+  def __call__(self, x, mask=None, positions=None, key_valid=None, decode=False,
+               deterministic=True):
+    beta = self.deepnorm_beta if self.norm == "deepnorm" else 1.0
+    attn = Attention(self.num_heads, self.head_dim, dtype=self.dtype, use_bias=self.use_bias,
+                     dropout=self.dropout, rotary=self.rotary, out_init_scale=beta,
+                     v_init_scale=beta, name="attn")
+    mlp = Mlp(self.mlp_dim, self.activation, dtype=self.dtype, use_bias=self.use_bias,
+              init_scale=beta, name="mlp")
+    drop = lambda y: nn.Dropout(self.dropout)(y, deterministic=deterministic) if self.dropout else y
+    ln1 = LayerNorm(self.ln_eps, self.dtype, name="ln_attn")
+    ln2 = LayerNorm(self.ln_eps, self.dtype, name="ln_mlp")
+    call_attn = lambda y: attn(y, mask, positions, decode=decode, key_valid=key_valid,
+                               deterministic=deterministic)
+    if self.norm == "pre":
+      x = x + drop(call_attn(ln1(x)))
+      x = x + drop(mlp(ln2(x)))
+    elif self.norm in ("post", "deepnorm"):
+      a = self.deepnorm_alpha if self.norm == "deepnorm" else 1.0
+      x = ln1(a * x + drop(call_attn(x)))
+      x = ln2(a * x + drop(mlp(x)))
+    else:
+      raise ValueError(f"norm={self.norm!r}; expected one of {NORM_STYLES}")
+    return constrain(x, ("act_batch", "act_length", "act_embed"))
+
+
+def block_from_cfg(cfg, dtype, *, rotary=False, num_layers_for_deepnorm=None, name=None,
+                   remat=False):
+  """Builds a Block from an encoder/decoder config section."""
+  head_dim = cfg.get("head_dim", 0) or cfg.emb_dim // cfg.num_heads
+  n = num_layers_for_deepnorm or cfg.num_layers
+  # Block.__call__(self, x, mask, positions, key_valid, decode, deterministic):
+  # decode and deterministic are Python bools, static under remat.
+  cls = nn.remat(Block, static_argnums=(5, 6)) if remat else Block
+  return cls(
+      num_heads=cfg.num_heads, head_dim=head_dim, mlp_dim=cfg.mlp_dim,
+      activation=cfg.activation, norm=cfg.norm, ln_eps=cfg.ln_eps,
+      dropout=cfg.get("dropout", 0.0), use_bias=cfg.get("use_bias", True), rotary=rotary,
+      dtype=dtype, deepnorm_alpha=(2.0 * n) ** 0.25, deepnorm_beta=(8.0 * n) ** -0.25,
+      name=name)

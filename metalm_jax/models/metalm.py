@@ -1,0 +1,112 @@
+"""MetaLM: non-causal encoders docked one-to-one onto a causal decoder.
+
+The connector output for element j of a span replaces the decoder's input
+embedding at that span's j-th position; the batch says where through
+`dock_index` / `dock_mask` (see metalm_jax/batch.py). No cross-attention.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from metalm_jax import batch as batch_lib
+from metalm_jax.models import layers
+from metalm_jax.models.connector import CONNECTORS
+from metalm_jax.models.decoder import Decoder
+from metalm_jax.models.registry import ENCODERS
+
+
+class MetaLM(nn.Module):
+  """cfg: the `model` config section, frozen (see `build_model`)."""
+  cfg: Any
+
+  def setup(self):
+    cfg = self.cfg
+    dtype = jnp.dtype(cfg.dtype)
+    self.decoder = Decoder(cfg.decoder, dtype)
+    names = sorted(cfg.encoders)
+    self.encoders = {n: ENCODERS.get(cfg.encoders[n].type)(cfg.encoders[n], dtype) for n in names}
+    self.connectors = {
+        n: CONNECTORS.get(cfg.encoders[n].connector.type)(
+            cfg.encoders[n].connector, cfg.decoder.emb_dim, dtype) for n in names}
+
+  def dock_vectors(self, encoder_inputs: Mapping[str, Any], deterministic=True):
+    """Flattened connector outputs [B, E, emb] in the contract's order."""
+    outs = []
+    for name in sorted(self.cfg.encoders):
+      v = self.encoders[name](encoder_inputs[name], deterministic)  # [B, N, T, w]
+      expect = batch_lib.slot_length(self.cfg.encoders[name])
+      if v.shape[2] != expect:
+        raise ValueError(f"encoder {name!r} emits {v.shape[2]} vectors per item, "
+                         f"batch contract expects {expect}")
+      v = self.connectors[name](v)
+      outs.append(v.reshape(v.shape[0], -1, v.shape[-1]))
+    return jnp.concatenate(outs, axis=1)
+
+  def input_embeddings(self, batch, deterministic=True):
+    """Decoder input embeddings with docked positions replaced."""
+    x = self.decoder.embed(batch["tokens"])
+    if self.cfg.encoders and "dock_mask" in batch:
+      flat = self.dock_vectors(batch["encoders"], deterministic)
+      gathered = jnp.take_along_axis(flat, batch["dock_index"][..., None], axis=1)
+      x = jnp.where(batch["dock_mask"][..., None], gathered.astype(x.dtype), x)
+    return layers.constrain(x, ("act_batch", "act_length", "act_embed"))
+
+  def __call__(self, batch, decode: bool = False, deterministic: bool = True):
+    """Logits [B, L, vocab] (float32). In decode mode, appends to the KV cache."""
+    x = self.input_embeddings(batch, deterministic)
+    return self.decoder(batch["tokens"], batch["positions"], batch["segment_ids"],
+                        input_embeds=x, decode=decode, deterministic=deterministic)
+
+  def decode_tokens(self, tokens, positions, segment_ids):
+    """One KV-cache step on plain tokens (no docking): logits [B, T, vocab]."""
+    return self.decoder(tokens, positions, segment_ids, decode=True)
+
+
+def check_model_config(cfg) -> None:
+  """Semantic checks that ConfigDict typing cannot express; names the field."""
+  def need(cond, field, value, why):
+    if not cond:
+      raise ValueError(f"{field}={value!r}: {why}")
+  d = cfg.decoder
+  need(d.emb_dim % d.num_heads == 0 or d.get("head_dim", 0), "model.decoder.num_heads",
+       d.num_heads, f"does not divide emb_dim={d.emb_dim}")
+  need(d.norm in layers.NORM_STYLES, "model.decoder.norm", d.norm, f"expected {layers.NORM_STYLES}")
+  for name, e in cfg.encoders.items():
+    f = f"model.encoders.{name}"
+    need(e.type in ENCODERS, f + ".type", e.type, f"known: {list(ENCODERS)}")
+    need(e.connector.type in CONNECTORS, f + ".connector.type", e.connector.type,
+         f"known: {list(CONNECTORS)}")
+    need(e.emb_dim % e.num_heads == 0, f + ".num_heads", e.num_heads,
+         f"does not divide emb_dim={e.emb_dim}")
+    need(e.max_items >= 1, f + ".max_items", e.max_items, "must be >= 1")
+    batch_lib.slot_length(e)
+
+
+def build_model(model_cfg) -> MetaLM:
+  """MetaLM from a `model` ConfigDict (checked, then frozen so it is hashable)."""
+  check_model_config(model_cfg)
+  if not isinstance(model_cfg, ml_collections.FrozenConfigDict):
+    model_cfg = ml_collections.FrozenConfigDict(model_cfg)
+  return MetaLM(model_cfg)
+
+
+def init_variables(model: MetaLM, rng, batch_size: int = 1, seq_len: int = 8):
+  """Initialises params from a dummy batch of the contract's shapes."""
+  dummy = jax.tree.map(jnp.asarray, batch_lib.dummy_batch(model.cfg, batch_size, seq_len))
+  return jax.jit(model.init)(rng, dummy)
+
+
+def abstract_variables(model: MetaLM, batch_size: int = 1, seq_len: int = 8):
+  """Shapes of the variables without allocating them (jax.eval_shape)."""
+  return jax.eval_shape(lambda: init_variables(model, jax.random.key(0), batch_size, seq_len))
+
+
+def count_params(tree) -> int:
+  leaves = jax.tree.leaves(nn.meta.unbox(tree))
+  return int(sum(np.prod(x.shape) for x in leaves))

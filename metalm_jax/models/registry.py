@@ -1,0 +1,46 @@
+"""Encoders by name. Each wrapper maps the batch contract's per-encoder inputs
+(metalm_jax/batch.py) to vectors [B, N, T, width] for docking.
+
+Adding a modality: a module file, a MODALITIES entry in batch.py (slot length
+and input spec) and an ENCODERS entry here.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from metalm_jax.models.text_encoder import TextEncoder
+from metalm_jax.models.vision import VisionEncoder
+from metalm_jax.registry import Registry
+
+ENCODERS = Registry("encoder")
+
+
+@ENCODERS.register("vit")
+class VitItems(nn.Module):
+  cfg: Any
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, inputs, deterministic=True):
+    pixels = inputs["pixels"]  # [B, N, H, W, 3]
+    b, n = pixels.shape[:2]
+    out = VisionEncoder(self.cfg, self.dtype, name="vit")(
+        pixels.reshape((b * n,) + pixels.shape[2:]), deterministic)
+    return out.reshape((b, n) + out.shape[1:])
+
+
+@ENCODERS.register("bert")
+class TextItems(nn.Module):
+  cfg: Any
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, inputs, deterministic=True):
+    tokens, mask = inputs["tokens"], inputs["mask"]  # [B, N, S]
+    b, n, s = tokens.shape
+    out = TextEncoder(self.cfg, self.dtype, name="bert")(
+        tokens.reshape(b * n, s), mask.reshape(b * n, s), deterministic=deterministic)
+    return out.reshape(b, n, s, -1)

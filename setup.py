@@ -1,0 +1,46 @@
+"""metalm_jax: MetaLM (Hao et al., 2022) in JAX/Flax."""
+from setuptools import find_packages, setup
+
+# The core stack, pinned to a set measured to work together (../shared/ENVIRONMENT.md).
+CORE = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "grain==0.2.18",
+    "array-record==0.8.6",
+    "ml-collections==1.1.0",
+    "clu==0.0.12",
+    "tensorflow-datasets==4.9.10",
+    "numpy>=2.0,<3",
+    "pillow>=10",
+    "absl-py>=2.0",
+    "etils[epath]>=1.7",
+    "sentencepiece>=0.2",
+    "safetensors>=0.4",
+    "tensorboardX>=2.6",   # TensorBoard events without TensorFlow
+    "matplotlib>=3.8",     # loss-curve PNG
+    "tokenizers>=0.20",    # HF tokenizer.json
+]
+
+EXTRAS = {
+    # Weight import / parity against HF. torch==2.13.0 is the CPU wheel; a bare
+    # "torch" would pull a multi-GB CUDA build.
+    "hf": ["torch==2.13.0", "transformers>=5,<6"],
+    "eval": ["pycocoevalcap>=1.2"],
+    "notebook": ["nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6"],
+}
+EXTRAS["test"] = sorted(
+    {"pytest>=8", "hypothesis>=6"} | set(EXTRAS["hf"]) | set(EXTRAS["eval"]) | set(EXTRAS["notebook"])
+)
+
+setup(
+    name="metalm_jax",
+    version="0.1.0",
+    description="MetaLM: language models as general-purpose interfaces, in JAX/Flax",
+    packages=find_packages(include=["metalm_jax", "metalm_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=CORE,
+    extras_require=EXTRAS,
+)

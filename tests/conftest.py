@@ -1,0 +1,28 @@
+"""Test setup: 8 fake CPU devices (before jax is imported), parsed absl flags,
+and short collective time-outs so a hang fails fast."""
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = " ".join([
+    os.environ.get("XLA_FLAGS", ""),
+    "--xla_force_host_platform_device_count=8",
+    # A deadlocked CPU collective fails within a minute instead of hanging CI.
+    "--xla_cpu_collective_call_warn_stuck_timeout_seconds=20",
+    "--xla_cpu_collective_call_terminate_timeout_seconds=60",
+]).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)  # so `configs` imports from the repo
+
+from absl import flags  # noqa: E402
+
+flags.FLAGS.mark_as_parsed()
+
+
+def pytest_configure(config):
+  config.addinivalue_line("markers", "slow: long-running; excluded from the default run")
