@@ -1,0 +1,69 @@
+"""Params on disk without pickle: one safetensors file with '/'-joined names.
+
+A *params dir* holds `params.safetensors` and, optionally, `config.json`
+(the model or component config that produced them). Trainer `init_from`,
+HF import and export all read and write this format.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import flax.linen as nn
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+PARAMS_FILE = "params.safetensors"
+CONFIG_FILE = "config.json"
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+  """{'a': {'b': x}} -> {'a/b': x}."""
+  out = {}
+  for k, v in tree.items():
+    if "/" in str(k):
+      raise ValueError(f"param name {k!r} contains '/'")
+    name = f"{prefix}{k}"
+    if isinstance(v, Mapping):
+      out.update(flatten(v, name + "/"))
+    else:
+      out[name] = v
+  return out
+
+
+def unflatten(flat: Mapping[str, Any]) -> Dict[str, Any]:
+  tree: Dict[str, Any] = {}
+  for name, v in flat.items():
+    node = tree
+    *parents, leaf = name.split("/")
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = v
+  return tree
+
+
+def save_params(directory: str, params: Mapping[str, Any],
+                config: Optional[Mapping[str, Any]] = None) -> str:
+  """Writes params (boxes removed, gathered to host as numpy) and config."""
+  os.makedirs(directory, exist_ok=True)
+  flat = {k: np.ascontiguousarray(np.asarray(v)) for k, v in flatten(nn.meta.unbox(params)).items()}
+  save_file(flat, os.path.join(directory, PARAMS_FILE))
+  if config is not None:
+    with open(os.path.join(directory, CONFIG_FILE), "w") as f:
+      json.dump(config, f, indent=2, sort_keys=True)
+  return directory
+
+
+def load_params(directory: str) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]]]:
+  """Returns (params tree of numpy arrays, config dict or None)."""
+  path = os.path.join(directory, PARAMS_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"no {PARAMS_FILE} in params dir {directory!r}")
+  params = unflatten(load_file(path))
+  cfg_path = os.path.join(directory, CONFIG_FILE)
+  config = None
+  if os.path.exists(cfg_path):
+    with open(cfg_path) as f:
+      config = json.load(f)
+  return params, config
