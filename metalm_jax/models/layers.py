@@ -136,11 +136,11 @@ class Attention(nn.Module):
   def _update_cache(self, k, v, key_valid):
     """Writes the T new keys/values at `index` and builds the [B,1,T,C] mask."""
     b, t = k.shape[:2]
-    is_init = not self.has_variable("cache", "key")
-    ck = self.variable("cache", "key", jnp.zeros, k.shape, k.dtype)
-    cv = self.variable("cache", "value", jnp.zeros, v.shape, v.dtype)
-    cvalid = self.variable("cache", "valid", jnp.zeros, (b, t), jnp.bool_)
-    cidx = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+    is_init = not self.has_variable("cache", "cached_key")
+    ck = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+    cv = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+    cvalid = self.variable("cache", "cached_valid", jnp.zeros, (b, t), jnp.bool_)
+    cidx = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
     if is_init:  # init call: shapes only, attend causally within the chunk
       causal = jnp.tril(jnp.ones((t, t), jnp.bool_))
       return k, v, causal[None, None]
