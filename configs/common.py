@@ -107,6 +107,19 @@ def _paper_lang():
                               norm="post", connector=connector("linear")))))
 
 
+def logical_rules():
+  """Logical axis -> mesh axes. Params: `embed` over fsdp (ZeRO-3 style),
+  heads/mlp/vocab over tensor (Megatron style). Activations use `act_*` names
+  so the batch can take fsdp without clashing with param `embed`."""
+  return [
+      ("act_batch", ("data", "fsdp")), ("act_length", None), ("act_embed", None),
+      ("act_heads", "tensor"), ("act_kv", None), ("act_mlp", "tensor"),
+      ("act_vocab", "tensor"),
+      ("embed", "fsdp"), ("embed_in", None), ("heads", "tensor"), ("kv", None),
+      ("mlp", "tensor"), ("vocab", "tensor"), ("length", None), ("norm", None),
+  ]
+
+
 MODEL_SIZES = {"tiny": _tiny, "bench": _bench, "paper_vl": _paper_vl, "paper_lang": _paper_lang}
 
 
