@@ -1,0 +1,195 @@
+"""Prompt builders: (images, encoded text, plain text, demonstrations) -> a
+left-padded batch in the contract of metalm_jax/batch.py.
+
+A prompt is a list of parts:
+  Text(str)         plain decoder tokens;
+  Image(pixels)     `<image>`, then `slot_length` positions docked to its own
+                    item of a vision encoder, then `</image>`;
+  EncodedText(str)  one decoder position per token, each docked one-to-one to
+                    the same token of its own item of a language encoder
+                    (the decoder input id there is the original token).
+Encoder items are numbered in order of appearance within each example.
+
+The tokenizer is any object with `encode(str) -> list[int]`, `decode` and the
+ids `bos`, `eos`, `pad`, `image_start`, `image_end`. The encoded-text spans use
+the same token ids for the encoder (a shared vocabulary).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from metalm_jax import batch as batch_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Text:
+  text: str
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Image:
+  """pixels: float [H, W, 3], already normalised for the encoder."""
+  pixels: Any
+  encoder: Optional[str] = None  # config name; default: the only "vit" encoder
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodedText:
+  text: str
+  encoder: Optional[str] = None  # config name; default: the only "bert" encoder
+
+
+Part = Any  # Text | Image | EncodedText
+
+
+@dataclasses.dataclass
+class _Row:
+  """One example laid out without padding."""
+  tokens: List[int] = dataclasses.field(default_factory=list)
+  dock: List[int] = dataclasses.field(default_factory=list)  # -1 = not docked
+  items: Dict[str, List[Any]] = dataclasses.field(default_factory=dict)
+
+
+def _encoder_for(model_cfg, name: Optional[str], enc_type: str, part) -> str:
+  if name is not None:
+    if name not in model_cfg.encoders or model_cfg.encoders[name].type != enc_type:
+      raise ValueError(f"{type(part).__name__}.encoder={name!r} is not a {enc_type!r} "
+                       f"encoder of the model; encoders: {dict((k, v.type) for k, v in model_cfg.encoders.items())}")
+    return name
+  names = [k for k in sorted(model_cfg.encoders) if model_cfg.encoders[k].type == enc_type]
+  if len(names) != 1:
+    raise ValueError(f"{type(part).__name__}.encoder=None is ambiguous: the model has "
+                     f"{len(names)} {enc_type!r} encoders ({names}); name one")
+  return names[0]
+
+
+def _new_item(row: _Row, model_cfg, name: str, value) -> int:
+  items = row.items.setdefault(name, [])
+  cap = model_cfg.encoders[name].max_items
+  if len(items) >= cap:
+    raise ValueError(f"example needs more than model.encoders.{name}.max_items={cap} items")
+  items.append(value)
+  return len(items) - 1
+
+
+@functools.singledispatch
+def _lay_out(part, row: _Row, tok, model_cfg, offsets) -> None:
+  raise TypeError(f"prompt part of type {type(part).__name__} is not Text, Image or EncodedText")
+
+
+@_lay_out.register
+def _(part: Text, row, tok, model_cfg, offsets):
+  ids = list(tok.encode(part.text))
+  row.tokens += ids
+  row.dock += [-1] * len(ids)
+
+
+@_lay_out.register
+def _(part: Image, row, tok, model_cfg, offsets):
+  name = _encoder_for(model_cfg, part.encoder, "vit", part)
+  cfg = model_cfg.encoders[name]
+  pixels = np.asarray(part.pixels, np.float32)
+  if pixels.shape != (cfg.image_size, cfg.image_size, 3):
+    raise ValueError(f"Image.pixels has shape {pixels.shape}, model.encoders.{name} expects "
+                     f"{(cfg.image_size, cfg.image_size, 3)}")
+  item = _new_item(row, model_cfg, name, pixels)
+  t = batch_lib.slot_length(cfg)
+  base = offsets[name] + item * t
+  row.tokens += [tok.image_start] + [tok.pad] * t + [tok.image_end]
+  row.dock += [-1] + list(range(base, base + t)) + [-1]
+
+
+@_lay_out.register
+def _(part: EncodedText, row, tok, model_cfg, offsets):
+  name = _encoder_for(model_cfg, part.encoder, "bert", part)
+  cfg = model_cfg.encoders[name]
+  ids = list(tok.encode(part.text))
+  t = batch_lib.slot_length(cfg)
+  if not ids:
+    raise ValueError(f"EncodedText.text={part.text!r} encodes to no tokens")
+  if len(ids) > t:
+    raise ValueError(f"EncodedText.text has {len(ids)} tokens > model.encoders.{name}.max_len={t}")
+  if max(ids) >= cfg.vocab_size:
+    raise ValueError(f"EncodedText token id {max(ids)} >= model.encoders.{name}.vocab_size="
+                     f"{cfg.vocab_size}")
+  item = _new_item(row, model_cfg, name, ids)
+  base = offsets[name] + item * t
+  row.tokens += ids
+  row.dock += list(range(base, base + len(ids)))
+
+
+def _fill_encoder(enc: Dict[str, np.ndarray], cfg, b: int, items: List[Any]) -> None:
+  for n, value in enumerate(items):
+    if cfg.type == "vit":
+      enc["pixels"][b, n] = value
+      enc["valid"][b, n] = True
+    else:
+      enc["tokens"][b, n, :len(value)] = value
+      enc["mask"][b, n, :len(value)] = True
+
+
+def build_batch(prompts: Sequence[Sequence[Part]], tokenizer, model_cfg,
+                seq_len: Optional[int] = None, add_bos: bool = True) -> Dict[str, Any]:
+  """Numpy batch (contract of metalm_jax/batch.py), one row per prompt, LEFT
+  padded to `seq_len` (default: the longest prompt). Positions count from each
+  row's first real token; targets are the next input token; loss_mask is 0."""
+  if not prompts:
+    raise ValueError("prompts is empty")
+  offsets = batch_lib.dock_offsets(model_cfg.encoders)
+  rows = []
+  for parts in prompts:
+    row = _Row(tokens=[tokenizer.bos] if add_bos else [], dock=[-1] if add_bos else [])
+    for part in parts:
+      _lay_out(part, row, tokenizer, model_cfg, offsets)
+    if not row.tokens:
+      raise ValueError("a prompt has no tokens (empty parts and add_bos=False)")
+    rows.append(row)
+  longest = max(len(r.tokens) for r in rows)
+  seq_len = longest if seq_len is None else seq_len
+  if longest > seq_len:
+    raise ValueError(f"seq_len={seq_len} is shorter than the longest prompt ({longest} tokens)")
+  out = batch_lib.dummy_batch(model_cfg, len(rows), seq_len)
+  out["tokens"][:] = tokenizer.pad
+  out["targets"][:] = tokenizer.pad
+  for b, row in enumerate(rows):
+    n = len(row.tokens)
+    s = seq_len - n
+    out["tokens"][b, s:] = row.tokens
+    out["targets"][b, s:-1] = row.tokens[1:]
+    out["segment_ids"][b, s:] = 1
+    out["positions"][b, s:] = np.arange(n)
+    dock = np.asarray(row.dock)
+    out["dock_mask"][b, s:] = dock >= 0
+    out["dock_index"][b, s:] = np.maximum(dock, 0)
+    for name, items in row.items.items():
+      _fill_encoder(out["encoders"][name], model_cfg.encoders[name], b, items)
+  return out
+
+
+def icl_parts(demonstrations: Sequence[Tuple[Sequence[Part], str]], query: Sequence[Part],
+              separator: str = "") -> List[Part]:
+  """In-context layout: each demonstration's input parts (docked through its
+  own encoder item), its label as plain tokens (followed by `separator` when
+  non-empty), in the given order; then the query parts."""
+  parts: List[Part] = []
+  for i, demo in enumerate(demonstrations):
+    if len(demo) != 2:
+      raise ValueError(f"demonstrations[{i}] must be (input_parts, label), got {len(demo)} fields")
+    inputs, label = demo
+    parts += list(inputs)
+    parts.append(Text(label))
+    if separator:
+      parts.append(Text(separator))
+  return parts + list(query)
+
+
+def build_icl_batch(examples: Sequence[Tuple[Sequence[Tuple[Sequence[Part], str]], Sequence[Part]]],
+                    tokenizer, model_cfg, seq_len: Optional[int] = None,
+                    separator: str = "", add_bos: bool = True) -> Dict[str, Any]:
+  """One row per (demonstrations, query) pair, laid out by `icl_parts`."""
+  return build_batch([icl_parts(d, q, separator) for d, q in examples], tokenizer, model_cfg,
+                     seq_len=seq_len, add_bos=add_bos)
