@@ -22,6 +22,7 @@ CORE = [
     "tensorboardX>=2.6",   # TensorBoard events without TensorFlow
     "matplotlib>=3.8",     # loss-curve PNG
     "tokenizers>=0.20",    # HF tokenizer.json
+    "importlib_resources>=6",  # tfds builders in a package need it without TF
 ]
 
 EXTRAS = {

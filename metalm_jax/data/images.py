@@ -1,0 +1,66 @@
+"""Image decoding and the exact preprocessing the vision encoder expects.
+
+`preprocess_image` is shared by the pipeline, the evaluators and the export
+Predictor: RGB uint8 [H, W, 3] -> bicubic resize to [S, S] (the whole image,
+no crop, so no object is cut off) -> [0, 1] -> (x - mean) / std with CLIP's
+constants (the ViT is CLIP-shaped so CLIP weights import).
+"""
+from __future__ import annotations
+
+import io
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+from PIL import Image
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def to_rgb(image) -> Tuple[Optional[np.ndarray], Dict[str, int]]:
+  """Encoded bytes or an array -> (uint8 [H, W, 3] or None if unreadable, counts).
+
+  Counts: `skipped_bad_image` (undecodable, empty or zero-sized),
+  `converted_image_mode` (grayscale / RGBA / palette / CMYK / float made RGB).
+  """
+  counts = {}
+  try:
+    if isinstance(image, (bytes, bytearray, np.bytes_)):
+      pil = Image.open(io.BytesIO(bytes(image)))
+      pil.load()
+    else:
+      arr = np.asarray(image)
+      if arr.dtype != np.uint8:
+        counts["converted_image_mode"] = 1
+        scale = 255.0 if arr.dtype.kind == "f" and arr.size and arr.max() <= 1.0 else 1.0
+        arr = np.clip(np.round(arr.astype(np.float64) * scale), 0, 255).astype(np.uint8)
+      if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+      pil = Image.fromarray(arr)
+  except Exception:  # PIL raises many types on corrupt data
+    return None, {"skipped_bad_image": 1}
+  if pil.width == 0 or pil.height == 0:
+    return None, {"skipped_bad_image": 1}
+  if pil.mode != "RGB":
+    counts["converted_image_mode"] = 1
+    if pil.mode in ("RGBA", "LA", "PA") or (pil.mode == "P" and "transparency" in pil.info):
+      bg = Image.new("RGB", pil.size, (255, 255, 255))  # composite over white
+      bg.paste(pil.convert("RGBA"), mask=pil.convert("RGBA").getchannel("A"))
+      pil = bg
+    else:
+      pil = pil.convert("RGB")
+  return np.asarray(pil, dtype=np.uint8), counts
+
+
+def preprocess_image(image: np.ndarray, image_size: int, mean=CLIP_MEAN,
+                     std=CLIP_STD) -> np.ndarray:
+  """RGB uint8 [H, W, 3] -> normalised float32 [S, S, 3]."""
+  image = np.asarray(image)
+  if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+    raise ValueError(f"preprocess_image: image must be uint8 [H, W, 3], got "
+                     f"{image.dtype} {image.shape} (use to_rgb first)")
+  if image.shape[:2] != (image_size, image_size):
+    image = np.asarray(Image.fromarray(image).resize((image_size, image_size),
+                                                      Image.Resampling.BICUBIC))
+  x = image.astype(np.float32) / 255.0
+  return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)

@@ -1,0 +1,142 @@
+"""The Grain input pipeline: source -> decode -> tokenise -> spans -> pack -> batch.
+
+    it = make_iterator(config, "train", batch_size=8)
+    batch = next(it)                       # dict of numpy arrays
+    model_batch, counts = split_stats(batch)
+
+Per mixture entry (`config.data.mixture`: {source name: weight}, sources in
+`sources.SOURCES`): tfds.data_source -> this process's shard -> shuffle ->
+repeat -> per-example task (tasks.py; images decoded, resized, normalised) ->
+DropFailed (caption / vqa / nli rows) or PackDocuments (text rows with
+language spans). Entries are mixed by weight (deterministic proportions),
+batched, and optionally produced by `config.data.num_workers` processes.
+
+Batches follow metalm_jax/batch.py for `config.model`, plus one extra key:
+
+    stats  {name: int64 scalar}  counts since the previous batch (summed over
+           its rows, including records skipped on the way): `examples` used,
+           `skipped_bad_image`, `skipped_empty_text`, `skipped_bad_label`,
+           `converted_image_mode`, `resized_nonsquare_image`, `truncated_text`.
+
+The counts travel inside the batch, so they survive worker processes; call
+`split_stats` before feeding the model and sum the counts in the trainer.
+The iterator's `get_state()/set_state()` and `grain.checkpoint.CheckpointSave`
+restore it exactly (also with worker processes, for the same num_workers).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Tuple
+
+import grain
+import numpy as np
+import tensorflow_datasets as tfds
+
+from metalm_jax.data import packing
+from metalm_jax.data import prepare
+from metalm_jax.data import sources as sources_lib
+from metalm_jax.data import tasks as tasks_lib
+from metalm_jax.data import tokenizer as tok_lib
+
+
+def split_stats(batch: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, int]]:
+  """(batch without `stats`, {counter: int})."""
+  batch = dict(batch)
+  stats = batch.pop("stats", {})
+  return batch, {k: int(np.sum(v)) for k, v in stats.items()}
+
+
+def make_context(config, tokenizer) -> tasks_lib.Context:
+  """Checks the data config against the model and gathers the task inputs."""
+  data, model = config.data, config.model
+  by_type = {}
+  for name in sorted(model.encoders):
+    by_type.setdefault(model.encoders[name].type, name)
+  text = data.spans.encoder
+  if text and text not in model.encoders:
+    raise ValueError(f"config.data.spans.encoder={text!r} is not in config.model.encoders "
+                     f"({sorted(model.encoders)})")
+  if text:
+    enc = model.encoders[text]
+    if enc.type != "bert":
+      raise ValueError(f"config.data.spans.encoder={text!r} has type {enc.type!r}, need 'bert'")
+    if data.spans.max_len > enc.max_len:
+      raise ValueError(f"config.data.spans.max_len={data.spans.max_len} exceeds "
+                       f"config.model.encoders.{text}.max_len={enc.max_len}")
+    if enc.vocab_size != tokenizer.vocab_size:
+      raise ValueError(f"config.model.encoders.{text}.vocab_size={enc.vocab_size} differs from "
+                       f"the tokenizer's {tokenizer.vocab_size} (the encoder shares it)")
+  if data.seq_len > model.decoder.max_len:
+    raise ValueError(f"config.data.seq_len={data.seq_len} exceeds "
+                     f"config.model.decoder.max_len={model.decoder.max_len}")
+  return tasks_lib.Context(
+      tokenizer=tokenizer, model_cfg=model, seq_len=int(data.seq_len),
+      vision=by_type.get("vit", ""), text=text, prefix_max=int(data.spans.prefix_max),
+      span_min=int(data.spans.min_len), span_max=int(data.spans.max_len),
+      span_ratio=float(data.spans.ratio), max_doc_tokens=int(data.max_doc_tokens),
+      image_mean=tuple(data.image_mean), image_std=tuple(data.image_std))
+
+
+def data_source(data_cfg, source_name: str, split: str):
+  """The random-access tfds source of a named source (prepared if needed)."""
+  src = sources_lib.SOURCES.get(source_name)
+  name = src.dataset(data_cfg)
+  if src.embedded:
+    prepare.ensure_world(data_cfg)
+  elif name.split("/")[0] in data_cfg.manual_dirs:
+    prepare.ensure_manual(name, data_cfg)
+  import metalm_jax.data.builders  # noqa: F401  registers our builders with tfds
+  return tfds.data_source(name, split=sources_lib.tfds_split(source_name, split),
+                          data_dir=prepare.data_dir(data_cfg))
+
+
+def _seed(*parts: int) -> int:
+  return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+
+def make_dataset(config, split: str, *, batch_size: int, process_index: int = 0,
+                 process_count: int = 1, seed: int | None = None, shuffle: bool = True,
+                 num_epochs: int | None = None) -> grain.IterDataset:
+  """The pipeline as a grain IterDataset (see the module docstring)."""
+  data = config.data
+  if batch_size < 1:
+    raise ValueError(f"batch_size={batch_size} must be >= 1")
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index} not in [0, process_count={process_count})")
+  seed = int(config.get("seed", 0) if seed is None else seed)
+  tokenizer = tok_lib.load_tokenizer(config)
+  ctx = make_context(config, tokenizer)
+  mixture = dict(data.mixture)
+  if not mixture or any(w <= 0 for w in mixture.values()):
+    raise ValueError(f"config.data.mixture={mixture} needs positive weights")
+  parts = {}
+  for comp, name in enumerate(sorted(mixture)):
+    src = data_source(data, name, split)
+    if len(src) < process_count:
+      raise ValueError(f"data source {name!r} split {split!r} has {len(src)} records, fewer "
+                       f"than process_count={process_count}")
+    ds = grain.MapDataset.source(src)[process_index::process_count]
+    if shuffle:
+      ds = ds.shuffle(seed=_seed(seed, comp))
+    ds = ds.repeat(num_epochs)
+    ds = ds.map_with_index(tasks_lib.PrepareExample(ctx, name, comp, seed))
+    it = ds.to_iter_dataset()
+    if sources_lib.SOURCES.get(name).task == "text":
+      it = packing.PackDocuments(it, ctx, seed, comp)
+    else:
+      it = packing.DropFailed(it)
+    parts[name] = it
+  ds = parts[next(iter(parts))] if len(parts) == 1 else grain.IterDataset.mix(
+      parts, {k: float(v) for k, v in mixture.items()})
+  ds = ds.batch(batch_size, drop_remainder=True, batch_fn=packing.collate)
+  if data.num_workers > 0:
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(data.num_workers)))
+  return ds
+
+
+def make_iterator(config, split: str, *, batch_size: int, process_index: int = 0,
+                  process_count: int = 1, seed: int | None = None, shuffle: bool = True,
+                  num_epochs: int | None = None) -> grain.DatasetIterator:
+  """Per-process batches of `batch_size` rows (see the module docstring)."""
+  return iter(make_dataset(config, split, batch_size=batch_size, process_index=process_index,
+                           process_count=process_count, seed=seed, shuffle=shuffle,
+                           num_epochs=num_epochs))

@@ -1,0 +1,93 @@
+"""First-use preparation: build the embedded world data set and train its
+tokenizer, once, safely when several processes start together.
+
+Preparation runs under an exclusive file lock in the data dir: the first
+process builds, the others wait on the lock and then find everything ready.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+
+import tensorflow_datasets as tfds
+
+from metalm_jax.data import tokenizer as tok_lib
+
+
+def data_dir(data_cfg) -> str:
+  return os.path.abspath(os.path.expanduser(data_cfg.data_dir))
+
+
+@contextlib.contextmanager
+def file_lock(path: str):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "a") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def world_builder(data_cfg):
+  from metalm_jax.data.builders import world  # registers the builder
+  return world.MetalmWorld(config=data_cfg.world, data_dir=data_dir(data_cfg),
+                           file_format="array_record")
+
+
+def tokenizer_path(data_cfg, vocab_size: int) -> str:
+  return os.path.join(data_dir(data_cfg), "tokenizers",
+                      f"metalm_world_{data_cfg.world}_{vocab_size}.model")
+
+
+def _world_texts(builder):
+  """Training text for the tokenizer: every text field of the train split."""
+  from metalm_jax.data.builders.common import as_str
+  src = builder.as_data_source(split="train")
+  for i in range(len(src)):
+    r = src[i]
+    for field in ("captions", "questions"):
+      yield from (as_str(t) for t in r[field])
+    yield from (as_str(a) for a in r["answers"].reshape(-1)[:10])
+    yield as_str(r["premise"])
+    yield as_str(r["hypothesis"])
+    yield from as_str(r["document"]).split("\n\n")
+
+
+def ensure_world(data_cfg):
+  """Builds the embedded world data set if it is missing; returns its builder."""
+  builder = world_builder(data_cfg)
+  if not builder.is_prepared():
+    with file_lock(os.path.join(data_dir(data_cfg), ".metalm_prepare.lock")):
+      builder = world_builder(data_cfg)
+      if not builder.is_prepared():
+        builder.download_and_prepare()
+  return builder
+
+
+def ensure_prepared(data_cfg, vocab_size: int) -> str:
+  """Builds the embedded world (if missing) and its tokenizer of `vocab_size`
+  (if missing); returns the tokenizer path."""
+  builder = ensure_world(data_cfg)
+  path = tokenizer_path(data_cfg, vocab_size)
+  if not os.path.exists(path):
+    with file_lock(os.path.join(data_dir(data_cfg), ".metalm_prepare.lock")):
+      if not os.path.exists(path):
+        tok_lib.train_tokenizer(_world_texts(builder), vocab_size, path)
+  return path
+
+
+def ensure_manual(name: str, data_cfg) -> None:
+  """Builds a real-data builder from `data_cfg.manual_dir[name]` if missing."""
+  builder = tfds.builder(name, data_dir=data_dir(data_cfg), file_format="array_record")
+  if builder.is_prepared():
+    return
+  manual = data_cfg.manual_dirs.get(name.split("/")[0], "")
+  if not manual:
+    raise ValueError(f"data set {name!r} is not prepared in {data_dir(data_cfg)} and "
+                     f"config.data.manual_dirs[{name.split('/')[0]!r}] is empty")
+  with file_lock(os.path.join(data_dir(data_cfg), ".metalm_prepare.lock")):
+    if not builder.is_prepared():
+      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+          manual_dir=os.path.expanduser(manual)))

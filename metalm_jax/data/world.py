@@ -1,0 +1,273 @@
+"""The embedded world: procedurally generated scenes and the text about them.
+
+Everything is a pure function of (seed, split, index), so a data set built on
+two machines is identical. A scene holds 1-4 objects (colour, shape, size,
+position). From it come: a PNG image, captions, VQA questions with ten
+VQAv2-style human answers (some noisy), an NLI triple and a multi-paragraph
+document.
+
+Held-out split: a fixed set of (colour, shape) pairs never appears in train or
+validation; every `test_heldout` scene contains at least one of them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+COLORS = {
+    "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),
+    "yellow": (235, 210, 40), "purple": (140, 60, 180), "orange": (245, 140, 30),
+    "white": (245, 245, 245), "black": (20, 20, 20),
+}
+SHAPES = ("circle", "square", "triangle", "diamond", "cross")
+SIZES = ("small", "large")
+NUMBER_WORDS = ("zero", "one", "two", "three", "four")
+NLI_LABELS = ("entailment", "neutral", "contradiction")  # MNLI order
+SPLITS = ("train", "validation", "test_heldout")
+BACKGROUND = (128, 128, 128)
+_COLOR_NAMES = tuple(COLORS)
+
+
+def heldout_pairs() -> Tuple[Tuple[str, str], ...]:
+  """One unseen colour per shape: (colour, shape) pairs kept out of training."""
+  return tuple((_COLOR_NAMES[(3 * i + 1) % len(_COLOR_NAMES)], s) for i, s in enumerate(SHAPES))
+
+
+_HELDOUT = frozenset(heldout_pairs())
+
+
+@dataclasses.dataclass(frozen=True)
+class Obj:
+  color: str
+  shape: str
+  size: str
+  x: float  # centre, fraction of the width
+  y: float  # centre, fraction of the height
+
+  def phrase(self, article="a") -> str:
+    return f"{article} {self.size} {self.color} {self.shape}"
+
+
+def _split_rng(seed: int, split: str, index: int) -> np.random.Generator:
+  return np.random.default_rng([seed, SPLITS.index(split), index])
+
+
+def make_scene(seed: int, split: str, index: int) -> List[Obj]:
+  """The objects of scene `index` of `split` (deterministic)."""
+  if split not in SPLITS:
+    raise ValueError(f"split={split!r}: expected one of {SPLITS}")
+  rng = _split_rng(seed, split, index)
+  n = int(rng.integers(1, 5))
+  heldout = split == "test_heldout"
+  must_hold = int(rng.integers(n)) if heldout else -1
+  objs, used = [], set()
+  for k in range(n):
+    for _ in range(100):
+      if k == must_hold:
+        color, shape = heldout_pairs()[int(rng.integers(len(SHAPES)))]
+      else:
+        color = _COLOR_NAMES[int(rng.integers(len(_COLOR_NAMES)))]
+        shape = SHAPES[int(rng.integers(len(SHAPES)))]
+        if (color, shape) in _HELDOUT:
+          continue  # held-out pairs appear only where forced
+      if (color, shape) not in used:
+        break
+    used.add((color, shape))
+    size = SIZES[int(rng.integers(2))]
+    # Place centres on a jittered 4x4 grid so objects rarely overlap.
+    cells = [c for c in range(16) if all(_cell(o) != c for o in objs)]
+    c = cells[int(rng.integers(len(cells)))]
+    x = (c % 4 + 0.5 + rng.uniform(-0.15, 0.15)) / 4
+    y = (c // 4 + 0.5 + rng.uniform(-0.15, 0.15)) / 4
+    objs.append(Obj(color, shape, size, float(x), float(y)))
+  return objs
+
+
+def _cell(o: Obj) -> int:
+  return min(int(o.y * 4), 3) * 4 + min(int(o.x * 4), 3)
+
+
+def render(objs: Sequence[Obj], image_size: int) -> np.ndarray:
+  """uint8 [S, S, 3] picture of the scene (PIL, no anti-aliasing)."""
+  img = Image.new("RGB", (image_size, image_size), BACKGROUND)
+  draw = ImageDraw.Draw(img)
+  for o in objs:
+    r = image_size * (0.11 if o.size == "large" else 0.06)
+    cx, cy = o.x * image_size, o.y * image_size
+    fill = COLORS[o.color]
+    box = (cx - r, cy - r, cx + r, cy + r)
+    if o.shape == "circle":
+      draw.ellipse(box, fill=fill)
+    elif o.shape == "square":
+      draw.rectangle(box, fill=fill)
+    elif o.shape == "triangle":
+      draw.polygon([(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)], fill=fill)
+    elif o.shape == "diamond":
+      draw.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=fill)
+    else:  # cross
+      w = r / 3
+      draw.rectangle((cx - r, cy - w, cx + r, cy + w), fill=fill)
+      draw.rectangle((cx - w, cy - r, cx + w, cy + r), fill=fill)
+  return np.asarray(img, dtype=np.uint8)
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+  buf = io.BytesIO()
+  Image.fromarray(image).save(buf, format="PNG")
+  return buf.getvalue()
+
+
+def relation(a: Obj, b: Obj) -> str:
+  """The dominant spatial relation of a to b."""
+  dx, dy = a.x - b.x, a.y - b.y
+  if abs(dx) >= abs(dy):
+    return "to the left of" if dx < 0 else "to the right of"
+  return "above" if dy < 0 else "below"
+
+
+def _join(phrases: Sequence[str]) -> str:
+  return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+
+
+def captions(objs: Sequence[Obj], rng: np.random.Generator) -> List[str]:
+  """Three captions in different templates, COCO-style (several per image)."""
+  n = len(objs)
+  listing = _join([o.phrase() for o in objs])
+  out = [f"{listing} on a gray background."]
+  if n == 1:
+    out.append(f"a picture of {objs[0].phrase()}.")
+    out.append(f"there is one {objs[0].color} {objs[0].shape}.")
+  else:
+    a, b = objs[int(rng.integers(n))], objs[0]
+    if a is b:
+      b = objs[1]
+    out.append(f"{NUMBER_WORDS[n]} objects: {listing}.")
+    out.append(f"{a.phrase()} {relation(a, b)} {b.phrase('the')}.")
+  return out
+
+
+def _noisy_answers(correct: str, wrong: Sequence[str], rng: np.random.Generator) -> List[str]:
+  """Ten human answers: mostly `correct`, 0-3 of them noisy."""
+  answers = [correct] * 10
+  for k in rng.choice(10, size=int(rng.integers(0, 4)), replace=False):
+    answers[int(k)] = str(wrong[int(rng.integers(len(wrong)))])
+  return answers
+
+
+def questions(objs: Sequence[Obj], rng: np.random.Generator) -> List[Dict[str, object]]:
+  """VQA items: {question, type, answers (10)} for colour, shape, count,
+  yes/no and spatial relation."""
+  out = []
+  n = len(objs)
+  o = objs[int(rng.integers(n))]
+  same_shape = [p for p in objs if p.shape == o.shape]
+  if len(same_shape) == 1:
+    out.append(dict(question=f"what color is the {o.shape}?", type="color",
+                    answers=_noisy_answers(o.color, [c for c in COLORS if c != o.color], rng)))
+  same_color = [p for p in objs if p.color == o.color]
+  if len(same_color) == 1:
+    out.append(dict(question=f"what shape is the {o.color} object?", type="shape",
+                    answers=_noisy_answers(o.shape, [s for s in SHAPES if s != o.shape], rng)))
+  out.append(dict(question="how many objects are there?", type="count",
+                  answers=_noisy_answers(str(n), [str(k) for k in range(1, 5) if k != n], rng)))
+  color = _COLOR_NAMES[int(rng.integers(len(_COLOR_NAMES)))]
+  shape = SHAPES[int(rng.integers(len(SHAPES)))]
+  present = any(p.color == color and p.shape == shape for p in objs)
+  yes = "yes" if present else "no"
+  out.append(dict(question=f"is there a {color} {shape}?", type="yes/no",
+                  answers=_noisy_answers(yes, ["no" if present else "yes"], rng)))
+  if n >= 2:
+    i, j = rng.choice(n, size=2, replace=False)
+    a, b = objs[int(i)], objs[int(j)]
+    rel = relation(a, b)
+    asked = ("to the left of", "to the right of", "above", "below")[int(rng.integers(4))]
+    ans = "yes" if asked == rel else "no"
+    out.append(dict(question=f"is the {a.color} {a.shape} {asked} the {b.color} {b.shape}?",
+                    type="spatial", answers=_noisy_answers(ans, ["no" if ans == "yes" else "yes"],
+                                                           rng)))
+  return out
+
+
+def nli_triple(objs: Sequence[Obj], rng: np.random.Generator) -> Dict[str, object]:
+  """Premise: some of the objects; hypothesis entailed, contradicted or
+  undecidable (about an object the premise does not mention)."""
+  n = len(objs)
+  k = int(rng.integers(1, n + 1))
+  mentioned = list(objs[:k])
+  premise = f"the picture shows {_join([o.phrase() for o in mentioned])}."
+  label = NLI_LABELS[int(rng.integers(3))]
+  o = mentioned[int(rng.integers(k))]
+  if label == "entailment":
+    hyp = f"there is a {o.color} {o.shape}." if rng.integers(2) else f"there is a {o.size} {o.shape}."
+  elif label == "contradiction":
+    other = [c for c in COLORS if c != o.color][int(rng.integers(len(COLORS) - 1))]
+    if rng.integers(2):
+      hyp = f"there is no {o.color} {o.shape}."
+    else:
+      hyp = f"the {o.size} {o.shape} is {other}." if sum(
+          p.shape == o.shape and p.size == o.size for p in mentioned) == 1 else \
+          f"there is no {o.color} {o.shape}."
+  else:
+    named = {(p.color, p.shape) for p in mentioned}
+    cands = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in named]
+    c, s = cands[int(rng.integers(len(cands)))]
+    hyp = f"there is also a {c} {s}."
+  return dict(premise=premise, hypothesis=hyp, label=label)
+
+
+def document(objs: Sequence[Obj], rng: np.random.Generator, paragraphs: int) -> str:
+  """Several paragraphs (blank-line separated) of sentences about the scene."""
+  n = len(objs)
+  paras = []
+  intro = [f"this picture has {NUMBER_WORDS[n]} object{'s' if n > 1 else ''}.",
+           f"the background is gray."]
+  intro.append(f"we can see {_join([o.phrase() for o in objs])}.")
+  paras.append(intro)
+  for p in range(1, paragraphs):
+    sents = []
+    for o in rng.permutation(n):
+      o = objs[int(o)]
+      col = "left" if o.x < 0.5 else "right"
+      row = "top" if o.y < 0.5 else "bottom"
+      kind = (p + int(rng.integers(3))) % 3
+      if kind == 0:
+        sents.append(f"the {o.color} {o.shape} is {o.size} and sits in the {row} {col} part.")
+      elif kind == 1:
+        sents.append(f"near the {row} there is {o.phrase()}.")
+      else:
+        sents.append(f"one of the shapes is a {o.shape} painted {o.color}.")
+      if n > 1:
+        other = objs[int(rng.integers(n))]
+        if other is not o:
+          sents.append(f"the {o.color} {o.shape} is {relation(o, other)} the {other.color} "
+                       f"{other.shape}.")
+    sents.append(f"in total there are {NUMBER_WORDS[n]} shapes in this scene.")
+    paras.append(sents)
+  return "\n\n".join(" ".join(s) for s in paras)
+
+
+def scene_record(seed: int, split: str, index: int, image_size: int,
+                 doc_paragraphs: int) -> Dict[str, object]:
+  """Everything derived from one scene, as plain Python (PNG bytes image)."""
+  objs = make_scene(seed, split, index)
+  rng = np.random.default_rng([seed, SPLITS.index(split), index, 1])
+  qas = questions(objs, rng)
+  nli = nli_triple(objs, rng)
+  return {
+      "id": index,
+      "image": png_bytes(render(objs, image_size)),
+      "captions": captions(objs, rng),
+      "questions": [q["question"] for q in qas],
+      "question_types": [q["type"] for q in qas],
+      "answers": np.array([q["answers"] for q in qas], dtype=object),
+      "premise": nli["premise"],
+      "hypothesis": nli["hypothesis"],
+      "label": NLI_LABELS.index(nli["label"]),
+      "document": document(objs, rng, doc_paragraphs),
+      "objects": json.dumps([dataclasses.asdict(o) for o in objs]),
+  }
