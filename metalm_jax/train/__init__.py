@@ -1,0 +1,1 @@
+"""Training: state and optimizer, sharding, checkpoints, metrics, the loop."""

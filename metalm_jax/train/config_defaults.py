@@ -1,0 +1,46 @@
+"""Trainer fields shared by every training config (pretrain and finetune).
+
+Config files add `model` and `data` and override what differs; every field
+can be overridden on the command line (`--config.optimizer.lr=3e-4`).
+"""
+from __future__ import annotations
+
+import ml_collections as mlc
+
+from configs import common
+
+
+def optimizer(**kw) -> mlc.ConfigDict:
+  """AdamW with linear warm-up then cosine/linear/constant decay.
+
+  groups: {name: {regex, frozen, lr_mult}}; a param (name like
+  'encoders_text/bert/layers_3/attn/query/kernel') joins the group whose regex
+  matches (re.search; at most one may match), else the default group.
+  """
+  d = dict(lr=1e-3, b1=0.9, b2=0.98, eps=1e-8, weight_decay=0.01, warmup_steps=100,
+           decay="cosine", end_lr_frac=0.1, clip_norm=1.0,
+           no_decay_regex=r"(^|/)(bias|scale)$", grad_accum_steps=1,
+           groups=mlc.ConfigDict({}, type_safe=False))
+  d.update(kw)
+  return mlc.ConfigDict(d)
+
+
+def trainer_config() -> mlc.ConfigDict:
+  c = mlc.ConfigDict()
+  c.seed = 0
+  c.batch_size = 8                # global, over all processes
+  c.total_steps = 1000            # 0 with init_from: eval-only run
+  c.log_every = 10
+  c.eval_every = 100              # eval loss on the validation split; 0 = off
+  c.eval_batches = 4
+  c.eval_batch_size = 0           # 0 = batch_size
+  c.optimizer = optimizer()
+  c.mesh = mlc.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # -1 = infer from devices
+  c.logical_rules = common.logical_rules()
+  c.sharding = mlc.ConfigDict(dict(min_fsdp_size=2 ** 14))  # start-up check threshold
+  c.checkpoint = mlc.ConfigDict(dict(every_steps=200, keep=3, async_save=True))
+  c.metrics = mlc.ConfigDict(dict(peak_flops=0.0))  # 0 = measure a matmul at start-up
+  c.init_from = ""                # workdir / checkpoints dir / params dir: params only
+  c.init_components = mlc.ConfigDict({}, type_safe=False)  # top-level name -> params dir
+  c.evals = mlc.ConfigDict({}, type_safe=False)             # name -> {type, every_steps, ...}
+  return c

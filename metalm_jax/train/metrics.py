@@ -1,0 +1,223 @@
+"""Training metrics: clu.metrics accumulation, FLOPs/MFU, and writers
+(TensorBoard events via tensorboardX, WORKDIR/metrics.jsonl, a console
+progress line, a loss-curve PNG).
+
+FLOPs per example (what MFU counts), summed over the model's components:
+  decoder:          n = L decoder positions
+  encoder `name`:   n = max_items * slot_length (ViT patches+cls, BERT max_len),
+                    its connector the same n
+  per component, training FLOPs = sum over matmul weights W of 2*|W|*n*k(W)
+                                + sum over attention layers of 4*c*d_attn*n*k(layer)
+  with |W| the weight's size (Dense/DenseGeneral/Conv kernels, plus the tied
+  output embedding of the decoder), c the context the layer attends over (L for
+  the decoder, the item length for encoders), d_attn = heads * head_dim, and
+  k = 3 (forward + backward) for trainable weights, k = 1 for frozen ones
+  (forward only). Padding positions count: this is the work the device does.
+"""
+# No `from __future__ import annotations`: clu reads the field annotations.
+
+import json
+import logging
+import math
+import os
+import time
+from typing import Any, Dict, Iterable, Mapping, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from clu import metrics as clu_metrics
+
+from metalm_jax import batch as batch_lib
+from metalm_jax.train.state import map_with_names
+
+METRICS_FILE = "metrics.jsonl"
+LOSS_PNG = "loss_curve.png"
+TB_SUBDIR = "tensorboard"
+
+
+@flax.struct.dataclass
+class TrainMetrics(clu_metrics.Collection):
+  loss: clu_metrics.Average.from_output("loss")
+  accuracy: clu_metrics.Average.from_output("accuracy")
+  grad_norm: clu_metrics.Average.from_output("grad_norm")
+  learning_rate: clu_metrics.LastValue.from_output("learning_rate")
+
+
+def _component_tokens(model_cfg, seq_len: int) -> Dict[str, tuple]:
+  """component -> (tokens per example, attention context)."""
+  out = {"decoder": (seq_len, seq_len)}
+  for name, enc in model_cfg.encoders.items():
+    t = batch_lib.slot_length(enc)
+    out[f"encoders_{name}"] = (enc.max_items * t, t)
+    out[f"connectors_{name}"] = (enc.max_items * t, t)
+  return out
+
+
+def flops_per_example(model_cfg, params, trainable, seq_len: int) -> float:
+  """Training FLOPs for one example of `seq_len` decoder positions (formula above)."""
+  comp = _component_tokens(model_cfg, seq_len)
+  tied = model_cfg.decoder.tie_embeddings
+  total = 0.0
+  names = {}
+  map_with_names(lambda n, x: names.__setitem__(n, x.shape), params)
+  train = {}
+  map_with_names(lambda n, t: train.__setitem__(n, bool(t)), trainable)
+  for n, shape in names.items():
+    top, leaf = n.split("/")[0], n.split("/")[-1]
+    if top not in comp:
+      raise ValueError(f"param {n!r}: unknown component {top!r} for the FLOPs count")
+    tokens, ctx = comp[top]
+    k = 3 if train[n] else 1
+    if leaf == "kernel" or (tied and n == "decoder/embedder/embedding"):
+      total += 2.0 * math.prod(shape) * tokens * k
+    if n.endswith("attn/query/kernel"):
+      d_attn = math.prod(shape[1:])
+      total += 4.0 * ctx * d_attn * tokens * k
+  return total
+
+
+def measure_matmul_peak(size: int = 1024, dtype=jnp.float32, seconds: float = 1.0) -> float:
+  """Best FLOP/s of a square matmul on the default device (the MFU denominator)."""
+  key = jax.random.key(0)
+  a = jax.random.normal(key, (size, size), dtype)
+  b = jax.random.normal(jax.random.fold_in(key, 1), (size, size), dtype)
+  f = jax.jit(lambda x, y: x @ y)
+  f(a, b).block_until_ready()
+  best, start = float("inf"), time.perf_counter()
+  while time.perf_counter() - start < seconds:
+    t0 = time.perf_counter()
+    f(a, b).block_until_ready()
+    best = min(best, time.perf_counter() - t0)
+  return 2.0 * size ** 3 / best
+
+
+def peak_flops(measured_single: float) -> float:
+  """System peak. CPU: fake devices share one host's cores, so the host peak is
+  one device's matmul peak (times processes); accelerators: per device x count."""
+  if jax.devices()[0].platform == "cpu":
+    return measured_single * jax.process_count()
+  return measured_single * jax.device_count()
+
+
+def _fmt_time(s: float) -> str:
+  s = int(max(s, 0))
+  return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class Writer:
+  """TensorBoard + metrics.jsonl + console; only process 0 writes."""
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.enabled = enabled
+    self.path = os.path.join(workdir, METRICS_FILE)
+    self.tb = None
+    if enabled:
+      from tensorboardX import SummaryWriter
+      self.tb = SummaryWriter(os.path.join(workdir, TB_SUBDIR))
+
+  def rewind(self, step: int) -> None:
+    """Drops jsonl records after `step` (a resumed run rewrites them)."""
+    if not self.enabled or not os.path.exists(self.path):
+      return
+    keep = [r for r in read_jsonl(self.path) if r["step"] <= step]
+    with open(self.path, "w") as f:
+      for r in keep:
+        f.write(json.dumps(r) + "\n")
+
+  def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    if not self.enabled:
+      return
+    clean = {k: float(v) for k, v in scalars.items()}
+    with open(self.path, "a") as f:
+      f.write(json.dumps({"step": int(step), **clean}) + "\n")
+    for k, v in clean.items():
+      if math.isfinite(v):
+        self.tb.add_scalar(k, v, step)
+    self.tb.flush()
+
+  def write_text(self, tag: str, text: str) -> None:
+    if self.enabled:
+      self.tb.add_text(tag, text, 0)
+
+  def close(self) -> None:
+    if self.tb is not None:
+      self.tb.close()
+
+
+def read_jsonl(path: str):
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+class Progress:
+  """Console line with steps/s, tokens/s, MFU and ETA."""
+
+  def __init__(self, total_steps: int, start_step: int):
+    self.total, self.last_step, self.last_t = total_steps, start_step, time.perf_counter()
+
+  def rates(self, step: int) -> Dict[str, float]:
+    now = time.perf_counter()
+    dt, ds = now - self.last_t, step - self.last_step
+    self.last_step, self.last_t = step, now
+    return {"steps_per_sec": ds / dt if dt > 0 else 0.0, "interval_sec": dt}
+
+  def line(self, step: int, scalars: Mapping[str, float]) -> str:
+    sps = scalars.get("steps_per_sec", 0.0)
+    eta = (self.total - step) / sps if sps > 0 else float("nan")
+    parts = [f"step {step}/{self.total}", f"loss {scalars['loss']:.4f}"]
+    if "accuracy" in scalars:
+      parts.append(f"acc {scalars['accuracy']:.3f}")
+    parts.append(f"{sps:.2f} steps/s")
+    if "tokens_per_sec" in scalars:
+      parts.append(f"{scalars['tokens_per_sec']:.0f} tok/s")
+    if "mfu" in scalars:
+      parts.append(f"MFU {100 * scalars['mfu']:.1f}%")
+    if math.isfinite(eta):
+      parts.append(f"ETA {_fmt_time(eta)}")
+    return " | ".join(parts)
+
+
+def plot_losses(workdir: str, keys: Iterable[str] = ("loss", "eval_loss")) -> Optional[str]:
+  """PNG of the jsonl loss curves; returns its path (None without records)."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return None
+  rows = read_jsonl(path)
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6, 4))
+  drawn = False
+  for k in keys:
+    pts = [(r["step"], r[k]) for r in rows if k in r]
+    if pts:
+      ax.plot(*zip(*pts), marker="." if k != "loss" else None, label=k)
+      drawn = True
+  if not drawn:
+    plt.close(fig)
+    return None
+  ax.set_xlabel("step")
+  ax.set_ylabel("cross-entropy (nats/token)")
+  ax.legend()
+  ax.grid(alpha=0.3)
+  out = os.path.join(workdir, LOSS_PNG)
+  fig.tight_layout()
+  fig.savefig(out, dpi=100)
+  plt.close(fig)
+  return out
+
+
+def log_parameter_overview(params, trainable) -> str:
+  """Table of parameters (clu) plus trainable / frozen totals; logged and returned."""
+  from clu import parameter_overview
+  table = parameter_overview.get_parameter_overview(params, include_stats=False)
+  sizes = {"trainable": 0, "frozen": 0}
+  flat_p = jax.tree.leaves(params)
+  flat_t = jax.tree.leaves(trainable)
+  for x, t in zip(flat_p, flat_t):
+    sizes["trainable" if t else "frozen"] += int(np.prod(x.shape))
+  text = f"{table}\ntrainable params: {sizes['trainable']:,}  frozen: {sizes['frozen']:,}"
+  logging.info("Parameter overview:\n%s", text)
+  return text

@@ -1,0 +1,152 @@
+"""Device mesh (data, fsdp, tensor), logical-axis rules and shard helpers.
+
+Model code names parameter and activation axes logically (see
+metalm_jax/models/layers.py); `config.logical_rules` maps them to mesh axes.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+
+def mesh_shape(mesh_cfg, num_devices: int) -> Tuple[int, ...]:
+  """Sizes for MESH_AXES from config; at most one -1, inferred from the device count."""
+  sizes = [int(mesh_cfg[a]) for a in MESH_AXES]
+  for a, s in zip(MESH_AXES, sizes):
+    if s == 0 or s < -1:
+      raise ValueError(f"mesh.{a}={s}: expected a positive size or -1 (infer)")
+  infer = [a for a, s in zip(MESH_AXES, sizes) if s == -1]
+  if len(infer) > 1:
+    raise ValueError(f"mesh.{infer[1]}=-1: only one mesh axis may be -1 (also {infer[0]})")
+  known = math.prod(s for s in sizes if s != -1)
+  if infer:
+    if num_devices % known:
+      raise ValueError(f"mesh.{infer[0]}=-1 cannot be inferred: {num_devices} devices are not "
+                       f"divisible by the other axes' product {known}")
+    sizes[sizes.index(-1)] = num_devices // known
+  if math.prod(sizes) != num_devices:
+    raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
+                     f"but {num_devices} are available")
+  return tuple(sizes)
+
+
+def make_mesh(mesh_cfg, devices: Sequence[Any] = None) -> Mesh:
+  """Devices in jax.devices() order (grouped by process), reshaped to the mesh:
+  each process then owns a contiguous block of the data/fsdp axes."""
+  devices = list(jax.devices() if devices is None else devices)
+  shape = mesh_shape(mesh_cfg, len(devices))
+  return Mesh(np.asarray(devices, dtype=object).reshape(shape), MESH_AXES)
+
+
+def rules_from_config(rules) -> Tuple[Tuple[str, Any], ...]:
+  """[(logical, mesh axes)] -> tuple form; checks the named mesh axes exist."""
+  out = []
+  for i, rule in enumerate(rules):
+    if len(rule) != 2:
+      raise ValueError(f"logical_rules[{i}]={rule!r}: expected (logical_name, mesh_axes)")
+    name, axes = rule
+    axes = tuple(axes) if isinstance(axes, (list, tuple)) else axes
+    for a in (axes if isinstance(axes, tuple) else (axes,)):
+      if a is not None and a not in MESH_AXES:
+        raise ValueError(f"logical_rules[{i}] ({name!r}) names mesh axis {a!r}; "
+                         f"known: {MESH_AXES}")
+    out.append((name, axes))
+  return tuple(out)
+
+
+def logical_shardings(boxed_abstract_tree, mesh: Mesh, rules):
+  """NamedShardings for an (abstract) tree whose leaves may be boxed; the result
+  has the structure of the unboxed tree. Unboxed leaves are replicated."""
+  specs = nn.get_partition_spec(boxed_abstract_tree)
+  return nn.logical_to_mesh_sharding(specs, mesh, rules)
+
+
+def state_shardings(abstract_state, boxed_abstract_params, mesh: Mesh, rules):
+  """Shardings for the unboxed state {"step", "params", "opt_state"}.
+
+  Params take their logical specs. An optimizer-state leaf whose trailing dict
+  keys name a parameter of the same shape (Adam's mu/nu mirror the params)
+  takes that parameter's sharding; everything else is replicated.
+  """
+  from metalm_jax.train.state import path_str
+  param_sh = logical_shardings(boxed_abstract_params, mesh, rules)
+  flat = jax.tree_util.tree_flatten_with_path(nn.meta.unbox(boxed_abstract_params))[0]
+  flat_sh = jax.tree.leaves(param_sh, is_leaf=lambda x: isinstance(x, NamedSharding))
+  by_name = {path_str(p): (x.shape, s) for (p, x), s in zip(flat, flat_sh)}
+  rep = replicated(mesh)
+
+  def for_opt_leaf(path, x):
+    tail = []
+    for k in reversed(path):
+      if not isinstance(k, jax.tree_util.DictKey):
+        break
+      tail.append(str(k.key))
+    hit = by_name.get("/".join(reversed(tail)))
+    return hit[1] if hit is not None and hit[0] == x.shape else rep
+
+  return {"step": rep, "params": param_sh,
+          "opt_state": jax.tree_util.tree_map_with_path(for_opt_leaf, abstract_state["opt_state"])}
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) dimension over data x fsdp; the rest replicated."""
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def data_shards(mesh: Mesh) -> int:
+  return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def global_batch(local_batch, mesh: Mesh):
+  """Per-process numpy batch -> global jax.Arrays sharded over the batch axes."""
+  sharding = batch_sharding(mesh)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
+                      local_batch)
+
+
+def to_host(tree):
+  """Global arrays -> full numpy arrays on every process (gathers shards)."""
+  if jax.process_count() == 1:
+    return jax.tree.map(np.asarray, jax.device_get(tree))
+  return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def unsharded_large_params(params, shardings, mesh: Mesh, min_size: int) -> Dict[str, Tuple]:
+  """{name: shape} of params with >= min_size elements that are not split over
+  `fsdp` (empty when fsdp == 1)."""
+  from metalm_jax.train.state import path_str
+  if mesh.shape["fsdp"] == 1:
+    return {}
+  bad = {}
+  flat_p = jax.tree_util.tree_flatten_with_path(params)[0]
+  flat_s = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
+  for (path, x), s in zip(flat_p, flat_s):
+    if math.prod(x.shape) < min_size:
+      continue
+    axes = [a for dim in s.spec if dim is not None
+            for a in (dim if isinstance(dim, tuple) else (dim,))]
+    if "fsdp" not in axes:
+      bad[path_str(path)] = tuple(x.shape)
+  return bad
+
+
+def check_large_params_sharded(params, shardings, mesh: Mesh, min_size: int) -> None:
+  """Start-up check: with fsdp > 1 every large parameter must be split over fsdp."""
+  bad = unsharded_large_params(params, shardings, mesh, min_size)
+  if bad:
+    raise ValueError(
+        f"{len(bad)} parameters with >= {min_size} elements are not sharded over fsdp "
+        f"(fix logical_rules or sharding.min_fsdp_size): {sorted(bad.items())[:5]}")

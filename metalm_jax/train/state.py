@@ -1,0 +1,132 @@
+"""Train state and optimizer: AdamW with warm-up and decay, clipping, no weight
+decay on norms and biases, parameter groups by regex (frozen or with their own
+learning-rate multiplier).
+
+The state is a plain dict {"step", "params", "opt_state"} of arrays (no
+LogicallyPartitioned boxes), so Orbax saves and restores it directly; the
+boxed version is only built abstractly to read the sharding specs.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Dict, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+DEFAULT_GROUP = "default"
+
+
+def path_str(path) -> str:
+  """'decoder/layers_0/attn/query/kernel' from a pytree key path (boxes skipped)."""
+  parts = []
+  for k in path:
+    if isinstance(k, jax.tree_util.DictKey):
+      parts.append(str(k.key))
+    elif isinstance(k, jax.tree_util.SequenceKey):
+      parts.append(str(k.idx))
+    # GetAttrKey('value') of a LogicallyPartitioned box adds nothing.
+  return "/".join(parts)
+
+
+def map_with_names(fn: Callable[[str, Any], Any], tree):
+  return jax.tree_util.tree_map_with_path(lambda p, x: fn(path_str(p), x), tree)
+
+
+def _groups(opt_cfg) -> Dict[str, Any]:
+  groups = dict(opt_cfg.get("groups", {}) or {})
+  if DEFAULT_GROUP in groups:
+    raise ValueError(f"optimizer.groups.{DEFAULT_GROUP}: the name is reserved for "
+                     "parameters that match no group")
+  for name, g in groups.items():
+    try:
+      re.compile(g["regex"])
+    except re.error as e:
+      raise ValueError(f"optimizer.groups.{name}.regex={g['regex']!r}: {e}") from None
+  return groups
+
+
+def group_of(name: str, groups: Mapping[str, Any]) -> str:
+  """The group whose regex matches the param name (re.search); one at most."""
+  hits = [g for g, c in sorted(groups.items()) if re.search(c["regex"], name)]
+  if len(hits) > 1:
+    raise ValueError(f"param {name!r} matches several optimizer.groups: {hits}; "
+                     "make the regexes disjoint (e.g. with a (?!...) lookahead)")
+  return hits[0] if hits else DEFAULT_GROUP
+
+
+def param_labels(params, opt_cfg):
+  groups = _groups(opt_cfg)
+  return map_with_names(lambda n, _: group_of(n, groups), params)
+
+
+def trainable_mask(params, opt_cfg):
+  """True for params in a non-frozen group."""
+  groups = _groups(opt_cfg)
+  def ok(n, _):
+    g = group_of(n, groups)
+    return g == DEFAULT_GROUP or not groups[g].get("frozen", False)
+  return map_with_names(ok, params)
+
+
+def decay_mask(params, opt_cfg):
+  """Weight decay applies to params of rank >= 2 whose name does not match
+  `optimizer.no_decay_regex` (norm scales and biases by default)."""
+  rx = re.compile(opt_cfg.no_decay_regex)
+  return map_with_names(lambda n, x: x.ndim >= 2 and not rx.search(n), params)
+
+
+SCHEDULES = {
+    "cosine": lambda frac: 0.5 * (1.0 + jnp.cos(jnp.pi * frac)),
+    "linear": lambda frac: 1.0 - frac,
+    "constant": lambda frac: jnp.ones_like(frac),
+}
+
+
+def lr_schedule(opt_cfg, total_steps: int) -> Callable[[Any], Any]:
+  """Linear warm-up to `lr`, then `decay` down to `lr * end_lr_frac` at total_steps."""
+  if opt_cfg.decay not in SCHEDULES:
+    raise ValueError(f"optimizer.decay={opt_cfg.decay!r}; known: {sorted(SCHEDULES)}")
+  lr, warm, end = opt_cfg.lr, opt_cfg.warmup_steps, opt_cfg.end_lr_frac
+  shape = SCHEDULES[opt_cfg.decay]
+
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    warm_f = jnp.minimum(1.0, (step + 1.0) / max(warm, 1)) if warm else 1.0
+    frac = jnp.clip((step - warm) / max(total_steps - warm, 1), 0.0, 1.0)
+    return lr * warm_f * (end + (1.0 - end) * shape(frac))
+  return schedule
+
+
+def make_optimizer(opt_cfg, total_steps: int) -> optax.GradientTransformation:
+  """Zero frozen grads -> clip by global norm -> per-group AdamW."""
+  groups = _groups(opt_cfg)
+  schedule = lr_schedule(opt_cfg, total_steps)
+  transforms = {}
+  for name in list(groups) + [DEFAULT_GROUP]:
+    g = groups.get(name, {})
+    if g.get("frozen", False):
+      transforms[name] = optax.set_to_zero()
+      continue
+    mult = float(g.get("lr_mult", 1.0))
+    transforms[name] = optax.chain(
+        optax.scale_by_adam(b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps),
+        optax.add_decayed_weights(opt_cfg.weight_decay, mask=lambda p: decay_mask(p, opt_cfg)),
+        optax.scale_by_learning_rate(lambda s, m=mult: schedule(s) * m))
+  chain = [optax.masked(optax.set_to_zero(),
+                        lambda p: jax.tree.map(lambda t: not t, trainable_mask(p, opt_cfg)))]
+  if opt_cfg.clip_norm:
+    chain.append(optax.clip_by_global_norm(opt_cfg.clip_norm))
+  chain.append(optax.multi_transform(transforms, lambda p: param_labels(p, opt_cfg)))
+  return optax.chain(*chain)
+
+
+def init_state(params, tx) -> Dict[str, Any]:
+  """Works on boxed params too: the optimizer state then mirrors the boxes."""
+  return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+
+
+def unbox(tree):
+  return nn.meta.unbox(tree)

@@ -1,0 +1,81 @@
+"""The jitted pieces: masked cross-entropy, the train step (with gradient
+accumulation over micro-batches) and the eval step."""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from metalm_jax.train import state as state_lib
+
+
+def loss_sums(logits, targets, weights):
+  """(sum of weighted CE, sum of weighted correct, sum of weights), float32."""
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+  correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+  w = weights.astype(jnp.float32)
+  return jnp.sum(ce * w), jnp.sum(correct * w), jnp.sum(w)
+
+
+def _micro_batches(batch, n: int):
+  """[B, ...] -> [n, B/n, ...]; micro-batch i takes rows i, i+n, ... so each
+  one stays spread over all batch shards."""
+  def split(x):
+    b = x.shape[0]
+    return jnp.swapaxes(x.reshape((b // n, n) + x.shape[1:]), 0, 1)
+  return jax.tree.map(split, batch)
+
+
+def make_train_step(model, tx, opt_cfg, lr_fn: Callable, seed: int, accum_steps: int = 1,
+                    dropout: bool = True) -> Callable:
+  """state, batch -> (state, metrics). Loss is the mean CE over trained tokens
+  of the whole (accumulated) batch: per-micro-batch sums, divided once. The
+  dropout key depends only on (seed, step), so a resumed run repeats it."""
+
+  def sums(params, batch, rng):
+    logits = model.apply({"params": params}, batch, deterministic=not dropout,
+                         rngs={"dropout": rng})
+    s, c, w = loss_sums(logits, batch["targets"], batch["loss_mask"])
+    return s, (c, w)
+
+  grad_fn = jax.value_and_grad(sums, has_aux=True)
+
+  def step(state, batch):
+    params = state["params"]
+    rng = jax.random.fold_in(jax.random.key(seed), state["step"])
+    if accum_steps == 1:
+      (s, (c, w)), g = grad_fn(params, batch, rng)
+    else:
+      def body(carry, xs):
+        i, mb = xs
+        (s_i, (c_i, w_i)), g_i = grad_fn(params, mb, jax.random.fold_in(rng, i))
+        g_acc, s_acc, c_acc, w_acc = carry
+        return (jax.tree.map(jnp.add, g_acc, g_i), s_acc + s_i, c_acc + c_i, w_acc + w_i), None
+      zero = jax.tree.map(jnp.zeros_like, params)
+      init = (zero, jnp.zeros(()), jnp.zeros(()), jnp.zeros(()))
+      (g, s, c, w), _ = jax.lax.scan(
+          body, init, (jnp.arange(accum_steps), _micro_batches(batch, accum_steps)))
+    denom = jnp.maximum(w, 1.0)
+    g = jax.tree.map(lambda x: x / denom, g)
+    trainable = state_lib.trainable_mask(g, opt_cfg)
+    grad_norm = optax.global_norm(jax.tree.map(lambda x, t: x if t else jnp.zeros_like(x),
+                                               g, trainable))
+    updates, opt_state = tx.update(g, state["opt_state"], params)
+    new_state = {"step": state["step"] + 1, "params": optax.apply_updates(params, updates),
+                 "opt_state": opt_state}
+    metrics = {"loss": s / denom, "accuracy": c / denom, "grad_norm": grad_norm,
+               "learning_rate": lr_fn(state["step"]), "trained_tokens": w}
+    return new_state, metrics
+
+  return step
+
+
+def make_eval_step(model) -> Callable:
+  """params, batch -> {'loss_sum', 'correct_sum', 'weight'} (summed, not averaged)."""
+  def step(params, batch):
+    logits = model.apply({"params": params}, batch, deterministic=True)
+    s, c, w = loss_sums(logits, batch["targets"], batch["loss_mask"])
+    return {"loss_sum": s, "correct_sum": c, "weight": w}
+  return step

@@ -1,0 +1,361 @@
+"""The one training loop (pretraining and finetuning).
+
+    state = restore(workdir) or init (+ init_from / init_components)
+    for step: batch -> global arrays -> jitted step (state donated) -> metrics
+              every log_every: jsonl / TensorBoard / console
+              every eval_every: eval loss on the validation split
+              every evals[*].every_steps: evaluators (metalm_jax.evaluate)
+              every checkpoint.every_steps: async save (state + data iterator)
+    SIGTERM: save the current step, wait for it, return.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import time
+from typing import Any, Dict, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from metalm_jax import batch as batch_lib
+from metalm_jax import params_io
+from metalm_jax.models import metalm
+from metalm_jax.train import checkpoint as ckpt_lib
+from metalm_jax.train import metrics as metrics_lib
+from metalm_jax.train import sharding as shard_lib
+from metalm_jax.train import state as state_lib
+from metalm_jax.train import steps as steps_lib
+
+RESULTS_FILE = "final_metrics.json"
+
+
+def _need(cond, field, value, why):
+  if not cond:
+    raise ValueError(f"config.{field}={value!r}: {why}")
+
+
+def check_config(config, num_devices: Optional[int] = None,
+                 process_count: Optional[int] = None) -> Dict[str, int]:
+  """Semantic checks before anything compiles; errors name the field.
+  Returns the mesh sizes."""
+  num_devices = jax.device_count() if num_devices is None else num_devices
+  process_count = jax.process_count() if process_count is None else process_count
+  for f in ("model", "data", "batch_size", "total_steps", "optimizer", "mesh", "checkpoint",
+            "logical_rules"):
+    _need(f in config, f, None, "missing")
+  metalm.check_model_config(config.model)
+  _need(config.batch_size > 0, "batch_size", config.batch_size, "must be > 0")
+  _need(config.total_steps >= 0, "total_steps", config.total_steps, "must be >= 0")
+  _need(config.total_steps > 0 or config.init_from or config.init_components,
+        "total_steps", config.total_steps, "an eval-only run (0 steps) needs init_from")
+  _need(config.log_every > 0, "log_every", config.log_every, "must be > 0")
+  _need(config.eval_every >= 0, "eval_every", config.eval_every, "must be >= 0")
+  sizes = dict(zip(shard_lib.MESH_AXES, shard_lib.mesh_shape(config.mesh, num_devices)))
+  shards = sizes["data"] * sizes["fsdp"]
+  _need(config.batch_size % shards == 0, "batch_size", config.batch_size,
+        f"not divisible by the data shards (mesh.data * mesh.fsdp = {shards})")
+  _need(config.batch_size % process_count == 0, "batch_size", config.batch_size,
+        f"not divisible by the process count {process_count}")
+  opt = config.optimizer
+  acc = opt.grad_accum_steps
+  _need(acc >= 1 and config.batch_size % acc == 0, "optimizer.grad_accum_steps", acc,
+        f"must be >= 1 and divide batch_size={config.batch_size}")
+  _need((config.batch_size // acc) % shards == 0, "optimizer.grad_accum_steps", acc,
+        f"micro-batch {config.batch_size // acc} not divisible by the {shards} data shards")
+  _need(opt.decay in state_lib.SCHEDULES, "optimizer.decay", opt.decay,
+        f"known: {sorted(state_lib.SCHEDULES)}")
+  _need(opt.lr > 0, "optimizer.lr", opt.lr, "must be > 0")
+  _need(0 <= opt.end_lr_frac <= 1, "optimizer.end_lr_frac", opt.end_lr_frac, "must be in [0, 1]")
+  _need(opt.warmup_steps >= 0, "optimizer.warmup_steps", opt.warmup_steps, "must be >= 0")
+  state_lib._groups(opt)  # regexes compile
+  shard_lib.rules_from_config(config.logical_rules)
+  _need(config.checkpoint.keep >= 1, "checkpoint.keep", config.checkpoint.keep, "must be >= 1")
+  for name, ev in (config.get("evals") or {}).items():
+    _need(ev.get("every_steps", 0) > 0, f"evals.{name}.every_steps", ev.get("every_steps"),
+          "must be > 0")
+  for name, path in (config.get("init_components") or {}).items():
+    _need(os.path.exists(os.path.join(path, params_io.PARAMS_FILE)),
+          f"init_components.{name}", path, f"no {params_io.PARAMS_FILE} there")
+  return sizes
+
+
+def _default_data():
+  from metalm_jax.data import pipeline
+  return pipeline
+
+
+class _Stop:
+  """Set by SIGTERM; the loop saves and returns after the current step."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = None
+
+  def __enter__(self):
+    try:
+      self._old = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: no handler
+      self._old = None
+    return self
+
+  def _handle(self, signum, frame):
+    logging.warning("SIGTERM: saving a checkpoint after this step")
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+
+
+def _replace_subtree(params, name: str, new, shardings):
+  if name not in params:
+    raise ValueError(f"config.init_components.{name}: no such top-level param collection; "
+                     f"known: {sorted(params)}")
+  want = jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), params[name])
+  got = jax.tree.map(lambda x: (tuple(np.shape(x)), str(np.asarray(x).dtype)), new)
+  if jax.tree.structure(want) != jax.tree.structure(got) or want != got:
+    raise ValueError(f"config.init_components.{name}: loaded params do not match the model's "
+                     f"{name!r} subtree (names, shapes or dtypes differ)")
+  params = dict(params)
+  params[name] = jax.tree.map(lambda x, s: jax.device_put(np.asarray(x), s), new, shardings[name])
+  return params
+
+
+def _load_init(config, state, shardings):
+  """Applies init_from (whole params) then init_components (subtrees)."""
+  params = state["params"]
+  if config.init_from:
+    path = config.init_from
+    if os.path.exists(os.path.join(path, params_io.PARAMS_FILE)):
+      loaded, _ = params_io.load_params(path)
+      params = _replace_subtree({"_all": params}, "_all", loaded,
+                                {"_all": shardings["params"]})["_all"]
+    else:
+      target = ckpt_lib.with_shardings(params, shardings["params"])
+      params = ckpt_lib.restore_params(path, target)
+    logging.info("params initialised from %s", path)
+  for name, path in sorted((config.init_components or {}).items()):
+    loaded, _ = params_io.load_params(path)
+    params = _replace_subtree(params, name, loaded, shardings["params"])
+    logging.info("params[%r] initialised from %s", name, path)
+  return {**state, "params": params}
+
+
+class Trainer:
+  """Builds everything from the config; `run()` trains (or evaluates)."""
+
+  def __init__(self, config, workdir: str, data=None):
+    self.config, self.workdir = config, workdir
+    self.mesh_sizes = check_config(config)
+    self.data = data or _default_data()
+    os.makedirs(workdir, exist_ok=True)
+    self.mesh = shard_lib.make_mesh(config.mesh)
+    self.rules = shard_lib.rules_from_config(config.logical_rules)
+    self.model = metalm.build_model(config.model)
+    self.total = config.total_steps
+    self.lr_fn = state_lib.lr_schedule(config.optimizer, max(self.total, 1))
+    self.tx = state_lib.make_optimizer(config.optimizer, max(self.total, 1))
+    self.is_main = jax.process_index() == 0
+    self.writer = metrics_lib.Writer(workdir, enabled=self.is_main)
+    self._build_state_fns()
+
+  # ---- state -------------------------------------------------------------
+  def _init_params(self, rng):
+    dummy = jax.tree.map(jnp.asarray, batch_lib.dummy_batch(self.model.cfg, 1, 8))
+    return self.model.init(rng, dummy)["params"]
+
+  def _build_state_fns(self):
+    rng = jax.random.key(self.config.seed)
+    init_state = lambda r: state_lib.init_state(state_lib.unbox(self._init_params(r)), self.tx)
+    boxed = jax.eval_shape(self._init_params, rng)
+    self.abstract_state = jax.eval_shape(init_state, rng)
+    self.shardings = shard_lib.state_shardings(self.abstract_state, boxed, self.mesh, self.rules)
+    shard_lib.check_large_params_sharded(
+        self.abstract_state["params"], self.shardings["params"], self.mesh,
+        self.config.sharding.min_fsdp_size)
+    self.trainable = state_lib.trainable_mask(self.abstract_state["params"], self.config.optimizer)
+    self._init_fn = jax.jit(init_state, out_shardings=self.shardings)
+    self._rng = rng
+
+  def _make_iter(self, split: str, batch_size: int, shuffle: bool, num_epochs):
+    pc = jax.process_count()
+    return self.data.make_iterator(
+        self.config, split, batch_size=batch_size // pc, process_index=jax.process_index(),
+        process_count=pc, seed=self.config.seed, shuffle=shuffle, num_epochs=num_epochs)
+
+  def _split(self, batch):
+    if "stats" in batch:
+      return self.data.split_stats(batch)
+    return batch, {}
+
+  def _ctx(self):
+    return _MeshRules(self.mesh, self.rules)
+
+  # ---- the run -----------------------------------------------------------
+  def run(self) -> Dict[str, float]:
+    cfg = self.config
+    train_iter = self._make_iter("train", cfg.batch_size, True, None) if self.total else None
+    ckpt = ckpt_lib.Checkpointer(self.workdir, cfg.checkpoint)
+    start = 0
+    if self.total and ckpt.latest_step() is not None:
+      target = ckpt_lib.with_shardings(self.abstract_state, self.shardings)
+      state, start = ckpt.restore(target, train_iter)
+      logging.info("resumed from %s at step %d", ckpt.directory, start)
+      self.writer.rewind(start)
+    else:
+      state = _load_init(cfg, self._init_fn(self._rng), self.shardings)
+    if start == 0 and self.is_main:
+      text = metrics_lib.log_parameter_overview(state_lib.unbox(self.abstract_state["params"]),
+                                                self.trainable)
+      self.writer.write_text("parameters", "```\n" + text + "\n```")
+    with self._ctx():
+      eval_fn = jax.jit(steps_lib.make_eval_step(self.model),
+                        in_shardings=(self.shardings["params"], shard_lib.batch_sharding(self.mesh)),
+                        out_shardings=shard_lib.replicated(self.mesh))
+    self._eval_fn = eval_fn
+    if not self.total:
+      results = self._evaluate(state["params"], 0, True, bool(cfg.evals))
+      ckpt.close()
+      return self._finish(results)
+    results = self._train(state, start, train_iter, ckpt)
+    return self._finish(results)
+
+  def _finish(self, results):
+    if self.is_main:
+      import json
+      with open(os.path.join(self.workdir, RESULTS_FILE), "w") as f:
+        json.dump(results, f, indent=2, sort_keys=True)
+      png = metrics_lib.plot_losses(self.workdir)
+      if png:
+        results = {**results, "loss_png": png}
+    self.writer.close()
+    return results
+
+  def _train(self, state, start, train_iter, ckpt):
+    cfg = self.config
+    step_fn = steps_lib.make_train_step(
+        self.model, self.tx, cfg.optimizer, self.lr_fn, cfg.seed,
+        accum_steps=cfg.optimizer.grad_accum_steps)
+    bsh = shard_lib.batch_sharding(self.mesh)
+    with self._ctx():
+      train_step = jax.jit(step_fn, in_shardings=(self.shardings, bsh),
+                           out_shardings=(self.shardings, shard_lib.replicated(self.mesh)),
+                           donate_argnums=0)
+    peak = cfg.metrics.peak_flops or metrics_lib.peak_flops(metrics_lib.measure_matmul_peak())
+    progress = metrics_lib.Progress(self.total, start)
+    acc, skipped, flops_ex, seq_len, last = None, {}, None, None, {}
+    step = start
+    with _Stop() as stop:
+      while step < self.total:
+        local, counts = self._split(next(train_iter))
+        for k, v in counts.items():
+          skipped[k] = skipped.get(k, 0) + int(v)
+        if flops_ex is None:
+          batch_lib.validate_batch(local, cfg.model, cfg.model.decoder.vocab_size)
+          seq_len = int(np.shape(local["tokens"])[1])
+          flops_ex = metrics_lib.flops_per_example(cfg.model, self.abstract_state["params"],
+                                                   self.trainable, seq_len)
+        batch = shard_lib.global_batch(local, self.mesh)
+        with self._ctx():
+          state, m = train_step(state, batch)
+        m = jax.device_get(m)  # blocks every step (CPU collectives need it too)
+        if not math.isfinite(float(m["loss"])):
+          raise FloatingPointError(f"loss is {m['loss']} at step {step + 1}")
+        step += 1
+        one = metrics_lib.TrainMetrics.single_from_model_output(
+            **{k: jnp.asarray(v) for k, v in m.items() if k != "trained_tokens"})
+        acc = one if acc is None else acc.merge(one)
+        if step % cfg.log_every == 0 or step == self.total or stop.requested:
+          last = {k: float(v) for k, v in acc.compute().items()}
+          acc = None
+          rates = progress.rates(step)
+          sps = rates["steps_per_sec"]
+          last.update(steps_per_sec=sps,
+                      tokens_per_sec=sps * cfg.batch_size * seq_len,
+                      mfu=sps * cfg.batch_size * flops_ex / peak)
+          last.update({f"skipped/{k}": float(v) for k, v in skipped.items()})
+          self.writer.write(step, last)
+          if self.is_main:
+            logging.info(progress.line(step, last))
+            print(progress.line(step, last), flush=True)
+        due_loss = cfg.eval_every and (step % cfg.eval_every == 0 or step == self.total)
+        ev = self._evaluate(state["params"], step, due_loss, self._evals_due(step))
+        last.update(ev)
+        if ev:
+          progress.rates(step)  # eval time does not count as training time
+        if ckpt.should_save(step) or step == self.total or stop.requested:
+          ckpt.save(step, state, train_iter, force=True)
+        if stop.requested:
+          break
+    ckpt.close()
+    return {"step": step, **last, "stopped_by_signal": float(stop.requested),
+            "flops_per_example": flops_ex or 0.0, "peak_flops": peak}
+
+  # ---- evaluation ----------------------------------------------------------
+  def _evals_due(self, step: int) -> bool:
+    return any(step % ev.every_steps == 0 for ev in (self.config.evals or {}).values())
+
+  def eval_loss(self, params) -> Dict[str, float]:
+    """Token-weighted CE and accuracy over `eval_batches` validation batches."""
+    cfg = self.config
+    bs = cfg.eval_batch_size or cfg.batch_size
+    it = self._make_iter("validation", bs, False, 1)
+    tot = {"loss_sum": 0.0, "correct_sum": 0.0, "weight": 0.0}
+    for _ in range(cfg.eval_batches):
+      try:
+        local, _ = self._split(next(it))
+      except StopIteration:
+        break
+      with self._ctx():
+        out = jax.device_get(self._eval_fn(params, shard_lib.global_batch(local, self.mesh)))
+      for k in tot:
+        tot[k] += float(out[k])
+    w = max(tot["weight"], 1.0)
+    return {"eval_loss": tot["loss_sum"] / w, "eval_accuracy": tot["correct_sum"] / w,
+            "eval_tokens": tot["weight"]}
+
+  def _evaluate(self, params, step: int, loss: bool, evals: bool) -> Dict[str, float]:
+    out = self.eval_loss(params) if loss else {}
+    if evals:
+      out.update(self._run_evals(params, step))
+    if out:
+      self.writer.write(step, out)
+      if self.is_main:
+        print(f"eval @ {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(out.items())),
+              flush=True)
+    return out
+
+  def _run_evals(self, params, step: int) -> Dict[str, float]:
+    if not self.config.evals:
+      return {}
+    from metalm_jax.evaluate import evaluators  # issue 6; imported only when configured
+    with self._ctx():
+      out = evaluators.run_evals(self.config, self.model, params, step, self.workdir)
+    return {k: float(v) for k, v in out.items()}
+
+
+class _MeshRules:
+  """`jax.set_mesh(mesh)` plus flax logical-axis rules, as one context."""
+
+  def __init__(self, mesh, rules):
+    self.mesh, self.rules = mesh, rules
+
+  def __enter__(self):
+    self._m = jax.set_mesh(self.mesh)
+    self._m.__enter__()
+    self._r = nn.logical_axis_rules(self.rules)
+    self._r.__enter__()
+
+  def __exit__(self, *exc):
+    self._r.__exit__(*exc)
+    self._m.__exit__(*exc)
+
+
+def train(config, workdir: str, data=None) -> Dict[str, float]:
+  """Trains (or, with total_steps=0, evaluates) and returns the final scalars."""
+  return Trainer(config, workdir, data).run()
