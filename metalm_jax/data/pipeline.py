@@ -93,6 +93,25 @@ def _seed(*parts: int) -> int:
   return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
 
+def component(records, name: str, ctx: tasks_lib.Context, comp: int, seed: int, *,
+              process_index: int = 0, process_count: int = 1, shuffle: bool = True,
+              num_epochs: int | None = None) -> grain.IterDataset:
+  """One mixture entry: any random-access `records` source of source `name`
+  -> rows with `stats` (before batching)."""
+  if len(records) < process_count:
+    raise ValueError(f"data source {name!r} has {len(records)} records, fewer than "
+                     f"process_count={process_count}")
+  ds = grain.MapDataset.source(records)[process_index::process_count]
+  if shuffle:
+    ds = ds.shuffle(seed=_seed(seed, comp))
+  ds = ds.repeat(num_epochs)
+  ds = ds.map_with_index(tasks_lib.PrepareExample(ctx, name, comp, seed))
+  it = ds.to_iter_dataset()
+  if sources_lib.SOURCES.get(name).task == "text":
+    return packing.PackDocuments(it, ctx, seed, comp)
+  return packing.DropFailed(it)
+
+
 def make_dataset(config, split: str, *, batch_size: int, process_index: int = 0,
                  process_count: int = 1, seed: int | None = None, shuffle: bool = True,
                  num_epochs: int | None = None) -> grain.IterDataset:
@@ -110,21 +129,9 @@ def make_dataset(config, split: str, *, batch_size: int, process_index: int = 0,
     raise ValueError(f"config.data.mixture={mixture} needs positive weights")
   parts = {}
   for comp, name in enumerate(sorted(mixture)):
-    src = data_source(data, name, split)
-    if len(src) < process_count:
-      raise ValueError(f"data source {name!r} split {split!r} has {len(src)} records, fewer "
-                       f"than process_count={process_count}")
-    ds = grain.MapDataset.source(src)[process_index::process_count]
-    if shuffle:
-      ds = ds.shuffle(seed=_seed(seed, comp))
-    ds = ds.repeat(num_epochs)
-    ds = ds.map_with_index(tasks_lib.PrepareExample(ctx, name, comp, seed))
-    it = ds.to_iter_dataset()
-    if sources_lib.SOURCES.get(name).task == "text":
-      it = packing.PackDocuments(it, ctx, seed, comp)
-    else:
-      it = packing.DropFailed(it)
-    parts[name] = it
+    parts[name] = component(data_source(data, name, split), name, ctx, comp, seed,
+                            process_index=process_index, process_count=process_count,
+                            shuffle=shuffle, num_epochs=num_epochs)
   ds = parts[next(iter(parts))] if len(parts) == 1 else grain.IterDataset.mix(
       parts, {k: float(v) for k, v in mixture.items()})
   ds = ds.batch(batch_size, drop_remainder=True, batch_fn=packing.collate)

@@ -62,6 +62,7 @@ def ensure_world(data_cfg):
     with file_lock(os.path.join(data_dir(data_cfg), ".metalm_prepare.lock")):
       builder = world_builder(data_cfg)
       if not builder.is_prepared():
+        tfds.disable_progress_bar()
         builder.download_and_prepare()
   return builder
 
@@ -79,7 +80,8 @@ def ensure_prepared(data_cfg, vocab_size: int) -> str:
 
 
 def ensure_manual(name: str, data_cfg) -> None:
-  """Builds a real-data builder from `data_cfg.manual_dir[name]` if missing."""
+  """Builds a real-data builder from `data_cfg.manual_dirs[name]` if missing."""
+  import metalm_jax.data.builders  # noqa: F401  registers our builders with tfds
   builder = tfds.builder(name, data_dir=data_dir(data_cfg), file_format="array_record")
   if builder.is_prepared():
     return
@@ -89,5 +91,6 @@ def ensure_manual(name: str, data_cfg) -> None:
                      f"config.data.manual_dirs[{name.split('/')[0]!r}] is empty")
   with file_lock(os.path.join(data_dir(data_cfg), ".metalm_prepare.lock")):
     if not builder.is_prepared():
+      tfds.disable_progress_bar()
       builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
           manual_dir=os.path.expanduser(manual)))

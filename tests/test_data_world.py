@@ -1,0 +1,133 @@
+"""The embedded world: determinism, held-out split, labels that follow from
+the scene, rendering, and the TFDS builder reading back what it wrote."""
+import re
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from metalm_jax.data import world
+from metalm_jax.data.builders.common import as_str
+
+
+def test_scene_records_are_deterministic():
+  a = world.scene_record(3, "train", 17, 64, 3)
+  b = world.scene_record(3, "train", 17, 64, 3)
+  for k in a:
+    np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]))
+  others = [world.make_scene(4, "train", 17), world.make_scene(3, "validation", 17),
+            world.make_scene(3, "train", 18)]
+  assert all(o != world.make_scene(3, "train", 17) for o in others)
+
+
+def test_heldout_pairs_only_in_heldout_split():
+  held = set(world.heldout_pairs())
+  assert len(held) == len(world.SHAPES)
+  seen = set()
+  for split, n in (("train", 400), ("validation", 100)):
+    for i in range(n):
+      pairs = {(o.color, o.shape) for o in world.make_scene(0, split, i)}
+      assert not pairs & held, (split, i, pairs & held)
+      seen |= pairs
+  # Every other combination is learnable from the training scenes.
+  all_pairs = {(c, s) for c in world.COLORS for s in world.SHAPES}
+  assert seen == all_pairs - held
+  for i in range(100):
+    objs = world.make_scene(0, "test_heldout", i)
+    assert {(o.color, o.shape) for o in objs} & held
+    assert 1 <= len(objs) <= 4
+
+
+def _truth(q, objs):
+  """Independent answer to a generated question, from the objects."""
+  m = re.fullmatch(r"what color is the (\w+)\?", q)
+  if m:
+    return [o.color for o in objs if o.shape == m[1]][0]
+  m = re.fullmatch(r"what shape is the (\w+) object\?", q)
+  if m:
+    return [o.shape for o in objs if o.color == m[1]][0]
+  if q == "how many objects are there?":
+    return str(len(objs))
+  m = re.fullmatch(r"is there a (\w+) (\w+)\?", q)
+  if m:
+    return "yes" if any((o.color, o.shape) == (m[1], m[2]) for o in objs) else "no"
+  m = re.fullmatch(r"is the (\w+) (\w+) (.+) the (\w+) (\w+)\?", q)
+  a = [o for o in objs if (o.color, o.shape) == (m[1], m[2])][0]
+  b = [o for o in objs if (o.color, o.shape) == (m[4], m[5])][0]
+  dx, dy = a.x - b.x, a.y - b.y
+  rel = (("to the left of" if dx < 0 else "to the right of") if abs(dx) >= abs(dy)
+         else ("above" if dy < 0 else "below"))
+  return "yes" if rel == m[3] else "no"
+
+
+def test_vqa_answers_follow_the_scene():
+  types = set()
+  for i in range(150):
+    objs = world.make_scene(1, "train", i)
+    r = world.scene_record(1, "train", i, 32, 2)
+    assert r["answers"].shape == (len(r["questions"]), 10)
+    for q, t, ans in zip(r["questions"], r["question_types"], r["answers"]):
+      types.add(t)
+      truth = _truth(q, objs)
+      assert sum(a == truth for a in ans) >= 7, (q, truth, ans)  # at most 3 noisy
+  assert types == {"color", "shape", "count", "yes/no", "spatial"}
+
+
+def test_nli_labels_follow_the_premise():
+  labels = set()
+  for i in range(200):
+    objs = world.make_scene(2, "train", i)
+    r = world.scene_record(2, "train", i, 32, 2)
+    label = world.NLI_LABELS[r["label"]]
+    labels.add(label)
+    mentioned = [(s, c, sh) for s, c, sh in re.findall(r"(small|large) (\w+) (\w+)", r["premise"])]
+    assert set(mentioned) <= {(o.size, o.color, o.shape) for o in objs}
+    h = r["hypothesis"]
+    if label == "entailment":
+      m = re.fullmatch(r"there is a (\w+) (\w+)\.", h)
+      assert any(m[1] in (s, c) and m[2] == sh for s, c, sh in mentioned), (h, mentioned)
+    elif label == "neutral":
+      m = re.fullmatch(r"there is also a (\w+) (\w+)\.", h)
+      assert not any((c, sh) == (m[1], m[2]) for s, c, sh in mentioned), (h, mentioned)
+    else:
+      m = re.fullmatch(r"there is no (\w+) (\w+)\.", h)
+      if m:
+        assert any((c, sh) == (m[1], m[2]) for s, c, sh in mentioned)
+      else:
+        m = re.fullmatch(r"the (\w+) (\w+) is (\w+)\.", h)
+        same = [c for s, c, sh in mentioned if (s, sh) == (m[1], m[2])]
+        assert len(same) == 1 and same[0] != m[3], (h, mentioned)
+  assert labels == set(world.NLI_LABELS)
+
+
+def test_render_draws_each_object_in_its_colour():
+  for i in range(30):
+    objs = world.make_scene(0, "train", i)
+    img = world.render(objs, 64)
+    assert img.shape == (64, 64, 3) and img.dtype == np.uint8
+    for k, o in enumerate(objs):
+      px = tuple(int(v) for v in img[int(o.y * 64), int(o.x * 64)])
+      assert px != world.BACKGROUND
+      if k == len(objs) - 1:  # drawn last: nothing covers it
+        assert px == world.COLORS[o.color]
+
+
+def test_documents_have_paragraphs_of_sentences():
+  doc = world.scene_record(0, "train", 5, 32, 4)["document"]
+  paras = doc.split("\n\n")
+  assert len(paras) == 4
+  assert all(p.endswith(".") for p in paras)
+
+
+def test_builder_writes_and_reads_back(tmp_path):
+  from metalm_jax.data.builders import world as world_builder
+  b = world_builder.MetalmWorld(config="test", data_dir=str(tmp_path), file_format="array_record")
+  b.download_and_prepare()
+  ds = tfds.data_source("metalm_world/test", data_dir=str(tmp_path))
+  assert {k: len(v) for k, v in ds.items()} == {"train": 64, "validation": 16, "test_heldout": 16}
+  got = ds["test_heldout"][5]
+  want = world.scene_record(0, "test_heldout", got["id"], 64, 3)
+  assert got["image"] == want["image"]
+  assert [as_str(c) for c in got["captions"]] == want["captions"]
+  assert np.array_equal(np.vectorize(as_str)(got["answers"]), want["answers"].astype(str))
+  assert as_str(got["document"]) == want["document"] and got["label"] == want["label"]
