@@ -1,0 +1,74 @@
+"""CLI.
+
+  python -m metalm_jax.convert import-hf --model_dir=D --component=vision|text|decoder --out=OUT
+  python -m metalm_jax.convert check-hf --model_dir=D --component=... [--seed=0 --rtol=1e-4]
+  python -m metalm_jax.convert export-gpt2 --params_dir=P --out=HF_DIR
+
+import-hf prints the model config section to copy into the MetaLM config;
+check-hf prints the differences and exits 1 above tolerance.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _import(args):
+  from metalm_jax.convert import hf
+  imp = hf.import_hf(args.model_dir, args.component, args.out)
+  key = hf.hc.COMPONENT_KEYS[args.component]
+  where = "model.decoder" if args.component == "decoder" else f"model.encoders.{args.component}"
+  print(f"wrote {args.out} ({key}); skipped {len(imp.skipped)} HF weights")
+  print(f"config section for {where}:")
+  print(json.dumps(imp.section.to_dict(), indent=2, sort_keys=True))
+  return 0
+
+
+def _check(args):
+  from metalm_jax.convert import hf
+  r = hf.check_hf(args.model_dir, args.component, seed=args.seed, batch=args.batch,
+                  rtol=args.rtol)
+  print(f"{r['component']} ({r['hf_model_type']}) output {r['shape']}: "
+        f"max_abs_diff={r['max_abs']:.3e} max_rel_diff={r['rel']:.3e} "
+        f"(max|ref|={r['max_ref']:.3e}, tolerance rel {r['rtol']:.1e}) "
+        f"{'OK' if r['ok'] else 'FAIL'}")
+  return 0 if r["ok"] else 1
+
+
+def _export_gpt2(args):
+  import ml_collections
+  from metalm_jax import params_io
+  from metalm_jax.convert import export
+  params, config = params_io.load_params(args.params_dir)
+  section = export.decoder_section_from(config, args.params_dir)
+  tree = params["decoder"] if "decoder" in params else params
+  from metalm_jax.convert.hf_gpt2 import save_gpt2
+  save_gpt2(args.out, ml_collections.ConfigDict(section), tree)
+  print(f"wrote HF GPT-2 dir {args.out}")
+  return 0
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog="python -m metalm_jax.convert")
+  sub = p.add_subparsers(dest="cmd", required=True)
+  for name in ("import-hf", "check-hf"):
+    s = sub.add_parser(name)
+    s.add_argument("--model_dir", required=True)
+    s.add_argument("--component", required=True, choices=["vision", "text", "decoder"])
+    if name == "import-hf":
+      s.add_argument("--out", required=True)
+    else:
+      s.add_argument("--seed", type=int, default=0)
+      s.add_argument("--batch", type=int, default=2)
+      s.add_argument("--rtol", type=float, default=1e-4)
+  s = sub.add_parser("export-gpt2")
+  s.add_argument("--params_dir", required=True,
+                 help="an export params dir or an import-hf decoder dir")
+  s.add_argument("--out", required=True)
+  args = p.parse_args(argv)
+  return {"import-hf": _import, "check-hf": _check, "export-gpt2": _export_gpt2}[args.cmd](args)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

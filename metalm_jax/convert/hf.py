@@ -1,0 +1,105 @@
+"""HF model dir -> our component params, and the logit checker.
+
+`import_hf` writes a params dir (metalm_jax.params_io) holding the subtree
+that goes at `params[<params_key>]` ('encoders_vision' = {'vit': ...},
+'encoders_text' = {'bert': ...}, 'decoder'), with config.json:
+
+    {"component": ..., "params_key": ..., "hf_model_type": ..., "section": {...},
+     "skipped_weights": [...]}
+
+`section` is the model config section to copy into `model.encoders.<name>`
+or `model.decoder`. `check_hf` runs HF (torch) and ours on the same random
+inputs and reports max |ours - ref| and the relative difference
+max |ours - ref| / max |ref|, over real (non-padding) positions.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Dict, List
+
+import numpy as np
+
+from metalm_jax import params_io
+from metalm_jax.convert import hf_common as hc
+from metalm_jax.convert import hf_io
+# Importing the converter modules registers them.
+from metalm_jax.convert import hf_bert, hf_clip, hf_gpt2  # noqa: F401
+
+DEFAULT_RTOL = 1e-4  # float32 parity: max|ours-ref| / max|ref|
+
+
+@dataclasses.dataclass
+class Imported:
+  component: str
+  hf_model_type: str
+  section: Any            # ConfigDict: our config section
+  tree: Dict[str, Any]    # numpy params subtree for params[COMPONENT_KEYS[component]]
+  skipped: List[str]      # HF weights that have no place in our module
+  hf_config: Any = None
+
+
+def _hf_config(model_dir: str):
+  from transformers import AutoConfig
+  return AutoConfig.from_pretrained(model_dir)
+
+
+def converter_for(model_type: str, component: str):
+  if component not in hc.COMPONENT_KEYS:
+    raise ValueError(f"component={component!r}; expected one of {sorted(hc.COMPONENT_KEYS)}")
+  conv = hc.CONVERTERS.get(model_type)
+  if conv.component != component:
+    raise ValueError(f"component={component!r} does not match HF model_type={model_type!r} "
+                     f"(it converts to component {conv.component!r})")
+  return conv
+
+
+def load_hf(model_dir: str, component: str) -> Imported:
+  """Reads config and weights of `model_dir` and maps them to ours."""
+  model_type = hf_io.read_config(model_dir).get("model_type")
+  conv = converter_for(model_type, component)
+  hf_cfg = _hf_config(model_dir)
+  section = conv.section(hf_cfg)
+  weights = hf_io.read_weights(model_dir)
+  reader = hf_io.WeightReader(weights, hf_io.find_prefix(weights, conv.anchor))
+  tree = conv.params(reader, section, hf_cfg)
+  skipped = reader.unused()
+  if skipped:
+    logging.info("import %s: skipped %d HF weights without a counterpart: %s",
+                 model_dir, len(skipped), skipped[:8])
+  return Imported(component, model_type, section, tree, skipped, hf_cfg)
+
+
+def import_hf(model_dir: str, component: str, out: str) -> Imported:
+  """Converts and writes a params dir for `config.init_components`."""
+  imp = load_hf(model_dir, component)
+  params_io.save_params(out, imp.tree, {
+      "component": component, "params_key": hc.COMPONENT_KEYS[component],
+      "hf_model_type": imp.hf_model_type, "section": imp.section.to_dict(),
+      "skipped_weights": imp.skipped})
+  return imp
+
+
+def compare(ours: np.ndarray, ref: np.ndarray, valid: np.ndarray) -> Dict[str, float]:
+  """max |ours - ref| and max |ours - ref| / max |ref| over valid positions."""
+  if ours.shape != ref.shape:
+    raise ValueError(f"ours has shape {ours.shape}, HF reference {ref.shape}")
+  o, r = np.asarray(ours, np.float64)[valid], np.asarray(ref, np.float64)[valid]
+  max_abs = float(np.max(np.abs(o - r)))
+  return {"max_abs": max_abs, "max_ref": float(np.max(np.abs(r))),
+          "rel": max_abs / max(float(np.max(np.abs(r))), 1e-30)}
+
+
+def check_hf(model_dir: str, component: str, *, seed: int = 0, batch: int = 2,
+             rtol: float = DEFAULT_RTOL) -> Dict[str, Any]:
+  """Runs HF and ours on the same random inputs; returns the differences and
+  `ok` (rel <= rtol)."""
+  imp = load_hf(model_dir, component)
+  conv = hc.CONVERTERS.get(imp.hf_model_type)
+  inputs = conv.random_inputs(imp.section, np.random.default_rng(seed), batch, imp.hf_config)
+  ref, valid = conv.run_hf(model_dir, inputs)
+  ours = conv.run_ours(imp.section, imp.tree, inputs)
+  report = compare(ours, ref, valid)
+  report.update(component=component, hf_model_type=imp.hf_model_type, rtol=rtol,
+                shape=list(ref.shape), ok=report["rel"] <= rtol)
+  return report

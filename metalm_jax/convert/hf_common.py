@@ -1,0 +1,60 @@
+"""Pieces shared by the HF converters: activation names, layer mapping from
+torch Linear layout ([out, in]) to our Flax layout, and the converter registry."""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict
+
+import numpy as np
+
+from metalm_jax.registry import Registry
+
+# HF `hidden_act` / `activation_function` -> our layers.ACTIVATIONS name.
+HF_ACTIVATIONS = {
+    "gelu": "gelu", "gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_fast": "gelu_tanh", "quick_gelu": "quick_gelu", "relu": "relu",
+    "silu": "silu", "swish": "silu",
+}
+# Our name -> HF name, for export back to HF.
+OUR_TO_HF_ACTIVATION = {"gelu": "gelu", "gelu_new": "gelu_new", "gelu_tanh": "gelu_pytorch_tanh",
+                        "quick_gelu": "quick_gelu", "relu": "relu", "silu": "silu"}
+
+# HF model_type -> converter (see hf_clip.py, hf_bert.py, hf_gpt2.py).
+CONVERTERS = Registry("HF model_type")
+COMPONENT_KEYS = {"vision": "encoders_vision", "text": "encoders_text", "decoder": "decoder"}
+
+
+def activation(hf_name: str, field: str) -> str:
+  if hf_name not in HF_ACTIVATIONS:
+    raise ValueError(f"HF config {field}={hf_name!r} has no equivalent here; "
+                     f"supported: {sorted(HF_ACTIVATIONS)}")
+  return HF_ACTIVATIONS[hf_name]
+
+
+def require(cond: bool, field: str, value: Any, why: str) -> None:
+  if not cond:
+    raise ValueError(f"HF config {field}={value!r}: {why}")
+
+
+def layer_norm(get: Callable[[str], np.ndarray], prefix: str, weight="weight", bias="bias"):
+  return {"LayerNorm_0": {"scale": get(f"{prefix}.{weight}"), "bias": get(f"{prefix}.{bias}")}}
+
+
+def dense(w_in_out: np.ndarray, b: np.ndarray) -> Dict[str, np.ndarray]:
+  return {"kernel": w_in_out, "bias": b}
+
+
+def attention(q_w, q_b, k_w, k_b, v_w, v_b, o_w, o_b, num_heads: int):
+  """Our attention params from [in, out]-layout q/k/v/out matrices."""
+  emb = q_w.shape[0]
+  hd = q_w.shape[1] // num_heads
+
+  def qkv(w, b):
+    return {"kernel": w.reshape(emb, num_heads, hd), "bias": b.reshape(num_heads, hd)}
+
+  return {"query": qkv(q_w, q_b), "key": qkv(k_w, k_b), "value": qkv(v_w, v_b),
+          "out": {"kernel": o_w.reshape(num_heads, hd, o_w.shape[1]), "bias": o_b}}
+
+
+def linear(get, name: str):
+  """torch nn.Linear weight [out, in] -> ([in, out], bias)."""
+  return get(f"{name}.weight").T, get(f"{name}.bias")

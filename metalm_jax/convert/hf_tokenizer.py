@@ -1,0 +1,81 @@
+"""HF tokenizer.json (via the `tokenizers` package) behind the same small
+interface as metalm_jax.data.tokenizer.Tokenizer: encode(str) -> list[int],
+decode(list[int]) -> str, vocab_size, and the special ids as attributes
+(pad, unk, bos, eos, eod, image_start, image_end; None where the vocabulary
+has no such token).
+
+Special tokens are found from `tokenizer_config.json` / `special_tokens_map.json`
+next to the file when present (HF convention), else by common names. GPT-2's
+`<|endoftext|>` serves as bos and eos. `pad` falls back to eos (padding ids
+are never read by the model: segment_ids mask them).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import List, Optional, Sequence
+
+# Role -> candidate token strings, in order of preference.
+CANDIDATES = {
+    "bos": ("<s>", "<bos>", "[CLS]", "<|endoftext|>"),
+    "eos": ("</s>", "<eos>", "[SEP]", "<|endoftext|>"),
+    "pad": ("<pad>", "[PAD]"),
+    "unk": ("<unk>", "[UNK]"),
+    "image_start": ("<image>",),
+    "image_end": ("</image>",),
+}
+_HF_KEYS = {"bos": "bos_token", "eos": "eos_token", "pad": "pad_token", "unk": "unk_token"}
+
+
+def _named_specials(directory: str) -> dict:
+  """Role -> token string from the HF side files, if any."""
+  out = {}
+  for fname in ("special_tokens_map.json", "tokenizer_config.json"):
+    path = os.path.join(directory, fname)
+    if not os.path.exists(path):
+      continue
+    with open(path) as f:
+      data = json.load(f)
+    for role, key in _HF_KEYS.items():
+      tok = data.get(key)
+      if isinstance(tok, dict):
+        tok = tok.get("content")
+      if isinstance(tok, str) and role not in out:
+        out[role] = tok
+  return out
+
+
+class HfTokenizer:
+  """A tokenizer.json file; see the module docstring."""
+
+  def __init__(self, path: str):
+    from tokenizers import Tokenizer as _Tok
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"tokenizer file {path!r} does not exist")
+    self.path = path
+    self._tok = _Tok.from_file(path)
+    self.vocab_size = int(self._tok.get_vocab_size(with_added_tokens=True))
+    named = _named_specials(os.path.dirname(os.path.abspath(path)))
+    for role, cands in CANDIDATES.items():
+      ids = [self._tok.token_to_id(t) for t in ((named[role],) if role in named else cands)]
+      setattr(self, role, next((int(i) for i in ids if i is not None), None))
+    if self.pad is None:
+      self.pad = self.eos if self.eos is not None else 0
+    self.eod = self.eos
+    self.special_ids = frozenset(
+        int(i) for i in (self.pad, self.unk, self.bos, self.eos, self.image_start,
+                         self.image_end) if i is not None)
+
+  def encode(self, text: str) -> List[int]:
+    return list(self._tok.encode(text, add_special_tokens=False).ids)
+
+  def decode(self, ids: Sequence[int]) -> str:
+    """Text of the ids; special tokens are dropped."""
+    return self._tok.decode([int(i) for i in ids if int(i) not in self.special_ids],
+                            skip_special_tokens=True)
+
+  def token_to_id(self, token: str) -> Optional[int]:
+    return self._tok.token_to_id(token)
+
+  def id_to_piece(self, i: int) -> str:
+    return self._tok.id_to_token(int(i))

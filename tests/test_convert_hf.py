@@ -1,0 +1,213 @@
+"""HF -> ours parity on random small models built offline, the checker CLI,
+safe weight loading, and MetaLM assembly from CLIP + BERT + GPT-2.
+
+Metric (the issue's float32 tolerance): rel = max|ours - ref| / max|ref| over
+real (non-padding) positions, must be <= 1e-4.
+"""
+import json
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from metalm_jax import params_io  # noqa: E402
+from metalm_jax.convert import __main__ as cli  # noqa: E402
+from metalm_jax.convert import hf  # noqa: E402
+
+RTOL = 1e-4
+
+
+def _save(model, path, seed):
+  """Perturbs every weight (so zero biases and unit norms are not trivially
+  mapped), then writes an HF model dir."""
+  g = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for p in model.parameters():
+      p.add_(0.1 * torch.randn(p.shape, generator=g))
+  model.save_pretrained(str(path))
+  return str(path)
+
+
+CLIP_CFGS = [
+    dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+         image_size=32, patch_size=8),
+    dict(hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=3,
+         image_size=28, patch_size=7, layer_norm_eps=1e-6),
+    dict(hidden_size=64, intermediate_size=80, num_hidden_layers=2, num_attention_heads=8,
+         image_size=16, patch_size=4, hidden_act="gelu"),
+]
+BERT_CFGS = [
+    dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+         vocab_size=61, max_position_embeddings=40),
+    dict(hidden_size=48, intermediate_size=72, num_hidden_layers=3, num_attention_heads=6,
+         vocab_size=100, max_position_embeddings=64, hidden_act="relu", type_vocab_size=3),
+    dict(hidden_size=40, intermediate_size=64, num_hidden_layers=2, num_attention_heads=5,
+         vocab_size=77, max_position_embeddings=48, hidden_act="gelu_new", layer_norm_eps=1e-5),
+]
+ROBERTA_CFGS = [
+    dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+         vocab_size=70, max_position_embeddings=42, type_vocab_size=1, pad_token_id=1),
+    dict(hidden_size=48, intermediate_size=96, num_hidden_layers=1, num_attention_heads=2,
+         vocab_size=90, max_position_embeddings=40, type_vocab_size=1, pad_token_id=3,
+         hidden_act="quick_gelu"),
+]
+GPT2_CFGS = [
+    dict(n_embd=32, n_layer=1, n_head=4, vocab_size=53, n_positions=40),
+    dict(n_embd=48, n_layer=3, n_head=6, vocab_size=97, n_positions=64, n_inner=80,
+         activation_function="gelu", layer_norm_epsilon=1e-6),
+    dict(n_embd=64, n_layer=2, n_head=2, vocab_size=71, n_positions=36,
+         activation_function="relu", tie_word_embeddings=False),
+]
+CASES = ([("vision", "CLIPVisionConfig", "CLIPVisionModel", c) for c in CLIP_CFGS]
+         + [("text", "BertConfig", "BertModel", c) for c in BERT_CFGS]
+         + [("text", "RobertaConfig", "RobertaModel", c) for c in ROBERTA_CFGS]
+         + [("decoder", "GPT2Config", "GPT2LMHeadModel", c) for c in GPT2_CFGS])
+
+
+def _build(cfg_cls, model_cls, kw):
+  return getattr(transformers, model_cls)(getattr(transformers, cfg_cls)(**kw))
+
+
+@pytest.mark.parametrize("component,cfg_cls,model_cls,kw", CASES,
+                         ids=[f"{c[2]}-{i}" for i, c in enumerate(CASES)])
+def test_parity(tmp_path, component, cfg_cls, model_cls, kw):
+  d = _save(_build(cfg_cls, model_cls, kw), tmp_path / "hf", seed=len(str(kw)))
+  r = hf.check_hf(d, component, seed=1, batch=3)
+  assert r["ok"], r
+  assert r["rel"] <= RTOL and r["max_ref"] > 0.1  # non-trivial outputs
+  assert r["shape"][0] == 3
+
+
+def test_roberta_positions_are_offset(tmp_path):
+  kw = ROBERTA_CFGS[1]
+  d = _save(_build("RobertaConfig", "RobertaModel", kw), tmp_path / "hf", seed=3)
+  imp = hf.load_hf(d, "text")
+  off = kw["pad_token_id"] + 1
+  assert imp.section.max_positions == kw["max_position_embeddings"] - off
+  hf_pos = transformers.RobertaModel.from_pretrained(d).embeddings.position_embeddings.weight
+  np.testing.assert_array_equal(imp.tree["bert"]["position_embeddings"],
+                                hf_pos.detach().numpy()[off:])
+
+
+def test_check_hf_cli_flags_a_wrong_weight(tmp_path, capsys):
+  from safetensors.numpy import load_file, save_file
+  d = _save(_build("GPT2Config", "GPT2LMHeadModel", GPT2_CFGS[0]), tmp_path / "hf", seed=0)
+  assert cli.main(["check-hf", f"--model_dir={d}", "--component=decoder"]) == 0
+  out = capsys.readouterr().out
+  assert "max_abs_diff=" in out and "max_rel_diff=" in out and "OK" in out
+  # Corrupt our side only: the checker must see the difference and fail.
+  path = os.path.join(d, "model.safetensors")
+  w = load_file(path)
+  w["transformer.h.0.mlp.c_fc.bias"] = w["transformer.h.0.mlp.c_fc.bias"] + 0.05
+  save_file(w, path, metadata={"format": "pt"})
+  orig = hf.hf_gpt2.Gpt2.run_hf
+  ref_dir = _save(_build("GPT2Config", "GPT2LMHeadModel", GPT2_CFGS[0]), tmp_path / "ref", seed=0)
+  try:  # HF reference reads the uncorrupted copy
+    hf.hf_gpt2.Gpt2.run_hf = staticmethod(lambda _d, inputs: orig(ref_dir, inputs))
+    assert cli.main(["check-hf", f"--model_dir={d}", "--component=decoder"]) == 1
+  finally:
+    hf.hf_gpt2.Gpt2.run_hf = staticmethod(orig)
+  assert "FAIL" in capsys.readouterr().out
+
+
+def test_torch_bin_is_read_with_weights_only(tmp_path):
+  model = _build("BertConfig", "BertModel", BERT_CFGS[0])
+  d = _save(model, tmp_path / "st", seed=5)
+  binary = tmp_path / "bin"
+  binary.mkdir()
+  torch.save(model.state_dict(), binary / "pytorch_model.bin")
+  with open(os.path.join(d, "config.json")) as f, open(binary / "config.json", "w") as g:
+    g.write(f.read())
+  a, b = hf.load_hf(d, "text").tree, hf.load_hf(str(binary), "text").tree
+  fa, fb = params_io.flatten(a), params_io.flatten(b)
+  assert fa.keys() == fb.keys()
+  for k in fa:
+    np.testing.assert_array_equal(fa[k], fb[k])
+  # A pickle carrying an arbitrary object is refused, never executed.
+  torch.save({"x": torch.zeros(1), "evil": _Evil()}, binary / "pytorch_model.bin")
+  with pytest.raises(Exception, match="(?i)weights_only|unpickl|global"):
+    hf.hf_io.read_weights(str(binary))
+
+
+class _Evil:
+  def __reduce__(self):
+    return (os.system, ("echo pwned",))
+
+
+def test_full_clip_dir_imports_vision_tower(tmp_path):
+  cfg = transformers.CLIPConfig(
+      vision_config=dict(CLIP_CFGS[0]),
+      text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                       num_attention_heads=4, vocab_size=50, max_position_embeddings=16),
+      projection_dim=16)
+  d = _save(transformers.CLIPModel(cfg), tmp_path / "clip", seed=2)
+  imp = hf.load_hf(d, "vision")
+  assert imp.section.emb_dim == 32 and imp.section.image_size == 32
+  assert any(k.startswith("text_model.") for k in imp.skipped)
+  assert not any(k.startswith("vision_model.encoder") for k in imp.skipped)
+  r = hf.check_hf(d, "vision")
+  assert r["ok"], r
+
+
+def test_component_mismatch_is_named(tmp_path):
+  d = _save(_build("GPT2Config", "GPT2LMHeadModel", GPT2_CFGS[0]), tmp_path / "hf", seed=0)
+  with pytest.raises(ValueError, match="component='text'.*gpt2"):
+    hf.load_hf(d, "text")
+  cfg = json.load(open(os.path.join(d, "config.json")))
+  cfg["scale_attn_by_inverse_layer_idx"] = True
+  json.dump(cfg, open(os.path.join(d, "config.json"), "w"))
+  with pytest.raises(ValueError, match="scale_attn_by_inverse_layer_idx"):
+    hf.load_hf(d, "decoder")
+
+
+def test_assemble_metalm_from_clip_bert_gpt2(tmp_path, capsys):
+  """import-hf for each component; the sections build a MetaLM whose param
+  tree takes the imported params, and with nothing docked it is GPT-2."""
+  import jax
+  import flax.linen as nn
+  import ml_collections
+  from metalm_jax.models import metalm
+  dirs = {
+      "vision": _save(_build("CLIPVisionConfig", "CLIPVisionModel", CLIP_CFGS[0]), tmp_path / "c", 1),
+      "text": _save(_build("BertConfig", "BertModel", BERT_CFGS[0]), tmp_path / "b", 2),
+      "decoder": _save(_build("GPT2Config", "GPT2LMHeadModel", GPT2_CFGS[0]), tmp_path / "g", 3),
+  }
+  outs = {}
+  for comp, d in dirs.items():
+    outs[comp] = str(tmp_path / f"out_{comp}")
+    assert cli.main(["import-hf", f"--model_dir={d}", f"--component={comp}",
+                     f"--out={outs[comp]}"]) == 0
+    printed = capsys.readouterr().out
+    assert '"emb_dim"' in printed
+  loaded = {c: params_io.load_params(o) for c, o in outs.items()}
+  assert loaded["text"][1]["params_key"] == "encoders_text"
+  assert any("pooler" in k for k in loaded["text"][1]["skipped_weights"])
+  cfg = ml_collections.ConfigDict(dict(
+      dtype="float32", decoder=loaded["decoder"][1]["section"],
+      encoders=dict(vision=loaded["vision"][1]["section"], text=loaded["text"][1]["section"])))
+  model = metalm.build_model(cfg)
+  abstract = nn.meta.unbox(metalm.abstract_variables(model)["params"])
+  params = jax.tree.map(np.zeros_like, abstract)
+  params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract)
+  for comp, (tree, meta) in loaded.items():
+    key = meta["params_key"]
+    want = params_io.flatten(abstract[key])
+    got = params_io.flatten(tree)
+    assert want.keys() == got.keys(), comp
+    for k in want:
+      assert tuple(want[k].shape) == got[k].shape, (comp, k)
+    params[key] = tree
+  from metalm_jax import batch as batch_lib
+  batch = batch_lib.dummy_batch(cfg, 2, 12)
+  rng = np.random.default_rng(0)
+  batch["tokens"] = rng.integers(0, 53, (2, 12)).astype(np.int32)
+  batch["segment_ids"][:] = 1
+  batch["positions"][:] = np.arange(12)
+  ours = np.asarray(model.apply({"params": params}, batch))
+  gpt2 = transformers.GPT2LMHeadModel.from_pretrained(dirs["decoder"]).eval()
+  with torch.no_grad():
+    ref = gpt2(input_ids=torch.from_numpy(batch["tokens"].astype(np.int64))).logits.numpy()
+  assert np.abs(ours - ref).max() / np.abs(ref).max() <= RTOL
