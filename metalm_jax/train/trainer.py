@@ -278,7 +278,7 @@ class Trainer:
           last.update(steps_per_sec=sps,
                       tokens_per_sec=sps * cfg.batch_size * seq_len,
                       mfu=sps * cfg.batch_size * flops_ex / peak)
-          last.update({f"skipped/{k}": float(v) for k, v in skipped.items()})
+          last.update({f"data/{k}": float(v) for k, v in skipped.items()})
           self.writer.write(step, last)
           if self.is_main:
             logging.info(progress.line(step, last))

@@ -1,0 +1,68 @@
+"""Entry point: train (or evaluate, with total_steps=0) from a config file.
+
+    python -m metalm_jax.main --config=configs/pretrain_vl.py:size=tiny --workdir=/tmp/vl \
+        [--config.optimizer.lr=1e-3] [--config.total_steps=100]
+
+Multi-host: every process runs the same command; `jax.distributed` starts from
+--coordinator_address/--num_processes/--process_id when given, else from the
+environment (automatic on Cloud TPU VMs and SLURM). A run always resumes from
+the latest complete checkpoint in --workdir.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+from absl import app, flags
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file("config", None, "config file[:arg]", lock_config=True)
+flags.DEFINE_string("workdir", None, "checkpoints, metrics.jsonl, TensorBoard events")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process)")
+flags.DEFINE_integer("num_processes", None, "number of processes (multi-process)")
+flags.DEFINE_integer("process_id", None, "this process's index (multi-process)")
+flags.DEFINE_integer("num_cpu_devices", 0, "CPU only: devices per process (0 = default)")
+flags.DEFINE_bool("distributed", None, "call jax.distributed.initialize() without flags; "
+                  "default: on Cloud TPU VMs with several workers")
+flags.mark_flags_as_required(["config", "workdir"])
+FLAGS = flags.FLAGS
+
+
+def _multiworker_tpu() -> bool:
+  hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+  return len([h for h in hosts.split(",") if h]) > 1
+
+
+def init_distributed() -> None:
+  import jax
+  if FLAGS.num_cpu_devices:
+    jax.config.update("jax_num_cpu_devices", FLAGS.num_cpu_devices)
+  explicit = [FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id]
+  if any(v is not None for v in explicit):
+    if any(v is None for v in explicit):
+      raise app.UsageError("--coordinator_address, --num_processes and --process_id go together")
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  elif FLAGS.distributed or (FLAGS.distributed is None and _multiworker_tpu()):
+    jax.distributed.initialize()
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  init_distributed()
+  import jax
+  from metalm_jax.train import trainer
+  config = FLAGS.config
+  trainer.check_config(config)  # before any compile; names the field
+  logging.info("process %d/%d, %d devices; workdir %s", jax.process_index(),
+               jax.process_count(), jax.device_count(), FLAGS.workdir)
+  results = trainer.train(config, FLAGS.workdir)
+  if jax.process_index() == 0:
+    print("final: " + json.dumps({k: v for k, v in results.items()
+                                  if isinstance(v, (int, float, str))}, sort_keys=True),
+          flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
