@@ -42,15 +42,20 @@ def constrain(x, axes):
 
 
 class LayerNorm(nn.Module):
+  """LayerNorm with float32 statistics; params `scale` and `bias`."""
   eps: float = 1e-5
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    return nn.LayerNorm(
-        epsilon=self.eps, dtype=self.dtype, param_dtype=jnp.float32,
-        scale_init=param_init(nn.initializers.ones, ("norm",)),
-        bias_init=param_init(nn.initializers.zeros, ("norm",)))(x)
+    d = x.shape[-1]
+    scale = self.param("scale", param_init(nn.initializers.ones, ("norm",)), (d,))
+    bias = self.param("bias", param_init(nn.initializers.zeros, ("norm",)), (d,))
+    xf = x.astype(jnp.float32)
+    mean = xf.mean(-1, keepdims=True)
+    var = jnp.square(xf - mean).mean(-1, keepdims=True)
+    y = (xf - mean) * jax.lax.rsqrt(var + self.eps) * scale + bias
+    return y.astype(self.dtype)
 
 
 def sinusoidal_table(length: int, dim: int) -> np.ndarray:
@@ -76,6 +81,36 @@ def apply_rotary(x: Array, positions: Array) -> Array:
   return out.astype(x.dtype)
 
 
+class DenseND(nn.Module):
+  """y = x . W + b, contracting the last `n_in` dims of x with the leading
+  dims of W [in..., out...]. Glorot-uniform init times `init_scale`, with fans
+  over all in / out dims (written out, rather than flax DenseGeneral, whose
+  flat-shape init clashes with logical sharding constraints under a mesh)."""
+  out_shape: tuple
+  axes: tuple
+  n_in: int = 1
+  init_scale: float = 1.0
+  use_bias: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    n_in, n_out = self.n_in, len(self.out_shape)
+    in_shape = x.shape[x.ndim - n_in:]
+    init = nn.initializers.variance_scaling(
+        self.init_scale ** 2, "fan_avg", "uniform", in_axis=tuple(range(n_in)),
+        out_axis=tuple(range(n_in, n_in + n_out)))
+    w = self.param("kernel", param_init(init, self.axes), in_shape + tuple(self.out_shape))
+    y = jax.lax.dot_general(
+        x.astype(self.dtype), w.astype(self.dtype),
+        ((tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))), ((), ())))
+    if self.use_bias:
+      b = self.param("bias", param_init(nn.initializers.zeros, self.axes[n_in:]),
+                     tuple(self.out_shape))
+      y = y + b.astype(self.dtype)
+    return y
+
+
 class Attention(nn.Module):
   """Multi-head attention with an optional KV cache.
 
@@ -96,19 +131,12 @@ class Attention(nn.Module):
   def __call__(self, x, mask=None, positions=None, *, decode=False,
                key_valid=None, deterministic=True):
     emb = x.shape[-1]
-    dense = functools.partial(
-        nn.DenseGeneral, dtype=self.dtype, param_dtype=jnp.float32,
-        use_bias=self.use_bias)
+    hd = (self.num_heads, self.head_dim)
+    proj = functools.partial(DenseND, dtype=self.dtype, use_bias=self.use_bias)
     qkv_axes = ("embed", "heads", "kv")
-    init = nn.initializers.xavier_uniform()
-    bias_init = param_init(nn.initializers.zeros, ("heads", "kv"))
-    q = dense(features=(self.num_heads, self.head_dim), kernel_init=param_init(init, qkv_axes),
-              bias_init=bias_init, name="query")(x)
-    k = dense(features=(self.num_heads, self.head_dim), kernel_init=param_init(init, qkv_axes),
-              bias_init=bias_init, name="key")(x)
-    v_init = nn.initializers.variance_scaling(self.v_init_scale ** 2, "fan_avg", "uniform")
-    v = dense(features=(self.num_heads, self.head_dim), kernel_init=param_init(v_init, qkv_axes),
-              bias_init=bias_init, name="value")(x)
+    q = proj(hd, qkv_axes, name="query")(x)
+    k = proj(hd, qkv_axes, name="key")(x)
+    v = proj(hd, qkv_axes, init_scale=self.v_init_scale, name="value")(x)
     if self.rotary:
       q, k = apply_rotary(q, positions), apply_rotary(k, positions)
     q = constrain(q, ("act_batch", "act_length", "act_heads", "act_kv"))
@@ -126,12 +154,8 @@ class Attention(nn.Module):
     if self.dropout > 0 and not deterministic:
       probs = nn.Dropout(self.dropout)(probs, deterministic=False)
     out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
-    out_init = nn.initializers.variance_scaling(self.out_init_scale ** 2, "fan_avg", "uniform")
-    return nn.DenseGeneral(
-        features=emb, axis=(-2, -1), dtype=self.dtype, param_dtype=jnp.float32,
-        use_bias=self.use_bias,
-        kernel_init=param_init(out_init, ("heads", "kv", "embed")),
-        bias_init=param_init(nn.initializers.zeros, ("embed",)), name="out")(out)
+    return proj((emb,), ("heads", "kv", "embed"), n_in=2, init_scale=self.out_init_scale,
+                name="out")(out)
 
   def _update_cache(self, k, v, key_valid):
     """Writes the T new keys/values at `index` and builds the [B,1,T,C] mask."""

@@ -1,0 +1,201 @@
+"""Model core: causality, bidirectionality, padding, KV cache, docking,
+sharding and paper-size parameter counts."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import common
+from metalm_jax import batch as batch_lib
+from metalm_jax.models import metalm
+from metalm_jax.models.connector import CONNECTORS
+from metalm_jax.models.decoder import Decoder
+from metalm_jax.models.text_encoder import TextEncoder
+from metalm_jax.models.vision import VisionEncoder
+from tests.model_fixtures import build, random_batch, small_model_cfg, to_jnp
+
+ATOL = 1e-5  # float32, tiny widths: observed differences are ~1e-7
+
+
+@pytest.mark.parametrize("positions,norm", [("learned", "pre"), ("sinusoidal", "deepnorm"),
+                                            ("rotary", "pre")])
+def test_decoder_is_causal(positions, norm):
+  model, v = build(small_model_cfg(positions, norm))
+  b = random_batch(model, dock=True)
+  out = np.asarray(model.apply(v, to_jnp(b)))
+  t = 15
+  b2 = {**b, "tokens": b["tokens"].copy()}
+  b2["tokens"][:, t + 1:] = (b2["tokens"][:, t + 1:] + 7) % model.cfg.decoder.vocab_size
+  out2 = np.asarray(model.apply(v, to_jnp(b2)))
+  np.testing.assert_allclose(out2[:, :t + 1], out[:, :t + 1], atol=ATOL)
+  assert np.abs(out2[:, t + 1:] - out[:, t + 1:]).max() > 1e-3  # later positions do change
+
+
+def test_text_encoder_is_bidirectional_and_ignores_padding():
+  cfg = small_model_cfg().encoders.text
+  enc = TextEncoder(cfg)
+  rng = np.random.default_rng(1)
+  tokens = rng.integers(0, 97, (2, 6)).astype(np.int32)
+  mask = np.array([[1, 1, 1, 1, 0, 0]] * 2, bool)
+  p = enc.init(jax.random.key(0), tokens, mask)
+  out = np.asarray(enc.apply(p, tokens, mask))
+  late = tokens.copy(); late[:, 3] = (late[:, 3] + 1) % 97
+  out_late = np.asarray(enc.apply(p, late, mask))
+  assert np.abs(out_late[:, 0] - out[:, 0]).max() > 1e-4  # early position sees a late token
+  padded = tokens.copy(); padded[:, 4:] = (padded[:, 4:] + 5) % 97
+  out_pad = np.asarray(enc.apply(p, padded, mask))
+  np.testing.assert_allclose(out_pad[:, :4], out[:, :4], atol=ATOL)
+
+
+def test_vision_encoder_is_bidirectional():
+  cfg = small_model_cfg().encoders.vision
+  enc = VisionEncoder(cfg)
+  px = np.random.default_rng(2).normal(size=(1, 16, 16, 3)).astype(np.float32)
+  p = enc.init(jax.random.key(0), px)
+  out = np.asarray(enc.apply(p, px))
+  assert out.shape == (1, batch_lib.slot_length(cfg), cfg.emb_dim)
+  px2 = px.copy(); px2[:, 8:, 8:] += 1.0  # only the last patch changes
+  out2 = np.asarray(enc.apply(p, px2))
+  assert np.abs(out2[:, :4] - out[:, :4]).max() > 1e-4
+
+
+def test_decoder_padding_does_not_change_real_positions():
+  model, v = build(small_model_cfg())
+  b = random_batch(model, dock=False, left_pad=(0, 0))
+  out = np.asarray(model.apply(v, to_jnp(b)))
+  # Same content, with 5 extra padding positions on the left (positions restart at 0).
+  pad = 5
+  bp = batch_lib.dummy_batch(model.cfg, 2, 24 + pad)
+  for k in ("tokens", "segment_ids", "positions"):
+    bp[k][:, pad:] = b[k]
+  bp["tokens"][:, :pad] = 3
+  outp = np.asarray(model.apply(v, to_jnp(bp)))
+  np.testing.assert_allclose(outp[:, pad:], out, atol=ATOL)
+
+
+def test_packed_segments_do_not_attend_across():
+  model, v = build(small_model_cfg())
+  b = random_batch(model, dock=False, left_pad=(0, 0))
+  seg = np.ones_like(b["segment_ids"]); seg[:, 10:] = 2
+  pos = np.concatenate([np.arange(10), np.arange(14)])[None].repeat(2, 0).astype(np.int32)
+  packed = {**b, "segment_ids": seg, "positions": pos}
+  out = np.asarray(model.apply(v, to_jnp(packed)))
+  alone = batch_lib.dummy_batch(model.cfg, 2, 14)
+  alone["tokens"] = b["tokens"][:, 10:]
+  alone["segment_ids"][:] = 1
+  alone["positions"] = pos[:, 10:]
+  out_alone = np.asarray(model.apply(v, to_jnp(alone)))
+  np.testing.assert_allclose(out[:, 10:], out_alone, atol=ATOL)
+
+
+@pytest.mark.parametrize("positions", ["learned", "sinusoidal", "rotary"])
+def test_kv_cache_matches_full_forward(positions):
+  model, v = build(small_model_cfg(positions))
+  L, P = 24, 16
+  b = random_batch(model, l=L)  # row 1 is left-padded; image + text docked in the prompt
+  full = np.asarray(model.apply(v, to_jnp(b)))
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), to_jnp(b), decode=True))["cache"]
+  cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  prompt = {k: (b[k][:, :P] if k in batch_lib.DECODER_KEYS else b[k]) for k in b}
+  logits, mut = model.apply({"params": v["params"], "cache": cache}, to_jnp(prompt),
+                            decode=True, mutable=["cache"])
+  steps = [np.asarray(logits)]
+  for t in range(P, L):
+    logits, mut = model.apply(
+        {"params": v["params"], "cache": mut["cache"]}, b["tokens"][:, t:t + 1],
+        b["positions"][:, t:t + 1], b["segment_ids"][:, t:t + 1],
+        method=metalm.MetaLM.decode_tokens, mutable=["cache"])
+    steps.append(np.asarray(logits))
+  inc = np.concatenate(steps, axis=1)
+  real = b["segment_ids"] > 0
+  np.testing.assert_allclose(inc[real], full[real], atol=ATOL, rtol=1e-5)
+
+
+def test_no_docking_equals_plain_decoder():
+  model, v = build(small_model_cfg())
+  b = random_batch(model, dock=False)
+  out = np.asarray(model.apply(v, to_jnp(b)))
+  dec = Decoder(model.cfg.decoder)
+  plain = dec.apply({"params": v["params"]["decoder"]}, b["tokens"], b["positions"],
+                    b["segment_ids"])
+  np.testing.assert_allclose(out, np.asarray(plain), atol=0, rtol=0)
+
+
+def test_docked_input_equals_connector_of_encoder():
+  model, v = build(small_model_cfg())
+  b = random_batch(model, dock=True)
+  emb = np.asarray(model.apply(v, to_jnp(b), method=metalm.MetaLM.input_embeddings))
+  p = nn.meta.unbox(v["params"])
+  cfg = model.cfg
+  # Independent path: run encoder and connector modules on their own.
+  vis = VisionEncoder(cfg.encoders.vision).apply(
+      {"params": p["encoders_vision"]["vit"]}, b["encoders"]["vision"]["pixels"][:, 0])
+  vis = CONNECTORS.get("mlp")(cfg.encoders.vision.connector, cfg.decoder.emb_dim).apply(
+      {"params": p["connectors_vision"]}, vis)
+  txt = TextEncoder(cfg.encoders.text).apply(
+      {"params": p["encoders_text"]["bert"]}, b["encoders"]["text"]["tokens"][:, 0],
+      b["encoders"]["text"]["mask"][:, 0])
+  txt = CONNECTORS.get("linear")(cfg.encoders.text.connector, cfg.decoder.emb_dim).apply(
+      {"params": p["connectors_text"]}, txt)
+  tok = np.asarray(p["decoder"]["embedder"]["embedding"])[b["tokens"]]
+  start = 4  # random_batch: image at max(left_pad)+1 = 4 for 5 positions, text 2 later
+  for j in range(5):
+    np.testing.assert_allclose(emb[:, start + j], np.asarray(vis)[:, j], atol=ATOL)
+  for j in range(4):
+    np.testing.assert_allclose(emb[:, start + 7 + j], np.asarray(txt)[:, j], atol=ATOL)
+  undocked = ~b["dock_mask"]
+  np.testing.assert_allclose(emb[undocked], tok[undocked], atol=0)
+
+
+def test_sharded_forward_equals_single_device():
+  from jax.sharding import Mesh
+  cfg = small_model_cfg(vocab_size=96)  # shardable: 96 = 2 (tensor) x 48
+  cfg.encoders.text.vocab_size = 96
+  model, v = build(cfg, b=8)
+  b = random_batch(model, b=8, left_pad=(0, 3) * 4)
+  ref = np.asarray(jax.jit(model.apply)(v, to_jnp(b)))
+  mesh = Mesh(np.asarray(jax.devices()[:8]).reshape(2, 2, 2), ("data", "fsdp", "tensor"))
+  rules = common.logical_rules()
+  abstract = jax.eval_shape(lambda: metalm.init_variables(model, jax.random.key(0), 8, 24))
+  shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract), mesh, rules)
+  sharded_v = jax.device_put(v, shardings)
+  emb = sharded_v["params"]["decoder"]["embedder"]["embedding"].value
+  assert emb.sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp")
+  assert len({s.data.shape for s in emb.addressable_shards}) == 1
+  assert emb.addressable_shards[0].data.shape == (48, 16)  # vocab / tensor, embed / fsdp
+  data_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
+  sharded_b = jax.device_put(to_jnp(b), data_sharding)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    out = jax.jit(model.apply)(sharded_v, sharded_b)
+  np.testing.assert_allclose(np.asarray(out), ref, atol=ATOL, rtol=1e-5)
+
+
+PAPER = {  # paper: VL decoder ~353M (GPT-2 medium); language decoder ~1.3B, encoder ~366M
+    "paper_vl": {"decoder": 353e6},
+    "paper_lang": {"decoder": 1.3e9, "encoders_text": 366e6},
+}
+
+
+@pytest.mark.parametrize("size", sorted(PAPER))
+def test_paper_parameter_counts(size):
+  model = metalm.build_model(common.model_config(size))
+  shapes = metalm.abstract_variables(model)["params"]
+  for part, expected in PAPER[size].items():
+    n = metalm.count_params(shapes[part])
+    assert abs(n - expected) / expected < 0.05, (part, n, expected)
+
+
+def test_bad_model_config_names_the_field():
+  cfg = small_model_cfg()
+  cfg.decoder.num_heads = 5
+  with pytest.raises(ValueError, match="model.decoder.num_heads"):
+    metalm.build_model(cfg)
+  cfg = small_model_cfg()
+  cfg.encoders.vision.connector.type = "qformer"
+  with pytest.raises(ValueError, match="model.encoders.vision.connector.type"):
+    metalm.build_model(cfg)
+  cfg = small_model_cfg()
+  cfg.encoders.vision.image_size = 20
+  with pytest.raises(ValueError, match="image_size=20"):
+    metalm.build_model(cfg)
