@@ -40,7 +40,8 @@ setup(
     name="metalm_jax",
     version="0.1.0",
     description="MetaLM: language models as general-purpose interfaces, in JAX/Flax",
-    packages=find_packages(include=["metalm_jax", "metalm_jax.*"]),
+    # configs/ ships too: presets are imported by the package (models, converters, trainer).
+    packages=find_packages(include=["metalm_jax", "metalm_jax.*", "configs", "configs.*"]),
     python_requires=">=3.10",
     install_requires=CORE,
     extras_require=EXTRAS,
