@@ -36,7 +36,7 @@ def require(cond: bool, field: str, value: Any, why: str) -> None:
 
 
 def layer_norm(get: Callable[[str], np.ndarray], prefix: str, weight="weight", bias="bias"):
-  return {"LayerNorm_0": {"scale": get(f"{prefix}.{weight}"), "bias": get(f"{prefix}.{bias}")}}
+  return {"scale": get(f"{prefix}.{weight}"), "bias": get(f"{prefix}.{bias}")}
 
 
 def dense(w_in_out: np.ndarray, b: np.ndarray) -> Dict[str, np.ndarray]:

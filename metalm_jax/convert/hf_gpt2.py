@@ -18,7 +18,7 @@ from metalm_jax.convert import hf_common as hc
 
 
 def _ln(tree):
-  return tree["LayerNorm_0"]["scale"], tree["LayerNorm_0"]["bias"]
+  return tree["scale"], tree["bias"]
 
 
 @hc.CONVERTERS.register("gpt2")
