@@ -36,7 +36,7 @@ def default_data_dir() -> str:
 # size -> (world, vl seq_len, lang seq_len, span encoder, span min, span max, prefix_max)
 _SIZES = {
     "tiny": ("tiny", 64, 128, "text", 8, 16, 8),
-    "bench": ("tiny", 64, 128, "", 8, 16, 0),
+    "bench": ("tiny", 128, 128, "", 8, 16, 0),
     "paper_vl": ("paper", 256, 1024, "", 64, 128, 0),
     "paper_lang": ("paper", 256, 2048, "text", 64, 128, 0),
 }

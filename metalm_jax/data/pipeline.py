@@ -31,6 +31,7 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
+from metalm_jax import batch as batch_lib
 from metalm_jax.data import packing
 from metalm_jax.data import prepare
 from metalm_jax.data import sources as sources_lib
@@ -68,9 +69,15 @@ def make_context(config, tokenizer) -> tasks_lib.Context:
   if data.seq_len > model.decoder.max_len:
     raise ValueError(f"config.data.seq_len={data.seq_len} exceeds "
                      f"config.model.decoder.max_len={model.decoder.max_len}")
+  vision = by_type.get("vit", "")
+  if vision:
+    need = batch_lib.slot_length(model.encoders[vision]) + 5
+    if data.seq_len < need:
+      raise ValueError(f"config.data.seq_len={data.seq_len} cannot hold an image span of "
+                       f"config.model.encoders.{vision} plus text (need >= {need})")
   return tasks_lib.Context(
       tokenizer=tokenizer, model_cfg=model, seq_len=int(data.seq_len),
-      vision=by_type.get("vit", ""), text=text, prefix_max=int(data.spans.prefix_max),
+      vision=vision, text=text, prefix_max=int(data.spans.prefix_max),
       span_min=int(data.spans.min_len), span_max=int(data.spans.max_len),
       span_ratio=float(data.spans.ratio), max_doc_tokens=int(data.max_doc_tokens),
       image_mean=tuple(data.image_mean), image_std=tuple(data.image_std))

@@ -108,8 +108,10 @@ def sample_spans(intervals: Sequence[Tuple[int, int]], num_tokens: int,
     k = int(rng.choice(len(free), p=sizes / sizes.sum()))
     a, b = free.pop(k)
     hi = min(max_len, b - a)
-    length = int(rng.integers(min_len, hi + 1))
     need = target - covered
+    # Long enough that the spans still allowed can reach the target.
+    lo = min(hi, max(min_len, need - (max_spans - len(spans) - 1) * max_len))
+    length = int(rng.integers(lo, hi + 1))
     if length > need:
       length = max(min_len, need)
     start = a + int(rng.integers(0, b - a - length + 1))

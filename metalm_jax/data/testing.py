@@ -12,5 +12,6 @@ def test_config(kind: str, size: str, data_dir: str, seed: int = 0, **data_overr
                             seed=seed))
   cfg.data.data_dir = str(data_dir)
   cfg.data.world = "test"
-  cfg.data.update(data_overrides)
+  for key, value in data_overrides.items():  # replace (update() would merge dicts)
+    cfg.data[key] = value
   return cfg
