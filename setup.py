@@ -22,6 +22,7 @@ CORE = [
     "tensorboardX>=2.6",   # TensorBoard events without TensorFlow
     "matplotlib>=3.8",     # loss-curve PNG
     "tokenizers>=0.20",    # HF tokenizer.json
+    "flatbuffers>=24",     # jax.export serialisation (export for serving)
     "importlib_resources>=6",  # tfds builders in a package need it without TF
 ]
 
