@@ -149,12 +149,15 @@ def _load_init(config, state, shardings):
 class Trainer:
   """Builds everything from the config; `run()` trains (or evaluates)."""
 
-  def __init__(self, config, workdir: str, data=None):
+  def __init__(self, config, workdir: str, data=None, devices=None):
+    """data: a module with make_iterator / split_stats (default: the Grain
+    pipeline); devices: the mesh's devices (default: all)."""
     self.config, self.workdir = config, workdir
-    self.mesh_sizes = check_config(config)
+    devices = list(jax.devices() if devices is None else devices)
+    self.mesh_sizes = check_config(config, num_devices=len(devices))
     self.data = data or _default_data()
     os.makedirs(workdir, exist_ok=True)
-    self.mesh = shard_lib.make_mesh(config.mesh)
+    self.mesh = shard_lib.make_mesh(config.mesh, devices)
     self.rules = shard_lib.rules_from_config(config.logical_rules)
     self.model = metalm.build_model(config.model)
     self.total = config.total_steps
@@ -356,6 +359,6 @@ class _MeshRules:
     self._m.__exit__(*exc)
 
 
-def train(config, workdir: str, data=None) -> Dict[str, float]:
+def train(config, workdir: str, data=None, devices=None) -> Dict[str, float]:
   """Trains (or, with total_steps=0, evaluates) and returns the final scalars."""
-  return Trainer(config, workdir, data).run()
+  return Trainer(config, workdir, data, devices).run()

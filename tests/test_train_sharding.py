@@ -1,0 +1,104 @@
+"""Mesh from config, logical rules, state shardings, the fsdp check, global
+batches, and the FLOPs-per-example formula."""
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+import numpy as np
+import pytest
+
+from configs import common
+from metalm_jax import batch as batch_lib
+from metalm_jax.models import metalm
+from metalm_jax.train import config_defaults
+from metalm_jax.train import metrics as metrics_lib
+from metalm_jax.train import sharding as sh
+from metalm_jax.train import state as st
+
+
+def test_mesh_shape_inference_and_errors():
+  assert sh.mesh_shape(dict(data=-1, fsdp=2, tensor=2), 8) == (2, 2, 2)
+  assert sh.mesh_shape(dict(data=1, fsdp=-1, tensor=1), 8) == (1, 8, 1)
+  with pytest.raises(ValueError, match=r"mesh.fsdp=-1 cannot be inferred: 8 devices .* 3"):
+    sh.mesh_shape(dict(data=3, fsdp=-1, tensor=1), 8)
+  with pytest.raises(ValueError, match=r"only one mesh axis may be -1"):
+    sh.mesh_shape(dict(data=-1, fsdp=-1, tensor=1), 8)
+  with pytest.raises(ValueError, match=r"needs 4 devices, but 8 are available"):
+    sh.mesh_shape(dict(data=2, fsdp=2, tensor=1), 8)
+  with pytest.raises(ValueError, match=r"mesh.tensor=0"):
+    sh.mesh_shape(dict(data=1, fsdp=1, tensor=0), 8)
+  with pytest.raises(ValueError, match=r"names mesh axis 'model'"):
+    sh.rules_from_config([("embed", "model")])
+
+
+def _abstract(model_cfg, opt_cfg):
+  model = metalm.build_model(model_cfg)
+  tx = st.make_optimizer(opt_cfg, 10)
+  def init_params(rng):
+    return model.init(rng, jax.tree.map(jnp.asarray, batch_lib.dummy_batch(model.cfg, 1, 8)))["params"]
+  boxed = jax.eval_shape(init_params, jax.random.key(0))
+  abstract = jax.eval_shape(lambda: st.init_state(st.unbox(boxed), tx))
+  return boxed, abstract
+
+
+def test_state_shardings_put_large_params_on_fsdp():
+  mesh = sh.make_mesh(dict(data=2, fsdp=2, tensor=2))
+  opt = config_defaults.optimizer()
+  boxed, abstract = _abstract(common.model_config("tiny"), opt)
+  rules = sh.rules_from_config(common.logical_rules())
+  shardings = sh.state_shardings(abstract, boxed, mesh, rules)
+  emb = shardings["params"]["decoder"]["embedder"]["embedding"]
+  assert tuple(emb.spec) == ("tensor", "fsdp")
+  wi = shardings["params"]["decoder"]["layers_0"]["mlp"]["wi"]["kernel"]
+  assert tuple(wi.spec) == ("fsdp", "tensor")
+  # Adam moments follow their parameter; the step counter is replicated.
+  mu = abstract["opt_state"]
+  flat_sh = jax.tree_util.tree_leaves_with_path(
+      shardings["opt_state"], is_leaf=lambda x: isinstance(x, jax.sharding.NamedSharding))
+  mu_emb = [s for p, s in flat_sh if jax.tree_util.keystr(p).endswith(
+      ".mu['decoder']['embedder']['embedding']")]
+  assert len(mu_emb) == 1 and tuple(mu_emb[0].spec) == ("tensor", "fsdp")
+  assert tuple(shardings["step"].spec) == ()
+  sh.check_large_params_sharded(abstract["params"], shardings["params"], mesh, 1024)
+  # Rules that leave `embed` replicated fail the start-up check, naming params.
+  bad_rules = sh.rules_from_config([r for r in common.logical_rules() if r[0] != "embed"]
+                                   + [("embed", None)])
+  bad = sh.state_shardings(abstract, boxed, mesh, bad_rules)
+  with pytest.raises(ValueError, match=r"not sharded over fsdp.*decoder/"):
+    sh.check_large_params_sharded(abstract["params"], bad["params"], mesh, 1024)
+  # Materialised state really is split: each device holds 1/(fsdp*tensor) of the embedding.
+  init = jax.jit(lambda: jax.tree.map(jnp.zeros_like, abstract["params"]["decoder"]["embedder"]),
+                 out_shardings=shardings["params"]["decoder"]["embedder"])
+  arr = init()["embedding"]
+  assert arr.addressable_shards[0].data.shape == (1024 // 2, 64 // 2)
+
+
+def test_global_batch_round_trip():
+  mesh = sh.make_mesh(dict(data=2, fsdp=2, tensor=2))
+  local = {"tokens": np.arange(8 * 5, dtype=np.int32).reshape(8, 5),
+           "encoders": {"v": {"pixels": np.ones((8, 1, 2, 2, 3), np.float32)}}}
+  g = sh.global_batch(local, mesh)
+  assert g["tokens"].sharding.spec == jax.sharding.PartitionSpec(("data", "fsdp"))
+  assert g["tokens"].addressable_shards[0].data.shape == (2, 5)
+  back = sh.to_host(g)
+  np.testing.assert_array_equal(back["tokens"], local["tokens"])
+
+
+def test_flops_per_example_matches_hand_count():
+  cfg = common.model_config("tiny")
+  d, m, V, L = 32, 64, 100, 16
+  cfg.decoder.update(vocab_size=V, num_layers=1, emb_dim=d, num_heads=2, mlp_dim=m, max_len=L)
+  e, f, s, p = 16, 48, 16, 8
+  cfg.encoders = {"vision": common.vit(image_size=s, patch_size=p, num_layers=1, emb_dim=e,
+                                       num_heads=2, mlp_dim=f,
+                                       connector=common.connector("linear"))}
+  cfg = mlc.ConfigDict(cfg)
+  opt = config_defaults.optimizer()
+  opt.groups = {"vis": dict(regex="^encoders_vision/", frozen=True, lr_mult=1.0)}
+  _, abstract = _abstract(cfg, opt)
+  trainable = st.trainable_mask(abstract["params"], opt)
+  got = metrics_lib.flops_per_example(cfg, abstract["params"], trainable, L)
+  T = (s // p) ** 2 + 1
+  dec = 6 * (4 * d * d + 2 * d * m + V * d) * L + 12 * L * L * d
+  vit = 2 * (4 * e * e + 2 * e * f + p * p * 3 * e) * T + 4 * T * T * e   # frozen: forward only
+  conn = 6 * e * d * T
+  assert got == pytest.approx(dec + vit + conn, rel=1e-12)
