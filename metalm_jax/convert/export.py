@@ -1,0 +1,221 @@
+"""Export for serving: params-only safetensors, model config, a jax.export
+function and (when the decoder is GPT-2-shaped) an HF GPT-2 copy.
+
+Export dir layout (`export_model`):
+  params.safetensors   params only (no optimizer state). Names are the param
+                       tree paths joined by '/', e.g.
+                       'decoder/layers_0/attn/query/kernel' [emb, heads, head_dim],
+                       'encoders_vision/vit/patch_embed/kernel' [p, p, 3, emb];
+                       param_names.json lists every name with shape and dtype.
+  config.json          {"model": <model config section>, "serving": {...}}
+  next_token_logits.stablehlo
+                       jax.export-serialised fn(params, batch) -> float32
+                       [B, vocab]: logits after the last real position
+                       (segment_ids > 0) of each row. `batch` holds the
+                       contract arrays SERVING_KEYS plus `encoders`; the batch
+                       size is symbolic, the sequence length fixed
+                       (config.json serving.seq_len).
+  tokenizer.json | tokenizer.model   when the run config names one.
+  hf_gpt2/             GPT-2 format of the decoder (if it maps), loadable by
+                       transformers.GPT2LMHeadModel.from_pretrained.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+
+from metalm_jax import batch as batch_lib
+from metalm_jax import params_io
+from metalm_jax.convert.serving import SERVING_KEYS, next_token_logits, serving_batch
+from metalm_jax.models import metalm
+
+SERVING_FILE = "next_token_logits.stablehlo"
+NAMES_FILE = "param_names.json"
+GPT2_SUBDIR = "hf_gpt2"
+
+
+def _abstract_params(model):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                      nn.meta.unbox(metalm.abstract_variables(model)["params"]))
+
+
+def export_serving(model: metalm.MetaLM, seq_len: int) -> jax.export.Exported:
+  """jax.export of `next_token_logits` with a symbolic batch size 'b'."""
+  (b,) = jax.export.symbolic_shape("b")
+  spec = batch_lib.batch_spec(model.cfg, 1, seq_len)
+
+  def sym(node):
+    if isinstance(node, dict):
+      return {k: sym(v) for k, v in node.items()}
+    shape, dtype = node
+    return jax.ShapeDtypeStruct((b,) + tuple(shape[1:]), dtype)
+
+  batch = serving_batch(sym(spec))
+  fn = jax.jit(lambda p, x: next_token_logits(model, p, x))
+  return jax.export.export(fn)(_abstract_params(model), batch)
+
+
+def check_params(model: metalm.MetaLM, params) -> None:
+  """Raises naming the first param whose name or shape differs from the model."""
+  want = params_io.flatten(nn.meta.unbox(_abstract_params(model)))
+  have = params_io.flatten(params)
+  missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+  if missing or extra:
+    raise ValueError(f"params do not match the model config: missing {missing[:5]}, "
+                     f"unexpected {extra[:5]}")
+  for k, s in want.items():
+    if tuple(np.shape(have[k])) != tuple(s.shape):
+      raise ValueError(f"param {k!r} has shape {np.shape(have[k])}, model expects {s.shape}")
+
+
+def export_model(model_cfg, params, out: str, *, seq_len: Optional[int] = None,
+                 tokenizer: Optional[str] = None, hf_gpt2: bool = True) -> Dict[str, str]:
+  """Writes the export dir (see module docstring); returns {what: path}."""
+  model = metalm.build_model(model_cfg)
+  params = jax.tree.map(np.asarray, nn.meta.unbox(params))
+  check_params(model, params)
+  seq_len = int(seq_len or model_cfg.decoder.max_len)
+  too_long = model_cfg.decoder.positions != "rotary" and seq_len > model_cfg.decoder.max_len
+  if seq_len < 1 or too_long:
+    raise ValueError(f"seq_len={seq_len} must be in [1, model.decoder.max_len="
+                     f"{model_cfg.decoder.max_len}]")
+  cfg_dict = model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else dict(model_cfg)
+  serving = {"seq_len": seq_len, "file": SERVING_FILE, "batch_keys": list(SERVING_KEYS),
+             "output": "float32 [b, vocab] next-token logits"}
+  written = {"params": params_io.save_params(out, params, None)}
+  flat = params_io.flatten(params)
+  with open(os.path.join(out, NAMES_FILE), "w") as f:
+    json.dump({k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in flat.items()},
+              f, indent=1, sort_keys=True)
+  exported = export_serving(model, seq_len)
+  written["serving"] = os.path.join(out, SERVING_FILE)
+  with open(written["serving"], "wb") as f:
+    f.write(exported.serialize())
+  meta = {"model": cfg_dict, "serving": serving}
+  if tokenizer:
+    ext = ".json" if tokenizer.endswith(".json") else os.path.splitext(tokenizer)[1] or ".model"
+    dest = os.path.join(out, "tokenizer" + ext)
+    shutil.copyfile(os.path.expanduser(tokenizer), dest)
+    written["tokenizer"] = meta["tokenizer"] = os.path.basename(dest)
+  if hf_gpt2:
+    from metalm_jax.convert import hf_gpt2 as g
+    try:
+      g.gpt2_config(model_cfg.decoder)
+    except ValueError as e:  # not GPT-2-shaped: a logged skip, not an error
+      logging.warning("export: decoder not written in GPT-2 format: %s", e)
+    else:
+      written["hf_gpt2"] = g.save_gpt2(os.path.join(out, GPT2_SUBDIR), model_cfg.decoder,
+                                       params["decoder"])
+      meta["hf_gpt2"] = GPT2_SUBDIR
+  with open(os.path.join(out, params_io.CONFIG_FILE), "w") as f:
+    json.dump(meta, f, indent=2, sort_keys=True)
+  return written
+
+
+# ------------------------------------------------------------- from a workdir
+
+def _strip_boxes(tree):
+  """{'value': x} (a saved LogicallyPartitioned box) -> x, recursively."""
+  if isinstance(tree, Mapping):
+    if set(tree) == {"value"} and not isinstance(tree["value"], Mapping):
+      return tree["value"]
+    return {k: _strip_boxes(v) for k, v in tree.items()}
+  return tree
+
+
+def restore_checkpoint_params(workdir: str, step: Optional[int] = None) -> Tuple[Any, int]:
+  """(params as numpy, step) from `workdir/checkpoints` (Orbax, item `state`
+  holding `params`); only the params are read, onto the host."""
+  import orbax.checkpoint as ocp
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"--workdir={workdir!r} has no checkpoints/ directory")
+  mgr = ocp.CheckpointManager(
+      directory, item_handlers={"state": ocp.PyTreeCheckpointHandler()},
+      options=ocp.CheckpointManagerOptions(read_only=True))
+  try:
+    step = mgr.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint step in {directory!r}")
+    meta = mgr.item_metadata(step)["state"]
+    if meta is None or "params" not in meta:
+      raise ValueError(f"checkpoint {directory}/{step}/state has no 'params' entry")
+    sub = {"params": meta["params"]}
+    target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), sub)
+    restore_args = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), sub)
+    out = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=target, restore_args=restore_args, partial_restore=True)))
+  finally:
+    mgr.close()
+  return _strip_boxes(dict(out["state"]["params"])), step
+
+
+def load_run_config(workdir: str) -> Dict[str, Any]:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"--workdir={workdir!r} has no config.json (the run config)")
+  with open(path) as f:
+    cfg = json.load(f)
+  if "model" not in cfg:
+    raise ValueError(f"{path} has no 'model' section")
+  return cfg
+
+
+def run_tokenizer(run_cfg: Mapping[str, Any]) -> Optional[str]:
+  """The tokenizer file a run config names (`data.tokenizer`), if any."""
+  path = (run_cfg.get("data") or {}).get("tokenizer") or None
+  if path and not os.path.exists(os.path.expanduser(path)):
+    raise FileNotFoundError(f"config data.tokenizer={path!r} does not exist")
+  return path
+
+
+def export_workdir(workdir: str, out: str, *, seq_len: Optional[int] = None,
+                   tokenizer: Optional[str] = None, step: Optional[int] = None) -> Dict[str, str]:
+  """Latest checkpoint of a training run -> export dir."""
+  run_cfg = load_run_config(workdir)
+  model_cfg = ml_collections.ConfigDict(run_cfg["model"])
+  params, step = restore_checkpoint_params(workdir, step)
+  logging.info("export: %s step %d -> %s", workdir, step, out)
+  tok = tokenizer or run_tokenizer(run_cfg)
+  if tok is None:
+    logging.warning("export: the run config names no tokenizer (data.tokenizer); the "
+                    "Predictor will need one passed in")
+  written = export_model(model_cfg, params, out, seq_len=seq_len, tokenizer=tok)
+  written["step"] = str(step)
+  return written
+
+
+def decoder_section_from(config: Optional[Mapping[str, Any]], where: str) -> Dict[str, Any]:
+  """The decoder config section of an export dir or an import-hf decoder dir."""
+  if config and "model" in config:
+    return config["model"]["decoder"]
+  if config and config.get("component") == "decoder":
+    return config["section"]
+  raise ValueError(f"{where}/config.json holds neither an export ('model') nor an "
+                   f"imported decoder ('component': 'decoder')")
+
+
+def main(argv=None) -> int:
+  """python -m metalm_jax.export --workdir=W --out=D [--seq_len=N --tokenizer=F --step=S]"""
+  import argparse
+  p = argparse.ArgumentParser(prog="python -m metalm_jax.export")
+  p.add_argument("--workdir", required=True, help="training run dir (config.json, checkpoints/)")
+  p.add_argument("--out", required=True, help="export dir to write")
+  p.add_argument("--seq_len", type=int, default=None,
+                 help="sequence length of the serving function (default decoder max_len)")
+  p.add_argument("--tokenizer", default=None, help="tokenizer file (default: data.tokenizer)")
+  p.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
+  args = p.parse_args(argv)
+  written = export_workdir(args.workdir, args.out, seq_len=args.seq_len,
+                           tokenizer=args.tokenizer, step=args.step)
+  for what, path in sorted(written.items()):
+    print(f"{what}: {path}")
+  return 0
