@@ -25,6 +25,7 @@ restore it exactly (also with worker processes, for the same num_workers).
 """
 from __future__ import annotations
 
+import importlib
 from typing import Any, Dict, Tuple
 
 import grain
@@ -92,6 +93,8 @@ def data_source(data_cfg, source_name: str, split: str):
   elif name.split("/")[0] in data_cfg.manual_dirs:
     prepare.ensure_manual(name, data_cfg)
   import metalm_jax.data.builders  # noqa: F401  registers our builders with tfds
+  if src.module:  # without TensorFlow, tfds does not import its catalogue eagerly
+    importlib.import_module(src.module)
   return tfds.data_source(name, split=sources_lib.tfds_split(source_name, split),
                           data_dir=prepare.data_dir(data_cfg))
 

@@ -28,6 +28,7 @@ class Source:
   splits: Mapping[str, str]            # pipeline split -> tfds split
   extract: Callable[[Mapping[str, Any], np.random.Generator], Dict[str, Any]]
   embedded: bool = False               # the embedded world (prepared on first use)
+  module: str = ""                     # module defining a catalogue builder (imported first)
 
 
 def _world_name(data_cfg) -> str:
@@ -85,7 +86,8 @@ register("text_corpus", Source("text", lambda c: "metalm_text_corpus",
                                _document("text")))
 register("mnli", Source("nli", lambda c: "glue/mnli",
                         {"train": "train", "validation": "validation_matched",
-                         "test": "validation_mismatched"}, _nli))
+                         "test": "validation_mismatched"}, _nli,
+                        module="tensorflow_datasets.text.glue"))
 
 
 def tfds_split(source_name: str, split: str) -> str:

@@ -1,0 +1,137 @@
+"""Real-data builders read tiny fixtures in the official formats; the TFDS
+catalogue path (glue/mnli) runs on tfds.testing.mock_data; the build CLI."""
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from metalm_jax import batch as batch_lib
+from metalm_jax.data import pipeline, testing
+from metalm_jax.data.builders.common import as_str
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+def _jpeg(path, color, size=(40, 30)):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  Image.new("RGB", size, color).save(path, format="JPEG")
+
+
+def _check(cfg, n=2, batch_size=2):
+  it = pipeline.make_iterator(cfg, "train", batch_size=batch_size)
+  out = []
+  for _ in range(n):
+    batch, stats = pipeline.split_stats(next(it))
+    batch_lib.validate_batch(batch, cfg.model, cfg.model.decoder.vocab_size)
+    assert batch["loss_mask"].sum() > 0
+    out.append((batch, stats))
+  return out
+
+
+def test_coco_karpathy(tmp_path, data_dir):
+  root = tmp_path / "coco"
+  images = []
+  for k, (split, sub) in enumerate([("train", "train2014"), ("restval", "val2014"),
+                                    ("val", "val2014"), ("test", "val2014"),
+                                    ("train", "train2014")]):
+    name = f"COCO_{sub}_{k:012d}.jpg"
+    if k != 4:  # the last entry's file is missing: skipped at build time
+      _jpeg(root / sub / name, (50 * k, 20, 200))
+    images.append({"filepath": sub, "filename": name, "split": split, "cocoid": k,
+                   "sentences": [{"raw": f"picture number {k} ", "tokens": []},
+                                 {"raw": "a blue picture.", "tokens": []}]})
+  (root / "dataset_coco.json").write_text(json.dumps({"images": images, "dataset": "coco"}))
+  cfg = testing.test_config("vl", "tiny", data_dir, mixture={"coco_caption": 1.0},
+                            manual_dirs={"metalm_coco_karpathy": str(root)})
+  batches = _check(cfg)
+  ds = tfds.data_source("metalm_coco_karpathy", data_dir=data_dir)
+  assert {k: len(v) for k, v in ds.items()} == {"train": 2, "validation": 1, "test": 1}
+  rec = ds["validation"][0]
+  assert rec["image_id"] == 2 and [as_str(c) for c in rec["captions"]] == [
+      "picture number 2", "a blue picture."]
+  img = np.asarray(Image.open(io.BytesIO(rec["image"])))
+  assert img.shape == (30, 40, 3)
+  assert sum(s["resized_nonsquare_image"] for _, s in batches) == 4  # 40x30 images
+
+
+def test_vqav2(tmp_path, data_dir):
+  root = tmp_path / "vqa"
+  qs, anns = [], []
+  for q, img in [(10, 1), (11, 1), (12, 2)]:
+    _jpeg(root / "train2014" / f"COCO_train2014_{img:012d}.jpg", (10 * img, 90, 90))
+    qs.append({"image_id": img, "question": f"what is number {q}?", "question_id": q})
+    answers = [{"answer": "yes" if j < 8 else "no", "answer_confidence": "yes", "answer_id": j + 1}
+               for j in range(10)]
+    anns.append({"question_id": q, "image_id": img, "answers": answers, "answer_type": "yes/no",
+                 "multiple_choice_answer": "yes", "question_type": "what"})
+  (root / "v2_OpenEnded_mscoco_train2014_questions.json").write_text(json.dumps({"questions": qs}))
+  (root / "v2_mscoco_train2014_annotations.json").write_text(json.dumps({"annotations": anns}))
+  cfg = testing.test_config("vl", "tiny", data_dir, mixture={"vqav2": 1.0},
+                            manual_dirs={"metalm_vqav2": str(root)})
+  from metalm_jax.data import tokenizer as tok_lib
+  tok = tok_lib.load_tokenizer(cfg)
+  (batch, _), _ = _check(cfg)
+  for r in range(2):
+    assert tok.decode(batch["targets"][r][batch["loss_mask"][r] > 0]) == "yes"
+  ds = tfds.data_source("metalm_vqav2", data_dir=data_dir)
+  assert list(ds) == ["train"] and len(ds["train"]) == 3
+  rec = ds["train"][0]
+  assert len(rec["answers"]) == 10 and as_str(rec["question"]).startswith("what is number")
+
+
+def test_text_corpus(tmp_path, data_dir):
+  root = tmp_path / "corpus"
+  (root / "train").mkdir(parents=True)
+  (root / "validation").mkdir()
+  (root / "train" / "a.txt").write_text("the red circle is big.\n\nit sits on the left. yes.")
+  (root / "train" / "b.jsonl").write_text(
+      json.dumps({"text": "a blue square. it is small."}) + "\nnot json\n" +
+      json.dumps({"meta": 1}) + "\n" + json.dumps({"text": "a green cross."}) + "\n")
+  (root / "validation" / "c.txt").write_text("held out text.")
+  cfg = testing.test_config("lang", "tiny", data_dir, mixture={"text_corpus": 1.0},
+                            manual_dirs={"metalm_text_corpus": str(root)})
+  _check(cfg, n=1, batch_size=1)
+  ds = tfds.data_source("metalm_text_corpus", data_dir=data_dir)
+  assert {k: len(v) for k, v in ds.items()} == {"train": 3, "validation": 1}
+  texts = sorted(as_str(ds["train"][i]["text"]) for i in range(3))
+  assert texts == ["a blue square. it is small.", "a green cross.",
+                   "the red circle is big.\n\nit sits on the left. yes."]
+
+
+def test_missing_manual_dir_is_a_clear_error(tmp_path):
+  cfg = testing.test_config("vl", "tiny", str(tmp_path), mixture={"coco_caption": 1.0},
+                            manual_dirs={"metalm_coco_karpathy": ""})
+  with pytest.raises(ValueError, match="manual_dirs\\['metalm_coco_karpathy'\\] is empty"):
+    pipeline.make_iterator(cfg, "validation", batch_size=1)
+
+
+def test_glue_mnli_through_mock_data(data_dir):
+  cfg = testing.test_config("lang", "tiny", data_dir, mixture={"mnli": 1.0}, seq_len=64)
+  from metalm_jax.data import tokenizer as tok_lib
+  tok = tok_lib.load_tokenizer(cfg)  # prepare before mocking
+  with tfds.testing.mock_data(num_examples=12):
+    batches = _check(cfg, n=3, batch_size=4)
+  words = set()
+  for batch, stats in batches:
+    assert stats["examples"] + stats["skipped_bad_label"] >= 4
+    for r in range(4):
+      words.add(tok.decode(batch["targets"][r][batch["loss_mask"][r] > 0]))
+      assert batch["dock_mask"][r].sum() >= 1  # premise docked through the text encoder
+  assert words <= {"true", "neither", "false"} and words
+
+
+def test_build_cli(tmp_path):
+  out = subprocess.run([sys.executable, "-m", "metalm_jax.data.build", f"--data_dir={tmp_path}",
+                        "--world=test", "--vocab_size=1000,1024"], capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert (tmp_path / "tokenizers" / "metalm_world_test_1000.model").exists()
+  assert (tmp_path / "tokenizers" / "metalm_world_test_1024.model").exists()
+  assert len(tfds.data_source("metalm_world/test", data_dir=str(tmp_path))["train"]) == 64
