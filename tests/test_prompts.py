@@ -5,31 +5,7 @@ import pytest
 from metalm_jax import batch as batch_lib
 from metalm_jax.evaluate import prompts
 from tests.model_fixtures import small_model_cfg
-
-
-class FakeTokenizer:
-  """Word-level tokenizer over a fixed word list (ids from 5 up)."""
-  pad, bos, eos, image_start, image_end = 0, 1, 2, 3, 4
-  WORDS = ("question: answer: caption: a cat dog red blue sky is the what color yes no "
-           "two 2 positive negative great awful film movie ok it was").split()
-
-  def __init__(self):
-    self.ids = {w: i + 5 for i, w in enumerate(self.WORDS)}
-    self.words = {i: w for w, i in self.ids.items()}
-
-  def encode(self, text):
-    try:
-      return [self.ids[w] for w in text.split()]
-    except KeyError as e:
-      raise ValueError(f"FakeTokenizer has no word {e.args[0]!r}") from None
-
-  def decode(self, ids):
-    return " ".join(self.words[i] for i in ids if i in self.words)
-
-
-def image(cfg, value):
-  s = cfg.encoders.vision.image_size
-  return np.full((s, s, 3), value, np.float32)
+from tests.test_decode_fixtures import FakeTokenizer, image
 
 
 @pytest.fixture(scope="module")
