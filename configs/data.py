@@ -12,6 +12,8 @@ Fields:
   seq_len         decoder row length
   tokenizer       SentencePiece model path; "" = the embedded one
   num_workers     Grain worker processes; 0 = in-process
+  read_threads / prefetch_buffer   per mixture entry: threads running the
+                  per-example map and rows read ahead (memory: rows x row size)
   max_doc_tokens  documents are truncated beyond this (counted)
   spans           encoder: text encoder for language spans ("" = none);
                   min_len / max_len / ratio of language spans;
@@ -60,6 +62,8 @@ def data_config(kind: str, size: str) -> mlc.ConfigDict:
       seq_len=vl_len if kind == "vl" else lang_len,
       tokenizer="",
       num_workers=0,
+      read_threads=2,
+      prefetch_buffer=32,
       max_doc_tokens=8 * (vl_len if kind == "vl" else lang_len),
       spans=dict(encoder=span_enc, min_len=smin, max_len=smax, ratio=0.25, prefix_max=prefix),
       image_mean=CLIP_MEAN,

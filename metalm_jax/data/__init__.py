@@ -1,0 +1,17 @@
+"""Data: the embedded world, TFDS builders, tokenizer, semi-causal layout and
+the Grain pipeline.
+
+    world.py      scenes -> images, captions, VQA, NLI, documents (pure Python)
+    builders/     TFDS builders (array_record): metalm_world, COCO Karpathy,
+                  VQAv2, text corpus
+    prepare.py    first-use build of the world + tokenizer under a file lock
+    build.py      CLI: python -m metalm_jax.data.build --data_dir=...
+    tokenizer.py  SentencePiece `Tokenizer`, `train_tokenizer`, `load_tokenizer`
+    images.py     `to_rgb`, `preprocess_image` (shared with evaluators/export)
+    sources.py    named sources (mixture entries) -> tfds name + task
+    tasks.py      per-example decode / tokenise / row layout, counters
+    spans.py      rows, span sampling, the loss rule, batch-contract arrays
+    packing.py    checkpointable Grain stages: DropFailed, PackDocuments
+    pipeline.py   `make_iterator`, `split_stats`
+    testing.py    small prepared configs for tests
+"""

@@ -1,7 +1,8 @@
 """Checkpointable Grain stages after the per-example map.
 
 `DropFailed`: drops records with ok=False and adds their counters to the next
-row it emits, so skips are never silent.
+row it emits, so skips are never silent (with a finite `num_epochs`, skips
+after the last emitted row have no row to ride on and are not reported).
 
 `PackDocuments`: packs whole sentences of one or more documents into rows of
 `seq_len`: each document piece is a segment `<s> sentences...` (paragraph

@@ -81,7 +81,8 @@ def make_context(config, tokenizer) -> tasks_lib.Context:
       vision=vision, text=text, prefix_max=int(data.spans.prefix_max),
       span_min=int(data.spans.min_len), span_max=int(data.spans.max_len),
       span_ratio=float(data.spans.ratio), max_doc_tokens=int(data.max_doc_tokens),
-      image_mean=tuple(data.image_mean), image_std=tuple(data.image_std))
+      image_mean=tuple(data.image_mean), image_std=tuple(data.image_std),
+      read_threads=int(data.read_threads), prefetch_buffer=int(data.prefetch_buffer))
 
 
 def data_source(data_cfg, source_name: str, split: str):
@@ -116,7 +117,8 @@ def component(records, name: str, ctx: tasks_lib.Context, comp: int, seed: int, 
     ds = ds.shuffle(seed=_seed(seed, comp))
   ds = ds.repeat(num_epochs)
   ds = ds.map_with_index(tasks_lib.PrepareExample(ctx, name, comp, seed))
-  it = ds.to_iter_dataset()
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=ctx.read_threads,
+                                            prefetch_buffer_size=ctx.prefetch_buffer))
   if sources_lib.SOURCES.get(name).task == "text":
     return packing.PackDocuments(it, ctx, seed, comp)
   return packing.DropFailed(it)

@@ -58,6 +58,8 @@ class Context:
   max_doc_tokens: int
   image_mean: tuple
   image_std: tuple
+  read_threads: int = 2      # threads of the per-example map, per mixture entry
+  prefetch_buffer: int = 32  # rows read ahead, per mixture entry
 
 
 def _image(ctx: Context, image, stats) -> Optional[np.ndarray]:
