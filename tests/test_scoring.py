@@ -34,26 +34,25 @@ def forward(model):
   return jax.jit(lambda p, b: model.apply({"params": p}, b))
 
 
-def reference_score(model, params, batch, row, cand):
-  """Unpadded single-row sequence prompt + cand; float64 log-softmax of the
-  full-forward logits summed over the candidate's tokens."""
+def reference_score(model, params, batch, row, cand, width=3):
+  """Single row without its left padding: prompt + cand, then right padding
+  to `width` candidate slots (one compiled shape per prompt); float64
+  log-softmax of the full-forward logits summed over the candidate's tokens."""
   seg = np.asarray(batch["segment_ids"][row])
   start = int(np.argmax(seg > 0))
   one = jax.tree.map(lambda x: np.asarray(x)[row:row + 1], batch)
   n = len(cand)
-  out = {}
-  for k in batch_lib.DECODER_KEYS:
-    out[k] = np.asarray(one[k])[:, start:]
-  out["tokens"] = np.concatenate([out["tokens"], np.asarray([cand], np.int32)], 1)
-  last = out["positions"][0, -1]
-  out["positions"] = np.concatenate([out["positions"], last + 1 + np.arange(n)[None]], 1).astype(np.int32)
-  out["segment_ids"] = np.ones_like(out["tokens"])
-  for k, fill in (("dock_index", 0), ("dock_mask", False), ("targets", 0), ("loss_mask", 0.0)):
-    out[k] = np.concatenate([out[k], np.full((1, n), fill, out[k].dtype)], 1)
+  out = {k: np.asarray(one[k])[:, start:] for k in batch_lib.DECODER_KEYS}
+  p = out["tokens"].shape[1] - 1  # the position that predicts cand[0]
+  grow = lambda x, vals: np.concatenate([x, np.asarray(vals, x.dtype)[None]], 1)
+  out["tokens"] = grow(out["tokens"], list(cand) + [0] * (width - n))
+  out["positions"] = grow(out["positions"], out["positions"][0, -1] + 1 + np.arange(width))
+  out["segment_ids"] = grow(out["segment_ids"], [1] * n + [0] * (width - n))
+  for k in ("dock_index", "dock_mask", "targets", "loss_mask"):
+    out[k] = grow(out[k], np.zeros(width))
   out["encoders"] = one["encoders"]
   logits = forward(model)(params, jax.tree.map(jnp.asarray, out))
   lp = log_softmax64(logits[0])
-  p = lp.shape[0] - n - 1  # the position that predicts cand[0]
   return sum(lp[p + j, cand[j]] for j in range(n))
 
 
