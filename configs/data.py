@@ -51,7 +51,9 @@ def data_config(kind: str, size: str) -> mlc.ConfigDict:
     raise ValueError(f"size={size!r} is unknown; known: {sorted(_SIZES)}")
   world, vl_len, lang_len, span_enc, smin, smax, prefix = _SIZES[size]
   if kind == "vl":
-    mixture = {"world_caption": 0.6, "world_vqa": 0.2, "world_text": 0.2}
+    # Image-text pairs mixed with text-only documents (paper); no VQA, so
+    # VQA on the world stays zero-shot. Finetune configs add "world_vqa".
+    mixture = {"world_caption": 0.7, "world_text": 0.3}
   else:
     mixture = {"world_text": 1.0}
   return mlc.ConfigDict(dict(

@@ -217,3 +217,22 @@ def test_concurrent_first_use_prepares_once(tmp_path):
   paths = {o[0].decode().strip().splitlines()[-1] for o in outs}
   assert len(paths) == 1
   assert tok_lib.Tokenizer.from_file(paths.pop()).vocab_size == 1024
+
+
+@pytest.mark.slow  # ~40 s on a loaded 2-core CPU (jit of the tiny model)
+def test_model_consumes_pipeline_batches(data_dir):
+  import jax
+  import jax.numpy as jnp
+  from metalm_jax.models.metalm import build_model, init_variables
+  cfg = testing.test_config("vl", "tiny", data_dir, mixture={"world_caption": 1.0,
+                                                             "world_text": 1.0})
+  batch, _ = pipeline.split_stats(next(pipeline.make_iterator(cfg, "train", batch_size=4)))
+  model = build_model(cfg.model)
+  variables = init_variables(model, jax.random.key(0), 4, cfg.data.seq_len)
+  logits = jax.jit(model.apply)(variables, jax.tree.map(jnp.asarray, batch))
+  assert logits.shape == (4, cfg.data.seq_len, cfg.model.decoder.vocab_size)
+  logp = jax.nn.log_softmax(logits)
+  nll = -jnp.take_along_axis(logp, batch["targets"][..., None], -1)[..., 0]
+  loss = float((nll * batch["loss_mask"]).sum() / batch["loss_mask"].sum())
+  # An untrained model is near uniform: loss ~ log(vocab).
+  assert abs(loss - np.log(cfg.model.decoder.vocab_size)) < 1.0
