@@ -99,7 +99,7 @@ def test_serialised_function_matches_model(setup, n):
   fn = serving.load_serving(os.path.join(setup["out"], export.SERVING_FILE))
   params, _ = params_io.load_params(setup["out"])
   got = np.asarray(fn.call(params, serving.serving_batch(batch)))
-  ref = np.asarray(model.apply({"params": setup["params"]}, batch))[:, -1]  # left padded
+  ref = np.asarray(jax.jit(model.apply)({"params": setup["params"]}, batch))[:, -1]  # left pad
   assert got.shape == (n, 64)
   assert np.abs(got - ref).max() / np.abs(ref).max() <= 1e-5
   if n > 1:  # the docked image changes the prediction
@@ -117,8 +117,9 @@ def test_next_token_logits_right_padding(setup):
     b["tokens"][i, :n] = rng.integers(6, 24, n)
     b["segment_ids"][i, :n] = 1
     b["positions"][i, :n] = np.arange(n)
-  got = np.asarray(serving.next_token_logits(model, setup["params"], b))
-  full = np.asarray(model.apply({"params": setup["params"]}, b))
+  got = np.asarray(jax.jit(lambda p, x: serving.next_token_logits(model, p, x))(
+      setup["params"], b))
+  full = np.asarray(jax.jit(model.apply)({"params": setup["params"]}, b))
   for i, n in enumerate(lengths):
     np.testing.assert_allclose(got[i], full[i, n - 1], rtol=0, atol=0)
 
@@ -165,26 +166,27 @@ def test_wrong_params_are_named(setup, tmp_path):
 
 
 def _greedy_full_forward(model, params, batch, n, eos):
-  """Reference: greedy by full forward passes (no KV cache), numpy bookkeeping."""
+  """Reference: greedy by full forward passes (no KV cache). The prompt is
+  followed by n padding slots (segment 0, invisible to real queries) that are
+  filled one by one, so one compiled shape serves every step."""
   b = {k: np.asarray(v) for k, v in batch.items() if k != "encoders"}
-  enc = batch["encoders"]
-  out = [[] for _ in range(len(b["tokens"]))]
-  done = np.zeros(len(out), bool)
-  for _ in range(n):
-    logits = np.asarray(model.apply({"params": params}, dict(b, encoders=enc)))[:, -1]
+  rows, length = b["tokens"].shape
+  grow = lambda v, fill=0: np.concatenate([v, np.full((rows, n), fill, v.dtype)], 1)
+  b = {k: grow(v) for k, v in b.items()}
+  apply = jax.jit(model.apply)
+  out = [[] for _ in range(rows)]
+  done = np.zeros(rows, bool)
+  for i in range(n):
+    t = length + i - 1  # last filled position
+    logits = np.asarray(apply({"params": params}, dict(b, encoders=batch["encoders"])))[:, t]
     nxt = logits.argmax(-1).astype(np.int32)
-    for i, t in enumerate(nxt):
-      if not done[i]:
-        if t == eos:
-          done[i] = True
-        else:
-          out[i].append(int(t))
-    col = lambda v: v[:, None]
-    b = {"tokens": np.concatenate([b["tokens"], col(nxt)], 1),
-         "segment_ids": np.concatenate([b["segment_ids"], col(np.ones_like(nxt))], 1),
-         "positions": np.concatenate([b["positions"], col(b["positions"][:, -1] + 1)], 1),
-         "dock_index": np.concatenate([b["dock_index"], col(np.zeros_like(nxt))], 1),
-         "dock_mask": np.concatenate([b["dock_mask"], col(np.zeros(len(nxt), bool))], 1)}
+    for r in range(rows):
+      done[r] |= nxt[r] == eos
+      if not done[r]:
+        out[r].append(int(nxt[r]))
+    b["tokens"][:, t + 1] = nxt
+    b["segment_ids"][:, t + 1] = 1
+    b["positions"][:, t + 1] = b["positions"][:, t] + 1
   return out
 
 
@@ -197,9 +199,8 @@ p = Predictor({out!r}, max_new_tokens=6)
 imgs = [np.random.default_rng(i).standard_normal((16, 16, 3)).astype(np.float32) for i in range(2)]
 caps = p.caption(imgs)
 ans = p.vqa(imgs, ["what colour is the cat ?", "is this a dog ?"])
-ids = p.generate_ids([[p._image_part(imgs[0]), __import__('metalm_jax.evaluate.prompts', fromlist=['x']).Text('Summarize this image :')]])
 heavy = sorted(m for m in ("optax", "orbax", "grain", "tensorflow") if m in sys.modules)
-print(json.dumps(dict(caps=caps, ans=ans, ids=ids, heavy=heavy)))
+print(json.dumps(dict(caps=caps, ans=ans, heavy=heavy)))
 """
 
 
@@ -221,6 +222,4 @@ def test_predictor_without_training_stack(setup):
     batch = prompts.build_batch(rows, tok, setup["cfg"])
     ref = _greedy_full_forward(setup["model"], setup["params"], batch, 6, tok.eos)
     assert got[key] == [tok.decode(r).strip() for r in ref], key
-    if key == "caps":
-      assert got["ids"] == [ref[0]]
-      assert len(ref[0]) > 0
+    assert all(len(r) > 0 for r in ref)  # something was generated to compare
