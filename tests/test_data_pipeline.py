@@ -176,10 +176,8 @@ def test_process_shards_are_disjoint(data_dir):
 
 def test_config_mismatches_name_the_field(data_dir, tmp_path):
   cfg = testing.test_config("lang", "tiny", data_dir)
-  path = tok_lib.load_tokenizer(cfg)  # prepares the 1024 tokenizer
-  cfg.data.tokenizer = str(next((tmp_path.parent / "..").glob("**/metalm_world_test_1024.model"),
-                                "")) or os.path.join(data_dir, "tokenizers",
-                                                     "metalm_world_test_1024.model")
+  tok_lib.load_tokenizer(cfg)  # prepares the 1024 tokenizer
+  cfg.data.tokenizer = os.path.join(data_dir, "tokenizers", "metalm_world_test_1024.model")
   cfg.model.decoder.vocab_size = 1000
   with pytest.raises(ValueError, match="config.model.decoder.vocab_size=1000"):
     pipeline.make_iterator(cfg, "train", batch_size=2)
@@ -190,12 +188,14 @@ def test_config_mismatches_name_the_field(data_dir, tmp_path):
   cfg = testing.test_config("lang", "tiny", data_dir, seq_len=4096)
   with pytest.raises(ValueError, match="config.data.seq_len=4096"):
     pipeline.make_iterator(cfg, "train", batch_size=2)
+  cfg = testing.test_config("vl", "bench", data_dir, seq_len=64)
+  with pytest.raises(ValueError, match="config.data.seq_len=64 cannot hold an image span"):
+    pipeline.make_iterator(cfg, "train", batch_size=2)
   cfg = testing.test_config("vl", "tiny", data_dir, mixture={"world_caption": 0.0})
   with pytest.raises(ValueError, match="positive weights"):
     pipeline.make_iterator(cfg, "train", batch_size=2)
   with pytest.raises(ValueError, match="split='dev'"):
     pipeline.make_iterator(testing.test_config("vl", "tiny", data_dir), "dev", batch_size=2)
-  del path
 
 
 _PREPARE = """
