@@ -135,3 +135,12 @@ def test_build_cli(tmp_path):
   assert (tmp_path / "tokenizers" / "metalm_world_test_1000.model").exists()
   assert (tmp_path / "tokenizers" / "metalm_world_test_1024.model").exists()
   assert len(tfds.data_source("metalm_world/test", data_dir=str(tmp_path))["train"]) == 64
+  from metalm_jax.data import images, prepare, world
+  import ml_collections as mlc
+  recs = prepare.world_records(mlc.ConfigDict(dict(data_dir=str(tmp_path), world="test")),
+                               "test_heldout")
+  rec = recs[3]
+  rgb, counts = images.to_rgb(rec["image"])
+  assert counts == {} and rgb.shape == (64, 64, 3)
+  np.testing.assert_array_equal(rgb, world.render(world.make_scene(0, "test_heldout", rec["id"]),
+                                                  64))

@@ -67,6 +67,13 @@ def ensure_world(data_cfg):
   return builder
 
 
+def world_records(data_cfg, split: str):
+  """Random-access records (plain dicts) of an embedded world split: train,
+  validation or test_heldout. Text fields are bytes; the image is PNG bytes
+  (`images.to_rgb` then `images.preprocess_image` give the encoder input)."""
+  return ensure_world(data_cfg).as_data_source(split=split)
+
+
 def ensure_prepared(data_cfg, vocab_size: int) -> str:
   """Builds the embedded world (if missing) and its tokenizer of `vocab_size`
   (if missing); returns the tokenizer path."""
