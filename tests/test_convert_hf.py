@@ -211,3 +211,31 @@ def test_assemble_metalm_from_clip_bert_gpt2(tmp_path, capsys):
   with torch.no_grad():
     ref = gpt2(input_ids=torch.from_numpy(batch["tokens"].astype(np.int64))).logits.numpy()
   assert np.abs(ours - ref).max() / np.abs(ref).max() <= RTOL
+
+
+def test_import_decoder_keeps_its_tokenizer(tmp_path):
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+  from metalm_jax.convert.hf_tokenizer import HfTokenizer
+  tok = Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  tok.train_from_iterator(["a cat sits on the mat"] * 10, trainers.BpeTrainer(
+      vocab_size=280, special_tokens=["<|endoftext|>"],
+      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+  n = tok.get_vocab_size()
+  kw = dict(GPT2_CFGS[0], vocab_size=n, bos_token_id=0, eos_token_id=0)
+  d = _save(_build("GPT2Config", "GPT2LMHeadModel", kw), tmp_path / "hf", seed=4)
+  tok.save(os.path.join(d, "tokenizer.json"))
+  out = str(tmp_path / "out")
+  hf.import_hf(d, "decoder", out)
+  _, meta = params_io.load_params(out)
+  assert meta["tokenizer"] == "tokenizer.json"
+  t = HfTokenizer(os.path.join(out, meta["tokenizer"]))
+  assert t.vocab_size == meta["section"]["vocab_size"] == n
+  assert t.decode(t.encode("the cat sits")) == "the cat sits"
+  # A vocabulary larger than the decoder's is refused, naming both sizes.
+  small = dict(kw, vocab_size=n - 5)
+  d2 = _save(_build("GPT2Config", "GPT2LMHeadModel", small), tmp_path / "hf2", seed=4)
+  tok.save(os.path.join(d2, "tokenizer.json"))
+  with pytest.raises(ValueError, match=f"vocab_size={n} > .*vocab_size={n - 5}"):
+    hf.import_hf(d2, "decoder", str(tmp_path / "out2"))

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import shutil
 from typing import Any, Dict, List
 
 import numpy as np
@@ -70,13 +72,29 @@ def load_hf(model_dir: str, component: str) -> Imported:
   return Imported(component, model_type, section, tree, skipped, hf_cfg)
 
 
+TOKENIZER_FILES = ("tokenizer.json", "special_tokens_map.json", "tokenizer_config.json")
+
+
 def import_hf(model_dir: str, component: str, out: str) -> Imported:
-  """Converts and writes a params dir for `config.init_components`."""
+  """Converts and writes a params dir for `config.init_components`. A
+  tokenizer.json in `model_dir` (with its HF side files) is copied along, so
+  an imported decoder keeps its own vocabulary (`HfTokenizer(out/tokenizer.json)`)."""
   imp = load_hf(model_dir, component)
-  params_io.save_params(out, imp.tree, {
-      "component": component, "params_key": hc.COMPONENT_KEYS[component],
-      "hf_model_type": imp.hf_model_type, "section": imp.section.to_dict(),
-      "skipped_weights": imp.skipped})
+  meta = {"component": component, "params_key": hc.COMPONENT_KEYS[component],
+          "hf_model_type": imp.hf_model_type, "section": imp.section.to_dict(),
+          "skipped_weights": imp.skipped}
+  os.makedirs(out, exist_ok=True)
+  copied = [f for f in TOKENIZER_FILES if os.path.exists(os.path.join(model_dir, f))]
+  for f in copied:
+    shutil.copyfile(os.path.join(model_dir, f), os.path.join(out, f))
+  if "tokenizer.json" in copied:
+    from metalm_jax.convert.hf_tokenizer import HfTokenizer
+    vocab = HfTokenizer(os.path.join(out, "tokenizer.json")).vocab_size
+    if vocab > imp.section.get("vocab_size", vocab):
+      raise ValueError(f"{model_dir}/tokenizer.json has vocab_size={vocab} > the model's "
+                       f"vocab_size={imp.section.vocab_size}")
+    meta["tokenizer"] = "tokenizer.json"
+  params_io.save_params(out, imp.tree, meta)
   return imp
 
 
