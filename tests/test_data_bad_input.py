@@ -138,6 +138,20 @@ def test_vqa_and_nli_cases(setup):
   assert words == ["true", "false"]
   # The premise reaches the decoder only through the text encoder.
   assert batch["dock_mask"][0].sum() == len(tok.encode("a red circle."))
+  # A long premise fills consecutive encoder items (2 x 16 here), then is cut.
+  long = " ".join(["a small red circle and a big blue square"] * 5) + "."
+  cfg = testing.test_config("lang", "tiny", cfg.data.data_dir)  # rows of 128
+  rows = _rows([{"premise": long, "hypothesis": "there is a circle.", "label": 1}], "mnli",
+               pipeline.make_context(cfg, tok))
+  batch = _check_rows(rows, cfg)
+  n = int(batch["dock_mask"][0].sum())
+  room = cfg.data.seq_len - 1 - len(tok.encode("question: there is a circle. true, false or "
+                                               "neither? answer:")) - len(tok.encode("neither")) - 1
+  assert n == min(32, room) > 16 and _total(rows)["truncated_text"] == 1
+  enc = batch["encoders"]["text"]
+  np.testing.assert_array_equal(enc["tokens"][0].reshape(-1)[:n], tok.encode(long)[:n])
+  assert enc["mask"][0].sum() == n
+  assert tok.decode(batch["targets"][0][batch["loss_mask"][0] > 0]) == "neither"
 
 
 def test_documents(setup):

@@ -12,7 +12,8 @@ Row layouts (decoder tokens; [..] = docked span, * = trained targets):
     caption: <s> <image> [image] </image> [prefix]? caption* </s>*
     vqa:     <s> <image> [image] </image> question: Q answer: A* </s>*
     nli:     <s> [premise] question: H true, false or neither? answer: L* </s>*
-    (the premise is a text-encoder span if the model has one, else plain)
+    (the premise goes through the text encoder if the model has one, split
+    over consecutive items of max_len tokens; else it is plain tokens)
 """
 from __future__ import annotations
 
@@ -171,10 +172,13 @@ def nli_task(ctx: Context, fields, rng, stats):
   p = tok.encode(premise)
   tail = tok.encode(f"question: {hyp} true, false or neither? answer:")
   label = tok.encode(NLI_WORDS[fields["label"]]) + [tok.eod]
-  if ctx.text:
-    enc_len = batch_lib.slot_length(ctx.model_cfg.encoders[ctx.text])
-    p = _fit(p, enc_len, stats)
-    row.add_span(len(p), ctx.text, 0, tokens=p)
+  if ctx.text:  # consecutive encoder items of up to max_len tokens each
+    enc = ctx.model_cfg.encoders[ctx.text]
+    enc_len = batch_lib.slot_length(enc)
+    p = _fit(p, max(1, min(enc_len * enc.max_items, row.room - len(tail) - len(label))), stats)
+    for item, i in enumerate(range(0, len(p), enc_len)):
+      chunk = p[i:i + enc_len]
+      row.add_span(len(chunk), ctx.text, item, tokens=chunk)
   else:
     p = _fit(p, max(1, row.room - len(tail) - len(label)), stats)
     row.add_tokens(p, train=False)
