@@ -188,6 +188,10 @@ def test_config_mismatches_name_the_field(data_dir, tmp_path):
   cfg.data.spans.encoder = "words"
   with pytest.raises(ValueError, match="config.data.spans.encoder='words'"):
     pipeline.make_iterator(cfg, "train", batch_size=2)
+  cfg = testing.test_config("vl", "tiny", data_dir)
+  cfg.data.spans.prefix_max = 17
+  with pytest.raises(ValueError, match="config.data.spans.prefix_max=17 exceeds"):
+    pipeline.make_iterator(cfg, "train", batch_size=2)
   cfg = testing.test_config("lang", "tiny", data_dir, seq_len=4096)
   with pytest.raises(ValueError, match="config.data.seq_len=4096"):
     pipeline.make_iterator(cfg, "train", batch_size=2)

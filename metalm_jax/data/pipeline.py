@@ -61,9 +61,10 @@ def make_context(config, tokenizer) -> tasks_lib.Context:
     enc = model.encoders[text]
     if enc.type != "bert":
       raise ValueError(f"config.data.spans.encoder={text!r} has type {enc.type!r}, need 'bert'")
-    if data.spans.max_len > enc.max_len:
-      raise ValueError(f"config.data.spans.max_len={data.spans.max_len} exceeds "
-                       f"config.model.encoders.{text}.max_len={enc.max_len}")
+    for field in ("max_len", "prefix_max"):
+      if data.spans[field] > enc.max_len:
+        raise ValueError(f"config.data.spans.{field}={data.spans[field]} exceeds "
+                         f"config.model.encoders.{text}.max_len={enc.max_len}")
     if enc.vocab_size != tokenizer.vocab_size:
       raise ValueError(f"config.model.encoders.{text}.vocab_size={enc.vocab_size} differs from "
                        f"the tokenizer's {tokenizer.vocab_size} (the encoder shares it)")
