@@ -4,6 +4,9 @@ split_stats signatures) plus small train configs, for trainer unit tests.
 Each example is a learnable toy: an image docked at positions 1..T, then an
 arithmetic token run whose step is fixed and whose start is random.
 """
+import os
+import tempfile
+
 import grain
 import ml_collections as mlc
 import numpy as np
@@ -13,6 +16,8 @@ from metalm_jax import batch as batch_lib
 from metalm_jax.train import config_defaults
 
 SEQ_LEN = 32
+# Identical programs (same model, mesh and shapes) compile once per machine.
+CACHE_DIR = os.path.join(tempfile.gettempdir(), "metalm_jax_test_xla_cache")
 
 
 def tiny_model_cfg():
@@ -37,6 +42,7 @@ def tiny_train_config(**kw):
   c.checkpoint.every_steps = 3
   c.metrics.peak_flops = 1e11
   c.mesh.update(data=-1, fsdp=1, tensor=1)
+  c.compilation_cache_dir = CACHE_DIR
   for k, v in kw.items():
     node, *rest = k.split(".")
     target = c

@@ -43,4 +43,5 @@ def trainer_config() -> mlc.ConfigDict:
   c.init_from = ""                # workdir / checkpoints dir / params dir: params only
   c.init_components = mlc.ConfigDict({}, type_safe=False)  # top-level name -> params dir
   c.evals = mlc.ConfigDict({}, type_safe=False)             # name -> {type, every_steps, ...}
+  c.compilation_cache_dir = ""    # persistent XLA compilation cache; "" = off
   return c

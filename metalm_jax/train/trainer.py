@@ -157,6 +157,8 @@ class Trainer:
     self.mesh_sizes = check_config(config, num_devices=len(devices))
     self.data = data or _default_data()
     os.makedirs(workdir, exist_ok=True)
+    if config.get("compilation_cache_dir"):
+      jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
     self.mesh = shard_lib.make_mesh(config.mesh, devices)
     self.rules = shard_lib.rules_from_config(config.logical_rules)
     self.model = metalm.build_model(config.model)

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Multi-node GPU training under SLURM: one process per node owning all its
+# GPUs; jax.distributed.initialize() reads the SLURM environment
+# (metalm_jax/main.py --distributed). Writes a batch script and submits it.
+#
+#   bash launch/gpu_slurm.sh --nodes=4 --gpus_per_node=8 --partition=gpu --time=48:00:00 \
+#       --config=configs/pretrain_vl.py:size=paper --workdir=/shared/runs/vl \
+#       [--venv=/shared/metalm_jax/.venv] [--dry_run] [-- --config.batch_size=512 ...]
+#
+# --dry_run prints the batch script and the sbatch command without submitting.
+# The code and venv must be on a file system shared by the nodes
+# (bash launch/setup_venv.sh, then pip install 'jax[cuda12]==0.10.2').
+set -euo pipefail
+
+NODES=1 GPUS=8 PARTITION="" TIME="24:00:00" CONFIG="" WORKDIR="" DRY=0 VENV=""
+EXTRA=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --nodes=*) NODES="${1#*=}" ;;
+    --gpus_per_node=*) GPUS="${1#*=}" ;;
+    --partition=*) PARTITION="${1#*=}" ;;
+    --time=*) TIME="${1#*=}" ;;
+    --config=*) CONFIG="${1#*=}" ;;
+    --workdir=*) WORKDIR="${1#*=}" ;;
+    --venv=*) VENV="${1#*=}" ;;
+    --dry_run) DRY=1 ;;
+    --) shift; EXTRA=("$@"); break ;;
+    *) echo "gpu_slurm.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+[[ -n "$CONFIG" ]] || { echo "gpu_slurm.sh: --config is required" >&2; exit 2; }
+[[ -n "$WORKDIR" ]] || { echo "gpu_slurm.sh: --workdir is required" >&2; exit 2; }
+[[ "$NODES" =~ ^[1-9][0-9]*$ ]] || { echo "gpu_slurm.sh: --nodes=$NODES must be a positive integer" >&2; exit 2; }
+[[ "$GPUS" =~ ^[1-9][0-9]*$ ]] || { echo "gpu_slurm.sh: --gpus_per_node=$GPUS must be a positive integer" >&2; exit 2; }
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${VENV:-$ROOT/.venv}"
+ARGS="--config=$(printf '%q' "$CONFIG") --workdir=$(printf '%q' "$WORKDIR") --distributed"
+for a in "${EXTRA[@]+"${EXTRA[@]}"}"; do ARGS+=" $(printf '%q' "$a")"; done
+
+SCRIPT="$(cat <<EOS
+#!/usr/bin/env bash
+#SBATCH --job-name=metalm_jax
+#SBATCH --nodes=$NODES
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=$GPUS
+#SBATCH --time=$TIME
+#SBATCH --output=$WORKDIR/slurm-%j.out
+${PARTITION:+#SBATCH --partition=$PARTITION}
+set -euo pipefail
+cd $ROOT
+export XLA_PYTHON_CLIENT_MEM_FRACTION=0.9
+srun --kill-on-bad-exit=1 $VENV/bin/python -m metalm_jax.main $ARGS
+EOS
+)"
+
+if [[ $DRY -eq 1 ]]; then
+  echo "# batch script:"
+  echo "$SCRIPT"
+  echo "+ mkdir -p $WORKDIR"
+  echo "+ sbatch <batch script>"
+  exit 0
+fi
+mkdir -p "$WORKDIR"
+FILE="$WORKDIR/metalm_slurm.sbatch"
+echo "$SCRIPT" > "$FILE"
+echo "+ sbatch $FILE"
+sbatch "$FILE"
