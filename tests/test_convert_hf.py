@@ -239,3 +239,12 @@ def test_import_decoder_keeps_its_tokenizer(tmp_path):
   tok.save(os.path.join(d2, "tokenizer.json"))
   with pytest.raises(ValueError, match=f"vocab_size={n} > .*vocab_size={n - 5}"):
     hf.import_hf(d2, "decoder", str(tmp_path / "out2"))
+
+
+def test_bfloat16_safetensors_are_read(tmp_path):
+  from safetensors.torch import save_file
+  w = {"a": torch.randn(3, 2).to(torch.bfloat16), "b": torch.arange(4, dtype=torch.int64)}
+  save_file(w, str(tmp_path / "model.safetensors"))
+  got = hf.hf_io.read_weights(str(tmp_path))
+  np.testing.assert_array_equal(got["a"], w["a"].to(torch.float32).numpy())
+  np.testing.assert_array_equal(got["b"], np.arange(4))

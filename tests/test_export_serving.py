@@ -86,6 +86,9 @@ def test_params_and_names_reload_exactly(setup):
   assert names["decoder/layers_0/attn/query/kernel"]["shape"] == [32, 2, 16]
   assert meta["model"] == setup["cfg"].to_dict()
   assert meta["serving"]["seq_len"] == SEQ_LEN and meta["tokenizer"] == "tokenizer.json"
+  fn = serving.load_serving(os.path.join(setup["out"], export.SERVING_FILE))
+  assert set(fn.platforms) == {"cpu", "cuda", "tpu"}
+  assert str(fn.in_avals[-1].shape[0]) == "b"  # symbolic batch size
   assert os.path.exists(os.path.join(setup["out"], "hf_gpt2", "model.safetensors"))
 
 

@@ -14,7 +14,8 @@ Export dir layout (`export_model`):
                        (segment_ids > 0) of each row. `batch` holds the
                        contract arrays SERVING_KEYS plus `encoders`; the batch
                        size is symbolic, the sequence length fixed
-                       (config.json serving.seq_len).
+                       (config.json serving.seq_len); lowered for
+                       cpu, cuda and tpu (serving.platforms).
   tokenizer.json | tokenizer.model   when the run config names one.
   hf_gpt2/             GPT-2 format of the decoder (if it maps), loadable by
                        transformers.GPT2LMHeadModel.from_pretrained.
@@ -47,8 +48,13 @@ def _abstract_params(model):
                       nn.meta.unbox(metalm.abstract_variables(model)["params"]))
 
 
-def export_serving(model: metalm.MetaLM, seq_len: int) -> jax.export.Exported:
-  """jax.export of `next_token_logits` with a symbolic batch size 'b'."""
+DEFAULT_PLATFORMS = ("cpu", "cuda", "tpu")
+
+
+def export_serving(model: metalm.MetaLM, seq_len: int,
+                   platforms=DEFAULT_PLATFORMS) -> jax.export.Exported:
+  """jax.export of `next_token_logits` with a symbolic batch size 'b',
+  lowered for each of `platforms` (one artefact serves all of them)."""
   (b,) = jax.export.symbolic_shape("b")
   spec = batch_lib.batch_spec(model.cfg, 1, seq_len)
 
@@ -60,7 +66,7 @@ def export_serving(model: metalm.MetaLM, seq_len: int) -> jax.export.Exported:
 
   batch = serving_batch(sym(spec))
   fn = jax.jit(lambda p, x: next_token_logits(model, p, x))
-  return jax.export.export(fn)(_abstract_params(model), batch)
+  return jax.export.export(fn, platforms=tuple(platforms))(_abstract_params(model), batch)
 
 
 def check_params(model: metalm.MetaLM, params) -> None:
@@ -77,7 +83,8 @@ def check_params(model: metalm.MetaLM, params) -> None:
 
 
 def export_model(model_cfg, params, out: str, *, seq_len: Optional[int] = None,
-                 tokenizer: Optional[str] = None, hf_gpt2: bool = True) -> Dict[str, str]:
+                 tokenizer: Optional[str] = None, hf_gpt2: bool = True,
+                 platforms=DEFAULT_PLATFORMS) -> Dict[str, str]:
   """Writes the export dir (see module docstring); returns {what: path}."""
   model = metalm.build_model(model_cfg)
   params = jax.tree.map(np.asarray, nn.meta.unbox(params))
@@ -89,13 +96,13 @@ def export_model(model_cfg, params, out: str, *, seq_len: Optional[int] = None,
                      f"{model_cfg.decoder.max_len}]")
   cfg_dict = model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else dict(model_cfg)
   serving = {"seq_len": seq_len, "file": SERVING_FILE, "batch_keys": list(SERVING_KEYS),
-             "output": "float32 [b, vocab] next-token logits"}
+             "output": "float32 [b, vocab] next-token logits", "platforms": list(platforms)}
   written = {"params": params_io.save_params(out, params, None)}
   flat = params_io.flatten(params)
   with open(os.path.join(out, NAMES_FILE), "w") as f:
     json.dump({k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in flat.items()},
               f, indent=1, sort_keys=True)
-  exported = export_serving(model, seq_len)
+  exported = export_serving(model, seq_len, platforms)
   written["serving"] = os.path.join(out, SERVING_FILE)
   with open(written["serving"], "wb") as f:
     f.write(exported.serialize())

@@ -31,9 +31,24 @@ def _load_bin(path: str) -> Dict[str, np.ndarray]:
           for k, v in state.items()}
 
 
+def load_safetensors(path: str) -> Dict[str, np.ndarray]:
+  """numpy arrays; bfloat16 tensors (numpy has no such dtype) come back as float32."""
+  from safetensors import safe_open
+  from safetensors.numpy import load_file
+  try:
+    return dict(load_file(path))
+  except TypeError:  # a bfloat16 tensor: read through JAX, which has the dtype
+    out = {}
+    with safe_open(path, framework="flax") as f:
+      for k in f.keys():
+        x = f.get_tensor(k)
+        out[k] = np.asarray(x.astype("float32") if x.dtype.name == "bfloat16" else x)
+    return out
+
+
 def read_weights(model_dir: str) -> Dict[str, np.ndarray]:
   """All tensors of the checkpoint as numpy arrays, by HF name."""
-  from safetensors.numpy import load_file
+  load_file = load_safetensors
   single = os.path.join(model_dir, SAFETENSORS)
   if os.path.exists(single):
     return dict(load_file(single))
