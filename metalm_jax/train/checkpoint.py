@@ -35,10 +35,10 @@ class _IterRestoreTarget:
     self.iterator = iterator
 
   def set_state(self, state: bytes) -> None:
-    if isinstance(self.iterator, grain.DatasetIterator):
-      self.iterator.set_state(json.loads(state.decode()))
-    else:
+    if isinstance(self.iterator.get_state(), bytes):
       self.iterator.set_state(state)
+    else:
+      self.iterator.set_state(json.loads(state.decode()))
 
   def start_prefetch(self) -> None:
     start = getattr(self.iterator, "start_prefetch", None)

@@ -34,6 +34,7 @@ def trainer_config() -> mlc.ConfigDict:
   c.eval_every = 100              # eval loss on the validation split; 0 = off
   c.eval_batches = 4
   c.eval_batch_size = 0           # 0 = batch_size
+  c.data_shards = 0               # pipeline shards; 0 = one per process (see train/input.py)
   c.optimizer = optimizer()
   c.mesh = mlc.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # -1 = infer from devices
   c.logical_rules = common.logical_rules()

@@ -26,6 +26,7 @@ from metalm_jax import batch as batch_lib
 from metalm_jax import params_io
 from metalm_jax.models import metalm
 from metalm_jax.train import checkpoint as ckpt_lib
+from metalm_jax.train import input as input_lib
 from metalm_jax.train import metrics as metrics_lib
 from metalm_jax.train import sharding as shard_lib
 from metalm_jax.train import state as state_lib
@@ -61,6 +62,12 @@ def check_config(config, num_devices: Optional[int] = None,
         f"not divisible by the data shards (mesh.data * mesh.fsdp = {shards})")
   _need(config.batch_size % process_count == 0, "batch_size", config.batch_size,
         f"not divisible by the process count {process_count}")
+  input_lib.num_shards(config, process_count)
+  eval_bs = config.get("eval_batch_size", 0) or config.batch_size
+  _need(eval_bs % input_lib.num_shards(config, process_count) == 0, "eval_batch_size", eval_bs,
+        "not divisible by the data shards")
+  _need(eval_bs % shards == 0, "eval_batch_size", eval_bs,
+        f"not divisible by the mesh's data shards ({shards})")
   opt = config.optimizer
   acc = opt.grad_accum_steps
   _need(acc >= 1 and config.batch_size % acc == 0, "optimizer.grad_accum_steps", acc,
@@ -188,10 +195,9 @@ class Trainer:
     self._rng = rng
 
   def _make_iter(self, split: str, batch_size: int, shuffle: bool, num_epochs):
-    pc = jax.process_count()
-    return self.data.make_iterator(
-        self.config, split, batch_size=batch_size // pc, process_index=jax.process_index(),
-        process_count=pc, seed=self.config.seed, shuffle=shuffle, num_epochs=num_epochs)
+    return input_lib.make_process_iterator(
+        self.data, self.config, split, global_batch_size=batch_size, seed=self.config.seed,
+        shuffle=shuffle, num_epochs=num_epochs)
 
   def _split(self, batch):
     if "stats" in batch:
