@@ -211,8 +211,12 @@ def test_sampler_matches_numpy_distribution():
 
 def test_bad_arguments_are_named(setup):
   model, params, batch = setup
-  with pytest.raises(ValueError, match="max_new_tokens=100"):
-    decode.greedy(model, params, batch, max_new_tokens=100, eos_id=None)
+  # The longest allowed generation feeds its last token at position max_len - 1.
+  room = model.cfg.decoder.max_len - int(batch["positions"][:, -1].max())
+  out = decode.greedy(model, params, batch, max_new_tokens=room, eos_id=None)
+  assert np.isfinite(np.asarray(out.scores)).all() and int(out.lengths.min()) == room
+  with pytest.raises(ValueError, match=f"max_new_tokens={room + 1} exceeds"):
+    decode.greedy(model, params, batch, max_new_tokens=room + 1, eos_id=None)
   with pytest.raises(ValueError, match="beam_size=0"):
     decode.beam_search(model, params, batch, beam_size=0, max_new_tokens=2, eos_id=None)
   with pytest.raises(ValueError, match="temperature=0"):

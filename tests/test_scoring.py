@@ -116,5 +116,7 @@ def test_bad_candidates_are_named(setup):
     scoring.append_candidates(batch, [[[5]], [[5], [6]]], pad_id=0)
   with pytest.raises(ValueError, match="empty"):
     scoring.append_candidates(batch, [[[]], [[5]]], pad_id=0)
+  with pytest.raises(ValueError, match="max_len=64"):
+    scoring.score_choices(model, params, batch, [[5] * 60], pad_id=0)
   with pytest.raises(ValueError, match="by='max'"):
     scoring.rank(scoring.Scores(np.zeros((1, 2)), np.zeros((1, 2)), np.ones((1, 2))), by="max")

@@ -23,6 +23,7 @@ from typing import Any, Mapping, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from metalm_jax import batch as batch_lib
 from metalm_jax.models.metalm import MetaLM
@@ -68,11 +69,13 @@ def _step(model, params, cache, tokens, positions):
 def _check(model: MetaLM, batch: Mapping[str, Any], max_new_tokens: int) -> None:
   if max_new_tokens < 1:
     raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
-  length = batch["tokens"].shape[1]
   limit = model.cfg.decoder.max_len
-  if model.cfg.decoder.positions != "rotary" and length + max_new_tokens > limit:
-    raise ValueError(f"prompt length {length} + max_new_tokens={max_new_tokens} exceeds "
-                     f"model.decoder.max_len={limit}")
+  if model.cfg.decoder.positions != "rotary":
+    # Generated token i is fed at position last + 1 + i, i <= max_new_tokens - 2.
+    last = int(np.max(np.asarray(batch["positions"])[:, -1]))
+    if last + max_new_tokens > limit:
+      raise ValueError(f"prompt position {last} + max_new_tokens={max_new_tokens} exceeds "
+                       f"model.decoder.max_len={limit}")
 
 
 def _lengths(ids, eos_id: int):

@@ -90,6 +90,10 @@ def score_candidates(model: MetaLM, params, prompt_batch, candidates, pad_id: in
   b = np.shape(prompt_batch["tokens"])[0]
   c = len(candidates[0]) if len(candidates) else 0
   batch = append_candidates(prompt_batch, candidates, pad_id, cand_len)
+  limit = model.cfg.decoder.max_len
+  if model.cfg.decoder.positions != "rotary" and batch["positions"].max() >= limit:
+    raise ValueError(f"prompt + candidate reaches position {batch['positions'].max()}, "
+                     f"beyond model.decoder.max_len={limit}")
   s = sequence_logprobs(model, params, jax.tree.map(jnp.asarray, batch))
   return Scores(*(x.reshape(b, c) for x in s))
 
