@@ -19,7 +19,8 @@ def _import(args):
   imp = hf.import_hf(args.model_dir, args.component, args.out)
   key = hf.hc.COMPONENT_KEYS[args.component]
   where = "model.decoder" if args.component == "decoder" else f"model.encoders.{args.component}"
-  print(f"wrote {args.out} ({key}); skipped {len(imp.skipped)} HF weights")
+  print(f"wrote {args.out}; skipped {len(imp.skipped)} HF weights")
+  print(f"load it with: config.init_components = {{'{key}': '{args.out}'}}")
   print(f"config section for {where}:")
   print(json.dumps(imp.section.to_dict(), indent=2, sort_keys=True))
   return 0

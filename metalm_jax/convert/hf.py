@@ -8,7 +8,9 @@ that goes at `params[<params_key>]` ('encoders_vision' = {'vit': ...},
      "skipped_weights": [...]}
 
 `section` is the model config section to copy into `model.encoders.<name>`
-or `model.decoder`. `check_hf` runs HF (torch) and ours on the same random
+or `model.decoder`; the trainer loads the params with
+`config.init_components = {params_key: OUT}` (an encoder named other than
+'vision' / 'text' in the model config takes key 'encoders_<name>'). `check_hf` runs HF (torch) and ours on the same random
 inputs and reports max |ours - ref| and the relative difference
 max |ours - ref| / max |ref|, over real (non-padding) positions.
 """

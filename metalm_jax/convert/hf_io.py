@@ -48,17 +48,16 @@ def load_safetensors(path: str) -> Dict[str, np.ndarray]:
 
 def read_weights(model_dir: str) -> Dict[str, np.ndarray]:
   """All tensors of the checkpoint as numpy arrays, by HF name."""
-  load_file = load_safetensors
   single = os.path.join(model_dir, SAFETENSORS)
   if os.path.exists(single):
-    return dict(load_file(single))
+    return load_safetensors(single)
   index = os.path.join(model_dir, SAFETENSORS_INDEX)
   if os.path.exists(index):
     with open(index) as f:
       shards = sorted(set(json.load(f)["weight_map"].values()))
     out: Dict[str, np.ndarray] = {}
     for shard in shards:
-      out.update(load_file(os.path.join(model_dir, shard)))
+      out.update(load_safetensors(os.path.join(model_dir, shard)))
     return out
   binary = os.path.join(model_dir, TORCH_BIN)
   if os.path.exists(binary):
