@@ -57,3 +57,17 @@ def test_gpt2_style_eos_and_side_files(tmp_path):
 def test_missing_file_is_named(tmp_path):
   with pytest.raises(FileNotFoundError, match="nothere.json"):
     HfTokenizer(str(tmp_path / "nothere.json"))
+
+
+def test_tokenizer_file_registry(tmp_path):
+  from metalm_jax.convert.predictor import load_tokenizer
+  from metalm_jax.data.tokenizer import Tokenizer, train_tokenizer
+  _word_level(tmp_path / "tokenizer.json", ["<pad>", "<unk>", "<s>", "</s>"])
+  assert isinstance(load_tokenizer(str(tmp_path / "tokenizer.json")), HfTokenizer)
+  sp = str(tmp_path / "tok.model")
+  train_tokenizer(["the cat sits on the mat", "a dog sits on a red mat"] * 30, 40, sp)
+  tok = load_tokenizer(sp)
+  assert isinstance(tok, Tokenizer) and tok.vocab_size == 40
+  assert tok.decode(tok.encode("the cat sits")) == "the cat sits"
+  with pytest.raises(KeyError, match="'.txt'"):
+    load_tokenizer(str(tmp_path / "vocab.txt"))
