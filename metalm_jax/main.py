@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -27,6 +29,28 @@ flags.DEFINE_bool("distributed", None, "call jax.distributed.initialize() withou
                   "default: on Cloud TPU VMs with several workers")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
+
+
+def _config_error(argv, e: Exception):
+  """Exits with one line naming the bad --config override (when there is one)."""
+  msg = re.sub(r"\\[nt]|[\\\n]", " ", str(e)).strip("'\" ")
+  if "Traceback" in msg:  # an exception inside the config file: keep its last line
+    msg = msg.rsplit("Error: ", 1)[-1].strip()
+  words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", msg))
+  named = [a for a in argv[1:] if a.startswith("--config") and
+           words & set(re.split(r"[.=:,]", a.split("=", 1)[0]))]
+  where = f" in {' '.join(named)}" if named else ""
+  sys.exit(f"config error{where}: {msg}")
+
+
+def parse_flags(argv):
+  """absl flag parsing; a bad --config or override exits naming it."""
+  try:
+    out = FLAGS(argv)
+    FLAGS.config  # noqa: B018  loads the config file now
+    return out
+  except Exception as e:  # noqa: BLE001  any parse/load error is a usage error
+    _config_error(argv, e)
 
 
 def _multiworker_tpu() -> bool:
@@ -65,4 +89,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from metalm_jax import batch as batch_lib
 from metalm_jax import params_io
@@ -119,18 +120,20 @@ class _Stop:
       signal.signal(signal.SIGTERM, self._old)
 
 
-def _replace_subtree(params, name: str, new, shardings):
-  if name not in params:
-    raise ValueError(f"config.init_components.{name}: no such top-level param collection; "
-                     f"known: {sorted(params)}")
-  want = jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), params[name])
-  got = jax.tree.map(lambda x: (tuple(np.shape(x)), str(np.asarray(x).dtype)), new)
-  if jax.tree.structure(want) != jax.tree.structure(got) or want != got:
-    raise ValueError(f"config.init_components.{name}: loaded params do not match the model's "
-                     f"{name!r} subtree (names, shapes or dtypes differ)")
-  params = dict(params)
-  params[name] = jax.tree.map(lambda x, s: jax.device_put(np.asarray(x), s), new, shardings[name])
-  return params
+def _check_same_tree(field: str, want, got):
+  """Names, shapes and dtypes of loaded params must match the model's."""
+  spec = lambda t: {n: (tuple(np.shape(x)), str(np.dtype(x.dtype))) for n, x in
+                    params_io.flatten(t).items()} if isinstance(t, dict) else {}
+  w, g = spec(want), spec(got)
+  if w != g:
+    missing, extra = sorted(set(w) - set(g)), sorted(set(g) - set(w))
+    differ = sorted(k for k in set(w) & set(g) if w[k] != g[k])
+    raise ValueError(f"config.{field}: loaded params do not match the model (missing "
+                     f"{missing[:3]}, unexpected {extra[:3]}, shape/dtype differs {differ[:3]})")
+
+
+def _put(tree, shardings):
+  return jax.tree.map(lambda x, s: jax.device_put(np.asarray(x), s), tree, shardings)
 
 
 def _load_init(config, state, shardings):
@@ -140,15 +143,19 @@ def _load_init(config, state, shardings):
     path = config.init_from
     if os.path.exists(os.path.join(path, params_io.PARAMS_FILE)):
       loaded, _ = params_io.load_params(path)
-      params = _replace_subtree({"_all": params}, "_all", loaded,
-                                {"_all": shardings["params"]})["_all"]
+      _check_same_tree("init_from", params, loaded)
+      params = _put(loaded, shardings["params"])
     else:
       target = ckpt_lib.with_shardings(params, shardings["params"])
       params = ckpt_lib.restore_params(path, target)
     logging.info("params initialised from %s", path)
   for name, path in sorted((config.init_components or {}).items()):
+    if name not in params:
+      raise ValueError(f"config.init_components.{name}: no such top-level param collection; "
+                       f"known: {sorted(params)}")
     loaded, _ = params_io.load_params(path)
-    params = _replace_subtree(params, name, loaded, shardings["params"])
+    _check_same_tree(f"init_components.{name}", params[name], loaded)
+    params = {**params, name: _put(loaded, shardings["params"][name])}
     logging.info("params[%r] initialised from %s", name, path)
   return {**state, "params": params}
 
@@ -233,6 +240,15 @@ class Trainer:
       results = self._evaluate(state["params"], 0, True, bool(cfg.evals))
       ckpt.close()
       return self._finish(results)
+    if start >= self.total:
+      logging.info("workdir already holds the final step %d; nothing to train", start)
+      prev = os.path.join(self.workdir, RESULTS_FILE)
+      if os.path.exists(prev):
+        ckpt.close()
+        self.writer.close()
+        import json
+        with open(prev) as f:
+          return json.load(f)
     results = self._train(state, start, train_iter, ckpt)
     return self._finish(results)
 
@@ -299,6 +315,9 @@ class Trainer:
         last.update(ev)
         if ev:
           progress.rates(step)  # eval time does not count as training time
+        if jax.process_count() > 1:  # every process stops at the same step
+          stop.requested = bool(multihost_utils.process_allgather(
+              np.int32(stop.requested)).max())
         if ckpt.should_save(step) or step == self.total or stop.requested:
           ckpt.save(step, state, train_iter, force=True)
         if stop.requested:
