@@ -7,6 +7,9 @@ Canonical fields per task:
     text:    text (str; paragraphs separated by blank lines)
     nli:     premise, hypothesis (str), label (0 entailment, 1 neutral,
              2 contradiction; anything else is skipped and counted)
+    pair:    image_left, image_right, sentence (str), label (0 true, 1 false)
+
+Finetuning variants (`*_prompted`, `*_instruct`, `world_pair`) are at the end.
 """
 from __future__ import annotations
 
@@ -96,3 +99,63 @@ def tfds_split(source_name: str, split: str) -> str:
     raise ValueError(f"split={split!r} is not available for data source {source_name!r}; "
                      f"known: {sorted(src.splits)}")
   return src.splits[split]
+
+
+# ---------------------------------------------------------------- finetuning
+# Same records, finetuning layouts (tasks.py): "caption:" prompt, instruction
+# templates, and two-image statements over the embedded world.
+
+def _variant(name: str, base: str, task: str, extract=None) -> None:
+  src = SOURCES.get(base)
+  register(name, dataclasses.replace(src, task=task, extract=extract or src.extract))
+
+
+for _base in ("world_caption", "coco_caption"):
+  _variant(f"{_base}_prompted", _base, "caption_prompted")
+for _base, _task in (("world_caption", "caption_instruct"), ("coco_caption", "caption_instruct"),
+                     ("world_vqa", "vqa_instruct"), ("vqav2", "vqa_instruct"),
+                     ("world_nli", "nli_instruct"), ("mnli", "nli_instruct")):
+  _variant(f"{_base}_instruct", _base, _task)
+
+
+def _edited_scene(objs, rng):
+  """A copy of the scene with one object dropped or recoloured (or unchanged)."""
+  from metalm_jax.data import world
+  objs = list(objs)
+  kind = int(rng.integers(3))
+  if kind == 0 and len(objs) > 1:
+    del objs[int(rng.integers(len(objs)))]
+  elif kind <= 1:
+    i = int(rng.integers(len(objs)))
+    colors = [c for c in world.COLORS if c != objs[i].color]
+    objs[i] = dataclasses.replace(objs[i], color=colors[int(rng.integers(len(colors)))])
+  return objs
+
+
+def _world_pair(r, rng):
+  """Canonical pair fields: image_left, image_right, sentence, label (0 true,
+  1 false). The right image is an edited copy of the record's scene."""
+  import io
+  import json
+  from PIL import Image
+  from metalm_jax.data import world
+  left = [world.Obj(**o) for o in json.loads(as_str(r["objects"]))]
+  right = _edited_scene(left, rng)
+  size = Image.open(io.BytesIO(r["image"])).size[0]
+  has = lambda objs, c, s: any(o.color == c and o.shape == s for o in objs)
+  pick = (left + right)[int(rng.integers(len(left) + len(right)))]
+  c, s = pick.color, pick.shape
+  kind = int(rng.integers(4))
+  if kind == 0:
+    sentence, true = "the left image has more objects than the right image.", len(left) > len(right)
+  elif kind == 1:
+    sentence, true = "the two images show the same number of objects.", len(left) == len(right)
+  elif kind == 2:
+    sentence, true = f"both images contain a {c} {s}.", has(left, c, s) and has(right, c, s)
+  else:
+    sentence, true = f"the right image contains a {c} {s}.", has(right, c, s)
+  return {"image_left": r["image"], "image_right": world.render(right, size),
+          "sentence": sentence, "label": 0 if true else 1}
+
+
+register("world_pair", Source("pair", _world_name, _WORLD_SPLITS, _world_pair, True))

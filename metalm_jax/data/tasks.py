@@ -250,3 +250,147 @@ class PrepareExample:
     out = TASKS.get(src.task)(self.ctx, fields, rng, new_stats())
     out["index"] = index
     return out
+
+
+# ---------------------------------------------------------------- finetuning
+# Layouts for finetuning (configs/finetune_*.py); [..] = docked, * = trained.
+#   caption_prompted: <s> <image> [image] </image> caption: C* </s>*
+#   *_instruct:       the task's layout with a template drawn per row from
+#                     INSTRUCTION_TEMPLATES (instruction tuning, several per task)
+#   pair (NLVR2):     <s> <image> [left] </image> <image> [right] </image>
+#                     statement: S true or false? answer: L* </s>*
+#                     (each image on its own encoder item)
+
+PAIR_WORDS = ("true", "false")
+INSTRUCTION_TEMPLATES = {
+    "caption": ("caption:", "Summarize this image:", "Describe the picture in a sentence:"),
+    "vqa": ("question: {question} answer:", "{question} Answer briefly:",
+            "Look at the picture and answer the question. {question}"),
+    "nli": ("question: {hypothesis} true, false or neither? answer:",
+            "Does it follow that {hypothesis} Answer true, false or neither:",
+            "Hypothesis: {hypothesis} Is it true, false or neither given the text?"),
+}
+
+
+def _template(task: str, rng, fixed: Optional[str] = None) -> str:
+  options = INSTRUCTION_TEMPLATES[task]
+  return fixed if fixed is not None else options[int(rng.integers(len(options)))]
+
+
+def _prompted_caption(ctx: Context, fields, rng, stats, template: str):
+  if not ctx.vision:
+    raise ValueError("caption tasks need an image encoder in config.model.encoders")
+  caps = [c.strip() for c in fields["captions"] if c and c.strip()]
+  if not caps:
+    return _fail(stats, "skipped_empty_text")
+  pixels = _image(ctx, fields["image"], stats)
+  if pixels is None:
+    return {"ok": False, "stats": stats}
+  tok = ctx.tokenizer
+  row = spans_lib.Row(ctx.seq_len, tok.pad)
+  _image_head(ctx, row)
+  prompt = tok.encode(template)
+  row.add_tokens(_fit(prompt, row.room - 2, stats), train=False)
+  ids = tok.encode(caps[int(rng.integers(len(caps)))]) + [tok.eod]
+  row.add_tokens(_fit(ids, row.room, stats), train=True)
+  return _finish(ctx, row, pixels, stats)
+
+
+@TASKS.register("caption_prompted")
+def caption_prompted_task(ctx: Context, fields, rng, stats):
+  return _prompted_caption(ctx, fields, rng, stats, "caption:")
+
+
+@TASKS.register("caption_instruct")
+def caption_instruct_task(ctx: Context, fields, rng, stats):
+  return _prompted_caption(ctx, fields, rng, stats, _template("caption", rng))
+
+
+@TASKS.register("vqa_instruct")
+def vqa_instruct_task(ctx: Context, fields, rng, stats):
+  return _vqa_templated(ctx, fields, rng, stats, _template("vqa", rng))
+
+
+def _vqa_templated(ctx: Context, fields, rng, stats, template: str):
+  answers = [a.strip() for a in fields["answers"] if a and a.strip()]
+  question = fields["question"].strip()
+  if not question or not answers:
+    return _fail(stats, "skipped_empty_text")
+  pixels = _image(ctx, fields["image"], stats)
+  if pixels is None:
+    return {"ok": False, "stats": stats}
+  tok = ctx.tokenizer
+  row = spans_lib.Row(ctx.seq_len, tok.pad)
+  _image_head(ctx, row)
+  ans = tok.encode(majority_answer(answers)) + [tok.eod]
+  q = _fit(tok.encode(template.format(question=question)), row.room - len(ans), stats)
+  row.add_tokens(q, train=False)
+  row.add_tokens(_fit(ans, row.room, stats), train=True)
+  return _finish(ctx, row, pixels, stats)
+
+
+@TASKS.register("nli_instruct")
+def nli_instruct_task(ctx: Context, fields, rng, stats):
+  template = _template("nli", rng)
+  if fields["label"] not in (0, 1, 2):
+    return _fail(stats, "skipped_bad_label")
+  premise, hyp = fields["premise"].strip(), fields["hypothesis"].strip()
+  if not premise or not hyp:
+    return _fail(stats, "skipped_empty_text")
+  tok = ctx.tokenizer
+  row = spans_lib.Row(ctx.seq_len, tok.pad)
+  row.start_segment()
+  row.add_tokens([tok.bos], train=False)
+  tail = tok.encode(template.format(hypothesis=hyp))
+  label = tok.encode(NLI_WORDS[fields["label"]]) + [tok.eod]
+  p = tok.encode(premise)
+  if ctx.text:
+    enc = ctx.model_cfg.encoders[ctx.text]
+    enc_len = batch_lib.slot_length(enc)
+    p = _fit(p, max(1, min(enc_len * enc.max_items, row.room - len(tail) - len(label))), stats)
+    for item, i in enumerate(range(0, len(p), enc_len)):
+      chunk = p[i:i + enc_len]
+      row.add_span(len(chunk), ctx.text, item, tokens=chunk)
+  else:
+    row.add_tokens(_fit(p, max(1, row.room - len(tail) - len(label)), stats), train=False)
+  row.add_tokens(_fit(tail, row.room - len(label), stats), train=False)
+  row.add_tokens(label, train=True)
+  return _finish(ctx, row, None, stats)
+
+
+@TASKS.register("pair")
+def pair_task(ctx: Context, fields, rng, stats):
+  """NLVR2-style: two images, each docked on its own item, then a statement."""
+  if not ctx.vision:
+    raise ValueError("task 'pair' needs an image encoder in config.model.encoders")
+  enc = ctx.model_cfg.encoders[ctx.vision]
+  if enc.max_items < 2:
+    raise ValueError(f"task 'pair' needs config.model.encoders.{ctx.vision}.max_items >= 2, "
+                     f"got {enc.max_items}")
+  if fields["label"] not in (0, 1):
+    return _fail(stats, "skipped_bad_label")
+  sentence = fields["sentence"].strip()
+  if not sentence:
+    return _fail(stats, "skipped_empty_text")
+  pix = [_image(ctx, fields[k], stats) for k in ("image_left", "image_right")]
+  if any(p is None for p in pix):
+    return {"ok": False, "stats": stats}
+  tok = ctx.tokenizer
+  t = batch_lib.slot_length(enc)
+  row = spans_lib.Row(ctx.seq_len, tok.pad)
+  row.start_segment()
+  row.add_tokens([tok.bos], train=False)
+  for item in (0, 1):
+    row.add_tokens([tok.image_start], train=False)
+    row.add_span(t, ctx.vision, item)
+    row.add_tokens([tok.image_end], train=False)
+  label = tok.encode(PAIR_WORDS[fields["label"]]) + [tok.eod]
+  q = _fit(tok.encode(f"statement: {sentence} true or false? answer:"), row.room - len(label),
+           stats)
+  row.add_tokens(q, train=False)
+  row.add_tokens(_fit(label, row.room, stats), train=True)
+  out = spans_lib.layout_arrays(row, ctx.model_cfg)
+  out["encoders"] = spans_lib.encoder_arrays(
+      row, ctx.model_cfg, {(ctx.vision, 0): pix[0], (ctx.vision, 1): pix[1]}, tok.pad)
+  stats["examples"] += 1
+  return {"ok": True, "row": out, "stats": stats}

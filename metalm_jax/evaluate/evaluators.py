@@ -209,7 +209,8 @@ def format_of(ev) -> str:
   if ev.format:
     return ev.format
   from metalm_jax.data import sources
-  return sources.SOURCES.get(ev.source).task
+  task = sources.SOURCES.get(ev.source).task
+  return task if task in FORMATS else task.split("_")[0]  # vqa_instruct -> vqa
 
 
 def load_examples(env: Env, ev, split: str, num: int, seed: int) -> Tuple[List[Example], int]:

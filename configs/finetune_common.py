@@ -1,0 +1,55 @@
+"""Shared pieces of the finetuning configs (configs/finetune_*.py): one
+trainer, new data mixtures, optimizer groups and evaluators.
+
+Every finetune config takes `size` (tiny | paper), `steps` (0 = default) and
+`init` (the pretrained workdir, checkpoints dir or params dir; same as
+--config.init_from). tiny runs on the embedded world in CPU minutes; paper
+uses the real data sets through the sources in metalm_jax/data/sources.py
+(their files under config.data.manual_dirs) at the paper's settings.
+"""
+from __future__ import annotations
+
+import ml_collections as mlc
+
+from configs import common
+from configs import data as data_configs
+from metalm_jax.train import config_defaults
+
+# Param-name regexes (top-level names: decoder, encoders_<name>, connectors_<name>).
+DECODER = r"^decoder/"
+
+
+def frozen(*prefixes: str) -> dict:
+  """An optimizer group freezing every param under the given top-level names."""
+  return dict(regex=r"^(" + "|".join(prefixes) + r")/", frozen=True, lr_mult=1.0)
+
+
+def base(a, *, model: str, kind: str, data: str, mixture: dict, batch: int, steps: int,
+         lr: float, warmup: int, decay: str = "constant", log: int = 10, eval_every: int = 100,
+         ckpt: int = 200, weight_decay: float = 0.01) -> mlc.ConfigDict:
+  """Trainer config for a finetuning run (see the module docstring)."""
+  c = config_defaults.trainer_config()
+  c.model = common.model_config(model)
+  c.data = data_configs.data_config(kind, data)
+  c.data.mixture = dict(mixture)
+  c.batch_size = batch
+  c.total_steps = a.steps or steps
+  c.log_every, c.eval_every = log, eval_every
+  c.checkpoint.every_steps = ckpt
+  c.optimizer = config_defaults.optimizer(lr=lr, b1=0.9, b2=0.98, weight_decay=weight_decay,
+                                          warmup_steps=warmup, decay=decay, end_lr_frac=0.0)
+  c.init_from = a.init
+  if a.size == "paper":
+    c.mesh.update(data=1, fsdp=-1, tensor=1)
+  return c
+
+
+def parse(arg, sizes, **extra):
+  a = common.parse_arg(arg, size="tiny", steps=0, init="", **extra)
+  if a.size not in sizes:
+    raise ValueError(f"config arg size={a.size!r} is unknown; known: {sorted(sizes)}")
+  return a
+
+
+def evaluator(type_: str, source: str, every: int, **kw) -> dict:
+  return dict(type=type_, source=source, every_steps=every, **kw)

@@ -1,0 +1,37 @@
+"""NLI finetuning with the decoder frozen: only the language encoder and its
+connector train (the paper's MNLI setting). The premise goes through the
+encoder, "question: H true, false or neither? answer:" is plain text and the
+label word is generated.
+
+    python -m metalm_jax.main --config=configs/finetune_nli.py:size=tiny,init=/tmp/vl \
+        --workdir=/tmp/nli
+    python -m metalm_jax.main --config=configs/finetune_nli.py:size=paper,init=gs://.../lang \
+        --workdir=gs://.../mnli
+
+tiny: the embedded world's NLI with the tiny VL model (its text encoder);
+the vision encoder is frozen too (unused here; frozen so weight decay leaves
+it alone). paper: MNLI (source `mnli`, from TFDS glue/mnli) on the
+language-only paper model, batch 32, lr 5e-5, 3 epochs (392,702 pairs).
+"""
+from configs import finetune_common as F
+
+SIZES = {
+    # model, data, source, batch, steps, lr, warm-up, eval every, eval examples
+    "tiny": ("tiny", "tiny", "world_nli", 16, 300, 1e-3, 20, 100, 150),
+    "paper": ("paper_lang", "paper_lang", "mnli", 32, 3 * 392_702 // 32, 5e-5, 2000, 5000, 9815),
+}
+
+
+def get_config(arg=None):
+  a = F.parse(arg, SIZES)
+  model, data, source, batch, steps, lr, warm, every, n = SIZES[a.size]
+  kind = "lang" if a.size == "paper" else "vl"
+  c = F.base(a, model=model, kind=kind, data=data, mixture={source: 1.0}, batch=batch,
+             steps=steps, lr=lr, warmup=warm, decay="linear", eval_every=every, ckpt=every)
+  c.data.seq_len = 64 if a.size == "tiny" else 256
+  frozen = ["decoder"] + [f"{p}_{n}" for n in c.model.encoders
+                          if c.model.encoders[n].type != "bert"
+                          for p in ("encoders", "connectors")]
+  c.optimizer.groups = {"frozen": F.frozen(*frozen)}
+  c.evals = {"nli": F.evaluator("classify", source, every, num_examples=n)}
+  return c

@@ -1,0 +1,235 @@
+"""Evaluators on the small test world with a randomly initialised tiny model:
+metrics recomputed independently from the written predictions, generation
+and label ranking against unbatched float64 references, the ICL layout,
+the loss evaluator against a float64 cross-entropy, output files, errors."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from metalm_jax import batch as batch_lib
+from metalm_jax.data import pipeline, testing
+from metalm_jax.data import tokenizer as tok_lib
+from metalm_jax.evaluate import decode as decode_lib
+from metalm_jax.evaluate import evaluators as E
+from metalm_jax.evaluate import metrics as metrics_lib
+from metalm_jax.evaluate import prompts as P
+from metalm_jax.models import metalm
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+  cfg = testing.test_config("vl", "tiny", str(tmp_path_factory.mktemp("tfds")))
+  small = dict(num_layers=1, emb_dim=32, num_heads=2, mlp_dim=64)
+  cfg.model.decoder.update(small)
+  cfg.model.encoders.vision.update(small)
+  cfg.model.encoders.text.update(small)
+  model = metalm.build_model(cfg.model)
+  params = metalm.init_variables(model, jax.random.key(3), 1, 8)["params"]
+  import flax.linen as nn
+  return E.Env(cfg, model, nn.meta.unbox(params), tok_lib.load_tokenizer(cfg), 0)
+
+
+def _ev(**kw):
+  return E.resolve({"bucket": 64, **kw})  # one prompt length: few compiles
+
+
+def _logits64(env, model, batch):
+  out = model.apply({"params": env.params}, jax.tree.map(jnp.asarray, batch))
+  return np.asarray(out, np.float64)
+
+
+def test_generation_batched_equals_one_by_one_full_forward(env):
+  """Batched, bucketed, left-padded greedy decoding gives what a one-row
+  full-forward greedy loop (no cache, no padding) gives."""
+  ev = _ev(type="vqa", source="world_vqa", num_examples=3, batch_size=2, max_new_tokens=3)
+  examples, _ = E.load_examples(env, ev, "validation", 3, 0)
+  got = E.generate_texts(env, env.model, env.params, [e.parts for e in examples], ev)
+  tok = env.tokenizer
+  for ex, text in zip(examples, got):
+    row0 = P.build_batch([ex.parts], tok, env.model.cfg)
+    row, ids = row0, []
+    for _ in range(3):
+      nxt = int(np.argmax(_logits64(env, env.model, row)[0, -1]))
+      if nxt == tok.eos:
+        break
+      ids.append(nxt)
+      row = _append(row0, ids, tok.pad)
+    assert text == tok.decode(ids).strip()
+
+
+def _append(row, ids, pad):
+  """Appends plain tokens to a one-row prompt batch (positions continue)."""
+  out = {k: v for k, v in row.items()}
+  n = len(ids)
+  cat = lambda x, vals: np.concatenate([x, np.asarray(vals, x.dtype)[None]], 1)
+  last = int(row["positions"][0, -1])
+  out["tokens"] = cat(row["tokens"], ids)
+  out["targets"] = cat(row["targets"], [pad] * n)
+  out["loss_mask"] = cat(row["loss_mask"], [0.0] * n)
+  out["segment_ids"] = cat(row["segment_ids"], [1] * n)
+  out["positions"] = cat(row["positions"], list(range(last + 1, last + 1 + n)))
+  out["dock_index"] = cat(row["dock_index"], [0] * n)
+  out["dock_mask"] = cat(row["dock_mask"], [False] * n)
+  return out
+
+
+def test_vqa_evaluator_metrics_and_files(env, tmp_path):
+  ev = dict(type="vqa", source="world_vqa", num_examples=5, batch_size=4, max_new_tokens=3,
+            num_baseline_examples=40, every_steps=10, bucket=64)
+  env.config.evals = {"v": ev}
+  out = E.run_evals(env.config, env.model, env.params, 20, str(tmp_path))
+  rows = [json.loads(l) for l in open(tmp_path / "evals" / "v_step_20.jsonl")]
+  assert len(rows) == 5
+  acc = np.mean([metrics_lib.vqa_accuracy(r["prediction"], r["references"]) for r in rows])
+  assert out["v/accuracy"] == pytest.approx(acc, abs=1e-9)
+  assert all(r["prompt"].startswith("<image> question: ") and r["prompt"].endswith("answer:")
+             for r in rows)
+  # The majority baseline: the most frequent training answer, scored on the same refs.
+  ev_c = E.resolve(ev)
+  train, _ = E.load_examples(env, ev_c, "train", 40, 1)
+  labels = [e.label for e in train]
+  answer = max(set(labels), key=labels.count)
+  base = np.mean([metrics_lib.vqa_accuracy(answer, r["references"]) for r in rows])
+  assert out["v/majority_answer_accuracy"] == pytest.approx(base, abs=1e-9)
+  saved = json.load(open(tmp_path / "evals" / "step_20.json"))
+  assert saved["results"]["v"]["accuracy"] == pytest.approx(acc)
+  md = open(tmp_path / "evals" / "step_20.md").read()
+  assert "| v | accuracy |" in md
+  # Not due at step 25 (every 10): nothing runs.
+  assert E.run_evals(env.config, env.model, env.params, 25, str(tmp_path)) == {}
+
+
+def test_caption_evaluator_equals_pycocoevalcap_on_its_predictions(env, tmp_path):
+  env.config.evals = {"c": dict(type="caption", source="world_caption", num_examples=4,
+                                batch_size=4, max_new_tokens=6, num_baseline_examples=30,
+                                every_steps=1, bucket=64)}
+  out = E.run_evals(env.config, env.model, env.params, 0, str(tmp_path))
+  rows = [json.loads(l) for l in open(tmp_path / "evals" / "c_step_0.jsonl")]
+  assert all(r["prompt"] == "<image> Summarize this image:" for r in rows)
+  ref = metrics_lib.caption_metrics({str(r["index"]): r["prediction"] or "." for r in rows},
+                                    {str(r["index"]): r["references"] for r in rows})
+  assert out["c/CIDEr"] == pytest.approx(ref["CIDEr"], abs=1e-9)
+  assert out["c/BLEU-4"] == pytest.approx(ref["BLEU-4"], abs=1e-9)
+  assert out["c/fixed_caption_CIDEr"] > 0  # a world caption shares words with the refs
+
+
+def test_classify_rank_matches_float64_likelihoods(env, tmp_path):
+  ev = _ev(type="classify", source="world_nli", num_examples=3, batch_size=4, max_new_tokens=2)
+  res, rows = E.EVALUATORS.get("classify")(env, ev)
+  examples, _ = E.load_examples(env, ev, "validation", 3, 0)
+  tok = env.tokenizer
+  # Premise through the text encoder, question as plain tokens.
+  assert isinstance(examples[0].parts[0], P.EncodedText)
+  assert isinstance(examples[0].parts[-1], P.Text)
+  want = []
+  for ex in examples:
+    ll = []
+    for word in E.NLI_WORDS:
+      row = P.build_batch([ex.parts], tok, env.model.cfg)
+      n0 = row["tokens"].shape[1]
+      cand = tok.encode(word) + [tok.eos]
+      full = _append(row, cand, tok.pad)
+      logp = _logits64(env, env.model, full)[0]
+      logp = logp - np.log(np.exp(logp - logp.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+          - logp.max(-1, keepdims=True)
+      ll.append(sum(logp[n0 - 1 + j, c] for j, c in enumerate(cand)))
+    want.append(int(np.argmax(ll)))
+  assert [r["ranked"] for r in rows] == [E.NLI_WORDS[i] for i in want]
+  labels = np.array([e.label_id for e in examples])
+  assert res["accuracy_rank"] == pytest.approx(float((np.array(want) == labels).mean()))
+  gen_ok = [E.clean_label(r["prediction"]) == E.NLI_WORDS[y] for r, y in zip(rows, labels)]
+  assert res["accuracy_generate"] == pytest.approx(float(np.mean(gen_ok)))
+  assert res["chance"] == pytest.approx(1 / 3)
+
+
+def test_icl_layout_docking_and_demonstration_order(env):
+  ev = _ev(type="icl", source="world_vqa", num_examples=2, demo_pool=6, shots=(0, 1, 2))
+  examples, _ = E.load_examples(env, ev, "validation", 2, 0)
+  pool, _ = E.load_examples(env, ev, "train", 6, 1)
+  demos = E.demonstrations(pool, 2, 2, 7)
+  assert demos == E.demonstrations(pool, 2, 2, 7)  # seeded
+  assert len({d.index for d in demos[0]}) == 2     # distinct
+  parts = P.icl_parts([(d.parts, d.label) for d in demos[0]], examples[0].parts)
+  need = E.items_needed(parts, env.model.cfg)
+  assert need == {"vision": 3}
+  model = E.with_max_items(env.model, need)
+  assert model.cfg.encoders.vision.max_items == 3 and env.model.cfg.encoders.vision.max_items == 1
+  tok = env.tokenizer
+  b = P.build_batch([parts], tok, model.cfg)
+  t = 17  # 4x4 patches + class token
+  off = batch_lib.dock_offsets(model.cfg.encoders)["vision"]
+  tokens, dock = b["tokens"][0], b["dock_mask"][0]
+  starts = np.flatnonzero(tokens == tok.image_start)
+  assert len(starts) == 3
+  # Image k docks item k (demonstrations in order, then the query).
+  for k, s in enumerate(starts):
+    assert dock[s + 1:s + 1 + t].all() and not dock[s] and not dock[s + 1 + t]
+    np.testing.assert_array_equal(b["dock_index"][0, s + 1:s + 1 + t], off + k * t + np.arange(t))
+    pix = b["encoders"]["vision"]["pixels"][0, k]
+    src = (demos[0][k] if k < 2 else examples[0]).parts[0].pixels
+    np.testing.assert_array_equal(pix, src)
+  # Between images: question (plain), then the demonstration's label (plain tokens).
+  for k in range(2):
+    seg = tokens[starts[k] + t + 2:starts[k + 1]]
+    assert not dock[starts[k] + t + 2:starts[k + 1]].any()
+    d = demos[0][k]
+    q = d.parts[1].text
+    assert list(seg) == tok.encode(q) + tok.encode(d.label)
+  # The raised-max_items model gives the same logits on a one-image prompt.
+  one = P.build_batch([examples[0].parts], tok, env.model.cfg)
+  one3 = P.build_batch([examples[0].parts], tok, model.cfg)
+  np.testing.assert_allclose(_logits64(env, env.model, one), _logits64(env, model, one3),
+                             atol=1e-5)
+
+
+def test_icl_evaluator_runs_all_shots(env):
+  ev = _ev(type="icl", source="world_nli", num_examples=3, batch_size=3, demo_pool=5,
+           shots=(0, 2), bucket=128)
+  res, rows = E.EVALUATORS.get("icl")(env, ev)
+  assert set(res) >= {"k0/accuracy", "k2/accuracy"}
+  # k=2 prompts hold two demonstrations' labels followed by the query.
+  for r in rows:
+    assert r["k2"]["prompt"].count("answer:") == 3
+    assert r["k0"]["prompt"].count("answer:") == 1
+    assert r["k2"]["prompt"].endswith(r["k0"]["prompt"])
+  labels = np.array([E.NLI_WORDS.index(r["references"][0]) for r in rows])
+  for k in (0, 2):
+    acc = np.mean([E.NLI_WORDS.index(r[f"k{k}"]["prediction"]) == y for r, y in zip(rows, labels)])
+    assert res[f"k{k}/accuracy"] == pytest.approx(acc)
+
+
+def test_loss_evaluator_matches_float64_cross_entropy(env):
+  ev = _ev(type="loss", split="validation", batch_size=4, num_batches=2)
+  res, _ = E.EVALUATORS.get("loss")(env, ev)
+  it = pipeline.make_iterator(env.config, "validation", batch_size=4, shuffle=False,
+                              num_epochs=1, seed=0)
+  tot = cnt = 0.0
+  for _ in range(2):
+    batch, _ = pipeline.split_stats(next(it))
+    lg = _logits64(env, env.model, batch)
+    lse = np.log(np.exp(lg - lg.max(-1, keepdims=True)).sum(-1)) + lg.max(-1)
+    nll = lse - np.take_along_axis(lg, batch["targets"][..., None], -1)[..., 0]
+    tot += (nll * batch["loss_mask"]).sum()
+    cnt += batch["loss_mask"].sum()
+  assert res["loss"] == pytest.approx(tot / cnt, rel=1e-5)
+  assert res["perplexity"] == pytest.approx(np.exp(tot / cnt), rel=1e-5)
+  assert res["tokens"] == cnt
+
+
+def test_config_errors_name_the_field(env, tmp_path):
+  with pytest.raises(ValueError, match="unknown fields \\['num_exampels'\\]"):
+    E.resolve(dict(type="vqa", num_exampels=3))
+  with pytest.raises(ValueError, match="evals.\\*.type='bleu' is unknown"):
+    E.resolve(dict(type="bleu"))
+  with pytest.raises(ValueError, match="evals.\\*.source is empty"):
+    E.EVALUATORS.get("vqa")(env, _ev(type="vqa"))
+  with pytest.raises(ValueError, match="method='sample'"):
+    E.generate_texts(env, env.model, env.params, [[P.Text("question:")]],
+                     _ev(type="vqa", method="sample"))
+  env.config.evals = {"v": dict(type="vqa", source="world_vqa", every_steps=1)}
+  with pytest.raises(ValueError, match="not in config.evals"):
+    E.run_evals(env.config, env.model, env.params, 0, str(tmp_path), names=["w"])
