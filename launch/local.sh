@@ -26,7 +26,7 @@ echo "[local] building the embedded data set in $DATA_DIR"
 
 echo "[local] pretraining ($CONFIG) in $WORKDIR"
 "$PY" -m metalm_jax.main --config="$CONFIG" --workdir="$WORKDIR" \
-  --config.data.data_dir="$DATA_DIR" --stderrthreshold=warning "$@"
+  --config.data.data_dir="$DATA_DIR" --verbosity=-1 "$@"
 
 "$PY" - "$WORKDIR" "$START" <<'PYEOF'
 import json, os, sys, time

@@ -81,11 +81,11 @@ def test_meshes_agree_and_checkpoint_moves_across_meshes(tmp_path):
   pdir = params_io.save_params(str(tmp_path / "dec"), {"decoder": trained["decoder"]}["decoder"])
   cc = _cfg(total_steps=1)
   cc.init_components = {"decoder": pdir}
-  fresh = t._init_fn(t._rng)
+  fresh = t.initial_state()
   loaded = trainer_lib._load_init(cc, fresh, t.shardings)["params"]
   jax.tree.map(np.testing.assert_array_equal, loaded["decoder"], trained["decoder"])
   jax.tree.map(np.testing.assert_array_equal, loaded["encoders_vision"],
-               t._init_fn(t._rng)["params"]["encoders_vision"])
+               t.initial_state()["params"]["encoders_vision"])
   cc.init_components = {"encoders_vision": pdir}
   with pytest.raises(ValueError, match=r"init_components.encoders_vision: loaded params do not"):
     trainer_lib._load_init(cc, fresh, t.shardings)

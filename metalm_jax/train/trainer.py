@@ -169,7 +169,7 @@ class Trainer:
     self.config, self.workdir = config, workdir
     devices = list(jax.devices() if devices is None else devices)
     self.mesh_sizes = check_config(config, num_devices=len(devices))
-    self.data = data or _default_data()
+    self._data = data
     os.makedirs(workdir, exist_ok=True)
     if config.get("compilation_cache_dir"):
       jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
@@ -198,8 +198,30 @@ class Trainer:
         self.abstract_state["params"], self.shardings["params"], self.mesh,
         self.config.sharding.min_fsdp_size)
     self.trainable = state_lib.trainable_mask(self.abstract_state["params"], self.config.optimizer)
-    self._init_fn = jax.jit(init_state, out_shardings=self.shardings)
+    self._init_jit = jax.jit(init_state, out_shardings=self.shardings)
     self._rng = rng
+
+  @property
+  def data(self):
+    """The input module (make_iterator / split_stats); the Grain pipeline by default."""
+    if self._data is None:
+      self._data = _default_data()
+    return self._data
+
+  def initial_state(self):
+    """A fresh state, materialised already sharded (no init_from applied)."""
+    return self._init_jit(self._rng)
+
+  def jit_train_step(self):
+    """The jitted train step: (state, global batch) -> (state, metrics); state donated."""
+    cfg = self.config
+    step_fn = steps_lib.make_train_step(
+        self.model, self.tx, cfg.optimizer, self.lr_fn, cfg.seed,
+        accum_steps=cfg.optimizer.grad_accum_steps)
+    with self.mesh_context():
+      return jax.jit(step_fn, in_shardings=(self.shardings, shard_lib.batch_sharding(self.mesh)),
+                     out_shardings=(self.shardings, shard_lib.replicated(self.mesh)),
+                     donate_argnums=0)
 
   def _make_iter(self, split: str, batch_size: int, shuffle: bool, num_epochs):
     return input_lib.make_process_iterator(
@@ -211,7 +233,8 @@ class Trainer:
       return self.data.split_stats(batch)
     return batch, {}
 
-  def _ctx(self):
+  def mesh_context(self):
+    """Mesh + logical-axis rules: wrap tracing and calls of jitted model code."""
     return _MeshRules(self.mesh, self.rules)
 
   # ---- the run -----------------------------------------------------------
@@ -224,14 +247,16 @@ class Trainer:
       target = ckpt_lib.with_shardings(self.abstract_state, self.shardings)
       state, start = ckpt.restore(target, train_iter)
       logging.info("resumed from %s at step %d", ckpt.directory, start)
+      if self.is_main:
+        print(f"resumed from {ckpt.directory} at step {start}", flush=True)
       self.writer.rewind(start)
     else:
-      state = _load_init(cfg, self._init_fn(self._rng), self.shardings)
+      state = _load_init(cfg, self.initial_state(), self.shardings)
     if start == 0 and self.is_main:
       text = metrics_lib.log_parameter_overview(state_lib.unbox(self.abstract_state["params"]),
                                                 self.trainable)
       self.writer.write_text("parameters", "```\n" + text + "\n```")
-    with self._ctx():
+    with self.mesh_context():
       eval_fn = jax.jit(steps_lib.make_eval_step(self.model),
                         in_shardings=(self.shardings["params"], shard_lib.batch_sharding(self.mesh)),
                         out_shardings=shard_lib.replicated(self.mesh))
@@ -265,14 +290,7 @@ class Trainer:
 
   def _train(self, state, start, train_iter, ckpt):
     cfg = self.config
-    step_fn = steps_lib.make_train_step(
-        self.model, self.tx, cfg.optimizer, self.lr_fn, cfg.seed,
-        accum_steps=cfg.optimizer.grad_accum_steps)
-    bsh = shard_lib.batch_sharding(self.mesh)
-    with self._ctx():
-      train_step = jax.jit(step_fn, in_shardings=(self.shardings, bsh),
-                           out_shardings=(self.shardings, shard_lib.replicated(self.mesh)),
-                           donate_argnums=0)
+    train_step = self.jit_train_step()
     peak = cfg.metrics.peak_flops or metrics_lib.peak_flops(metrics_lib.measure_matmul_peak())
     progress = metrics_lib.Progress(self.total, start)
     acc, skipped, flops_ex, seq_len, last = None, {}, None, None, {}
@@ -288,7 +306,7 @@ class Trainer:
           flops_ex = metrics_lib.flops_per_example(cfg.model, self.abstract_state["params"],
                                                    self.trainable, seq_len)
         batch = shard_lib.global_batch(local, self.mesh)
-        with self._ctx():
+        with self.mesh_context():
           state, m = train_step(state, batch)
         m = jax.device_get(m)  # blocks every step (CPU collectives need it too)
         if not math.isfinite(float(m["loss"])):
@@ -341,7 +359,7 @@ class Trainer:
         local, _ = self._split(next(it))
       except StopIteration:
         break
-      with self._ctx():
+      with self.mesh_context():
         out = jax.device_get(self._eval_fn(params, shard_lib.global_batch(local, self.mesh)))
       for k in tot:
         tot[k] += float(out[k])
@@ -364,7 +382,7 @@ class Trainer:
     if not self.config.evals:
       return {}
     from metalm_jax.evaluate import evaluators  # issue 6; imported only when configured
-    with self._ctx():
+    with self.mesh_context():
       out = evaluators.run_evals(self.config, self.model, params, step, self.workdir)
     return {k: float(v) for k, v in out.items()}
 
