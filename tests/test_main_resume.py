@@ -39,14 +39,14 @@ def test_sigterm_then_sigkill_then_resume_is_bit_exact(tmp_path, data_dir):
   p = H.start(work, data_dir, *STEPS)
   H.wait_for_step(p, work, stopped + 7)
   H.kill(p, H.SIGKILL)
-  assert f"resumed from {os.path.join(str(work), 'checkpoints')} at step {stopped}" in H.tail(
+  assert f"\nresumed from {os.path.join(str(work), 'checkpoints')} at step {stopped}\n" in H.tail(
       work, 10 ** 6)
   killed_at = max(H.losses(work))
   # 3. Restart from the last complete checkpoint and finish.
   H.run(work, data_dir, *STEPS)
   log = H.tail(work, 10 ** 6)
   resumed = [int(line.rsplit(" ", 1)[1]) for line in log.splitlines()
-             if "resumed from" in line]
+             if line.startswith("resumed from")]  # the console line, not the log record
   assert len(resumed) == 2 and stopped < resumed[1] <= killed_at
   got = H.losses(work)
   assert sorted(got) == list(range(1, 25))
