@@ -13,7 +13,6 @@ import tests.test_train_standin as S
 from metalm_jax import params_io
 from metalm_jax.models import metalm
 from metalm_jax.train import checkpoint as ckpt_lib
-from metalm_jax.train import config_defaults
 from metalm_jax.train import metrics as metrics_lib
 from metalm_jax.train import state as st
 from metalm_jax.train import steps as steps_lib

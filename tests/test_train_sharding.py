@@ -51,7 +51,6 @@ def test_state_shardings_put_large_params_on_fsdp():
   wi = shardings["params"]["decoder"]["layers_0"]["mlp"]["wi"]["kernel"]
   assert tuple(wi.spec) == ("fsdp", "tensor")
   # Adam moments follow their parameter; the step counter is replicated.
-  mu = abstract["opt_state"]
   flat_sh = jax.tree_util.tree_leaves_with_path(
       shardings["opt_state"], is_leaf=lambda x: isinstance(x, jax.sharding.NamedSharding))
   mu_emb = [s for p, s in flat_sh if jax.tree_util.keystr(p).endswith(

@@ -21,7 +21,7 @@ import logging
 import math
 import os
 import time
-from typing import Any, Dict, Iterable, Mapping, Optional
+from typing import Dict, Iterable, Mapping, Optional
 
 import flax
 import jax

@@ -2,7 +2,7 @@
 accumulation over micro-batches) and the eval step."""
 from __future__ import annotations
 
-from typing import Any, Callable, Dict
+from typing import Callable
 
 import jax
 import jax.numpy as jnp

@@ -10,12 +10,12 @@
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import signal
-import time
-from typing import Any, Dict, Optional
+from typing import Dict, Optional
 
 import flax.linen as nn
 import jax
@@ -271,7 +271,6 @@ class Trainer:
       if os.path.exists(prev):
         ckpt.close()
         self.writer.close()
-        import json
         with open(prev) as f:
           return json.load(f)
     results = self._train(state, start, train_iter, ckpt)
@@ -279,7 +278,6 @@ class Trainer:
 
   def _finish(self, results):
     if self.is_main:
-      import json
       with open(os.path.join(self.workdir, RESULTS_FILE), "w") as f:
         json.dump(results, f, indent=2, sort_keys=True)
       png = metrics_lib.plot_losses(self.workdir)
