@@ -54,10 +54,29 @@ def random_batch(model, b=2, l=24, seed=0, dock=True, left_pad=(0, 3)):
   return batch
 
 
+_BUILT = {}
+
+
 def build(cfg, seed=0, b=2, l=24):
-  model = metalm.build_model(cfg)
-  variables = metalm.init_variables(model, jax.random.key(seed), b, l)
-  return model, variables
+  """(model, variables), cached per config so tests share one init."""
+  key = (cfg.to_json(), seed)
+  if key not in _BUILT:
+    model = metalm.build_model(cfg)
+    _BUILT[key] = (model, metalm.init_variables(model, jax.random.key(seed), 1, 8))
+  return _BUILT[key]
+
+
+_JITTED = {}
+
+
+def forward(model, variables, batch, **kw):
+  """Jitted model.apply (one compile per model, method and shapes)."""
+  method = kw.pop("method", None)
+  key = (id(model), method)
+  if key not in _JITTED:
+    _JITTED[key] = jax.jit(lambda v, b: model.apply(v, b, method=method),
+                           compiler_options=metalm.FAST_COMPILE)
+  return np.asarray(_JITTED[key](variables, to_jnp(batch)))
 
 
 def to_jnp(tree):
