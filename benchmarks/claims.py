@@ -1,7 +1,7 @@
 """The paper-claims miniature on the embedded world (SPEC.md section 6), on CPU:
 
   1. tiny semi-causal VL pretraining (configs/pretrain_vl.py:size=tiny);
-  2. zero-shot captions ("Summarize this image:" and no prompt) of the
+  2. zero-shot captions ("summarize this image:" and no prompt) of the
      pretrained model: CIDEr vs a fixed-caption baseline (the most frequent
      training caption given for every image);
   3. NLI finetuning with the decoder frozen (configs/finetune_nli.py): accuracy
@@ -10,7 +10,7 @@
      answer, next to the zero-shot VQA accuracy of the pretrained model.
 
     python benchmarks/claims.py --workdir=/tmp/claims [--pretrained=/tmp/claims/pretrain]
-        [--pretrain_steps=600] [--finetune_steps=300]
+        [--pretrain_steps=2000] [--finetune_steps=300]
 
 Prints a table and writes <workdir>/claims.json. Takes ~15-25 minutes on
 2 CPU cores. Runs on one device (mesh 1x1x1).
@@ -34,8 +34,12 @@ def _one_device(c):
   return c
 
 
-def _train(config, workdir):
+def _train(config, workdir, resume=False):
+  """Trains in `workdir`; a finetuning / eval dir must be fresh (the trainer
+  would resume from a checkpoint left there by another run)."""
   from metalm_jax.train import trainer
+  if not resume and os.path.exists(workdir):
+    raise SystemExit(f"{workdir} exists; pass a fresh --workdir (or remove it)")
   t0 = time.time()
   out = trainer.train(config, workdir)
   print(f"  {workdir}: {time.time() - t0:.0f} s", flush=True)
@@ -53,7 +57,7 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--workdir", required=True)
   p.add_argument("--pretrained", default="", help="reuse this pretraining workdir")
-  p.add_argument("--pretrain_steps", type=int, default=600)
+  p.add_argument("--pretrain_steps", type=int, default=2000)
   p.add_argument("--finetune_steps", type=int, default=300)
   args = p.parse_args(argv)
   from configs import finetune_nli, finetune_vqa, pretrain_vl
@@ -62,13 +66,15 @@ def main(argv=None):
   pre = args.pretrained or os.path.join(args.workdir, "pretrain")
   if not args.pretrained:
     print("1. pretraining", flush=True)
-    _train(_one_device(pretrain_vl.get_config(f"size=tiny,steps={args.pretrain_steps}")), pre)
+    _train(_one_device(pretrain_vl.get_config(f"size=tiny,steps={args.pretrain_steps}")), pre,
+           resume=True)
 
   print("2. zero-shot captions and VQA of the pretrained model", flush=True)
   cap = dict(type="caption", source="world_caption", every_steps=1, num_examples=100,
              max_new_tokens=24)
   zs = _evals_only(pre, os.path.join(args.workdir, "zeroshot"), {
-      "caption_summarize": dict(cap, prompt="Summarize this image:"),
+      # Lower case: the embedded world's tokenizer has no capitals ("S" -> <unk>).
+      "caption_summarize": dict(cap, prompt="summarize this image:"),
       "caption_noprompt": dict(cap, prompt=""),
       "vqa": dict(type="vqa", source="world_vqa", every_steps=1, num_examples=200)})
 
@@ -85,7 +91,7 @@ def main(argv=None):
   vqa = _train(vqa_cfg, os.path.join(args.workdir, "vqa"))
 
   rows = [
-      ("zero-shot caption CIDEr, 'Summarize this image:'", zs["caption_summarize/CIDEr"],
+      ("zero-shot caption CIDEr, 'summarize this image:'", zs["caption_summarize/CIDEr"],
        "fixed caption", zs["caption_summarize/fixed_caption_CIDEr"]),
       ("zero-shot caption CIDEr, no prompt", zs["caption_noprompt/CIDEr"],
        "fixed caption", zs["caption_noprompt/fixed_caption_CIDEr"]),

@@ -32,7 +32,7 @@ def get_config(arg=None):
   mixture = {f"{sources[k]}_instruct": 1.0 for k in train}
   c = F.base(a, model=model, kind="vl", data=data, mixture=mixture, batch=batch, steps=steps,
              lr=lr, warmup=warm, decay="linear", eval_every=every, ckpt=every)
-  c.data.seq_len = max(c.data.seq_len, 64)
+  c.data.seq_len = max(c.data.seq_len, 80)  # room for the longer templates
   c.data.spans.prefix_max = 0
   c.evals = {}
   for k in CLUSTERS:

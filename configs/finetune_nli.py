@@ -1,7 +1,10 @@
 """NLI finetuning with the decoder frozen: only the language encoder and its
-connector train (the paper's MNLI setting). The premise goes through the
-encoder, "question: H true, false or neither? answer:" is plain text and the
-label word is generated.
+connector train (the paper's MNLI setting). "P question: H" goes through the
+bidirectional encoder as one item (so the encoder can compare premise and
+hypothesis; the frozen decoder only reads the result), "true, false or
+neither? answer:" is plain text and the label word is generated
+(task `nli_encoded`; the text encoder's max_len is raised to hold the pair,
+which does not change its parameters).
 
     python -m metalm_jax.main --config=configs/finetune_nli.py:size=tiny,init=/tmp/vl \
         --workdir=/tmp/nli
@@ -17,8 +20,9 @@ from configs import finetune_common as F
 
 SIZES = {
     # model, data, source, batch, steps, lr, warm-up, eval every, eval examples
-    "tiny": ("tiny", "tiny", "world_nli", 16, 300, 1e-3, 20, 100, 150),
-    "paper": ("paper_lang", "paper_lang", "mnli", 32, 3 * 392_702 // 32, 5e-5, 2000, 5000, 9815),
+    "tiny": ("tiny", "tiny", "world_nli_encoded", 16, 300, 1e-3, 20, 100, 150),
+    "paper": ("paper_lang", "paper_lang", "mnli_encoded", 32, 3 * 392_702 // 32, 5e-5, 2000, 5000,
+              9815),
 }
 
 
@@ -28,7 +32,8 @@ def get_config(arg=None):
   kind = "lang" if a.size == "paper" else "vl"
   c = F.base(a, model=model, kind=kind, data=data, mixture={source: 1.0}, batch=batch,
              steps=steps, lr=lr, warmup=warm, decay="linear", eval_every=every, ckpt=every)
-  c.data.seq_len = 64 if a.size == "tiny" else 256
+  c.data.seq_len = 96 if a.size == "tiny" else 320
+  c.model.encoders.text.max_len = 64 if a.size == "tiny" else 256
   frozen = ["decoder"] + [f"{p}_{n}" for n in c.model.encoders
                           if c.model.encoders[n].type != "bert"
                           for p in ("encoders", "connectors")]

@@ -48,7 +48,7 @@ def test_configs_build_and_pass_checks(module, size):
 def test_nli_config_freezes_decoder_and_vision_only():
   c = finetune_nli.get_config("size=tiny")
   names = []
-  abstract = metalm.abstract_variables(metalm.build_model(c.model))["params"]
+  abstract = E.param_shapes(metalm.build_model(c.model))
   state_lib.map_with_names(lambda n, x: names.append(n), abstract)
   mask = dict(zip(names, jax.tree.leaves(state_lib.trainable_mask(abstract, c.optimizer))))
   for n, trainable in mask.items():
@@ -78,19 +78,19 @@ def _small(c, data_dir, **data):
 
 def test_frozen_decoder_nli_finetune_with_evaluator(data_dir, tmp_path):
   c = finetune_nli.get_config("size=tiny,steps=3")
-  _small(c, data_dir, mixture={"world_nli": 1.0}, seq_len=64)
+  _small(c, data_dir, mixture={"world_nli_encoded": 1.0}, seq_len=96)
   model = metalm.build_model(c.model)
   init = jax.tree.map(np.asarray, jax.device_get(
       state_lib.unbox(metalm.init_variables(model, jax.random.key(0))["params"])))
   params_io.save_params(str(tmp_path / "init"), init)
   c.init_from = str(tmp_path / "init")
-  c.evals = {"nli": dict(type="classify", source="world_nli", every_steps=3, num_examples=4,
-                         batch_size=4, max_new_tokens=2, bucket=64)}
+  c.evals = {"nli": dict(type="classify", source="world_nli_encoded", every_steps=3,
+                         num_examples=4, batch_size=4, max_new_tokens=2, bucket=96)}
   work = str(tmp_path / "run")
   out = trainer_lib.train(c, work, devices=jax.devices()[:1])
   assert out["step"] == 3 and 0 <= out["nli/accuracy_rank"] <= 1
-  t = trainer_lib.Trainer(c, str(tmp_path / "probe"), devices=jax.devices()[:1])
-  target = ckpt_lib.with_shardings(t.abstract_state["params"], t.shardings["params"])
+  one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one), init)
   final = jax.device_get(ckpt_lib.restore_params(work, target))
   same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a),
                                                               jax.tree.leaves(b)))
@@ -105,10 +105,10 @@ def test_frozen_decoder_nli_finetune_with_evaluator(data_dir, tmp_path):
 
 def _rows(data_dir, mixture, n=8, **kw):
   cfg = testing.test_config("vl", "tiny", data_dir, mixture=mixture, **kw)
-  for k, v in kw.get("model", {}).items():
-    cfg.model[k] = v
-  return cfg, pipeline.split_stats(next(pipeline.make_iterator(
-      cfg, "train", batch_size=n, shuffle=False)))[0]
+  batch, stats = pipeline.split_stats(next(pipeline.make_iterator(
+      cfg, "train", batch_size=n, shuffle=False)))
+  assert stats["truncated_text"] == 0
+  return cfg, batch
 
 
 def _trained_text(tok, batch, b):
@@ -126,7 +126,7 @@ def test_prompted_and_instruction_rows(data_dir):
     assert toks[end + 1:end + 1 + len(cap)] == cap
     trained = batch["targets"][b][batch["loss_mask"][b] > 0]
     assert trained[-1] == tok.eod and not set(cap) & set(trained[:1])
-  cfg, batch = _rows(data_dir, {"world_vqa_instruct": 1.0}, n=16)
+  cfg, batch = _rows(data_dir, {"world_vqa_instruct": 1.0}, n=16, seq_len=80)
   texts = [tok.decode(batch["tokens"][b]) for b in range(16)]
   used = {i for i, t in enumerate(tasks.INSTRUCTION_TEMPLATES["vqa"])
           for x in texts if t.split("{question}")[-1].strip() in x}
@@ -134,9 +134,45 @@ def test_prompted_and_instruction_rows(data_dir):
   recs = pipeline.data_source(cfg.data, "world_vqa", "train")
   answers = set()
   for i in range(len(recs)):
-    answers.update(a.decode() for a in np.asarray(recs[i]["answers"]).reshape(-1))
+    answers.update(tok.decode(tok.encode(a.decode()))  # as the tokenizer can spell them
+                   for a in np.asarray(recs[i]["answers"]).reshape(-1))
   for b in range(16):
     assert _trained_text(tok, batch, b) in answers
+
+
+def test_nli_encoded_rows_match_the_evaluator_prompt(data_dir):
+  """Training rows: "P question: H" in one text-encoder item, then the plain
+  tail; the evaluator's prompt for the same record is the same tokens."""
+  cfg = testing.test_config("vl", "tiny", data_dir, mixture={"world_nli_encoded": 1.0},
+                            seq_len=96)
+  cfg.model.encoders.text.max_len = 64
+  batch, stats = pipeline.split_stats(next(pipeline.make_iterator(
+      cfg, "validation", batch_size=4, shuffle=False)))
+  assert stats["truncated_text"] == 0
+  tok = tok_lib.load_tokenizer(cfg)
+  model = metalm.build_model(cfg.model)
+  env = E.Env(cfg, model, None, tok, 0)
+  ev = E.resolve(dict(type="classify", source="world_nli_encoded"))
+  recs = pipeline.data_source(cfg.data, "world_nli_encoded", "validation")
+  tail = tok.encode(tasks.NLI_ENCODED_TAIL)
+  for b in range(4):
+    seg = batch["segment_ids"][b] > 0
+    toks, dock = batch["tokens"][b][seg], batch["dock_mask"][b][seg]
+    n_enc = int(dock.sum())
+    assert dock[1:1 + n_enc].all() and not dock[1 + n_enc:].any()  # one span after <s>
+    assert list(toks[1 + n_enc:1 + n_enc + len(tail)]) == tail
+    assert batch["encoders"]["text"]["mask"][b].sum() == n_enc
+    assert batch["encoders"]["text"]["mask"][b, 1:].sum() == 0  # one item
+  # Same record through the evaluator's format (shuffle=False: record order).
+  rec = recs[0]
+  fields = sources.SOURCES.get("world_nli_encoded").extract(rec, np.random.default_rng(0))
+  ex = E.FORMATS.get(E.format_of(ev)).make(fields, env, ev)
+  prompt = E.P.build_batch([ex.parts], tok, cfg.model)
+  seg = batch["segment_ids"][0] > 0
+  n = prompt["tokens"].shape[1]
+  np.testing.assert_array_equal(prompt["tokens"][0], batch["tokens"][0][seg][:n])
+  np.testing.assert_array_equal(prompt["dock_mask"][0], batch["dock_mask"][0][seg][:n])
+  assert ex.label == E.NLI_WORDS[int(rec["label"])]
 
 
 def test_pair_rows_dock_two_images(data_dir):

@@ -159,3 +159,6 @@ def _world_pair(r, rng):
 
 
 register("world_pair", Source("pair", _world_name, _WORLD_SPLITS, _world_pair, True))
+
+for _base in ("world_nli", "mnli"):
+  _variant(f"{_base}_encoded", _base, "nli_encoded")

@@ -262,13 +262,13 @@ class PrepareExample:
 #                     (each image on its own encoder item)
 
 PAIR_WORDS = ("true", "false")
-INSTRUCTION_TEMPLATES = {
-    "caption": ("caption:", "Summarize this image:", "Describe the picture in a sentence:"),
-    "vqa": ("question: {question} answer:", "{question} Answer briefly:",
-            "Look at the picture and answer the question. {question}"),
+INSTRUCTION_TEMPLATES = {  # lower case: the embedded world's tokenizer has no capitals
+    "caption": ("caption:", "summarize this image:", "describe the picture:"),
+    "vqa": ("question: {question} answer:", "{question} answer briefly:",
+            "look at the picture. {question}"),
     "nli": ("question: {hypothesis} true, false or neither? answer:",
-            "Does it follow that {hypothesis} Answer true, false or neither:",
-            "Hypothesis: {hypothesis} Is it true, false or neither given the text?"),
+            "does it follow that {hypothesis} true, false or neither:",
+            "hypothesis: {hypothesis} true, false or neither?"),
 }
 
 
@@ -394,3 +394,33 @@ def pair_task(ctx: Context, fields, rng, stats):
       row, ctx.model_cfg, {(ctx.vision, 0): pix[0], (ctx.vision, 1): pix[1]}, tok.pad)
   stats["examples"] += 1
   return {"ok": True, "row": out, "stats": stats}
+
+
+@TASKS.register("nli_encoded")
+def nli_encoded_task(ctx: Context, fields, rng, stats):
+  """<s> [premise question: H] true, false or neither? answer: L* </s>*
+  Premise and hypothesis go through one text-encoder item together (the
+  bidirectional encoder compares them; used with a frozen decoder)."""
+  if not ctx.text:
+    raise ValueError("task 'nli_encoded' needs config.data.spans.encoder (a text encoder)")
+  if fields["label"] not in (0, 1, 2):
+    return _fail(stats, "skipped_bad_label")
+  premise, hyp = fields["premise"].strip(), fields["hypothesis"].strip()
+  if not premise or not hyp:
+    return _fail(stats, "skipped_empty_text")
+  tok = ctx.tokenizer
+  row = spans_lib.Row(ctx.seq_len, tok.pad)
+  row.start_segment()
+  row.add_tokens([tok.bos], train=False)
+  tail = tok.encode(NLI_ENCODED_TAIL)
+  label = tok.encode(NLI_WORDS[fields["label"]]) + [tok.eod]
+  enc_len = batch_lib.slot_length(ctx.model_cfg.encoders[ctx.text])
+  ids = _fit(tok.encode(f"{premise} question: {hyp}"),
+             max(1, min(enc_len, row.room - len(tail) - len(label))), stats)
+  row.add_span(len(ids), ctx.text, 0, tokens=ids)
+  row.add_tokens(_fit(tail, row.room - len(label), stats), train=False)
+  row.add_tokens(label, train=True)
+  return _finish(ctx, row, None, stats)
+
+
+NLI_ENCODED_TAIL = "true, false or neither? answer:"

@@ -8,7 +8,8 @@ EVALUATORS, run by the trainer every `every_steps` and by eval-only runs
 Types (other fields and their defaults: DEFAULTS and `defaults(type)`):
   vqa       image, "question: Q answer:", generated answer; VQAv2 accuracy.
   caption   image, `prompt` ("Summarize this image:" zero-shot, "caption:"
-            after finetuning), generated caption; BLEU-4, CIDEr (pycocoevalcap).
+            after finetuning), generated caption; BLEU-4, CIDEr (pycocoevalcap),
+            METEOR / SPICE when `meteor` is None (auto: Java present) or True.
   classify  label word generated and label words ranked by log-likelihood
             (NLI and NLVR2-style pairs); accuracy both ways, chance, majority.
   icl       for k in `shots`: k demonstrations from the train split (each
@@ -61,7 +62,7 @@ DEFAULTS = dict(source="", split="validation", num_examples=64, batch_size=16, s
                 prompt="", format="", num_baseline_examples=256, bucket=16)
 _TYPE_DEFAULTS = {
     "vqa": dict(max_new_tokens=8),
-    "caption": dict(max_new_tokens=32, prompt="Summarize this image:"),
+    "caption": dict(max_new_tokens=32, prompt="Summarize this image:", meteor=None),
     "classify": dict(max_new_tokens=4),
     "icl": dict(shots=(0, 1, 4), demo_split="train", demo_pool=256, max_new_tokens=8),
     "loss": dict(num_batches=8, mixture=None),
@@ -185,6 +186,27 @@ def _nli(fields, env, ev):
   return Example(0, parts, word, [word], fields["label"])
 
 
+def _nli_encoded(fields, env, ev):
+  """Premise and hypothesis in one text-encoder item (tasks.nli_encoded_task)."""
+  from metalm_jax.data.tasks import NLI_ENCODED_TAIL
+  if fields["label"] not in (0, 1, 2):
+    return None
+  premise, hyp = fields["premise"].strip(), fields["hypothesis"].strip()
+  name = _text_encoder(env.model.cfg)
+  if not premise or not hyp:
+    return None
+  if name is None:
+    raise ValueError("format 'nli_encoded' needs exactly one 'bert' encoder in config.model.encoders")
+  text = f"{premise} question: {hyp}"
+  limit = batch_lib.slot_length(env.model.cfg.encoders[name])
+  ids = env.tokenizer.encode(text)
+  if len(ids) > limit:  # cut as the training rows are cut (counted there)
+    text = env.tokenizer.decode(ids[:limit])
+  word = NLI_WORDS[fields["label"]]
+  return Example(0, [P.EncodedText(text, encoder=name), P.Text(NLI_ENCODED_TAIL)], word, [word],
+                 fields["label"])
+
+
 def _pair(fields, env, ev):
   """NLVR2-style: two images, each on its own encoder item, then the statement."""
   if fields["label"] not in (0, 1):
@@ -202,6 +224,7 @@ def _pair(fields, env, ev):
 FORMATS.register("vqa")(Format(_vqa))
 FORMATS.register("caption")(Format(_caption))
 FORMATS.register("nli")(Format(_nli, NLI_WORDS))
+FORMATS.register("nli_encoded")(Format(_nli_encoded, NLI_WORDS))
 FORMATS.register("pair")(Format(_pair, PAIR_WORDS))
 
 
@@ -357,7 +380,7 @@ def eval_caption(env: Env, ev):
   preds = generate_texts(env, env.model, env.params, [e.parts for e in examples], ev)
   refs = {str(e.index): e.refs for e in examples}
   scores = metrics_lib.caption_metrics({str(e.index): p or "." for e, p in zip(examples, preds)},
-                                       refs)
+                                       refs, meteor=ev.meteor, spice=ev.meteor)
   out = {k: v for k, v in scores.items() if k in ("BLEU-4", "CIDEr", "METEOR", "SPICE")}
   out.update(examples=len(examples), skipped=skipped)
   if ev.num_baseline_examples:
@@ -413,6 +436,12 @@ def items_needed(parts: Sequence[Any], model_cfg) -> Dict[str, int]:
   return need
 
 
+def param_shapes(model):
+  """Abstract params (ShapeDtypeStructs, boxes removed) of `model`."""
+  dummy = jax.tree.map(jnp.asarray, batch_lib.dummy_batch(model.cfg, 1, 8))
+  return nn.meta.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), dummy)["params"]))
+
+
 def with_max_items(model, need: Dict[str, int]):
   """`model` rebuilt with encoders' max_items raised to `need` (same params:
   the encoders' parameters do not depend on max_items); `model` itself when
@@ -424,9 +453,7 @@ def with_max_items(model, need: Dict[str, int]):
   for n, k in need.items():
     new.encoders[n].max_items = max(k, cfg.encoders[n].max_items)
   bigger = metalm.build_model(new)
-  same = jax.tree.map(lambda a, b: a.shape == b.shape,
-                      metalm.abstract_variables(model)["params"],
-                      metalm.abstract_variables(bigger)["params"])
+  same = jax.tree.map(lambda a, b: a.shape == b.shape, param_shapes(model), param_shapes(bigger))
   if not all(jax.tree.leaves(same)):
     raise ValueError("raising encoders' max_items changed the parameter shapes; set "
                      f"model.encoders.<name>.max_items >= {need} in the config instead")
