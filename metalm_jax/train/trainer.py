@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
+from orbax.checkpoint import multihost as ocp_multihost
 
 from metalm_jax import batch as batch_lib
 from metalm_jax import params_io
@@ -233,6 +234,17 @@ class Trainer:
       return self.data.split_stats(batch)
     return batch, {}
 
+  def _compile_in_step(self, jitted, name: str, *args):
+    """Compiles ahead of the first call and, with several processes, waits for
+    all of them: a first collective must not wait out another process's
+    compilation (Gloo's context set-up times out after 30 s)."""
+    with self.mesh_context():
+      compiled = jitted.lower(*args).compile()
+    if jax.process_count() > 1:
+      sync = ocp_multihost.get_barrier_sync_fn()
+      sync(key=f"metalm_compiled_{name}", timeout_ms=3_600_000)
+    return compiled
+
   def mesh_context(self):
     """Mesh + logical-axis rules: wrap tracing and calls of jitted model code."""
     return _MeshRules(self.mesh, self.rules)
@@ -304,6 +316,8 @@ class Trainer:
           flops_ex = metrics_lib.flops_per_example(cfg.model, self.abstract_state["params"],
                                                    self.trainable, seq_len)
         batch = shard_lib.global_batch(local, self.mesh)
+        if step == start:
+          train_step = self._compile_in_step(train_step, "train_step", state, batch)
         with self.mesh_context():
           state, m = train_step(state, batch)
         m = jax.device_get(m)  # blocks every step (CPU collectives need it too)
@@ -357,8 +371,11 @@ class Trainer:
         local, _ = self._split(next(it))
       except StopIteration:
         break
+      batch = shard_lib.global_batch(local, self.mesh)
+      if hasattr(self._eval_fn, "lower"):  # still the jitted function: compile once
+        self._eval_fn = self._compile_in_step(self._eval_fn, "eval_step", params, batch)
       with self.mesh_context():
-        out = jax.device_get(self._eval_fn(params, shard_lib.global_batch(local, self.mesh)))
+        out = jax.device_get(self._eval_fn(params, batch))
       for k in tot:
         tot[k] += float(out[k])
     w = max(tot["weight"], 1.0)
