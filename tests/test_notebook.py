@@ -40,7 +40,6 @@ def test_notebook_runs_against_a_checkpoint(tmp_path, monkeypatch):
                       f"CONFIG_JSON = {cfg_json!r}\nCONFIG_FILE = ''\nNUM_IMAGES = 2\n"
                       "EVAL_EXAMPLES = 4\n")
   monkeypatch.setenv("PYTHONPATH", ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  monkeypatch.setenv("MPLBACKEND", "Agg")
   nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                           resources={"metadata": {"path": str(tmp_path)}}).execute()
 

@@ -63,7 +63,7 @@ DEFAULTS = dict(source="", split="validation", num_examples=64, batch_size=16, s
 _TYPE_DEFAULTS = {
     "vqa": dict(max_new_tokens=8),
     "caption": dict(max_new_tokens=32, prompt="Summarize this image:", meteor=None),
-    "classify": dict(max_new_tokens=4),
+    "classify": dict(max_new_tokens=8),  # label words can be several pieces
     "icl": dict(shots=(0, 1, 4), demo_split="train", demo_pool=256, max_new_tokens=8),
     "loss": dict(num_batches=8, mixture=None),
 }
