@@ -4,7 +4,8 @@ bidirectional language encoder (spans of the text go through the encoder).
     python -m metalm_jax.main --config=configs/pretrain_lang.py:size=tiny --workdir=/tmp/lang
     python -m metalm_jax.main --config=configs/pretrain_lang.py:size=paper --workdir=gs://...
 
-arg keys: size (tiny | paper), steps (0 = the size's default).
+arg keys: size (tiny | paper), steps (0 = the size's default),
+runlocal (a 100-step smoke run on one machine).
 size=paper is the paper's recipe: 300k steps of 1024 x 2048 tokens, Adam lr
 6e-4 with warm-up; the language encoder frozen except its top 2 layers
 (optimizer group `frozen_text_encoder`, a lookahead regex).
@@ -27,7 +28,7 @@ def frozen_encoder_regex(num_layers: int, top: int = 2, name: str = "text") -> s
 
 
 def get_config(arg=None):
-  a = common.parse_arg(arg, size="tiny", steps=0)
+  a = common.parse_arg(arg, size="tiny", steps=0, runlocal=False)
   if a.size not in SIZES:
     raise ValueError(f"config arg size={a.size!r} is unknown; known: {sorted(SIZES)}")
   model, data, batch, steps, lr, warm, log, ev, ck = SIZES[a.size]
@@ -47,4 +48,10 @@ def get_config(arg=None):
       regex=frozen_encoder_regex(enc_layers, min(2, enc_layers - 1)), frozen=True, lr_mult=1.0)}
   if a.size == "paper":
     c.mesh.update(data=1, fsdp=-1, tensor=1)
+  if a.runlocal:  # a quick smoke run of any size on one machine
+    c.total_steps = a.steps or 100
+    c.log_every, c.eval_every, c.checkpoint.every_steps = 5, 50, 50
+    c.batch_size = min(c.batch_size, 8)
+    c.optimizer.warmup_steps = min(c.optimizer.warmup_steps, 10)
+    c.mesh.update(data=-1, fsdp=1, tensor=1)
   return c

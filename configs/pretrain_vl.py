@@ -3,7 +3,8 @@
     python -m metalm_jax.main --config=configs/pretrain_vl.py:size=tiny --workdir=/tmp/vl
     python -m metalm_jax.main --config=configs/pretrain_vl.py:size=paper --workdir=gs://...
 
-arg keys: size (tiny | bench | paper), steps (0 = the size's default).
+arg keys: size (tiny | bench | paper), steps (0 = the size's default),
+runlocal (a 100-step smoke run on one machine).
 size=paper is the paper's recipe: 350k steps of 256 examples, AdamW
 b=(0.9, 0.98), wd 0.01, lr 1e-4 with 2.5k warm-up and linear decay, dropout 0.1
 (model preset), FSDP over all devices.
@@ -21,7 +22,7 @@ SIZES = {
 
 
 def get_config(arg=None):
-  a = common.parse_arg(arg, size="tiny", steps=0)
+  a = common.parse_arg(arg, size="tiny", steps=0, runlocal=False)
   if a.size not in SIZES:
     raise ValueError(f"config arg size={a.size!r} is unknown; known: {sorted(SIZES)}")
   model, data, batch, steps, lr, warm, decay, log, ev, ck = SIZES[a.size]
@@ -37,4 +38,10 @@ def get_config(arg=None):
                                           end_lr_frac=0.0 if decay == "linear" else 0.1)
   if a.size == "paper":
     c.mesh.update(data=1, fsdp=-1, tensor=1)
+  if a.runlocal:  # a quick smoke run of any size on one machine
+    c.total_steps = a.steps or 100
+    c.log_every, c.eval_every, c.checkpoint.every_steps = 5, 50, 50
+    c.batch_size = min(c.batch_size, 8)
+    c.optimizer.warmup_steps = min(c.optimizer.warmup_steps, 10)
+    c.mesh.update(data=-1, fsdp=1, tensor=1)
   return c

@@ -47,7 +47,8 @@ def test_sigterm_then_sigkill_then_resume_is_bit_exact(tmp_path, data_dir):
   log = H.tail(work, 10 ** 6)
   resumed = [int(line.rsplit(" ", 1)[1]) for line in log.splitlines()
              if line.startswith("resumed from")]  # the console line, not the log record
-  assert len(resumed) == 2 and stopped < resumed[1] <= killed_at
+  # The latest complete checkpoint (an async save cut by SIGKILL does not count).
+  assert len(resumed) == 2 and stopped <= resumed[1] <= killed_at
   got = H.losses(work)
   assert sorted(got) == list(range(1, 25))
   assert got == want  # bit-exact: the same float32 values at every step
