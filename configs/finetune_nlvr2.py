@@ -16,7 +16,7 @@ from configs import finetune_common as F
 
 SIZES = {
     # model, data, batch, steps, lr, warm-up, eval every, eval examples, seq_len
-    "tiny": ("tiny", "tiny", 16, 400, 5e-4, 20, 100, 128, 80),
+    "tiny": ("tiny", "tiny", 16, 400, 5e-4, 20, 100, 128, 128),
     "paper": ("paper_vl", "paper_vl", 128, 10_000, 1e-5, 0, 2000, 2000, 512),
 }
 

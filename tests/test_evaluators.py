@@ -235,6 +235,17 @@ def test_icl_evaluator_runs_all_shots(env):
     assert res[f"k{k}/accuracy"] == pytest.approx(acc)
 
 
+def test_icl_vqa_generates_with_extra_image_items(env):
+  ev = _ev(type="icl", source="world_vqa", num_examples=2, batch_size=2, demo_pool=4,
+           shots=(0, 1), max_new_tokens=2, bucket=96)
+  res, rows = E.EVALUATORS.get("icl")(env, ev)
+  for k in (0, 1):
+    acc = np.mean([metrics_lib.vqa_accuracy(r[f"k{k}"]["prediction"], r["references"])
+                   for r in rows])
+    assert res[f"k{k}/accuracy"] == pytest.approx(acc)
+  assert all(r["k1"]["prompt"].count("<image>") == 2 for r in rows)
+
+
 def test_loss_evaluator_matches_float64_cross_entropy(env):
   ev = _ev(type="loss", split="validation", batch_size=4, num_batches=1)
   res, _ = E.EVALUATORS.get("loss")(env, ev)

@@ -176,12 +176,13 @@ def test_nli_encoded_rows_match_the_evaluator_prompt(data_dir):
 
 
 def test_pair_rows_dock_two_images(data_dir):
-  cfg = testing.test_config("vl", "tiny", data_dir, mixture={"world_pair": 1.0}, seq_len=80)
+  cfg = testing.test_config("vl", "tiny", data_dir, mixture={"world_pair": 1.0}, seq_len=128)
   with pytest.raises(ValueError, match="max_items >= 2"):
     next(pipeline.make_iterator(cfg, "train", batch_size=2, shuffle=False))
   cfg.model.encoders.vision.max_items = 2
-  batch = pipeline.split_stats(next(pipeline.make_iterator(cfg, "train", batch_size=16,
-                                                           shuffle=False)))[0]
+  batch, stats = pipeline.split_stats(next(pipeline.make_iterator(cfg, "train", batch_size=16,
+                                                                  shuffle=False)))
+  assert stats["truncated_text"] == 0
   batch_lib.validate_batch(batch, cfg.model, cfg.model.decoder.vocab_size)
   tok = tok_lib.load_tokenizer(cfg)
   off = batch_lib.dock_offsets(cfg.model.encoders)["vision"]
@@ -196,6 +197,21 @@ def test_pair_rows_dock_two_images(data_dir):
     assert batch["encoders"]["vision"]["valid"][b].all()
     labels.append(_trained_text(tok, batch, b))
   assert set(labels) == {"true", "false"}
+  # The evaluator's prompt for a record is the training row up to "answer:".
+  env = E.Env(cfg, metalm.build_model(cfg.model), None, tok, 0)
+  ev = E.resolve(dict(type="classify", source="world_pair"))
+  rec_rng = np.random.default_rng([0, 0, 0])  # the pipeline's seed for (seed, component, index)
+  fields = sources.SOURCES.get("world_pair").extract(
+      pipeline.data_source(cfg.data, "world_pair", "train")[0], rec_rng)
+  ex = E.FORMATS.get(E.format_of(ev)).make(fields, env, ev)
+  prompt = E.P.build_batch([ex.parts], tok, cfg.model)
+  seg = batch["segment_ids"][0] > 0
+  n = prompt["tokens"].shape[1]
+  np.testing.assert_array_equal(prompt["tokens"][0], batch["tokens"][0][seg][:n])
+  np.testing.assert_array_equal(prompt["dock_index"][0], batch["dock_index"][0][seg][:n])
+  np.testing.assert_allclose(prompt["encoders"]["vision"]["pixels"][0],
+                             batch["encoders"]["vision"]["pixels"][0], atol=1e-6)
+  assert ex.label == _trained_text(tok, batch, 0)
   # Where the right image equals the left one (scene unchanged), the
   # statements' truth follows from the left scene's objects alone.
   from metalm_jax.data import images
