@@ -236,14 +236,26 @@ def test_icl_evaluator_runs_all_shots(env):
 
 
 def test_icl_vqa_generates_with_extra_image_items(env):
+  """Also under the trainer's mesh and logical rules (as run_evals runs there)."""
+  import flax.linen as nn
+  from metalm_jax.train import sharding as shard_lib
   ev = _ev(type="icl", source="world_vqa", num_examples=2, batch_size=2, demo_pool=4,
            shots=(0, 1), max_new_tokens=2, bucket=96)
-  res, rows = E.EVALUATORS.get("icl")(env, ev)
+  mesh = shard_lib.make_mesh(env.config.get("mesh") or dict(data=1, fsdp=1, tensor=1),
+                             jax.devices()[:1])
+  with jax.set_mesh(mesh), nn.logical_axis_rules(
+      shard_lib.rules_from_config(env.config.get("logical_rules") or _rules())):
+    res, rows = E.EVALUATORS.get("icl")(env, ev)
   for k in (0, 1):
     acc = np.mean([metrics_lib.vqa_accuracy(r[f"k{k}"]["prediction"], r["references"])
                    for r in rows])
     assert res[f"k{k}/accuracy"] == pytest.approx(acc)
   assert all(r["k1"]["prompt"].count("<image>") == 2 for r in rows)
+
+
+def _rules():
+  from configs import common
+  return common.logical_rules()
 
 
 def test_loss_evaluator_matches_float64_cross_entropy(env):

@@ -48,7 +48,9 @@ def test_configs_build_and_pass_checks(module, size):
 def test_nli_config_freezes_decoder_and_vision_only():
   c = finetune_nli.get_config("size=tiny")
   names = []
-  abstract = E.param_shapes(metalm.build_model(c.model))
+  model = metalm.build_model(c.model)
+  dummy = jax.tree.map(jax.numpy.asarray, batch_lib.dummy_batch(c.model, 1, 8))
+  abstract = state_lib.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), dummy))["params"])
   state_lib.map_with_names(lambda n, x: names.append(n), abstract)
   mask = dict(zip(names, jax.tree.leaves(state_lib.trainable_mask(abstract, c.optimizer))))
   for n, trainable in mask.items():
