@@ -20,10 +20,8 @@ def test_export_of_a_trainer_workdir(tmp_path):
   cfg.mesh.update(data=2, fsdp=2, tensor=2)
   cfg.sharding.min_fsdp_size = 1024
   trainer_lib.train(cfg, workdir, data=S)
-  run_cfg = os.path.join(workdir, "config.json")
-  if not os.path.exists(run_cfg):  # until the trainer writes its config itself
-    with open(run_cfg, "w") as f:
-      json.dump(json.loads(cfg.to_json()), f)
+  with open(os.path.join(workdir, "config.json")) as f:  # written by the trainer
+    assert json.load(f)["model"] == json.loads(cfg.model.to_json())
   assert export.main([f"--workdir={workdir}", f"--out={out}", "--seq_len=16"]) == 0
   got, meta = params_io.load_params(out)
   probe = S.tiny_train_config(total_steps=2, eval_every=0)

@@ -101,15 +101,20 @@ def build_model(model_cfg) -> MetaLM:
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
+def _dummy(model: MetaLM, batch_size: int, seq_len: int):
+  return jax.tree.map(jnp.asarray, batch_lib.dummy_batch(model.cfg, batch_size, seq_len))
+
+
 def init_variables(model: MetaLM, rng, batch_size: int = 1, seq_len: int = 8):
-  """Initialises params from a dummy batch of the contract's shapes."""
-  dummy = jax.tree.map(jnp.asarray, batch_lib.dummy_batch(model.cfg, batch_size, seq_len))
-  return jax.jit(model.init, compiler_options=FAST_COMPILE)(rng, dummy)
+  """Initialises params from a dummy batch of the contract's shapes (a
+  top-level call: it compiles its own jit)."""
+  return jax.jit(model.init, compiler_options=FAST_COMPILE)(rng, _dummy(model, batch_size, seq_len))
 
 
 def abstract_variables(model: MetaLM, batch_size: int = 1, seq_len: int = 8):
   """Shapes of the variables without allocating them (jax.eval_shape)."""
-  return jax.eval_shape(lambda: init_variables(model, jax.random.key(0), batch_size, seq_len))
+  dummy = _dummy(model, batch_size, seq_len)
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), dummy))
 
 
 def count_params(tree) -> int:

@@ -35,6 +35,7 @@ from metalm_jax.train import state as state_lib
 from metalm_jax.train import steps as steps_lib
 
 RESULTS_FILE = "final_metrics.json"
+RUN_CONFIG_FILE = "config.json"
 
 
 def _need(cond, field, value, why):
@@ -199,7 +200,8 @@ class Trainer:
         self.abstract_state["params"], self.shardings["params"], self.mesh,
         self.config.sharding.min_fsdp_size)
     self.trainable = state_lib.trainable_mask(self.abstract_state["params"], self.config.optimizer)
-    self._init_jit = jax.jit(init_state, out_shardings=self.shardings)
+    self._init_jit = jax.jit(init_state, out_shardings=self.shardings,
+                             compiler_options=metalm.FAST_COMPILE)
     self._rng = rng
 
   @property
@@ -250,9 +252,28 @@ class Trainer:
     return _MeshRules(self.mesh, self.rules)
 
   # ---- the run -----------------------------------------------------------
+  def write_run_config(self) -> str:
+    """WORKDIR/config.json: the run config, read by export and evaluation.
+    An empty data.tokenizer is replaced by the embedded tokenizer's path once
+    the pipeline has prepared it."""
+    cfg = json.loads(self.config.to_json_best_effort())
+    data = cfg.get("data") or {}
+    if not data.get("tokenizer") and "world" in data:
+      from metalm_jax.data import prepare
+      path = prepare.tokenizer_path(self.config.data, self.config.model.decoder.vocab_size)
+      if os.path.exists(path):
+        data["tokenizer"] = path
+    out = os.path.join(self.workdir, RUN_CONFIG_FILE)
+    if self.is_main:
+      with open(out + ".tmp", "w") as f:
+        json.dump(cfg, f, indent=2, sort_keys=True)
+      os.replace(out + ".tmp", out)
+    return out
+
   def run(self) -> Dict[str, float]:
     cfg = self.config
     train_iter = self._make_iter("train", cfg.batch_size, True, None) if self.total else None
+    self.write_run_config()
     ckpt = ckpt_lib.Checkpointer(self.workdir, cfg.checkpoint)
     start = 0
     if self.total and ckpt.latest_step() is not None:
