@@ -89,8 +89,9 @@ def main(argv=None):
       f"size=tiny,init={pre},steps={args.finetune_steps}"))
   vqa_cfg.evals.vqa.num_examples = 200
   # Extra (SPEC claim 4, not an acceptance item): in-context VQA after finetuning.
+  # k=4 does not fit the tiny decoder's 256 positions (5 images of 19 + text).
   vqa_cfg.evals.icl = dict(type="icl", source="world_vqa", every_steps=args.finetune_steps,
-                           shots=(0, 1, 4), num_examples=100)
+                           shots=(0, 1, 2), num_examples=100)
   vqa = _train(vqa_cfg, os.path.join(args.workdir, "vqa"))
 
   rows = [
@@ -110,7 +111,7 @@ def main(argv=None):
        "majority answer", vqa["vqa/majority_answer_accuracy"]),
   ]
   extra = [(f"in-context VQA accuracy after VQA finetuning, k={k}", vqa[f"icl/k{k}/accuracy"],
-            "majority answer", vqa["vqa/majority_answer_accuracy"]) for k in (0, 1, 4)]
+            "majority answer", vqa["vqa/majority_answer_accuracy"]) for k in (0, 1, 2)]
   rows += extra
   table = ["| claim | MetaLM tiny | baseline | baseline value |", "|---|---|---|---|"]
   table += [f"| {a} | {b:.3f} | {c} | {d:.3f} |" for a, b, c, d in rows]
