@@ -15,7 +15,8 @@ FLAGS = ["--config.total_steps=3", "--config.checkpoint.every_steps=100",
          "--config.data_shards=2"]
 
 
-@pytest.mark.slow  # ~3 CPU-min (two 8-device compiles); run with -m slow
+# ~1 min on 2 cores with the test compile flags of conftest.py; the only test of
+# the multi-process path, so it stays in the default run.
 def test_two_processes_match_one(tmp_path):
   data_dir = str(tmp_path / "data")
   one = tmp_path / "one_process"
