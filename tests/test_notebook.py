@@ -29,15 +29,13 @@ def test_notebook_runs_against_a_checkpoint(tmp_path, monkeypatch):
   c.eval_every = 2
   work = str(tmp_path / "run")
   trainer_lib.train(c, work, devices=jax.devices()[:1])
-  cfg_json = str(tmp_path / "config.json")
-  with open(cfg_json, "w") as f:
-    json.dump(c.to_dict(), f)
+  assert os.path.exists(os.path.join(work, "config.json"))  # the notebook reads it
 
   nb = nbformat.read(NOTEBOOK, as_version=4)
   params = [cell for cell in nb.cells if "parameters" in cell.metadata.get("tags", [])]
   assert len(params) == 1
   params[0].source = (f"REPO = {ROOT!r}\nINSTALL = False\nCHECKPOINT = {work!r}\n"
-                      f"CONFIG_JSON = {cfg_json!r}\nCONFIG_FILE = ''\nNUM_IMAGES = 2\n"
+                      "CONFIG_JSON = ''\nCONFIG_FILE = ''\nNUM_IMAGES = 2\n"
                       "EVAL_EXAMPLES = 4\n")
   monkeypatch.setenv("PYTHONPATH", ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
   nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
@@ -45,6 +43,8 @@ def test_notebook_runs_against_a_checkpoint(tmp_path, monkeypatch):
 
   code = [cell for cell in nb.cells if cell.cell_type == "code"]
   text = lambda cell: "".join(o.get("text", "") for o in _outputs(cell, "stream"))
+  assert "config from the checkpoint's config.json" in "".join(
+      o.get("text", "") for cell in code for o in _outputs(cell, "stream"))
   # Captions / answers: a figure and one printed dict per image.
   shown = next(cell for cell in code if "set_title" in cell.source)
   assert _outputs(shown, "image")
