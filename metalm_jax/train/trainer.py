@@ -361,18 +361,19 @@ class Trainer:
           if self.is_main:
             logging.info(progress.line(step, last))
             print(progress.line(step, last), flush=True)
+        if jax.process_count() > 1:  # every process stops at the same step
+          stop.requested = bool(multihost_utils.process_allgather(
+              np.int32(stop.requested)).max())
+        # Save before evaluating: a failing evaluator never loses trained steps.
+        if ckpt.should_save(step) or step == self.total or stop.requested:
+          ckpt.save(step, state, train_iter, force=True)
+        if stop.requested:
+          break
         due_loss = cfg.eval_every and (step % cfg.eval_every == 0 or step == self.total)
         ev = self._evaluate(state["params"], step, due_loss, self._evals_due(step))
         last.update(ev)
         if ev:
           progress.rates(step)  # eval time does not count as training time
-        if jax.process_count() > 1:  # every process stops at the same step
-          stop.requested = bool(multihost_utils.process_allgather(
-              np.int32(stop.requested)).max())
-        if ckpt.should_save(step) or step == self.total or stop.requested:
-          ckpt.save(step, state, train_iter, force=True)
-        if stop.requested:
-          break
     ckpt.close()
     return {"step": step, **last, "stopped_by_signal": float(stop.requested),
             "flops_per_example": flops_ex or 0.0, "peak_flops": peak}
