@@ -139,23 +139,7 @@ def majority_answer(answers: List[str]) -> str:
 
 @TASKS.register("vqa")
 def vqa_task(ctx: Context, fields, rng, stats):
-  if not ctx.vision:
-    raise ValueError("task 'vqa' needs an image encoder in config.model.encoders")
-  answers = [a.strip() for a in fields["answers"] if a and a.strip()]
-  question = fields["question"].strip()
-  if not question or not answers:
-    return _fail(stats, "skipped_empty_text")
-  pixels = _image(ctx, fields["image"], stats)
-  if pixels is None:
-    return {"ok": False, "stats": stats}
-  tok = ctx.tokenizer
-  row = spans_lib.Row(ctx.seq_len, tok.pad)
-  _image_head(ctx, row)
-  ans = tok.encode(majority_answer(answers)) + [tok.eod]
-  q = _fit(tok.encode(f"question: {question} answer:"), row.room - len(ans), stats)
-  row.add_tokens(q, train=False)
-  row.add_tokens(_fit(ans, row.room, stats), train=True)
-  return _finish(ctx, row, pixels, stats)
+  return _vqa_templated(ctx, fields, rng, stats, "question: {question} answer:")
 
 
 @TASKS.register("nli")
@@ -312,6 +296,8 @@ def vqa_instruct_task(ctx: Context, fields, rng, stats):
 
 
 def _vqa_templated(ctx: Context, fields, rng, stats, template: str):
+  if not ctx.vision:
+    raise ValueError("task 'vqa' needs an image encoder in config.model.encoders")
   answers = [a.strip() for a in fields["answers"] if a and a.strip()]
   question = fields["question"].strip()
   if not question or not answers:
