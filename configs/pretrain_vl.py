@@ -38,10 +38,6 @@ def get_config(arg=None):
                                           end_lr_frac=0.0 if decay == "linear" else 0.1)
   if a.size == "paper":
     c.mesh.update(data=1, fsdp=-1, tensor=1)
-  if a.runlocal:  # a quick smoke run of any size on one machine
-    c.total_steps = a.steps or 100
-    c.log_every, c.eval_every, c.checkpoint.every_steps = 5, 50, 50
-    c.batch_size = min(c.batch_size, 8)
-    c.optimizer.warmup_steps = min(c.optimizer.warmup_steps, 10)
-    c.mesh.update(data=-1, fsdp=1, tensor=1)
+  if a.runlocal:
+    config_defaults.runlocal(c, a.steps)
   return c

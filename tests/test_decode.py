@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from metalm_jax.evaluate import decode, prompts
-from tests.test_decode_fixtures import FakeTokenizer, tiny_model
+from tests.test_decode_fixtures import (  # noqa: F401  (autouse fixture)
+    FakeTokenizer, full_float32_matmuls, tiny_model)
 
 N_NEW = 6
 
@@ -49,14 +50,6 @@ def next_logprobs(model, params, batch, new_tokens, width=N_NEW):
 
 def take_rows(batch, rows):
   return jax.tree.map(lambda x: np.asarray(x)[rows], batch)
-
-
-@pytest.fixture(autouse=True)
-def full_float32_matmuls():
-  """GPUs default to reduced-precision float32 matmuls (TF32-like), which
-  moves log-probs by ~1e-3; the comparisons here are about float32 numerics."""
-  with jax.default_matmul_precision("highest"):
-    yield
 
 
 @pytest.fixture(scope="module")

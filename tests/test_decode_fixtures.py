@@ -3,6 +3,7 @@ tokenizer and one tiny model, initialised once per pytest process."""
 import functools
 
 import jax
+import pytest
 import numpy as np
 
 from metalm_jax.models import metalm
@@ -41,3 +42,11 @@ def tiny_model():
   model = metalm.build_model(small_model_cfg())
   params = metalm.init_variables(model, jax.random.key(1), 1, 8)["params"]
   return model, params
+
+
+@pytest.fixture(autouse=True)
+def full_float32_matmuls():
+  """GPUs default to reduced-precision float32 matmuls (TF32-like), which
+  moves log-probs by ~1e-3; the comparisons here are about float32 numerics."""
+  with jax.default_matmul_precision("highest"):
+    yield

@@ -8,21 +8,14 @@ import pytest
 
 from metalm_jax import batch as batch_lib
 from metalm_jax.evaluate import prompts, scoring
-from tests.test_decode_fixtures import FakeTokenizer, tiny_model
+from tests.test_decode_fixtures import (  # noqa: F401  (autouse fixture)
+    FakeTokenizer, full_float32_matmuls, tiny_model)
 
 
 def log_softmax64(x):
   x = np.asarray(x, np.float64)
   x = x - x.max(-1, keepdims=True)
   return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-
-@pytest.fixture(autouse=True)
-def full_float32_matmuls():
-  """GPUs default to reduced-precision float32 matmuls (TF32-like), which
-  moves log-probs by ~1e-3; the comparisons here are about float32 numerics."""
-  with jax.default_matmul_precision("highest"):
-    yield
 
 
 @pytest.fixture(scope="module")

@@ -88,6 +88,17 @@ def _fail(stats, key) -> Dict[str, Any]:
   return {"ok": False, "stats": stats}
 
 
+def _nli_fields(fields, stats):
+  """(premise, hypothesis, None), or (None, None, failure) for a bad label or
+  empty text (counted)."""
+  if fields["label"] not in (0, 1, 2):
+    return None, None, _fail(stats, "skipped_bad_label")
+  premise, hyp = fields["premise"].strip(), fields["hypothesis"].strip()
+  if not premise or not hyp:
+    return None, None, _fail(stats, "skipped_empty_text")
+  return premise, hyp, None
+
+
 def _image_head(ctx: Context, row: spans_lib.Row) -> None:
   tok = ctx.tokenizer
   t = batch_lib.slot_length(ctx.model_cfg.encoders[ctx.vision])
@@ -144,11 +155,9 @@ def vqa_task(ctx: Context, fields, rng, stats):
 
 @TASKS.register("nli")
 def nli_task(ctx: Context, fields, rng, stats):
-  if fields["label"] not in (0, 1, 2):
-    return _fail(stats, "skipped_bad_label")
-  premise, hyp = fields["premise"].strip(), fields["hypothesis"].strip()
-  if not premise or not hyp:
-    return _fail(stats, "skipped_empty_text")
+  premise, hyp, failed = _nli_fields(fields, stats)
+  if failed:
+    return failed
   tok = ctx.tokenizer
   row = spans_lib.Row(ctx.seq_len, tok.pad)
   row.start_segment()
@@ -318,11 +327,9 @@ def _vqa_templated(ctx: Context, fields, rng, stats, template: str):
 @TASKS.register("nli_instruct")
 def nli_instruct_task(ctx: Context, fields, rng, stats):
   template = _template("nli", rng)
-  if fields["label"] not in (0, 1, 2):
-    return _fail(stats, "skipped_bad_label")
-  premise, hyp = fields["premise"].strip(), fields["hypothesis"].strip()
-  if not premise or not hyp:
-    return _fail(stats, "skipped_empty_text")
+  premise, hyp, failed = _nli_fields(fields, stats)
+  if failed:
+    return failed
   tok = ctx.tokenizer
   row = spans_lib.Row(ctx.seq_len, tok.pad)
   row.start_segment()
@@ -389,11 +396,9 @@ def nli_encoded_task(ctx: Context, fields, rng, stats):
   bidirectional encoder compares them; used with a frozen decoder)."""
   if not ctx.text:
     raise ValueError("task 'nli_encoded' needs config.data.spans.encoder (a text encoder)")
-  if fields["label"] not in (0, 1, 2):
-    return _fail(stats, "skipped_bad_label")
-  premise, hyp = fields["premise"].strip(), fields["hypothesis"].strip()
-  if not premise or not hyp:
-    return _fail(stats, "skipped_empty_text")
+  premise, hyp, failed = _nli_fields(fields, stats)
+  if failed:
+    return failed
   tok = ctx.tokenizer
   row = spans_lib.Row(ctx.seq_len, tok.pad)
   row.start_segment()

@@ -46,3 +46,14 @@ def trainer_config() -> mlc.ConfigDict:
   c.evals = mlc.ConfigDict({}, type_safe=False)             # name -> {type, every_steps, ...}
   c.compilation_cache_dir = ""    # persistent XLA compilation cache; "" = off
   return c
+
+
+def runlocal(c: mlc.ConfigDict, steps: int = 0) -> mlc.ConfigDict:
+  """The `runlocal` arg of every training config: a quick smoke run of any
+  size on one machine (100 steps unless `steps`, small batch, one data axis)."""
+  c.total_steps = steps or 100
+  c.log_every, c.eval_every, c.checkpoint.every_steps = 5, 50, 50
+  c.batch_size = min(c.batch_size, 8)
+  c.optimizer.warmup_steps = min(c.optimizer.warmup_steps, 10)
+  c.mesh.update(data=-1, fsdp=1, tensor=1)
+  return c
