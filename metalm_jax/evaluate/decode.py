@@ -7,6 +7,9 @@ call (docking happens there), then one token per step is fed through
 `MetaLM.decode_tokens` inside a `jax.lax.while_loop`. Everything is jitted;
 compiled code is cached per (model, shapes, max_new_tokens, beam size);
 sampling settings, eos / pad ids and the length penalty are traced values.
+With `placement=` (metalm_jax/evaluate/placement.py) the loops are jitted with
+explicit shardings: params as placed (e.g. the trainer's FSDP / tensor
+shardings), prompt batch and outputs split over the mesh's batch axes.
 
 Outputs (`DecodeResult`):
   ids      int32 [B, max_new_tokens]: generated ids; the eos id is kept where
@@ -70,9 +73,12 @@ def _check(model: MetaLM, batch: Mapping[str, Any], max_new_tokens: int) -> None
   if max_new_tokens < 1:
     raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
   limit = model.cfg.decoder.max_len
-  if model.cfg.decoder.positions != "rotary":
+  positions = batch["positions"]
+  # A global array spanning processes cannot be read here; its builder checks
+  # the prompt lengths on the host (evaluators.prompt_seq_len).
+  if model.cfg.decoder.positions != "rotary" and getattr(positions, "is_fully_addressable", True):
     # Generated token i is fed at position last + 1 + i, i <= max_new_tokens - 2.
-    last = int(np.max(np.asarray(batch["positions"])[:, -1]))
+    last = int(np.max(np.asarray(positions)[:, -1]))
     if last + max_new_tokens > limit:
       raise ValueError(f"prompt position {last} + max_new_tokens={max_new_tokens} exceeds "
                        f"model.decoder.max_len={limit}")
@@ -113,8 +119,7 @@ def sample_logits(logits, rng, temperature, top_k, top_p):
   return jax.random.categorical(rng, x, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "sampling"))
-def _select_loop(model, params, batch, rng, settings, eos_id, pad_id, *, max_new_tokens,
+def _select_loop(params, batch, rng, settings, eos_id, pad_id, *, model, max_new_tokens,
                  sampling):
   b, length = batch["tokens"].shape
   n = max_new_tokens
@@ -154,26 +159,43 @@ def _eos(eos_id: Optional[int]) -> jax.Array:
   return jnp.int32(-1 if eos_id is None else eos_id)
 
 
+@functools.lru_cache(maxsize=None)
+def _plain_jit(fn, static_names):
+  return jax.jit(fn, static_argnames=static_names)
+
+
+def _loop(fn, placement, replicated_args: int, **static):
+  """fn(params, batch, *others, **static) jitted: with a `placement`
+  (evaluate/placement.py) under its explicit shardings (params as placed,
+  batch and outputs over the batch axes, others replicated), else plainly."""
+  if placement is None:
+    return functools.partial(_plain_jit(fn, tuple(sorted(static))), **static)
+  return functools.partial(placement.call, placement.jit(fn, replicated_args, **static))
+
+
 @DECODERS.register("greedy")
 def greedy(model: MetaLM, params, batch, *, max_new_tokens: int, eos_id: Optional[int],
-           pad_id: int = 0) -> DecodeResult:
-  """Arg-max decoding. `params` is the 'params' collection (boxed or not)."""
+           pad_id: int = 0, placement=None) -> DecodeResult:
+  """Arg-max decoding. `params` is the 'params' collection (boxed or not);
+  with a `placement`, params and batch are global arrays placed by it."""
   _check(model, batch, max_new_tokens)
   settings = (jnp.float32(1), jnp.int32(0), jnp.float32(1))
-  return _select_loop(model, params, batch, jax.random.key(0), settings, _eos(eos_id),
-                      jnp.int32(pad_id), max_new_tokens=max_new_tokens, sampling=False)
+  loop = _loop(_select_loop, placement, 4, model=model, max_new_tokens=max_new_tokens,
+               sampling=False)
+  return loop(params, batch, jax.random.key(0), settings, _eos(eos_id), jnp.int32(pad_id))
 
 
 @DECODERS.register("sample")
 def sample(model: MetaLM, params, batch, rng, *, max_new_tokens: int, eos_id: Optional[int],
            pad_id: int = 0, temperature: float = 1.0, top_k: int = 0,
-           top_p: float = 1.0) -> DecodeResult:
+           top_p: float = 1.0, placement=None) -> DecodeResult:
   """Ancestral sampling with temperature / top-k / top-p (see `sample_logits`)."""
   _check(model, batch, max_new_tokens)
   check_sampling(temperature, top_k, top_p)
   settings = (jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p))
-  return _select_loop(model, params, batch, rng, settings, _eos(eos_id), jnp.int32(pad_id),
-                      max_new_tokens=max_new_tokens, sampling=True)
+  loop = _loop(_select_loop, placement, 4, model=model, max_new_tokens=max_new_tokens,
+               sampling=True)
+  return loop(params, batch, rng, settings, _eos(eos_id), jnp.int32(pad_id))
 
 
 # ------------------------------------------------------------ beam search
@@ -182,8 +204,7 @@ def _gather_rows(tree, rows):
   return jax.tree.map(lambda x: x[rows] if x.ndim else x, tree)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "beam_size", "max_new_tokens"))
-def _beam_loop(model, params, batch, eos_id, pad_id, length_penalty, *, beam_size,
+def _beam_loop(params, batch, eos_id, pad_id, length_penalty, *, model, beam_size,
                max_new_tokens):
   b, length = batch["tokens"].shape
   k, n = beam_size, max_new_tokens
@@ -255,8 +276,8 @@ def _beam_loop(model, params, batch, eos_id, pad_id, length_penalty, *, beam_siz
 
 @DECODERS.register("beam")
 def beam_search(model: MetaLM, params, batch, *, beam_size: int, max_new_tokens: int,
-                eos_id: Optional[int], pad_id: int = 0,
-                length_penalty: float = 0.0) -> DecodeResult:
+                eos_id: Optional[int], pad_id: int = 0, length_penalty: float = 0.0,
+                placement=None) -> DecodeResult:
   """Beam search; returns the best finished hypothesis per row, ranked by
   sum log-prob / length ** length_penalty (length in generated tokens,
   eos included). Stops early once no alive beam can still win."""
@@ -264,9 +285,9 @@ def beam_search(model: MetaLM, params, batch, *, beam_size: int, max_new_tokens:
   vocab = model.cfg.decoder.vocab_size
   if not 1 <= beam_size <= vocab // 2:
     raise ValueError(f"beam_size={beam_size} must be in [1, vocab_size // 2 = {vocab // 2}]")
-  return _beam_loop(model, params, batch, _eos(eos_id), jnp.int32(pad_id),
-                    jnp.float32(length_penalty), beam_size=int(beam_size),
-                    max_new_tokens=max_new_tokens)
+  loop = _loop(_beam_loop, placement, 3, model=model, beam_size=int(beam_size),
+               max_new_tokens=max_new_tokens)
+  return loop(params, batch, _eos(eos_id), jnp.int32(pad_id), jnp.float32(length_penalty))
 
 
 def generate(model: MetaLM, params, batch, method: str = "greedy", **kwargs) -> DecodeResult:

@@ -22,7 +22,15 @@ Types (other fields and their defaults: DEFAULTS and `defaults(type)`):
 What the examples look like comes from FORMATS, keyed by the source's task
 (`sources.SOURCES[source].task`, or the evaluator's `format` field).
 
-Outputs, in <workdir>/evals/ (process 0 only):
+Multi-host: evaluators run under the trainer's mesh with its param shardings
+(`placement.Placement`; params are never gathered). Every process reads the
+same examples; each global batch (`batch_size` rounded up to a multiple of
+the batch shards, the last one padded) is split over the mesh's batch axes, so
+each process runs only its rows; generated ids and per-row scores / loss sums
+are gathered to every process, which computes the same metrics. An evaluation
+over no examples / tokens reports NaN and logs a warning.
+
+Outputs, in <workdir>/evals/ (process 0 only; a workdir may be gs://):
   step_<step>.json          {name: {metric: value}} for the evaluators run
   step_<step>.md            the same as a markdown table
   <name>_step_<step>.jsonl  one line per example: prompt, prediction, references
@@ -35,7 +43,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import flax.linen as nn
@@ -43,10 +50,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 
 from metalm_jax import batch as batch_lib
 from metalm_jax.evaluate import decode as decode_lib
 from metalm_jax.evaluate import metrics as metrics_lib
+from metalm_jax.evaluate import placement as placement_lib
 from metalm_jax.evaluate import prompts as P
 from metalm_jax.evaluate import scoring
 from metalm_jax.models import metalm
@@ -83,6 +92,12 @@ class Env:
   params: Any
   tokenizer: Any
   step: int
+  placement: Optional[placement_lib.Placement] = None  # default: the config's mesh
+
+  def placed(self) -> placement_lib.Placement:
+    if self.placement is None:
+      self.placement = placement_lib.Placement.from_config(self.config, self.model)
+    return self.placement
 
 
 @dataclasses.dataclass
@@ -259,8 +274,17 @@ def load_examples(env: Env, ev, split: str, num: int, seed: int) -> Tuple[List[E
   if skipped:
     logging.warning("evaluator on %s/%s: skipped %d unusable records", ev.source, split, skipped)
   if not out:
-    raise ValueError(f"evals: source {ev.source!r} split {split!r} gave no usable examples")
+    logging.warning("evaluator on %s/%s: no usable examples (num=%d); its metrics are NaN",
+                    ev.source, split, num)
   return out, skipped
+
+
+def mean(values: Sequence[float], what: str) -> float:
+  """Mean of `values`; NaN and a warning when there are none (never a perfect score)."""
+  if not len(values):
+    logging.warning("%s over no examples: NaN", what)
+    return float("nan")
+  return float(np.mean(values))
 
 
 # ------------------------------------------------------------ model running
@@ -275,52 +299,65 @@ def _chunks(items: Sequence[Any], size: int):
     yield chunk, len(chunk)
 
 
-def prompt_batch(env: Env, model, prompts: List[List[Any]], batch_size: int, bucket: int,
-                 room: int):
-  """Left-padded batch of `batch_size` rows (the last prompt repeats to fill),
-  its length rounded up to a multiple of `bucket` (fewer compiles) while
-  leaving `room` positions for generation."""
-  tok = env.tokenizer
-  filled = prompts + [prompts[-1]] * (batch_size - len(prompts))
-  raw = P.build_batch(filled, tok, model.cfg)
-  length = raw["tokens"].shape[1]
+def prompt_seq_len(env: Env, model, prompts: List[List[Any]], bucket: int, room: int) -> int:
+  """Width of a left-padded batch of `prompts` (the whole global batch, so
+  every process agrees): the longest rounded up to a multiple of `bucket`
+  (fewer compiles), leaving `room` positions for generated / scored tokens."""
+  length = max(P.prompt_lengths(prompts, env.tokenizer, model.cfg))
   limit = model.cfg.decoder.max_len - room
   if length > limit:
     raise ValueError(f"a prompt has {length} tokens; with {room} new tokens it exceeds "
                      f"model.decoder.max_len={model.cfg.decoder.max_len}")
-  return P.build_batch(filled, tok, model.cfg, seq_len=min(_bucket(length, bucket), limit))
+  return min(_bucket(length, bucket), limit)
 
 
 def generate_texts(env: Env, model, params, prompts: List[List[Any]], ev) -> List[str]:
   """Decoded continuation (up to eos) of every prompt, in order."""
-  tok, out = env.tokenizer, []
-  kw = dict(max_new_tokens=int(ev.max_new_tokens), eos_id=tok.eos, pad_id=tok.pad)
+  tok, pl = env.tokenizer, env.placed()
+  params = pl.put_params(params)
+  new = int(ev.max_new_tokens)
+  kw = dict(max_new_tokens=new, eos_id=tok.eos, pad_id=tok.pad, placement=pl)
   if ev.method == "beam":
     kw.update(beam_size=int(ev.beam_size), length_penalty=float(ev.length_penalty))
   elif ev.method != "greedy":
     raise ValueError(f"evals.*.method={ev.method!r}: evaluators decode with 'greedy' or 'beam'")
-  for chunk, n in _chunks(prompts, int(ev.batch_size)):
-    batch = prompt_batch(env, model, chunk, int(ev.batch_size), int(ev.bucket),
-                         int(ev.max_new_tokens))
-    res = decode_lib.generate(model, params, jax.tree.map(jnp.asarray, batch), ev.method, **kw)
-    ids, lengths = np.asarray(res.ids), np.asarray(res.lengths)
-    out += [tok.decode(ids[b, :lengths[b]]).strip() for b in range(n)]
-  return out
+
+  def build(chunk, local):
+    return P.build_batch(local, tok, model.cfg,
+                         seq_len=prompt_seq_len(env, model, chunk, int(ev.bucket), new))
+
+  def run(batch):
+    res = decode_lib.generate(model, params, batch, ev.method, **kw)
+    return res.ids, res.lengths
+
+  out = placement_lib.map_rows(pl, prompts, int(ev.batch_size), build, run)
+  if out is None:
+    return []
+  ids, lengths = out
+  return [tok.decode(ids[b, :lengths[b]]).strip() for b in range(len(prompts))]
 
 
 def rank_choices(env: Env, model, params, prompts: List[List[Any]], choices: Sequence[str],
                  ev) -> Tuple[np.ndarray, np.ndarray]:
   """(index of the most likely choice [N], summed log-probs [N, C]); each
   choice is scored as its tokens followed by eos."""
-  tok = env.tokenizer
+  tok, pl = env.tokenizer, env.placed()
+  params = pl.put_params(params)
   cand = [list(tok.encode(c)) + [tok.eos] for c in choices]
-  scores = []
-  for chunk, n in _chunks(prompts, int(ev.batch_size)):
-    batch = prompt_batch(env, model, chunk, int(ev.batch_size), int(ev.bucket),
-                         max(len(c) for c in cand))
-    s = scoring.score_choices(model, params, batch, cand, tok.pad)
-    scores.append(np.asarray(s.sum)[:n])
-  scores = np.concatenate(scores, 0)
+  width = max(len(c) for c in cand)
+
+  def build(chunk, local):
+    batch = P.build_batch(local, tok, model.cfg,
+                          seq_len=prompt_seq_len(env, model, chunk, int(ev.bucket), width))
+    return scoring.append_candidates(batch, [cand] * len(local), tok.pad, width)
+
+  def run(batch):
+    return scoring.sequence_logprobs(model, params, batch, placement=pl).sum
+
+  out = placement_lib.map_rows(pl, prompts, int(ev.batch_size), build, run,
+                               rows_per_item=len(cand))
+  scores = (np.zeros((0, len(cand)), np.float32) if out is None
+            else out.reshape(len(prompts), len(cand)))
   return scores.argmax(-1), scores
 
 
@@ -353,12 +390,12 @@ def _records(examples, preds, **extra) -> List[Dict[str, Any]]:
   return rows
 
 
-def _train_majority(env: Env, ev) -> Tuple[str, int]:
+def _train_majority(env: Env, ev) -> Tuple[Optional[str], int]:
   """The most frequent label text among the first train examples (a
-  prediction-free baseline); returns (label, examples looked at)."""
+  prediction-free baseline; None without any); returns (label, examples looked at)."""
   train, _ = load_examples(env, ev, "train", int(ev.num_baseline_examples), ev.seed + 1)
   counts = collections.Counter(ex.label for ex in train)
-  return counts.most_common(1)[0][0], len(train)
+  return (counts.most_common(1)[0][0] if train else None), len(train)
 
 
 @EVALUATORS.register("vqa")
@@ -366,11 +403,12 @@ def eval_vqa(env: Env, ev):
   examples, skipped = load_examples(env, ev, ev.split, int(ev.num_examples), ev.seed)
   preds = generate_texts(env, env.model, env.params, [e.parts for e in examples], ev)
   acc = [metrics_lib.vqa_accuracy(p, e.refs) for p, e in zip(preds, examples)]
-  out = {"accuracy": float(np.mean(acc)), "examples": len(examples), "skipped": skipped}
+  out = {"accuracy": mean(acc, "vqa accuracy"), "examples": len(examples), "skipped": skipped}
   if ev.num_baseline_examples:
     answer, _ = _train_majority(env, ev)
-    out["majority_answer_accuracy"] = float(np.mean(
-        [metrics_lib.vqa_accuracy(answer, e.refs) for e in examples]))
+    out["majority_answer_accuracy"] = mean(
+        [metrics_lib.vqa_accuracy(answer, e.refs) for e in examples if answer is not None],
+        "vqa majority-answer baseline")
   return out, _records(examples, preds, accuracy=acc)
 
 
@@ -379,17 +417,27 @@ def eval_caption(env: Env, ev):
   examples, skipped = load_examples(env, ev, ev.split, int(ev.num_examples), ev.seed)
   preds = generate_texts(env, env.model, env.params, [e.parts for e in examples], ev)
   refs = {str(e.index): e.refs for e in examples}
-  scores = metrics_lib.caption_metrics({str(e.index): p or "." for e, p in zip(examples, preds)},
-                                       refs, meteor=ev.meteor, spice=ev.meteor)
-  out = {k: v for k, v in scores.items() if k in ("BLEU-4", "CIDEr", "METEOR", "SPICE")}
-  out.update(examples=len(examples), skipped=skipped)
+  scores = _caption_scores({str(e.index): p or "." for e, p in zip(examples, preds)}, refs,
+                           ev.meteor, ("BLEU-4", "CIDEr", "METEOR", "SPICE"))
+  out = dict(scores, examples=len(examples), skipped=skipped)
   if ev.num_baseline_examples:
     fixed, _ = _train_majority(env, ev)
-    base = metrics_lib.caption_metrics({str(e.index): fixed for e in examples}, refs,
-                                       meteor=False, spice=False)
+    base = _caption_scores({str(e.index): fixed for e in examples if fixed is not None}, refs,
+                           False, ("BLEU-4", "CIDEr"))
     out["fixed_caption_BLEU-4"] = base["BLEU-4"]
     out["fixed_caption_CIDEr"] = base["CIDEr"]
   return out, _records(examples, preds)
+
+
+def _caption_scores(preds: Dict[str, str], refs: Dict[str, List[str]], meteor,
+                    keys: Sequence[str]) -> Dict[str, float]:
+  """pycocoevalcap scores `keys` (those it computed); NaN and a warning with no captions."""
+  if not preds:
+    logging.warning("caption metrics over no examples: NaN")
+    return {k: float("nan") for k in keys if k in ("BLEU-4", "CIDEr")}
+  scores = metrics_lib.caption_metrics(preds, {k: refs[k] for k in preds}, meteor=meteor,
+                                       spice=meteor)
+  return {k: v for k, v in scores.items() if k in keys}
 
 
 def _classify_metrics(env, model, params, examples, prompts, choices, ev, suffix=""):
@@ -397,8 +445,8 @@ def _classify_metrics(env, model, params, examples, prompts, choices, ev, suffix
   gen = generate_texts(env, model, params, prompts, ev)
   gen_ok = np.array([clean_label(g) == choices[y] for g, y in zip(gen, labels)])
   ranked, scores = rank_choices(env, model, params, prompts, choices, ev)
-  out = {f"accuracy_generate{suffix}": float(gen_ok.mean()),
-         f"accuracy_rank{suffix}": float((ranked == labels).mean())}
+  out = {f"accuracy_generate{suffix}": mean(gen_ok, "classify accuracy (generated)"),
+         f"accuracy_rank{suffix}": mean(ranked == labels, "classify accuracy (ranked)")}
   return out, gen, ranked, gen_ok
 
 
@@ -411,8 +459,10 @@ def eval_classify(env: Env, ev):
   out, gen, ranked, gen_ok = _classify_metrics(env, env.model, env.params, examples,
                                                [e.parts for e in examples], fmt.choices, ev)
   labels = [e.label_id for e in examples]
+  top = collections.Counter(labels).most_common(1)
   out.update(chance=1.0 / len(fmt.choices),
-             majority_class=collections.Counter(labels).most_common(1)[0][1] / len(labels),
+             majority_class=mean([int(y == top[0][0]) for y in labels] if top else [],
+                                 "classify majority class"),
              examples=len(examples), skipped=skipped)
   return out, _records(examples, gen, ranked=[fmt.choices[i] for i in ranked],
                        generated_correct=[bool(x) for x in gen_ok])
@@ -486,17 +536,17 @@ def eval_icl(env: Env, ev):
     if fmt.choices:
       labels = np.array([e.label_id for e in examples])
       ranked, _ = rank_choices(env, model, env.params, prompts, fmt.choices, ev)
-      out[f"k{k}/accuracy"] = float((ranked == labels).mean())
+      out[f"k{k}/accuracy"] = mean(ranked == labels, f"icl k={k} accuracy")
       preds = [fmt.choices[i] for i in ranked]
     else:
       preds = generate_texts(env, model, env.params, prompts, ev)
       if fmt_name == "vqa":
-        out[f"k{k}/accuracy"] = float(np.mean(
-            [metrics_lib.vqa_accuracy(p, e.refs) for p, e in zip(preds, examples)]))
+        out[f"k{k}/accuracy"] = mean(
+            [metrics_lib.vqa_accuracy(p, e.refs) for p, e in zip(preds, examples)],
+            f"icl k={k} accuracy")
       else:
-        s = metrics_lib.caption_metrics(
-            {str(e.index): p or "." for e, p in zip(examples, preds)},
-            {str(e.index): e.refs for e in examples}, meteor=False, spice=False)
+        s = _caption_scores({str(e.index): p or "." for e, p in zip(examples, preds)},
+                            {str(e.index): e.refs for e in examples}, False, ("BLEU-4", "CIDEr"))
         out[f"k{k}/CIDEr"], out[f"k{k}/BLEU-4"] = s["CIDEr"], s["BLEU-4"]
     for row, pr, p in zip(rows, prompts, preds):
       row[f"k{k}"] = {"prompt": _prompt_text(pr), "prediction": p}
@@ -505,37 +555,49 @@ def eval_icl(env: Env, ev):
 
 # --------------------------------------------------------------------- loss
 
-@jax.jit
-def _loss_sums(logits, targets, mask):
+def _row_loss(params, batch, *, model):
+  """Per row: summed token cross-entropy over loss_mask and the token count."""
+  logits = model.apply({"params": params}, batch)
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
-  nll = -jnp.take_along_axis(logp, targets[..., None], -1)[..., 0]
-  mask = mask.astype(jnp.float32)
-  return (nll * mask).sum(), mask.sum()
+  nll = -jnp.take_along_axis(logp, batch["targets"][..., None], -1)[..., 0]
+  mask = batch["loss_mask"].astype(jnp.float32)
+  return (nll * mask).sum(-1), mask.sum(-1)
 
 
 @EVALUATORS.register("loss")
 def eval_loss(env: Env, ev):
+  """Every process reads the same pipeline batches and runs its rows of each;
+  per-row sums are gathered and added in float64 (independent of the mesh)."""
   from metalm_jax.data import pipeline
   config = ml_collections.ConfigDict(env.config.to_dict())
   if ev.mixture:
     config.data.mixture = dict(ev.mixture)
-  it = pipeline.make_iterator(config, ev.split, batch_size=int(ev.batch_size), shuffle=False,
-                              num_epochs=1, seed=int(ev.seed))
-  fwd = jax.jit(lambda p, b: env.model.apply({"params": p}, b))
+  size = int(ev.batch_size)
+  it = pipeline.make_iterator(config, ev.split, batch_size=size, shuffle=False, num_epochs=1,
+                              seed=int(ev.seed))
+  pl = env.placed()
+  params = pl.put_params(env.params)
+  fn = pl.jit(_row_loss, model=env.model)
   total, count, batches = 0.0, 0.0, 0
   for _ in range(int(ev.num_batches)):
     try:
       batch, _ = pipeline.split_stats(next(it))
     except StopIteration:
       break
-    batch = jax.tree.map(jnp.asarray, batch)
-    s, n = _loss_sums(fwd(env.params, batch), batch["targets"], batch["loss_mask"])
-    total, count, batches = total + float(s), count + float(n), batches + 1
-  if not count:
-    raise ValueError(f"evals loss: split {ev.split!r} gave no trained tokens")
-  loss = total / count
-  return {"loss": loss, "perplexity": math.exp(min(loss, 80.0)), "tokens": count,
-          "batches": batches}, []
+    take = lambda chunk, local, batch=batch: jax.tree.map(lambda x: np.asarray(x)[local], batch)
+    s, n = placement_lib.map_rows(pl, list(range(size)), size, take,
+                                  lambda g: pl.call(fn, params, g))
+    total += float(np.sum(s, dtype=np.float64))
+    count += float(np.sum(n, dtype=np.float64))
+    batches += 1
+  if count:
+    loss = total / count
+    perplexity = math.exp(min(loss, 80.0))
+  else:
+    logging.warning("evals loss: split %r gave no trained tokens (%d batches); loss is NaN",
+                    ev.split, batches)
+    loss = perplexity = float("nan")
+  return {"loss": loss, "perplexity": perplexity, "tokens": count, "batches": batches}, []
 
 
 # ------------------------------------------------------------------ running
@@ -565,27 +627,29 @@ def markdown_table(results: Dict[str, Dict[str, float]]) -> str:
   return "\n".join(lines) + "\n"
 
 
-def write_results(workdir: str, step: int, results, predictions) -> str:
-  """Writes step_<step>.json / .md and <name>_step_<step>.jsonl; returns the dir."""
-  out = os.path.join(workdir, "evals")
-  os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, f"step_{step}.json"), "w") as f:
-    json.dump({"step": step, "results": results}, f, indent=2, sort_keys=True)
-  with open(os.path.join(out, f"step_{step}.md"), "w") as f:
-    f.write(f"## Evaluation at step {step}\n\n" + markdown_table(results))
+def write_results(workdir, step: int, results, predictions) -> epath.Path:
+  """Writes step_<step>.json / .md and <name>_step_<step>.jsonl (each file in
+  one write: a workdir may be an object store); returns the dir."""
+  out = epath.Path(workdir) / "evals"
+  out.mkdir(parents=True, exist_ok=True)
+  (out / f"step_{step}.json").write_text(
+      json.dumps({"step": step, "results": results}, indent=2, sort_keys=True))
+  (out / f"step_{step}.md").write_text(f"## Evaluation at step {step}\n\n"
+                                       + markdown_table(results))
   for name, rows in predictions.items():
     if rows:
-      with open(os.path.join(out, f"{name}_step_{step}.jsonl"), "w") as f:
-        for row in rows:
-          f.write(json.dumps(row, default=float) + "\n")
+      (out / f"{name}_step_{step}.jsonl").write_text(
+          "".join(json.dumps(row, default=float) + "\n" for row in rows))
   return out
 
 
-def run_evals(config, model, params, step: int, workdir: str,
-              names: Optional[Sequence[str]] = None) -> Dict[str, float]:
+def run_evals(config, model, params, step: int, workdir, names: Optional[Sequence[str]] = None,
+              placement: Optional[placement_lib.Placement] = None) -> Dict[str, float]:
   """Runs the evaluators of `config.evals` due at `step` (step divisible by
   their every_steps; all of them at step 0), or those in `names`; writes
-  their results and predictions; returns {"<name>/<metric>": value}."""
+  their results and predictions (process 0); returns {"<name>/<metric>": value}
+  on every process. `placement`: the trainer's mesh, rules and param
+  shardings (default: the config's mesh over all devices). Every process calls it."""
   from metalm_jax.data import tokenizer as tok_lib
   evals = dict(config.get("evals") or {})
   if names is None:
@@ -595,7 +659,9 @@ def run_evals(config, model, params, step: int, workdir: str,
     raise ValueError(f"evals {missing} are not in config.evals ({sorted(evals)})")
   if not names:
     return {}
-  env = Env(config, model, nn.meta.unbox(params), tok_lib.load_tokenizer(config), step)
+  placement = placement or placement_lib.Placement.from_config(config, model)
+  env = Env(config, model, placement.put_params(nn.meta.unbox(params)),
+            tok_lib.load_tokenizer(config), step, placement)
   results, predictions = {}, {}
   for name in names:
     ev = resolve(evals[name])

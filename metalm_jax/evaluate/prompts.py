@@ -132,11 +132,7 @@ def _fill_encoder(enc: Dict[str, np.ndarray], cfg, b: int, items: List[Any]) -> 
       enc["mask"][b, n, :len(value)] = True
 
 
-def build_batch(prompts: Sequence[Sequence[Part]], tokenizer, model_cfg,
-                seq_len: Optional[int] = None, add_bos: bool = True) -> Dict[str, Any]:
-  """Numpy batch (contract of metalm_jax/batch.py), one row per prompt, LEFT
-  padded to `seq_len` (default: the longest prompt). Positions count from each
-  row's first real token; targets are the next input token; loss_mask is 0."""
+def _rows(prompts: Sequence[Sequence[Part]], tokenizer, model_cfg, add_bos: bool) -> List[_Row]:
   if not prompts:
     raise ValueError("prompts is empty")
   offsets = batch_lib.dock_offsets(model_cfg.encoders)
@@ -148,6 +144,21 @@ def build_batch(prompts: Sequence[Sequence[Part]], tokenizer, model_cfg,
     if not row.tokens:
       raise ValueError("a prompt has no tokens (empty parts and add_bos=False)")
     rows.append(row)
+  return rows
+
+
+def prompt_lengths(prompts: Sequence[Sequence[Part]], tokenizer, model_cfg,
+                   add_bos: bool = True) -> List[int]:
+  """Decoder positions each prompt takes in `build_batch` (without padding)."""
+  return [len(r.tokens) for r in _rows(prompts, tokenizer, model_cfg, add_bos)]
+
+
+def build_batch(prompts: Sequence[Sequence[Part]], tokenizer, model_cfg,
+                seq_len: Optional[int] = None, add_bos: bool = True) -> Dict[str, Any]:
+  """Numpy batch (contract of metalm_jax/batch.py), one row per prompt, LEFT
+  padded to `seq_len` (default: the longest prompt). Positions count from each
+  row's first real token; targets are the next input token; loss_mask is 0."""
+  rows = _rows(prompts, tokenizer, model_cfg, add_bos)
   longest = max(len(r.tokens) for r in rows)
   seq_len = longest if seq_len is None else seq_len
   if longest > seq_len:

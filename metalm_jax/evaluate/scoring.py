@@ -8,7 +8,6 @@ predict candidate tokens. `sequence_logprobs` is one full forward pass.
 """
 from __future__ import annotations
 
-import functools
 from typing import Any, Dict, Mapping, NamedTuple, Sequence
 
 import jax
@@ -24,16 +23,27 @@ class Scores(NamedTuple):
   count: Any  # float32 [...]: number of candidate tokens
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
-def sequence_logprobs(model: MetaLM, params, batch) -> Scores:
-  """Per row: log-probs of `targets` summed over `loss_mask` (one forward)."""
+def _sequence_logprobs(params, batch, *, model: MetaLM) -> Scores:
   logits = model.apply({"params": params}, batch)
   logp = jax.nn.log_softmax(logits, -1)
   tok = jnp.take_along_axis(logp, batch["targets"][..., None], -1)[..., 0]
   mask = batch["loss_mask"].astype(jnp.float32)
   total = (tok * mask).sum(-1)
   count = mask.sum(-1)
-  return Scores(total, total / jnp.maximum(count, 1.0), count)
+  return Scores(total, jnp.where(count > 0, total / count, jnp.nan), count)  # no tokens: NaN
+
+
+_jitted = jax.jit(_sequence_logprobs, static_argnames=("model",))
+
+
+def sequence_logprobs(model: MetaLM, params, batch, placement=None) -> Scores:
+  """Per row: log-probs of `targets` summed over `loss_mask` (one forward);
+  the mean is NaN for a row with no scored tokens. With a `placement`
+  (evaluate/placement.py), params and batch are global arrays placed by it
+  and the jit has its explicit shardings."""
+  if placement is None:
+    return _jitted(params, batch, model=model)
+  return placement.call(placement.jit(_sequence_logprobs, model=model), params, batch)
 
 
 def append_candidates(prompt_batch: Mapping[str, Any], candidates: Sequence[Sequence[Sequence[int]]],

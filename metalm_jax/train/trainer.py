@@ -418,9 +418,11 @@ class Trainer:
   def _run_evals(self, params, step: int) -> Dict[str, float]:
     if not self.config.evals:
       return {}
-    from metalm_jax.evaluate import evaluators  # issue 6; imported only when configured
+    from metalm_jax.evaluate import evaluators, placement  # imported only when configured
+    where = placement.Placement(self.mesh, self.rules, self.shardings["params"])
     with self.mesh_context():
-      out = evaluators.run_evals(self.config, self.model, params, step, self.workdir)
+      out = evaluators.run_evals(self.config, self.model, params, step, self.workdir,
+                                 placement=where)
     return {k: float(v) for k, v in out.items()}
 
 
