@@ -289,3 +289,85 @@ def test_config_errors_name_the_field(env, tmp_path):
   env.config.evals = {"v": dict(type="vqa", source="world_vqa", every_steps=1)}
   with pytest.raises(ValueError, match="not in config.evals"):
     E.run_evals(env.config, env.model, env.params, 0, str(tmp_path), names=["w"])
+
+
+def _placement(env, devices, mesh):
+  from metalm_jax.evaluate import placement as placement_lib
+  from metalm_jax.train import sharding as shard_lib
+  m = shard_lib.make_mesh(mesh, devices)
+  rules = shard_lib.rules_from_config(_rules())
+  boxed = metalm.abstract_variables(env.model)["params"]
+  return placement_lib.Placement(m, rules, shard_lib.logical_shardings(boxed, m, rules))
+
+
+def _run(env, placement, evs):
+  e = E.Env(env.config, env.model, placement.put_params(env.params), env.tokenizer, 0, placement)
+  return {name: E.EVALUATORS.get(ev.type)(e, ev) for name, ev in evs.items()}
+
+
+def test_evaluators_keep_params_sharded_and_pad_uneven_batches(env, monkeypatch):
+  """Under a 2x2x2 mesh (FSDP + tensor-parallel params, batch over data x
+  fsdp = 4 shards) every jitted call gets the params with their shardings
+  (never gathered) and batches split over the batch axes; 5 examples in
+  batches of 4 rows (the last padded) and loss batches of 3 rows (padded to
+  4) give what one unsharded device gives with all rows in one batch."""
+  from metalm_jax.evaluate import placement as placement_lib
+  from jax.sharding import NamedSharding
+  sharded = _placement(env, jax.devices(), dict(data=2, fsdp=2, tensor=2))
+  single = _placement(env, jax.devices()[:1], dict(data=1, fsdp=1, tensor=1))
+  assert sharded.shards == 4 and single.shards == 1
+  common = dict(num_examples=5, max_new_tokens=3, num_baseline_examples=0)
+  evs = lambda bs: {"vqa": _ev(type="vqa", source="world_vqa", batch_size=bs, **common),
+                    "classify": _ev(type="classify", source="world_nli", batch_size=bs, **common),
+                    "loss": _ev(type="loss", split="validation", batch_size=3, num_batches=2)}
+  calls = []
+  real_call = placement_lib.Placement.call
+
+  def spy(self, jitted, *args):
+    calls.append((self, args))
+    return real_call(self, jitted, *args)
+
+  monkeypatch.setattr(placement_lib.Placement, "call", spy)
+  got = _run(env, sharded, evs(2))  # batch_size 2 -> 4 rows (the batch shards)
+  assert {id(p) for p, _ in calls} == {id(sharded)}
+  is_sh = lambda x: isinstance(x, NamedSharding)
+  want = jax.tree.leaves(sharded.params, is_leaf=is_sh)
+  split = 0
+  for _, (params, batch, *_) in calls:
+    leaves = jax.tree.leaves(params)
+    assert [x.sharding for x in leaves] == want
+    split += sum(x.addressable_shards[0].data.size < x.size for x in leaves)
+    for x in jax.tree.leaves(batch):
+      assert x.sharding == sharded.batch and x.shape[0] % 4 == 0
+      assert x.addressable_shards[0].data.shape[0] == x.shape[0] // 4
+  assert split >= len(calls) * 10  # embeddings, attention and MLP kernels are split
+  # The compiled functions were declared with these shardings.
+  compiled = [c for c in placement_lib._COMPILED.values()
+              if jax.tree.leaves(c.input_shardings[0][1], is_leaf=is_sh)[0].mesh == sharded.mesh]
+  assert len(compiled) >= 3  # decoding, scoring, loss
+  for c in compiled:
+    assert jax.tree.leaves(c.input_shardings[0][0], is_leaf=is_sh) == want
+    assert all(s == sharded.batch for s in jax.tree.leaves(c.input_shardings[0][1], is_leaf=is_sh))
+    assert all(s == sharded.batch for s in jax.tree.leaves(c.output_shardings, is_leaf=is_sh))
+
+  ref = _run(env, single, evs(5))
+  for name in ("vqa", "classify"):
+    assert got[name][1] == ref[name][1]  # predictions, in order, 5 of them
+    assert len(got[name][1]) == 5
+    assert got[name][0] == pytest.approx(ref[name][0], abs=1e-9)
+  assert got["loss"][0]["tokens"] == ref["loss"][0]["tokens"]
+  assert got["loss"][0]["loss"] == pytest.approx(ref["loss"][0]["loss"], rel=1e-5)
+
+
+def test_empty_evaluation_is_nan_with_a_warning(env, caplog):
+  """No tokens / no examples: NaN and a logged warning, never a perfect score."""
+  res, _ = E.EVALUATORS.get("loss")(env, _ev(type="loss", split="validation", num_batches=0))
+  assert np.isnan(res["loss"]) and np.isnan(res["perplexity"]) and res["tokens"] == 0
+  assert "gave no trained tokens" in caplog.text
+  res, rows = E.EVALUATORS.get("vqa")(env, _ev(type="vqa", source="world_vqa", num_examples=0,
+                                               num_baseline_examples=0))
+  assert np.isnan(res["accuracy"]) and res["examples"] == 0 and rows == []
+  res, _ = E.EVALUATORS.get("classify")(env, _ev(type="classify", source="world_nli",
+                                                 num_examples=0))
+  assert np.isnan(res["accuracy_rank"]) and np.isnan(res["accuracy_generate"])
+  assert "over no examples" in caplog.text

@@ -187,6 +187,10 @@ def map_rows(placement: Placement, items: Sequence[Any], batch_size: int,
     logging.info("evaluation batch %d padded to %d (a multiple of the %d batch shards)",
                  batch_size, size, placement.shards)
   mine = placement.process_rows(size)
+  contiguous = list(mine) == list(range(mine[0], mine[-1] + 1))
+  logging.info("evaluation: process %d of %d runs rows %s of every global batch of %d",
+               jax.process_index(), jax.process_count(),
+               f"{mine[0]}..{mine[-1]}" if contiguous else list(mine), size)
   outs = []
   for start in range(0, n, size):
     chunk = [items[min(start + i, n - 1)] for i in range(size)]  # padded with the last item
