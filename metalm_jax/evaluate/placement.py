@@ -54,9 +54,16 @@ class Placement:
   @classmethod
   def from_config(cls, config, model) -> "Placement":
     """The run config's mesh (all devices) and logical rules; param
-    shardings from the model's logical axis names (as the trainer derives them)."""
+    shardings from the model's logical axis names (as the trainer derives
+    them). A mesh that does not fit the devices here (a run config from
+    another machine) becomes data parallel over all of them."""
     from metalm_jax.models import metalm
-    mesh = shard_lib.make_mesh(config.get("mesh") or dict(data=-1, fsdp=1, tensor=1))
+    data_parallel = dict(data=-1, fsdp=1, tensor=1)
+    try:
+      mesh = shard_lib.make_mesh(config.get("mesh") or data_parallel)
+    except ValueError as e:
+      logging.info("evaluation: %s; using mesh %s", e, data_parallel)
+      mesh = shard_lib.make_mesh(data_parallel)
     rules = (shard_lib.rules_from_config(config.logical_rules) if config.get("logical_rules")
              else DEFAULT_RULES)
     boxed = metalm.abstract_variables(model)["params"]
