@@ -3,7 +3,6 @@ metrics recomputed independently from the written predictions, generation
 and label ranking against unbatched float64 references, the ICL layout,
 the loss evaluator against a float64 cross-entropy, output files, errors."""
 import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +12,6 @@ import pytest
 from metalm_jax import batch as batch_lib
 from metalm_jax.data import pipeline, testing
 from metalm_jax.data import tokenizer as tok_lib
-from metalm_jax.evaluate import decode as decode_lib
 from metalm_jax.evaluate import evaluators as E
 from metalm_jax.evaluate import metrics as metrics_lib
 from metalm_jax.evaluate import prompts as P
