@@ -13,6 +13,8 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from metalm_jax.train import nonfinite
+
 CKPT_SUBDIR = "checkpoints"
 
 
@@ -73,6 +75,7 @@ class Checkpointer:
   def save(self, step: int, state, data_iter, force: bool = False) -> bool:
     if step in self.manager.all_steps():
       return False
+    nonfinite.check_finite(state, step)  # never write a NaN/Inf checkpoint
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                               data_iter=grain.checkpoint.CheckpointSave(_IterSnapshot(data_iter)))
     return self.manager.save(step, args=args, force=force)

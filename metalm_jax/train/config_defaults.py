@@ -36,6 +36,7 @@ def trainer_config() -> mlc.ConfigDict:
   c.eval_batch_size = 0           # 0 = batch_size
   c.data_shards = 0               # pipeline shards; 0 = one per process (see train/input.py)
   c.optimizer = optimizer()
+  c.max_nonfinite_steps = 3       # skipped NaN/Inf steps in a row before the run stops
   c.mesh = mlc.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # -1 = infer from devices
   c.logical_rules = common.logical_rules()
   c.sharding = mlc.ConfigDict(dict(min_fsdp_size=2 ** 14))  # start-up check threshold

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import signal
 from typing import Dict, Optional
@@ -30,11 +29,13 @@ from metalm_jax.models import metalm
 from metalm_jax.train import checkpoint as ckpt_lib
 from metalm_jax.train import input as input_lib
 from metalm_jax.train import metrics as metrics_lib
+from metalm_jax.train import nonfinite
 from metalm_jax.train import sharding as shard_lib
 from metalm_jax.train import state as state_lib
 from metalm_jax.train import steps as steps_lib
 
 RESULTS_FILE = "final_metrics.json"
+_AVERAGED = ("loss", "accuracy", "grad_norm", "learning_rate")  # TrainMetrics inputs
 RUN_CONFIG_FILE = "config.json"
 
 
@@ -85,6 +86,8 @@ def check_config(config, num_devices: Optional[int] = None,
   state_lib._groups(opt)  # regexes compile
   shard_lib.rules_from_config(config.logical_rules)
   _need(config.checkpoint.keep >= 1, "checkpoint.keep", config.checkpoint.keep, "must be >= 1")
+  _need(config.get("max_nonfinite_steps", 1) >= 1, "max_nonfinite_steps",
+        config.get("max_nonfinite_steps"), "must be >= 1")
   for name, ev in (config.get("evals") or {}).items():
     _need(ev.get("every_steps", 0) > 0, f"evals.{name}.every_steps", ev.get("every_steps"),
           "must be > 0")
@@ -325,6 +328,7 @@ class Trainer:
     peak = cfg.metrics.peak_flops or metrics_lib.peak_flops(metrics_lib.measure_matmul_peak())
     progress = metrics_lib.Progress(self.total, start)
     acc, skipped, flops_ex, seq_len, last = None, {}, None, None, {}
+    guard = nonfinite.Guard(cfg.get("max_nonfinite_steps", 3))
     step = start
     with _Stop() as stop:
       while step < self.total:
@@ -342,14 +346,14 @@ class Trainer:
         with self.mesh_context():
           state, m = train_step(state, batch)
         m = jax.device_get(m)  # blocks every step (CPU collectives need it too)
-        if not math.isfinite(float(m["loss"])):
-          raise FloatingPointError(f"loss is {m['loss']} at step {step + 1}")
         step += 1
-        one = metrics_lib.TrainMetrics.single_from_model_output(
-            **{k: jnp.asarray(v) for k, v in m.items() if k != "trained_tokens"})
-        acc = one if acc is None else acc.merge(one)
+        if not guard.update(step, m):  # a skipped step is not averaged into the logs
+          one = metrics_lib.TrainMetrics.single_from_model_output(
+              **{k: jnp.asarray(v) for k, v in m.items() if k in _AVERAGED})
+          acc = one if acc is None else acc.merge(one)
         if step % cfg.log_every == 0 or step == self.total or stop.requested:
-          last = {k: float(v) for k, v in acc.compute().items()}
+          last = {k: float(v) for k, v in acc.compute().items()} if acc is not None else {}
+          last[nonfinite.SKIPPED_KEY] = float(m[nonfinite.SKIPPED_KEY])
           acc = None
           rates = progress.rates(step)
           sps = rates["steps_per_sec"]
