@@ -30,13 +30,15 @@ from metalm_jax.train import checkpoint as ckpt_lib
 from metalm_jax.train import input as input_lib
 from metalm_jax.train import metrics as metrics_lib
 from metalm_jax.train import nonfinite
+from metalm_jax.train import run_config
 from metalm_jax.train import sharding as shard_lib
 from metalm_jax.train import state as state_lib
 from metalm_jax.train import steps as steps_lib
+from metalm_jax.train import workdir_lock
 
 RESULTS_FILE = "final_metrics.json"
 _AVERAGED = ("loss", "accuracy", "grad_norm", "learning_rate")  # TrainMetrics inputs
-RUN_CONFIG_FILE = "config.json"
+RUN_CONFIG_FILE = run_config.RUN_CONFIG_FILE
 
 
 def _need(cond, field, value, why):
@@ -168,10 +170,11 @@ def _load_init(config, state, shardings):
 class Trainer:
   """Builds everything from the config; `run()` trains (or evaluates)."""
 
-  def __init__(self, config, workdir: str, data=None, devices=None):
+  def __init__(self, config, workdir: str, data=None, devices=None, force_lock: bool = False):
     """data: a module with make_iterator / split_stats (default: the Grain
-    pipeline); devices: the mesh's devices (default: all)."""
-    self.config, self.workdir = config, workdir
+    pipeline); devices: the mesh's devices (default: all); force_lock: take
+    the workdir lock of another run (train/workdir_lock.py)."""
+    self.config, self.workdir, self.force_lock = config, workdir, force_lock
     devices = list(jax.devices() if devices is None else devices)
     self.mesh_sizes = check_config(config, num_devices=len(devices))
     self._data = data
@@ -255,31 +258,49 @@ class Trainer:
     return _MeshRules(self.mesh, self.rules)
 
   # ---- the run -----------------------------------------------------------
-  def write_run_config(self) -> str:
-    """WORKDIR/config.json: the run config, read by export and evaluation.
-    An empty data.tokenizer is replaced by the embedded tokenizer's path once
-    the pipeline has prepared it."""
+  def run_config_dict(self, must_exist: bool = True) -> Dict:
+    """The run config as JSON data. An empty data.tokenizer becomes the
+    embedded tokenizer's path (once the pipeline has prepared it, unless
+    `must_exist` is False)."""
     cfg = json.loads(self.config.to_json_best_effort())
     data = cfg.get("data") or {}
     if not data.get("tokenizer") and "world" in data:
       from metalm_jax.data import prepare
       path = prepare.tokenizer_path(self.config.data, self.config.model.decoder.vocab_size)
-      if os.path.exists(path):
+      if not must_exist or os.path.exists(path):
         data["tokenizer"] = path
-    out = os.path.join(self.workdir, RUN_CONFIG_FILE)
+    return cfg
+
+  def write_run_config(self) -> str:
+    """WORKDIR/config.json: the run config, read by export and evaluation."""
     if self.is_main:
-      with open(out + ".tmp", "w") as f:
-        json.dump(cfg, f, indent=2, sort_keys=True)
-      os.replace(out + ".tmp", out)
-    return out
+      return run_config.write(self.workdir, self.run_config_dict())
+    return str(run_config.path(self.workdir))
 
   def run(self) -> Dict[str, float]:
+    """Trains (or evaluates) holding the workdir lock."""
+    lock = workdir_lock.lock_for_run(self.workdir, self.force_lock)
+    try:
+      return self._run()
+    finally:
+      lock.release()
+
+  def _run(self) -> Dict[str, float]:
     cfg = self.config
-    train_iter = self._make_iter("train", cfg.batch_size, True, None) if self.total else None
-    self.write_run_config()
     ckpt = ckpt_lib.Checkpointer(self.workdir, cfg.checkpoint)
+    resume = bool(self.total) and ckpt.latest_step() is not None
+    if resume:  # before anything compiles; config.json is kept until the restore succeeds
+      try:
+        changed = run_config.check_resume(self.workdir, self.run_config_dict(must_exist=False))
+      except run_config.ConfigDriftError:
+        ckpt.close()
+        raise
+      if self.is_main:
+        for line in changed:
+          print(f"config changed on resume: {line}", flush=True)
+    train_iter = self._make_iter("train", cfg.batch_size, True, None) if self.total else None
     start = 0
-    if self.total and ckpt.latest_step() is not None:
+    if resume:
       target = ckpt_lib.with_shardings(self.abstract_state, self.shardings)
       state, start = ckpt.restore(target, train_iter)
       logging.info("resumed from %s at step %d", ckpt.directory, start)
@@ -288,6 +309,7 @@ class Trainer:
       self.writer.rewind(start)
     else:
       state = _load_init(cfg, self.initial_state(), self.shardings)
+    self.write_run_config()
     if start == 0 and self.is_main:
       text = metrics_lib.log_parameter_overview(state_lib.unbox(self.abstract_state["params"]),
                                                 self.trainable)
@@ -445,6 +467,7 @@ class _MeshRules:
     self._m.__exit__(*exc)
 
 
-def train(config, workdir: str, data=None, devices=None) -> Dict[str, float]:
+def train(config, workdir: str, data=None, devices=None,
+          force_lock: bool = False) -> Dict[str, float]:
   """Trains (or, with total_steps=0, evaluates) and returns the final scalars."""
-  return Trainer(config, workdir, data, devices).run()
+  return Trainer(config, workdir, data, devices, force_lock).run()
