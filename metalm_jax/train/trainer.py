@@ -37,6 +37,10 @@ from metalm_jax.train import steps as steps_lib
 from metalm_jax.train import workdir_lock
 
 RESULTS_FILE = "final_metrics.json"
+# Evaluator count fields (metalm_jax/evaluate) and their smallest valid value.
+EVAL_COUNT_MIN = {"num_examples": 0, "num_batches": 0, "num_baseline_examples": 0,
+                  "demo_pool": 0, "shots": 0, "batch_size": 1, "max_new_tokens": 1,
+                  "beam_size": 1, "bucket": 1}
 _AVERAGED = ("loss", "accuracy", "grad_norm", "learning_rate")  # TrainMetrics inputs
 RUN_CONFIG_FILE = run_config.RUN_CONFIG_FILE
 
@@ -62,6 +66,8 @@ def check_config(config, num_devices: Optional[int] = None,
         "total_steps", config.total_steps, "an eval-only run (0 steps) needs init_from")
   _need(config.log_every > 0, "log_every", config.log_every, "must be > 0")
   _need(config.eval_every >= 0, "eval_every", config.eval_every, "must be >= 0")
+  _need(config.eval_batches >= (1 if config.eval_every else 0), "eval_batches",
+        config.eval_batches, "must be >= 1 when eval_every > 0 (eval_every=0 turns it off)")
   sizes = dict(zip(shard_lib.MESH_AXES, shard_lib.mesh_shape(config.mesh, num_devices)))
   shards = sizes["data"] * sizes["fsdp"]
   _need(config.batch_size % shards == 0, "batch_size", config.batch_size,
@@ -90,9 +96,16 @@ def check_config(config, num_devices: Optional[int] = None,
   _need(config.checkpoint.keep >= 1, "checkpoint.keep", config.checkpoint.keep, "must be >= 1")
   _need(config.get("max_nonfinite_steps", 1) >= 1, "max_nonfinite_steps",
         config.get("max_nonfinite_steps"), "must be >= 1")
+  _need(config.checkpoint.every_steps >= 0, "checkpoint.every_steps",
+        config.checkpoint.every_steps, "must be >= 0 (0 = save only at the end and on SIGTERM)")
   for name, ev in (config.get("evals") or {}).items():
     _need(ev.get("every_steps", 0) > 0, f"evals.{name}.every_steps", ev.get("every_steps"),
           "must be > 0")
+    for field, low in EVAL_COUNT_MIN.items():
+      if field in ev:
+        values = ev[field] if field == "shots" else [ev[field]]
+        _need(all(int(v) >= low for v in values), f"evals.{name}.{field}", ev[field],
+              f"must be >= {low}")
   for name, path in (config.get("init_components") or {}).items():
     _need(os.path.exists(os.path.join(path, params_io.PARAMS_FILE)),
           f"init_components.{name}", path, f"no {params_io.PARAMS_FILE} there")
@@ -426,9 +439,13 @@ class Trainer:
         out = jax.device_get(self._eval_fn(params, batch))
       for k in tot:
         tot[k] += float(out[k])
-    w = max(tot["weight"], 1.0)
+    w = tot["weight"]
+    if w <= 0:  # never a perfect score from no data
+      logging.warning("eval_loss: no validation tokens in %d batches of %d rows (split smaller "
+                      "than one batch?): reporting NaN", cfg.eval_batches, bs)
+      return {"eval_loss": float("nan"), "eval_accuracy": float("nan"), "eval_tokens": 0.0}
     return {"eval_loss": tot["loss_sum"] / w, "eval_accuracy": tot["correct_sum"] / w,
-            "eval_tokens": tot["weight"]}
+            "eval_tokens": w}
 
   def _evaluate(self, params, step: int, loss: bool, evals: bool) -> Dict[str, float]:
     out = self.eval_loss(params) if loss else {}
