@@ -11,6 +11,9 @@ Fields:
   mixture         {source name: weight}; sources in metalm_jax/data/sources.py
   seq_len         decoder row length
   tokenizer       SentencePiece model path; "" = the embedded one
+  skip_corrupt_records   False: an unreadable record stops the run, naming the
+                  data set, split, shard file and record; True: skipped and
+                  counted (data/skipped_unreadable_record)
   num_workers     Grain worker processes; 0 = in-process
   read_threads / prefetch_buffer   per mixture entry: threads running the
                   per-example map and rows read ahead (memory: rows x row size)
@@ -63,6 +66,7 @@ def data_config(kind: str, size: str) -> mlc.ConfigDict:
       mixture=mixture,
       seq_len=vl_len if kind == "vl" else lang_len,
       tokenizer="",
+      skip_corrupt_records=False,
       num_workers=0,
       read_threads=2,
       prefetch_buffer=32,
