@@ -32,6 +32,10 @@ import ml_collections as mlc
 from metalm_jax.data.images import CLIP_MEAN, CLIP_STD
 
 KINDS = ("vl", "lang")
+# The real-data builders that read official files (metalm_jax/data/builders):
+# each has a manual_dirs entry ("" = not given), so the documented override
+# --config.data.manual_dirs.metalm_coco_karpathy=DIR works on the locked config.
+MANUAL_DATASETS = ("metalm_coco_karpathy", "metalm_vqav2", "metalm_text_corpus")
 
 
 def default_data_dir() -> str:
@@ -62,7 +66,7 @@ def data_config(kind: str, size: str) -> mlc.ConfigDict:
   return mlc.ConfigDict(dict(
       data_dir=default_data_dir(),
       world=world,
-      manual_dirs={},
+      manual_dirs={name: "" for name in MANUAL_DATASETS},
       mixture=mixture,
       seq_len=vl_len if kind == "vl" else lang_len,
       tokenizer="",
