@@ -141,15 +141,8 @@ class _Stop:
 
 
 def _check_same_tree(field: str, want, got):
-  """Names, shapes and dtypes of loaded params must match the model's."""
-  spec = lambda t: {n: (tuple(np.shape(x)), str(np.dtype(x.dtype))) for n, x in
-                    params_io.flatten(t).items()} if isinstance(t, dict) else {}
-  w, g = spec(want), spec(got)
-  if w != g:
-    missing, extra = sorted(set(w) - set(g)), sorted(set(g) - set(w))
-    differ = sorted(k for k in set(w) & set(g) if w[k] != g[k])
-    raise ValueError(f"config.{field}: loaded params do not match the model (missing "
-                     f"{missing[:3]}, unexpected {extra[:3]}, shape/dtype differs {differ[:3]})")
+  """Names, shapes and dtypes of loaded params must match the model's; no NaN/Inf."""
+  params_io.check_params(want, got, f"config.{field}", dtypes=True)
 
 
 def _put(tree, shardings):
