@@ -6,7 +6,8 @@
 Multi-host: every process runs the same command; `jax.distributed` starts from
 --coordinator_address/--num_processes/--process_id when given, else from the
 environment (automatic on Cloud TPU VMs and SLURM). A run always resumes from
-the latest complete checkpoint in --workdir.
+the latest complete checkpoint in --workdir, which one run holds at a time
+(--force takes the lock of a run that is gone; see README "Reliability").
 """
 from __future__ import annotations
 
