@@ -11,6 +11,9 @@ Fields:
   mixture         {source name: weight}; sources in metalm_jax/data/sources.py
   seq_len         decoder row length
   tokenizer       SentencePiece model path; "" = the embedded one
+  skip_corrupt_records   False: an unreadable record stops the run, naming the
+                  data set, split, shard file and record; True: skipped and
+                  counted (data/skipped_unreadable_record)
   num_workers     Grain worker processes; 0 = in-process
   read_threads / prefetch_buffer   per mixture entry: threads running the
                   per-example map and rows read ahead (memory: rows x row size)
@@ -29,6 +32,10 @@ import ml_collections as mlc
 from metalm_jax.data.images import CLIP_MEAN, CLIP_STD
 
 KINDS = ("vl", "lang")
+# The real-data builders that read official files (metalm_jax/data/builders):
+# each has a manual_dirs entry ("" = not given), so the documented override
+# --config.data.manual_dirs.metalm_coco_karpathy=DIR works on the locked config.
+MANUAL_DATASETS = ("metalm_coco_karpathy", "metalm_vqav2", "metalm_text_corpus")
 
 
 def default_data_dir() -> str:
@@ -59,10 +66,11 @@ def data_config(kind: str, size: str) -> mlc.ConfigDict:
   return mlc.ConfigDict(dict(
       data_dir=default_data_dir(),
       world=world,
-      manual_dirs={},
+      manual_dirs={name: "" for name in MANUAL_DATASETS},
       mixture=mixture,
       seq_len=vl_len if kind == "vl" else lang_len,
       tokenizer="",
+      skip_corrupt_records=False,
       num_workers=0,
       read_threads=2,
       prefetch_buffer=32,

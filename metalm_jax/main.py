@@ -6,7 +6,8 @@
 Multi-host: every process runs the same command; `jax.distributed` starts from
 --coordinator_address/--num_processes/--process_id when given, else from the
 environment (automatic on Cloud TPU VMs and SLURM). A run always resumes from
-the latest complete checkpoint in --workdir.
+the latest complete checkpoint in --workdir, which one run holds at a time
+(--force takes the lock of a run that is gone; see README "Reliability").
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ flags.DEFINE_integer("process_id", None, "this process's index (multi-process)")
 flags.DEFINE_integer("num_cpu_devices", 0, "CPU only: devices per process (0 = default)")
 flags.DEFINE_bool("distributed", None, "call jax.distributed.initialize() without flags; "
                   "default: on Cloud TPU VMs with several workers")
+flags.DEFINE_bool("force", False, "take over the workdir lock even if another run holds it")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
@@ -81,7 +83,7 @@ def main(argv):
   trainer.check_config(config)  # before any compile; names the field
   logging.info("process %d/%d, %d devices; workdir %s", jax.process_index(),
                jax.process_count(), jax.device_count(), FLAGS.workdir)
-  results = trainer.train(config, FLAGS.workdir)
+  results = trainer.train(config, FLAGS.workdir, force_lock=FLAGS.force)
   if jax.process_index() == 0:
     print("final: " + json.dumps({k: v for k, v in results.items()
                                   if isinstance(v, (int, float, str))}, sort_keys=True),

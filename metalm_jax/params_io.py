@@ -55,6 +55,36 @@ def save_params(directory: str, params: Mapping[str, Any],
   return directory
 
 
+def _spec(tree) -> Dict[str, Tuple[tuple, str]]:
+  return {n: (tuple(np.shape(x)), str(np.dtype(x.dtype)))
+          for n, x in flatten(nn.meta.unbox(tree)).items()}
+
+
+def check_params(want: Mapping[str, Any], have: Mapping[str, Any], where: str,
+                 dtypes: bool = False) -> None:
+  """Loaded params `have` against the model's `want` (arrays or
+  ShapeDtypeStructs): one ValueError listing every missing, unexpected and
+  wrong-shape (and, with `dtypes`, wrong-dtype) name, and every tensor holding
+  a NaN or Inf."""
+  w, h = _spec(want), _spec(have)
+  problems = []
+  missing, extra = sorted(set(w) - set(h)), sorted(set(h) - set(w))
+  if missing:
+    problems.append(f"missing {missing}")
+  if extra:
+    problems.append(f"unexpected {extra}")
+  differ = [f"{k} {h[k][0]} {h[k][1]} (model: {w[k][0]} {w[k][1]})" for k in sorted(set(w) & set(h))
+            if h[k][0] != w[k][0] or (dtypes and h[k][1] != w[k][1])]
+  if differ:
+    problems.append(f"{'shape/dtype' if dtypes else 'shape'} differs: {differ}")
+  bad = [k for k, x in flatten(nn.meta.unbox(have)).items()
+         if np.issubdtype(np.asarray(x).dtype, np.inexact) and not np.isfinite(np.asarray(x)).all()]
+  if bad:
+    problems.append(f"NaN/Inf values in {bad}")
+  if problems:
+    raise ValueError(f"{where}: loaded params do not match the model: " + "; ".join(problems))
+
+
 def load_params(directory: str) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]]]:
   """Returns (params tree of numpy arrays, config dict or None)."""
   path = os.path.join(directory, PARAMS_FILE)

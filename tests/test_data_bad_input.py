@@ -73,7 +73,8 @@ def test_images(setup):
   assert len(rows) == 5
   assert _total(rows) == {"examples": 5, "skipped_bad_image": 3, "skipped_empty_text": 0,
                           "skipped_bad_label": 0, "converted_image_mode": 3,
-                          "resized_nonsquare_image": 1, "truncated_text": 0}
+                          "resized_nonsquare_image": 1, "truncated_text": 0,
+                          "skipped_unreadable_record": 0}
   assert int(rows[0]["stats"]["skipped_bad_image"]) == 3  # carried by the next row
   batch = _check_rows(rows, cfg)
   px = batch["encoders"]["vision"]["pixels"][:, 0]

@@ -70,16 +70,9 @@ def export_serving(model: metalm.MetaLM, seq_len: int,
 
 
 def check_params(model: metalm.MetaLM, params) -> None:
-  """Raises naming the first param whose name or shape differs from the model."""
-  want = params_io.flatten(nn.meta.unbox(_abstract_params(model)))
-  have = params_io.flatten(params)
-  missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
-  if missing or extra:
-    raise ValueError(f"params do not match the model config: missing {missing[:5]}, "
-                     f"unexpected {extra[:5]}")
-  for k, s in want.items():
-    if tuple(np.shape(have[k])) != tuple(s.shape):
-      raise ValueError(f"param {k!r} has shape {np.shape(have[k])}, model expects {s.shape}")
+  """Raises listing every param whose name or shape differs from the model,
+  and every one holding a NaN/Inf."""
+  params_io.check_params(_abstract_params(model), params, "export")
 
 
 def export_model(model_cfg, params, out: str, *, seq_len: Optional[int] = None,

@@ -66,6 +66,8 @@ class Predictor:
     cfg, params, meta = load_export(export_dir)
     self.model_cfg = cfg
     self.model = metalm.build_model(cfg)
+    params_io.check_params(metalm.abstract_variables(self.model)["params"], params,
+                           f"params dir {export_dir}")
     self.params = jax.tree.map(np.asarray, params)
     if tokenizer is None:
       if "tokenizer" not in meta:

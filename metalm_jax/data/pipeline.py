@@ -16,7 +16,8 @@ Batches follow metalm_jax/batch.py for `config.model`, plus one extra key:
     stats  {name: int64 scalar}  counts since the previous batch (summed over
            its rows, including records skipped on the way): `examples` used,
            `skipped_bad_image`, `skipped_empty_text`, `skipped_bad_label`,
-           `converted_image_mode`, `resized_nonsquare_image`, `truncated_text`.
+           `converted_image_mode`, `resized_nonsquare_image`, `truncated_text`,
+           `skipped_unreadable_record` (with data.skip_corrupt_records).
 
 The counts travel inside the batch, so they survive worker processes; call
 `split_stats` before feeding the model and sum the counts in the trainer.
@@ -35,6 +36,7 @@ import tensorflow_datasets as tfds
 from metalm_jax import batch as batch_lib
 from metalm_jax.data import packing
 from metalm_jax.data import prepare
+from metalm_jax.data import records as records_lib
 from metalm_jax.data import sources as sources_lib
 from metalm_jax.data import tasks as tasks_lib
 from metalm_jax.data import tokenizer as tok_lib
@@ -86,8 +88,10 @@ def make_context(config, tokenizer) -> tasks_lib.Context:
       read_threads=int(data.read_threads), prefetch_buffer=int(data.prefetch_buffer))
 
 
-def data_source(data_cfg, source_name: str, split: str):
-  """The random-access tfds source of a named source (prepared if needed)."""
+def data_source(data_cfg, source_name: str, split: str, skip_corrupt: bool = False):
+  """The random-access tfds source of a named source (prepared if needed).
+  A corrupt record raises naming the data set, split, shard file and index,
+  or with `skip_corrupt` is returned as `records.UNREADABLE` (records.py)."""
   src = sources_lib.SOURCES.get(source_name)
   name = src.dataset(data_cfg)
   if src.embedded:
@@ -97,8 +101,10 @@ def data_source(data_cfg, source_name: str, split: str):
   import metalm_jax.data.builders  # noqa: F401  registers our builders with tfds
   if src.module:  # without TensorFlow, tfds does not import its catalogue eagerly
     importlib.import_module(src.module)
-  return tfds.data_source(name, split=sources_lib.tfds_split(source_name, split),
-                          data_dir=prepare.data_dir(data_cfg))
+  tfds_split = sources_lib.tfds_split(source_name, split)
+  return records_lib.CheckedRecords(
+      tfds.data_source(name, split=tfds_split, data_dir=prepare.data_dir(data_cfg)),
+      name, tfds_split, skip=skip_corrupt)
 
 
 def _seed(*parts: int) -> int:
@@ -142,7 +148,8 @@ def make_dataset(config, split: str, *, batch_size: int, process_index: int = 0,
     raise ValueError(f"config.data.mixture={mixture} needs positive weights")
   parts = {}
   for comp, name in enumerate(sorted(mixture)):
-    parts[name] = component(data_source(data, name, split), name, ctx, comp, seed,
+    records = data_source(data, name, split, bool(data.get("skip_corrupt_records", False)))
+    parts[name] = component(records, name, ctx, comp, seed,
                             process_index=process_index, process_count=process_count,
                             shuffle=shuffle, num_epochs=num_epochs)
   ds = parts[next(iter(parts))] if len(parts) == 1 else grain.IterDataset.mix(

@@ -25,6 +25,7 @@ import numpy as np
 
 from metalm_jax import batch as batch_lib
 from metalm_jax.data import images as images_lib
+from metalm_jax.data import records as records_lib
 from metalm_jax.data import sources as sources_lib
 from metalm_jax.data import spans as spans_lib
 from metalm_jax.registry import Registry
@@ -32,7 +33,8 @@ from metalm_jax.registry import Registry
 TASKS = Registry("task")
 
 STAT_KEYS = ("examples", "skipped_bad_image", "skipped_empty_text", "skipped_bad_label",
-             "converted_image_mode", "resized_nonsquare_image", "truncated_text")
+             "converted_image_mode", "resized_nonsquare_image", "truncated_text",
+             "skipped_unreadable_record")
 
 NLI_WORDS = ("true", "neither", "false")  # entailment, neutral, contradiction
 
@@ -239,8 +241,10 @@ class PrepareExample:
   def __call__(self, index: int, record):
     src = sources_lib.SOURCES.get(self.source_name)
     rng = np.random.default_rng([self.seed, self.component, index])
-    fields = src.extract(record, rng)
-    out = TASKS.get(src.task)(self.ctx, fields, rng, new_stats())
+    if records_lib.is_unreadable(record):  # data.skip_corrupt_records: counted, dropped
+      out = _fail(new_stats(), "skipped_unreadable_record")
+    else:
+      out = TASKS.get(src.task)(self.ctx, src.extract(record, rng), rng, new_stats())
     out["index"] = index
     return out
 

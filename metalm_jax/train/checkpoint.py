@@ -2,18 +2,46 @@
 (the Grain iterator position), saved asynchronously every N steps, keeping the
 last K. Restores onto whatever shardings the caller's abstract target carries,
 so a checkpoint written on one mesh loads onto another.
+
+A step that cannot be restored (truncated or missing files) is reported in
+one line naming the step and the file; with `restore_fallback` (default on)
+the restore falls back to the previous step, saying so, and the unreadable
+step is replaced when the run saves that step again.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 from typing import Any, Optional, Tuple
 
 import grain
 import jax
 import orbax.checkpoint as ocp
 
+from metalm_jax.train import nonfinite
+
 CKPT_SUBDIR = "checkpoints"
+# Files every saved step holds (Orbax 0.12 layout); checked before a restore so
+# that a missing one is named instead of surfacing as a tree-structure error.
+REQUIRED_FILES = ("state/_METADATA", "data_iter")
+
+
+class CheckpointRestoreError(RuntimeError):
+  """A checkpoint step could not be restored."""
+
+
+def _restore_error(step_dir: str, step: int, e: Exception) -> CheckpointRestoreError:
+  """One line: the step, the file the error names (if any) and the reason."""
+  text = str(e)
+  paths = [f.rstrip(":,.") for f in re.findall(r"[^\s\"'\[\]\\]+", text)]
+  paths = [f for f in paths if f.startswith(step_dir + os.sep)]
+  files = [f for f in paths if not f.endswith(os.sep)] or paths  # a file over its folder
+  where = files[-1] if files else step_dir
+  reason = " ".join(text.split())[:300] or type(e).__name__
+  return CheckpointRestoreError(f"checkpoint step {step} cannot be restored from {where}: "
+                                f"{type(e).__name__}: {reason}")
 
 
 class _IterSnapshot:
@@ -53,7 +81,7 @@ def with_shardings(abstract_tree, shardings):
 
 
 class Checkpointer:
-  """cfg: config.checkpoint (every_steps, keep, async_save)."""
+  """cfg: config.checkpoint (every_steps, keep, async_save, restore_fallback)."""
 
   def __init__(self, workdir: str, cfg):
     self.directory = os.path.abspath(os.path.join(workdir, CKPT_SUBDIR))
@@ -61,6 +89,8 @@ class Checkpointer:
         save_interval_steps=1, max_to_keep=cfg.keep,
         enable_async_checkpointing=cfg.async_save, create=True)
     self.every = cfg.every_steps
+    self.fallback = bool(cfg.get("restore_fallback", True))
+    self.unreadable = set()  # steps found corrupt: replaced when saved again
     self.manager = ocp.CheckpointManager(self.directory, item_names=("state", "data_iter"),
                                          options=options)
 
@@ -72,20 +102,48 @@ class Checkpointer:
 
   def save(self, step: int, state, data_iter, force: bool = False) -> bool:
     if step in self.manager.all_steps():
-      return False
+      if step not in self.unreadable:
+        return False
+      self.manager.delete(step)
+      self.unreadable.discard(step)
+    nonfinite.check_finite(state, step)  # never write a NaN/Inf checkpoint
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                               data_iter=grain.checkpoint.CheckpointSave(_IterSnapshot(data_iter)))
     return self.manager.save(step, args=args, force=force)
 
   def restore(self, abstract_state, data_iter, step: Optional[int] = None) -> Tuple[Any, int]:
-    """(state, step) from the latest (or given) step; moves `data_iter` there."""
-    step = self.latest_step() if step is None else step
-    if step is None:
+    """(state, step) from the latest (or given) step; moves `data_iter` there.
+    A latest step that cannot be restored falls back to the one before (if
+    `restore_fallback`); a given step does not fall back."""
+    if step is not None:
+      return self._restore(step, abstract_state, data_iter), step
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    if not steps:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
-    out = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
-        data_iter=grain.checkpoint.CheckpointRestore(_IterRestoreTarget(data_iter))))
-    return out["state"], step
+    for i, s in enumerate(steps):
+      try:
+        return self._restore(s, abstract_state, data_iter), s
+      except CheckpointRestoreError as e:
+        if not self.fallback or i + 1 == len(steps):
+          raise
+        self.unreadable.add(s)
+        logging.warning("%s; falling back to step %d (checkpoint.restore_fallback)", e,
+                        steps[i + 1])
+    raise AssertionError("unreachable")
+
+  def _restore(self, step: int, abstract_state, data_iter):
+    step_dir = os.path.join(self.directory, str(step))
+    for name in REQUIRED_FILES:
+      if not os.path.exists(os.path.join(step_dir, name)):
+        raise CheckpointRestoreError(f"checkpoint step {step} cannot be restored: "
+                                     f"{os.path.join(step_dir, name)} is missing")
+    try:
+      out = self.manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state),
+          data_iter=grain.checkpoint.CheckpointRestore(_IterRestoreTarget(data_iter))))
+    except Exception as e:  # noqa: BLE001  any failure becomes one line naming the file
+      raise _restore_error(step_dir, step, e) from None
+    return out["state"]
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

@@ -36,10 +36,13 @@ def trainer_config() -> mlc.ConfigDict:
   c.eval_batch_size = 0           # 0 = batch_size
   c.data_shards = 0               # pipeline shards; 0 = one per process (see train/input.py)
   c.optimizer = optimizer()
+  c.max_nonfinite_steps = 3       # skipped NaN/Inf steps in a row before the run stops
   c.mesh = mlc.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # -1 = infer from devices
   c.logical_rules = common.logical_rules()
   c.sharding = mlc.ConfigDict(dict(min_fsdp_size=2 ** 14))  # start-up check threshold
-  c.checkpoint = mlc.ConfigDict(dict(every_steps=200, keep=3, async_save=True))
+  # restore_fallback: a latest step that cannot be restored falls back to the previous one
+  c.checkpoint = mlc.ConfigDict(dict(every_steps=200, keep=3, async_save=True,
+                                     restore_fallback=True))
   c.metrics = mlc.ConfigDict(dict(peak_flops=0.0))  # 0 = measure a matmul at start-up
   c.init_from = ""                # workdir / checkpoints dir / params dir: params only
   c.init_components = mlc.ConfigDict({}, type_safe=False)  # top-level name -> params dir

@@ -166,7 +166,11 @@ class Progress:
   def line(self, step: int, scalars: Mapping[str, float]) -> str:
     sps = scalars.get("steps_per_sec", 0.0)
     eta = (self.total - step) / sps if sps > 0 else float("nan")
-    parts = [f"step {step}/{self.total}", f"loss {scalars['loss']:.4f}"]
+    parts = [f"step {step}/{self.total}"]
+    if "loss" in scalars:  # absent when every step since the last line was skipped
+      parts.append(f"loss {scalars['loss']:.4f}")
+    if scalars.get("skipped_nonfinite_steps"):
+      parts.append(f"skipped {scalars['skipped_nonfinite_steps']:.0f} non-finite")
     if "accuracy" in scalars:
       parts.append(f"acc {scalars['accuracy']:.3f}")
     parts.append(f"{sps:.2f} steps/s")

@@ -71,7 +71,7 @@ def logical_shardings(boxed_abstract_tree, mesh: Mesh, rules):
 
 
 def state_shardings(abstract_state, boxed_abstract_params, mesh: Mesh, rules):
-  """Shardings for the unboxed state {"step", "params", "opt_state"}.
+  """Shardings for the unboxed state {"step", "params", "opt_state", counters}.
 
   Params take their logical specs. An optimizer-state leaf whose trailing dict
   keys name a parameter of the same shape (Adam's mu/nu mirror the params)
@@ -93,8 +93,10 @@ def state_shardings(abstract_state, boxed_abstract_params, mesh: Mesh, rules):
     hit = by_name.get("/".join(reversed(tail)))
     return hit[1] if hit is not None and hit[0] == x.shape else rep
 
-  return {"step": rep, "params": param_sh,
-          "opt_state": jax.tree_util.tree_map_with_path(for_opt_leaf, abstract_state["opt_state"])}
+  out = {k: rep for k in abstract_state}  # counters ("step", ...) are replicated
+  out.update(params=param_sh, opt_state=jax.tree_util.tree_map_with_path(
+      for_opt_leaf, abstract_state["opt_state"]))
+  return out
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -2,7 +2,8 @@
 decay on norms and biases, parameter groups by regex (frozen or with their own
 learning-rate multiplier).
 
-The state is a plain dict {"step", "params", "opt_state"} of arrays (no
+The state is a plain dict {"step", "params", "opt_state",
+"skipped_nonfinite_steps"} of arrays (no
 LogicallyPartitioned boxes), so Orbax saves and restores it directly; the
 boxed version is only built abstractly to read the sharding specs.
 """
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 import optax
 
 DEFAULT_GROUP = "default"
+SKIPPED_KEY = "skipped_nonfinite_steps"  # steps whose update was skipped (train/steps.py)
 
 
 def path_str(path) -> str:
@@ -125,7 +127,8 @@ def make_optimizer(opt_cfg, total_steps: int) -> optax.GradientTransformation:
 
 def init_state(params, tx) -> Dict[str, Any]:
   """Works on boxed params too: the optimizer state then mirrors the boxes."""
-  return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+  return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
+          SKIPPED_KEY: jnp.zeros((), jnp.int32)}
 
 
 def unbox(tree):

@@ -1,5 +1,15 @@
 """The jitted pieces: masked cross-entropy, the train step (with gradient
-accumulation over micro-batches) and the eval step."""
+accumulation over micro-batches) and the eval step.
+
+Non-finite steps: when the loss or the gradient norm (over trained params) is
+NaN or Inf, the step applies nothing: params, optimizer state and
+`state["step"]` stay as they were and `state["skipped_nonfinite_steps"]`
+grows by one. `state["step"]` therefore counts *applied* updates (like the
+optimizer's own count, so the learning-rate schedule does not advance on a
+skipped step), while the trainer's step (checkpoint number, metrics step,
+total_steps) counts batches consumed. The trainer stops the run after
+`config.max_nonfinite_steps` skipped steps in a row (train/nonfinite.py).
+"""
 from __future__ import annotations
 
 from typing import Callable
@@ -62,11 +72,20 @@ def make_train_step(model, tx, opt_cfg, lr_fn: Callable, seed: int, accum_steps:
     trainable = state_lib.trainable_mask(g, opt_cfg)
     grad_norm = optax.global_norm(jax.tree.map(lambda x, t: x if t else jnp.zeros_like(x),
                                                g, trainable))
+    loss = s / denom
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(g, state["opt_state"], params)
-    new_state = {"step": state["step"] + 1, "params": optax.apply_updates(params, updates),
-                 "opt_state": opt_state}
-    metrics = {"loss": s / denom, "accuracy": c / denom, "grad_norm": grad_norm,
-               "learning_rate": lr_fn(state["step"]), "trained_tokens": w}
+    applied = {"step": state["step"] + 1, "params": optax.apply_updates(params, updates),
+               "opt_state": opt_state}
+    kept = {k: state[k] for k in applied}
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), applied, kept)
+    skipped = state_lib.SKIPPED_KEY
+    new_state[skipped] = state[skipped] + (~finite).astype(state[skipped].dtype)
+    for k in state:  # any other entries pass through unchanged
+      new_state.setdefault(k, state[k])
+    metrics = {"loss": loss, "accuracy": c / denom, "grad_norm": grad_norm,
+               "learning_rate": lr_fn(state["step"]), "trained_tokens": w,
+               "nonfinite": (~finite).astype(jnp.int32), skipped: new_state[skipped]}
     return new_state, metrics
 
   return step

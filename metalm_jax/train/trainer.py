@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import signal
 from typing import Dict, Optional
@@ -30,12 +29,20 @@ from metalm_jax.models import metalm
 from metalm_jax.train import checkpoint as ckpt_lib
 from metalm_jax.train import input as input_lib
 from metalm_jax.train import metrics as metrics_lib
+from metalm_jax.train import nonfinite
+from metalm_jax.train import run_config
 from metalm_jax.train import sharding as shard_lib
 from metalm_jax.train import state as state_lib
 from metalm_jax.train import steps as steps_lib
+from metalm_jax.train import workdir_lock
 
 RESULTS_FILE = "final_metrics.json"
-RUN_CONFIG_FILE = "config.json"
+# Evaluator count fields (metalm_jax/evaluate) and their smallest valid value.
+EVAL_COUNT_MIN = {"num_examples": 0, "num_batches": 0, "num_baseline_examples": 0,
+                  "demo_pool": 0, "shots": 0, "batch_size": 1, "max_new_tokens": 1,
+                  "beam_size": 1, "bucket": 1}
+_AVERAGED = ("loss", "accuracy", "grad_norm", "learning_rate")  # TrainMetrics inputs
+RUN_CONFIG_FILE = run_config.RUN_CONFIG_FILE
 
 
 def _need(cond, field, value, why):
@@ -59,6 +66,8 @@ def check_config(config, num_devices: Optional[int] = None,
         "total_steps", config.total_steps, "an eval-only run (0 steps) needs init_from")
   _need(config.log_every > 0, "log_every", config.log_every, "must be > 0")
   _need(config.eval_every >= 0, "eval_every", config.eval_every, "must be >= 0")
+  _need(config.eval_batches >= (1 if config.eval_every else 0), "eval_batches",
+        config.eval_batches, "must be >= 1 when eval_every > 0 (eval_every=0 turns it off)")
   sizes = dict(zip(shard_lib.MESH_AXES, shard_lib.mesh_shape(config.mesh, num_devices)))
   shards = sizes["data"] * sizes["fsdp"]
   _need(config.batch_size % shards == 0, "batch_size", config.batch_size,
@@ -85,9 +94,18 @@ def check_config(config, num_devices: Optional[int] = None,
   state_lib._groups(opt)  # regexes compile
   shard_lib.rules_from_config(config.logical_rules)
   _need(config.checkpoint.keep >= 1, "checkpoint.keep", config.checkpoint.keep, "must be >= 1")
+  _need(config.get("max_nonfinite_steps", 1) >= 1, "max_nonfinite_steps",
+        config.get("max_nonfinite_steps"), "must be >= 1")
+  _need(config.checkpoint.every_steps >= 0, "checkpoint.every_steps",
+        config.checkpoint.every_steps, "must be >= 0 (0 = save only at the end and on SIGTERM)")
   for name, ev in (config.get("evals") or {}).items():
     _need(ev.get("every_steps", 0) > 0, f"evals.{name}.every_steps", ev.get("every_steps"),
           "must be > 0")
+    for field, low in EVAL_COUNT_MIN.items():
+      if field in ev:
+        values = ev[field] if field == "shots" else [ev[field]]
+        _need(all(int(v) >= low for v in values), f"evals.{name}.{field}", ev[field],
+              f"must be >= {low}")
   for name, path in (config.get("init_components") or {}).items():
     _need(os.path.exists(os.path.join(path, params_io.PARAMS_FILE)),
           f"init_components.{name}", path, f"no {params_io.PARAMS_FILE} there")
@@ -123,15 +141,8 @@ class _Stop:
 
 
 def _check_same_tree(field: str, want, got):
-  """Names, shapes and dtypes of loaded params must match the model's."""
-  spec = lambda t: {n: (tuple(np.shape(x)), str(np.dtype(x.dtype))) for n, x in
-                    params_io.flatten(t).items()} if isinstance(t, dict) else {}
-  w, g = spec(want), spec(got)
-  if w != g:
-    missing, extra = sorted(set(w) - set(g)), sorted(set(g) - set(w))
-    differ = sorted(k for k in set(w) & set(g) if w[k] != g[k])
-    raise ValueError(f"config.{field}: loaded params do not match the model (missing "
-                     f"{missing[:3]}, unexpected {extra[:3]}, shape/dtype differs {differ[:3]})")
+  """Names, shapes and dtypes of loaded params must match the model's; no NaN/Inf."""
+  params_io.check_params(want, got, f"config.{field}", dtypes=True)
 
 
 def _put(tree, shardings):
@@ -165,10 +176,11 @@ def _load_init(config, state, shardings):
 class Trainer:
   """Builds everything from the config; `run()` trains (or evaluates)."""
 
-  def __init__(self, config, workdir: str, data=None, devices=None):
+  def __init__(self, config, workdir: str, data=None, devices=None, force_lock: bool = False):
     """data: a module with make_iterator / split_stats (default: the Grain
-    pipeline); devices: the mesh's devices (default: all)."""
-    self.config, self.workdir = config, workdir
+    pipeline); devices: the mesh's devices (default: all); force_lock: take
+    the workdir lock of another run (train/workdir_lock.py)."""
+    self.config, self.workdir, self.force_lock = config, workdir, force_lock
     devices = list(jax.devices() if devices is None else devices)
     self.mesh_sizes = check_config(config, num_devices=len(devices))
     self._data = data
@@ -252,31 +264,49 @@ class Trainer:
     return _MeshRules(self.mesh, self.rules)
 
   # ---- the run -----------------------------------------------------------
-  def write_run_config(self) -> str:
-    """WORKDIR/config.json: the run config, read by export and evaluation.
-    An empty data.tokenizer is replaced by the embedded tokenizer's path once
-    the pipeline has prepared it."""
+  def run_config_dict(self, must_exist: bool = True) -> Dict:
+    """The run config as JSON data. An empty data.tokenizer becomes the
+    embedded tokenizer's path (once the pipeline has prepared it, unless
+    `must_exist` is False)."""
     cfg = json.loads(self.config.to_json_best_effort())
     data = cfg.get("data") or {}
     if not data.get("tokenizer") and "world" in data:
       from metalm_jax.data import prepare
       path = prepare.tokenizer_path(self.config.data, self.config.model.decoder.vocab_size)
-      if os.path.exists(path):
+      if not must_exist or os.path.exists(path):
         data["tokenizer"] = path
-    out = os.path.join(self.workdir, RUN_CONFIG_FILE)
+    return cfg
+
+  def write_run_config(self) -> str:
+    """WORKDIR/config.json: the run config, read by export and evaluation."""
     if self.is_main:
-      with open(out + ".tmp", "w") as f:
-        json.dump(cfg, f, indent=2, sort_keys=True)
-      os.replace(out + ".tmp", out)
-    return out
+      return run_config.write(self.workdir, self.run_config_dict())
+    return str(run_config.path(self.workdir))
 
   def run(self) -> Dict[str, float]:
+    """Trains (or evaluates) holding the workdir lock."""
+    lock = workdir_lock.lock_for_run(self.workdir, self.force_lock)
+    try:
+      return self._run()
+    finally:
+      lock.release()
+
+  def _run(self) -> Dict[str, float]:
     cfg = self.config
-    train_iter = self._make_iter("train", cfg.batch_size, True, None) if self.total else None
-    self.write_run_config()
     ckpt = ckpt_lib.Checkpointer(self.workdir, cfg.checkpoint)
+    resume = bool(self.total) and ckpt.latest_step() is not None
+    if resume:  # before anything compiles; config.json is kept until the restore succeeds
+      try:
+        changed = run_config.check_resume(self.workdir, self.run_config_dict(must_exist=False))
+      except run_config.ConfigDriftError:
+        ckpt.close()
+        raise
+      if self.is_main:
+        for line in changed:
+          print(f"config changed on resume: {line}", flush=True)
+    train_iter = self._make_iter("train", cfg.batch_size, True, None) if self.total else None
     start = 0
-    if self.total and ckpt.latest_step() is not None:
+    if resume:
       target = ckpt_lib.with_shardings(self.abstract_state, self.shardings)
       state, start = ckpt.restore(target, train_iter)
       logging.info("resumed from %s at step %d", ckpt.directory, start)
@@ -285,6 +315,7 @@ class Trainer:
       self.writer.rewind(start)
     else:
       state = _load_init(cfg, self.initial_state(), self.shardings)
+    self.write_run_config()
     if start == 0 and self.is_main:
       text = metrics_lib.log_parameter_overview(state_lib.unbox(self.abstract_state["params"]),
                                                 self.trainable)
@@ -325,6 +356,7 @@ class Trainer:
     peak = cfg.metrics.peak_flops or metrics_lib.peak_flops(metrics_lib.measure_matmul_peak())
     progress = metrics_lib.Progress(self.total, start)
     acc, skipped, flops_ex, seq_len, last = None, {}, None, None, {}
+    guard = nonfinite.Guard(cfg.get("max_nonfinite_steps", 3))
     step = start
     with _Stop() as stop:
       while step < self.total:
@@ -342,14 +374,14 @@ class Trainer:
         with self.mesh_context():
           state, m = train_step(state, batch)
         m = jax.device_get(m)  # blocks every step (CPU collectives need it too)
-        if not math.isfinite(float(m["loss"])):
-          raise FloatingPointError(f"loss is {m['loss']} at step {step + 1}")
         step += 1
-        one = metrics_lib.TrainMetrics.single_from_model_output(
-            **{k: jnp.asarray(v) for k, v in m.items() if k != "trained_tokens"})
-        acc = one if acc is None else acc.merge(one)
+        if not guard.update(step, m):  # a skipped step is not averaged into the logs
+          one = metrics_lib.TrainMetrics.single_from_model_output(
+              **{k: jnp.asarray(v) for k, v in m.items() if k in _AVERAGED})
+          acc = one if acc is None else acc.merge(one)
         if step % cfg.log_every == 0 or step == self.total or stop.requested:
-          last = {k: float(v) for k, v in acc.compute().items()}
+          last = {k: float(v) for k, v in acc.compute().items()} if acc is not None else {}
+          last[nonfinite.SKIPPED_KEY] = float(m[nonfinite.SKIPPED_KEY])
           acc = None
           rates = progress.rates(step)
           sps = rates["steps_per_sec"]
@@ -400,9 +432,13 @@ class Trainer:
         out = jax.device_get(self._eval_fn(params, batch))
       for k in tot:
         tot[k] += float(out[k])
-    w = max(tot["weight"], 1.0)
+    w = tot["weight"]
+    if w <= 0:  # never a perfect score from no data
+      logging.warning("eval_loss: no validation tokens in %d batches of %d rows (split smaller "
+                      "than one batch?): reporting NaN", cfg.eval_batches, bs)
+      return {"eval_loss": float("nan"), "eval_accuracy": float("nan"), "eval_tokens": 0.0}
     return {"eval_loss": tot["loss_sum"] / w, "eval_accuracy": tot["correct_sum"] / w,
-            "eval_tokens": tot["weight"]}
+            "eval_tokens": w}
 
   def _evaluate(self, params, step: int, loss: bool, evals: bool) -> Dict[str, float]:
     out = self.eval_loss(params) if loss else {}
@@ -443,6 +479,7 @@ class _MeshRules:
     self._m.__exit__(*exc)
 
 
-def train(config, workdir: str, data=None, devices=None) -> Dict[str, float]:
+def train(config, workdir: str, data=None, devices=None,
+          force_lock: bool = False) -> Dict[str, float]:
   """Trains (or, with total_steps=0, evaluates) and returns the final scalars."""
-  return Trainer(config, workdir, data, devices).run()
+  return Trainer(config, workdir, data, devices, force_lock).run()

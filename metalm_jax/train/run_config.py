@@ -1,0 +1,118 @@
+"""The run's config.json and config drift on resume.
+
+WORKDIR/config.json holds the config of the run whose checkpoints live there
+(export and evaluation read it). The trainer rewrites it only after a
+successful restore (or a fresh start), so a restart that fails leaves the
+old file in place.
+
+On a restart over a checkpoint, the new config is compared with config.json
+before anything compiles. A field in RESUMABLE may change (the change is
+logged); any other difference (model.*, data contents, tokenizer, seq_len,
+seed, batch size, optimizer maths, ...) stops the run with one line per
+differing field:
+
+    model.decoder.activation: gelu (checkpoint) != relu (now)
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+from etils import epath
+
+RUN_CONFIG_FILE = "config.json"
+
+# Fields that may change when a run resumes (a prefix covers its sub-fields).
+RESUMABLE = (
+    "total_steps", "log_every", "eval_every", "eval_batches", "eval_batch_size",
+    "max_nonfinite_steps",
+    "checkpoint",                       # every_steps, keep, async_save, restore_fallback
+    "evals",                            # evaluators and their schedules
+    "optimizer.lr", "optimizer.warmup_steps", "optimizer.decay", "optimizer.end_lr_frac",
+    "optimizer.grad_accum_steps",       # the same batch, split differently
+    "mesh", "logical_rules", "sharding",  # layout: a checkpoint restores onto another mesh
+    "metrics", "compilation_cache_dir",
+    "init_from", "init_components",     # unused on resume: the checkpoint wins
+    "data.data_dir", "data.manual_dirs",  # where the files are, not what they hold
+    "data.read_threads", "data.prefetch_buffer", "data.skip_corrupt_records",
+)
+
+_ABSENT = object()
+
+
+class ConfigDriftError(ValueError):
+  """The new config changes fields that the checkpoint depends on."""
+
+
+def path(workdir) -> epath.Path:
+  return epath.Path(workdir) / RUN_CONFIG_FILE
+
+
+def load(workdir) -> Optional[Dict[str, Any]]:
+  p = path(workdir)
+  return json.loads(p.read_text()) if p.exists() else None
+
+
+def write(workdir, cfg: Mapping[str, Any]) -> str:
+  """Writes config.json through a temporary file (replaced in one step)."""
+  p = path(workdir)
+  tmp = p.parent / (p.name + ".tmp")
+  tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+  tmp.replace(p)
+  return str(p)
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+  """{'a': {'b': 1}} -> {'a.b': 1}; lists are values."""
+  out = {}
+  for k, v in tree.items():
+    name = f"{prefix}{k}"
+    if isinstance(v, Mapping) and v:
+      out.update(flatten(v, name + "."))
+    else:
+      out[name] = v
+  return out
+
+
+def is_resumable(field: str) -> bool:
+  return any(field == p or field.startswith(p + ".") for p in RESUMABLE)
+
+
+def _show(v) -> str:
+  if v is _ABSENT:
+    return "<absent>"
+  return v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+
+
+def diff(saved: Mapping[str, Any], now: Mapping[str, Any]) -> List[Tuple[str, Any, Any]]:
+  """(field, saved value, new value) for every differing leaf field."""
+  a, b = flatten(saved), flatten(now)
+  out = []
+  for k in sorted(set(a) | set(b)):
+    va, vb = a.get(k, _ABSENT), b.get(k, _ABSENT)
+    if va != vb:
+      out.append((k, va, vb))
+  return out
+
+
+def check_resume(workdir, now: Mapping[str, Any]) -> List[str]:
+  """Compares `now` with WORKDIR/config.json; raises ConfigDriftError listing
+  every non-resumable difference; returns the resumable ones (also logged)."""
+  saved = load(workdir)
+  if saved is None:
+    logging.warning("%s is missing: the restart's config is not compared with the run's",
+                    path(workdir))
+    return []
+  changes = diff(saved, now)
+  fatal = [f"{k}: {_show(a)} (checkpoint) != {_show(b)} (now)"
+           for k, a, b in changes if not is_resumable(k)]
+  if fatal:
+    raise ConfigDriftError(
+        f"the config differs from the run in {path(workdir)} in fields that change the model "
+        "or the data; use a new workdir (with init_from=) or restore these values:\n  " +
+        "\n  ".join(fatal))
+  lines = [f"{k}: {_show(a)} (checkpoint) -> {_show(b)} (now)" for k, a, b in changes]
+  for line in lines:
+    logging.warning("config changed on resume: %s", line)
+  return lines

@@ -1,0 +1,136 @@
+"""Non-finite steps: the jitted step skips a NaN/Inf update (params, optimizer
+state and step unchanged, counted); the trainer stops after
+max_nonfinite_steps in a row, naming the step, with only finite checkpoints;
+a checkpoint with NaN params is never written."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import tests.test_train_standin as S
+from metalm_jax.models import metalm
+from metalm_jax.train import checkpoint as ckpt_lib
+from metalm_jax.train import metrics as metrics_lib
+from metalm_jax.train import state as st
+from metalm_jax.train import steps as steps_lib
+from metalm_jax.train import trainer as trainer_lib
+
+
+def _poison(batch):
+  """NaN pixels: the vision encoder's output, the loss and the grads become NaN."""
+  b = dict(batch)
+  enc = {k: dict(v) for k, v in b["encoders"].items()}
+  enc["vision"]["pixels"] = np.full_like(enc["vision"]["pixels"], np.nan)
+  b["encoders"] = enc
+  return b
+
+
+class _Poisoned:
+  """A train iterator of the stand-in data with NaN pixels at given steps (1-based)."""
+
+  def __init__(self, it, steps):
+    self.it, self.steps, self.n = it, set(steps), 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    b = next(self.it)
+    self.n += 1
+    return _poison(b) if self.n in self.steps else b
+
+  def get_state(self):
+    return self.it.get_state()
+
+  def set_state(self, state):
+    self.it.set_state(state)
+
+
+class PoisonedData:
+  """A data module (make_iterator / split_stats) over the stand-in."""
+  split_stats = staticmethod(S.split_stats)
+
+  def __init__(self, steps):
+    self.steps = steps
+
+  def make_iterator(self, config, split, **kw):
+    it = S.make_iterator(config, split, **kw)
+    return _Poisoned(it, self.steps) if split == "train" else it
+
+
+def test_step_skips_nonfinite_update():
+  c = S.tiny_train_config()
+  model = metalm.build_model(c.model)
+  it = S.make_iterator(c, "train", batch_size=8, process_index=0, process_count=1, seed=0,
+                       shuffle=False, num_epochs=1)
+  batch, _ = S.split_stats(next(it))
+  tx = st.make_optimizer(c.optimizer, 10)
+  params = jax.jit(model.init)(jax.random.key(0), jax.tree.map(jnp.asarray, batch))["params"]
+  state = st.init_state(st.unbox(params), tx)
+  step = jax.jit(steps_lib.make_train_step(model, tx, c.optimizer, st.lr_schedule(c.optimizer, 10),
+                                           0))
+  good, mg = step(state, jax.tree.map(jnp.asarray, batch))
+  assert int(mg["nonfinite"]) == 0 and int(good["step"]) == 1
+  assert int(good[st.SKIPPED_KEY]) == 0
+  assert not np.array_equal(good["params"]["decoder"]["embedder"]["embedding"],
+                            state["params"]["decoder"]["embedder"]["embedding"])
+  bad, mb = step(good, jax.tree.map(jnp.asarray, _poison(batch)))
+  assert not np.isfinite(float(mb["loss"]))
+  assert int(mb["nonfinite"]) == 1 and int(mb[st.SKIPPED_KEY]) == 1
+  assert int(bad[st.SKIPPED_KEY]) == 1
+  # Nothing applied: params, optimizer state and the update count are bit-equal.
+  for k in ("step", "params", "opt_state"):
+    jax.tree.map(np.testing.assert_array_equal, bad[k], good[k])
+
+
+def test_trainer_skips_counts_and_stops_with_finite_checkpoints(tmp_path):
+  w = str(tmp_path / "w")
+  c = S.tiny_train_config(total_steps=8, eval_every=0, max_nonfinite_steps=2)
+  c.checkpoint.update(every_steps=1, keep=10, async_save=False)
+  # Step 3 is skipped alone (the run goes on); 5 and 6 are two in a row: stop.
+  with pytest.raises(FloatingPointError, match=r"2 non-finite steps in a row, the last at step 6 "):
+    trainer_lib.train(c, w, data=PoisonedData([3, 5, 6]))
+  rows = metrics_lib.read_jsonl(os.path.join(w, metrics_lib.METRICS_FILE))
+  skipped = {r["step"]: r["skipped_nonfinite_steps"] for r in rows}
+  assert skipped[2] == 0 and skipped[3] == 1 and skipped[4] == 1 and skipped[5] == 2
+  assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r)  # skipped steps not averaged
+  assert "loss" not in [r for r in rows if r["step"] == 3][0]
+
+  t = trainer_lib.Trainer(c, w, data=S)
+  ck = ckpt_lib.Checkpointer(w, c.checkpoint)
+  assert sorted(ck.manager.all_steps()) == [1, 2, 3, 4, 5]  # nothing at the failing step 6
+  target = ckpt_lib.with_shardings(t.abstract_state, t.shardings)
+  saved = {}
+  for s in (2, 3, 4, 5):
+    saved[s], _ = ck.restore(target, t._make_iter("train", 8, True, None), step=s)
+  ck.close()
+  for s in saved.values():
+    for leaf in jax.tree.leaves(s["params"]):
+      assert np.isfinite(np.asarray(leaf)).all()
+  same = lambda a, b: jax.tree.map(np.testing.assert_array_equal, a, b)
+  same(saved[3]["params"], saved[2]["params"])  # step 3 skipped
+  same(saved[3]["opt_state"], saved[2]["opt_state"])
+  same(saved[5]["params"], saved[4]["params"])  # step 5 skipped
+  with pytest.raises(AssertionError):
+    same(saved[4]["params"], saved[3]["params"])  # step 4 applied
+  # `step` counts applied updates (1, 2, 4); the skip counter is checkpointed.
+  assert int(saved[5]["step"]) == 3 and int(saved[5][st.SKIPPED_KEY]) == 2
+
+
+def test_checkpoint_with_nonfinite_params_is_refused(tmp_path):
+  c = S.tiny_train_config()
+  c.checkpoint.async_save = False
+  t = trainer_lib.Trainer(c, str(tmp_path / "w"), data=S)
+  state = t.initial_state()
+  emb = state["params"]["decoder"]["embedder"]["embedding"]
+  state["params"]["decoder"]["embedder"]["embedding"] = emb.at[0, 0].set(jnp.inf)
+  ck = ckpt_lib.Checkpointer(str(tmp_path / "w"), c.checkpoint)
+  it = t._make_iter("train", 8, True, None)
+  with pytest.raises(FloatingPointError,
+                     match=r"refusing to save step 7: non-finite values in 1 arrays "
+                           r"\(params/decoder/embedder/embedding\)"):
+    ck.save(7, state, it, force=True)
+  assert ck.latest_step() is None
+  ck.close()

@@ -1,0 +1,69 @@
+"""One run per workdir: a second run refuses naming the first; stale locks
+(dead process, old heartbeat) are taken over; --force takes any lock."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+import tests.test_train_standin as S
+from metalm_jax.train import trainer as trainer_lib
+from metalm_jax.train import workdir_lock as L
+
+HOLD = """
+import sys, time
+from metalm_jax.train import workdir_lock as L
+lock = L.WorkdirLock(sys.argv[1], heartbeat_s=0.2).acquire()
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def _holder(workdir):
+  p = subprocess.Popen([sys.executable, "-c", HOLD, str(workdir)], stdout=subprocess.PIPE,
+                       text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert p.stdout.readline().strip() == "locked"
+  return p
+
+
+def test_second_run_refuses_naming_the_first_then_takes_a_dead_lock(tmp_path):
+  w = tmp_path / "w"
+  p = _holder(w)
+  try:
+    with pytest.raises(L.WorkdirLockedError,
+                       match=rf"in use by another run \(pid {p.pid} on host "
+                             rf"'{socket.gethostname()}', started "):
+      L.WorkdirLock(w).acquire()
+    # The whole trainer refuses before it writes metrics, configs or checkpoints.
+    with pytest.raises(L.WorkdirLockedError, match=rf"pid {p.pid}"):
+      trainer_lib.train(S.tiny_train_config(), str(w), data=S)
+    assert set(os.listdir(w)) <= {L.LOCK_FILE, "tensorboard"}
+    # Its heartbeat moves on while it runs.
+    t0 = json.loads((w / L.LOCK_FILE).read_text())["heartbeat"]
+    time.sleep(0.6)
+    assert json.loads((w / L.LOCK_FILE).read_text())["heartbeat"] > t0
+  finally:
+    p.kill()
+    p.wait()
+  # SIGKILLed: its process is gone, so the lock is stale at once.
+  with L.WorkdirLock(w) as lock:
+    assert json.loads((w / L.LOCK_FILE).read_text())["token"] == lock.info["token"]
+  assert not (w / L.LOCK_FILE).exists()  # released
+
+
+def test_other_host_lock_stale_after_timeout_or_forced(tmp_path):
+  w = tmp_path / "w"
+  w.mkdir()
+  other = {"pid": 1, "host": "elsewhere-7", "started": time.time() - 50,
+           "heartbeat": time.time() - 30, "token": "x"}
+  (w / L.LOCK_FILE).write_text(json.dumps(other))
+  with pytest.raises(L.WorkdirLockedError, match=r"pid 1 on host 'elsewhere-7'"):
+    L.WorkdirLock(w, stale_after_s=60).acquire()
+  with L.WorkdirLock(w, stale_after_s=10):  # 30 s without a heartbeat: stale
+    pass
+  (w / L.LOCK_FILE).write_text(json.dumps(other))
+  with L.WorkdirLock(w, force=True, stale_after_s=60) as lock:
+    assert json.loads((w / L.LOCK_FILE).read_text())["token"] == lock.info["token"]
