@@ -18,10 +18,10 @@ from typing import Any, List
 
 import flax.linen as nn
 
-from metalm_jax.models import layers
+from metalm_jax.models import layers, layout
 from metalm_jax.models import remat as remat_lib
 
-LAYER_AXIS = "layers"  # logical name of the stacked axis; module name of a scanned stack
+LAYER_AXIS = layout.STACKED  # logical name of the stacked axis; module name of a scanned stack
 # Block.__call__(self, x, mask, positions, key_valid, decode, deterministic):
 # decode and deterministic are Python bools (static under remat and scan).
 _STATIC = (5, 6)
