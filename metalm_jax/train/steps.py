@@ -60,8 +60,7 @@ def make_train_step(model, tx, opt_cfg, lr_fn: Callable, seed: int, accum_steps:
     denom = jnp.maximum(w, 1.0)
     g = jax.tree.map(lambda x: x / denom, g)
     trainable = state_lib.trainable_mask(g, opt_cfg)
-    grad_norm = optax.global_norm(jax.tree.map(lambda x, t: x if t else jnp.zeros_like(x),
-                                               g, trainable))
+    grad_norm = optax.global_norm(jax.tree.map(state_lib.mask_frozen, g, trainable))
     updates, opt_state = tx.update(g, state["opt_state"], params)
     new_state = {"step": state["step"] + 1, "params": optax.apply_updates(params, updates),
                  "opt_state": opt_state}
