@@ -32,10 +32,19 @@ def parse_arg(arg, **defaults):
   return mlc.ConfigDict(out)
 
 
+def stack_options(scan_layers=False, remat_policy="none", attention_impl="auto"):
+  """Compute options every layer stack (decoder, each encoder) takes:
+  scan_layers (nn.scan over the blocks, params stacked on a leading `layers`
+  axis), remat_policy (metalm_jax/models/remat.py: none, full, dots_saveable,
+  dots_with_no_batch_dims_saveable, save_qkv_proj, ...), attention_impl
+  (auto | xla | cudnn; auto = cuDNN flash attention on GPU in bf16/fp16)."""
+  return dict(scan_layers=scan_layers, remat_policy=remat_policy, attention_impl=attention_impl)
+
+
 def decoder(**kw):
   d = dict(vocab_size=1024, num_layers=2, emb_dim=64, num_heads=4, head_dim=0, mlp_dim=256,
            activation="gelu", norm="pre", positions="learned", max_len=256, dropout=0.0,
-           use_bias=True, ln_eps=1e-5, tie_embeddings=True, remat=False)
+           use_bias=True, ln_eps=1e-5, tie_embeddings=True, **stack_options())
   d.update(kw)
   return ConfigDict(d)
 
@@ -51,7 +60,7 @@ def vit(**kw):
   d = dict(type="vit", max_items=1, image_size=64, patch_size=16, num_layers=2, emb_dim=64,
            num_heads=4, head_dim=0, mlp_dim=256, activation="quick_gelu", norm="pre",
            ln_eps=1e-5, class_token=True, pre_norm=True, final_norm=True, patch_bias=False,
-           dropout=0.0, use_bias=True, connector=connector("mlp"))
+           dropout=0.0, use_bias=True, connector=connector("mlp"), **stack_options())
   d.update(kw)
   return ConfigDict(d)
 
@@ -61,7 +70,7 @@ def bert(**kw):
   d = dict(type="bert", max_items=2, max_len=16, vocab_size=1024, num_layers=2, emb_dim=64,
            num_heads=4, head_dim=0, mlp_dim=256, activation="gelu", norm="post", ln_eps=1e-12,
            max_positions=512, type_vocab_size=2, dropout=0.0, use_bias=True,
-           connector=connector("linear"))
+           connector=connector("linear"), **stack_options())
   d.update(kw)
   return ConfigDict(d)
 
@@ -86,25 +95,31 @@ def _bench():
 
 def _paper_vl():
   """Paper VL: GPT-2-medium-sized decoder (24x1024, 16 heads, vocab ~50k),
-  ViT-B/16 at 224 px, 3-layer MLP connector."""
+  ViT-B/16 at 224 px, 3-layer MLP connector. Layers scanned; the decoder
+  rematerialised ('full')."""
   return ConfigDict(dict(
       dtype="bfloat16",
       decoder=decoder(vocab_size=50304, num_layers=24, emb_dim=1024, num_heads=16, mlp_dim=4096,
-                      max_len=2048, dropout=0.1, activation="gelu_new", remat=True),
+                      max_len=2048, dropout=0.1, activation="gelu_new",
+                      **stack_options(scan_layers=True, remat_policy="full")),
       encoders=dict(vision=vit(image_size=224, patch_size=16, num_layers=12, emb_dim=768,
-                               num_heads=12, mlp_dim=3072, connector=connector("mlp")))))
+                               num_heads=12, mlp_dim=3072, connector=connector("mlp"),
+                               **stack_options(scan_layers=True)))))
 
 
 def _paper_lang():
   """Paper language-only: decoder 24x2048, 32 heads, vocab 64k (~1.3B);
-  language encoder 24x1024, 16 heads (~366M); linear connector."""
+  language encoder 24x1024, 16 heads (~366M); linear connector. Layers
+  scanned; the decoder rematerialised ('full')."""
   return ConfigDict(dict(
       dtype="bfloat16",
       decoder=decoder(vocab_size=64000, num_layers=24, emb_dim=2048, num_heads=32, mlp_dim=8192,
-                      max_len=2048, positions="sinusoidal", remat=True),
+                      max_len=2048, positions="sinusoidal",
+                      **stack_options(scan_layers=True, remat_policy="full")),
       encoders=dict(text=bert(vocab_size=64000, max_items=8, max_len=128, num_layers=24,
                               emb_dim=1024, num_heads=16, mlp_dim=4096, max_positions=512,
-                              norm="post", connector=connector("linear")))))
+                              norm="post", connector=connector("linear"),
+                              **stack_options(scan_layers=True)))))
 
 
 def logical_rules():
@@ -117,6 +132,7 @@ def logical_rules():
       ("act_vocab", "tensor"),
       ("embed", "fsdp"), ("embed_in", None), ("heads", "tensor"), ("kv", None),
       ("mlp", "tensor"), ("vocab", "tensor"), ("length", None), ("norm", None),
+      ("layers", None),  # the stacked axis of scanned layers (never sharded)
   ]
 
 

@@ -85,12 +85,18 @@ def check_params(want: Mapping[str, Any], have: Mapping[str, Any], where: str,
     raise ValueError(f"{where}: loaded params do not match the model: " + "; ".join(problems))
 
 
-def load_params(directory: str) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]]]:
-  """Returns (params tree of numpy arrays, config dict or None)."""
+def load_params(directory: str, like: Optional[Mapping[str, Any]] = None
+                ) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]]]:
+  """Returns (params tree of numpy arrays, config dict or None). With `like`
+  (a params tree or its shapes) the layer stacks are converted to its layout
+  (unrolled `layers_<i>` <-> scanned `layers`; metalm_jax/models/layout.py)."""
   path = os.path.join(directory, PARAMS_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(f"no {PARAMS_FILE} in params dir {directory!r}")
   params = unflatten(load_file(path))
+  if like is not None:
+    from metalm_jax.models import layout
+    params = layout.match(params, like)
   cfg_path = os.path.join(directory, CONFIG_FILE)
   config = None
   if os.path.exists(cfg_path):

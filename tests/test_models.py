@@ -89,9 +89,14 @@ def test_packed_segments_do_not_attend_across():
   np.testing.assert_allclose(out[:, 10:], out_alone, atol=ATOL)
 
 
-@pytest.mark.parametrize("positions", ["learned", "sinusoidal", "rotary"])
-def test_kv_cache_matches_full_forward(positions):
-  model, v = build(small_model_cfg(positions))
+@pytest.mark.parametrize("positions,scan", [("learned", False), ("sinusoidal", False),
+                                            ("rotary", False), ("learned", True)])
+def test_kv_cache_matches_full_forward(positions, scan):
+  """Prefill + one-token steps equal the full forward; also with scanned
+  decoder layers (cache stacked on axis 1)."""
+  cfg = small_model_cfg(positions)
+  cfg.decoder.scan_layers = scan
+  model, v = build(cfg)
   L, P = 24, 16
   b = random_batch(model, l=L)  # row 1 is left-padded; image + text docked in the prompt
   full = forward(model, v, b)

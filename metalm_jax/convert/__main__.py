@@ -1,7 +1,9 @@
 """CLI.
 
   python -m metalm_jax.convert import-hf --model_dir=D --component=vision|text|decoder --out=OUT
-  python -m metalm_jax.convert check-hf --model_dir=D --component=... [--seed=0 --rtol=1e-4]
+      [--scan_layers]
+  python -m metalm_jax.convert check-hf --model_dir=D --component=... [--seed=0 --rtol=1e-4
+      --scan_layers]
   python -m metalm_jax.convert export-gpt2 --params_dir=P --out=HF_DIR
 
 import-hf prints the model config section to copy into the MetaLM config;
@@ -16,7 +18,7 @@ import sys
 
 def _import(args):
   from metalm_jax.convert import hf
-  imp = hf.import_hf(args.model_dir, args.component, args.out)
+  imp = hf.import_hf(args.model_dir, args.component, args.out, scan_layers=args.scan_layers)
   key = hf.hc.COMPONENT_KEYS[args.component]
   where = "model.decoder" if args.component == "decoder" else f"model.encoders.{args.component}"
   print(f"wrote {args.out}; skipped {len(imp.skipped)} HF weights")
@@ -29,7 +31,7 @@ def _import(args):
 def _check(args):
   from metalm_jax.convert import hf
   r = hf.check_hf(args.model_dir, args.component, seed=args.seed, batch=args.batch,
-                  rtol=args.rtol)
+                  rtol=args.rtol, scan_layers=args.scan_layers)
   print(f"{r['component']} ({r['hf_model_type']}) output {r['shape']}: "
         f"max_abs_diff={r['max_abs']:.3e} max_rel_diff={r['rel']:.3e} "
         f"(max|ref|={r['max_ref']:.3e}, tolerance rel {r['rtol']:.1e}) "
@@ -57,6 +59,8 @@ def main(argv=None) -> int:
     s = sub.add_parser(name)
     s.add_argument("--model_dir", required=True)
     s.add_argument("--component", required=True, choices=["vision", "text", "decoder"])
+    s.add_argument("--scan_layers", action="store_true",
+                   help="stacked (scanned) layer params and section scan_layers=True")
     if name == "import-hf":
       s.add_argument("--out", required=True)
     else:

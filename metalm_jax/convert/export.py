@@ -36,7 +36,7 @@ import numpy as np
 from metalm_jax import batch as batch_lib
 from metalm_jax import params_io
 from metalm_jax.convert.serving import SERVING_KEYS, next_token_logits, serving_batch
-from metalm_jax.models import metalm
+from metalm_jax.models import layout, metalm
 
 SERVING_FILE = "next_token_logits.stablehlo"
 NAMES_FILE = "param_names.json"
@@ -80,7 +80,7 @@ def export_model(model_cfg, params, out: str, *, seq_len: Optional[int] = None,
                  platforms=DEFAULT_PLATFORMS) -> Dict[str, str]:
   """Writes the export dir (see module docstring); returns {what: path}."""
   model = metalm.build_model(model_cfg)
-  params = jax.tree.map(np.asarray, nn.meta.unbox(params))
+  params = layout.match(jax.tree.map(np.asarray, nn.meta.unbox(params)), _abstract_params(model))
   check_params(model, params)
   seq_len = int(seq_len or model_cfg.decoder.max_len)
   too_long = model_cfg.decoder.positions != "rotary" and seq_len > model_cfg.decoder.max_len

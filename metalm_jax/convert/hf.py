@@ -27,6 +27,7 @@ import numpy as np
 from metalm_jax import params_io
 from metalm_jax.convert import hf_common as hc
 from metalm_jax.convert import hf_io
+from metalm_jax.models import layout
 # Importing the converter modules registers them.
 from metalm_jax.convert import hf_bert, hf_clip, hf_gpt2  # noqa: F401
 
@@ -58,8 +59,10 @@ def converter_for(model_type: str, component: str):
   return conv
 
 
-def load_hf(model_dir: str, component: str) -> Imported:
-  """Reads config and weights of `model_dir` and maps them to ours."""
+def load_hf(model_dir: str, component: str, scan_layers: bool = False) -> Imported:
+  """Reads config and weights of `model_dir` and maps them to ours; with
+  `scan_layers` the layers are stacked (metalm_jax/models/layout.py) and the
+  section says scan_layers=True."""
   model_type = hf_io.read_config(model_dir).get("model_type")
   conv = converter_for(model_type, component)
   hf_cfg = _hf_config(model_dir)
@@ -67,6 +70,9 @@ def load_hf(model_dir: str, component: str) -> Imported:
   weights = hf_io.read_weights(model_dir)
   reader = hf_io.WeightReader(weights, hf_io.find_prefix(weights, conv.anchor))
   tree = conv.params(reader, section, hf_cfg)
+  if scan_layers:
+    section.scan_layers = True
+    tree = layout.stack(tree)
   skipped = reader.unused()
   if skipped:
     logging.info("import %s: skipped %d HF weights without a counterpart: %s",
@@ -77,11 +83,12 @@ def load_hf(model_dir: str, component: str) -> Imported:
 TOKENIZER_FILES = ("tokenizer.json", "special_tokens_map.json", "tokenizer_config.json")
 
 
-def import_hf(model_dir: str, component: str, out: str) -> Imported:
-  """Converts and writes a params dir for `config.init_components`. A
-  tokenizer.json in `model_dir` (with its HF side files) is copied along, so
-  an imported decoder keeps its own vocabulary (`HfTokenizer(out/tokenizer.json)`)."""
-  imp = load_hf(model_dir, component)
+def import_hf(model_dir: str, component: str, out: str, scan_layers: bool = False) -> Imported:
+  """Converts and writes a params dir for `config.init_components` (either
+  layout loads into either model layout). A tokenizer.json in `model_dir`
+  (with its HF side files) is copied along, so an imported decoder keeps its
+  own vocabulary (`HfTokenizer(out/tokenizer.json)`)."""
+  imp = load_hf(model_dir, component, scan_layers)
   meta = {"component": component, "params_key": hc.COMPONENT_KEYS[component],
           "hf_model_type": imp.hf_model_type, "section": imp.section.to_dict(),
           "skipped_weights": imp.skipped}
@@ -111,10 +118,10 @@ def compare(ours: np.ndarray, ref: np.ndarray, valid: np.ndarray) -> Dict[str, f
 
 
 def check_hf(model_dir: str, component: str, *, seed: int = 0, batch: int = 2,
-             rtol: float = DEFAULT_RTOL) -> Dict[str, Any]:
-  """Runs HF and ours on the same random inputs; returns the differences and
-  `ok` (rel <= rtol)."""
-  imp = load_hf(model_dir, component)
+             rtol: float = DEFAULT_RTOL, scan_layers: bool = False) -> Dict[str, Any]:
+  """Runs HF and ours (unrolled, or scanned with stacked params) on the same
+  random inputs; returns the differences and `ok` (rel <= rtol)."""
+  imp = load_hf(model_dir, component, scan_layers)
   conv = hc.CONVERTERS.get(imp.hf_model_type)
   inputs = conv.random_inputs(imp.section, np.random.default_rng(seed), batch, imp.hf_config)
   ref, valid = conv.run_hf(model_dir, inputs)

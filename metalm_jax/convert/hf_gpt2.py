@@ -124,7 +124,10 @@ def gpt2_config(section) -> dict:
 
 
 def decoder_to_gpt2(section, tree) -> dict:
-  """Our decoder params (unboxed numpy) -> GPT-2 state dict (HF names)."""
+  """Our decoder params (unboxed numpy; unrolled or scanned layout) -> GPT-2
+  state dict (HF names)."""
+  from metalm_jax.models import layout
+  tree = layout.unstack(tree)
   emb = section.emb_dim
   sd = {"transformer.wte.weight": tree["embedder"]["embedding"],
         "transformer.wpe.weight": tree["pos_embedding"]}

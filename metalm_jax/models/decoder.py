@@ -6,17 +6,15 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
-from metalm_jax.models import layers
+from metalm_jax.models import layers, stack
 
 POSITION_SCHEMES = ("learned", "sinusoidal", "rotary")
 
 
-def causal_segment_mask(segment_ids):
-  """bool [B, 1, L, L]: query t may see key s <= t of the same segment."""
-  l = segment_ids.shape[-1]
-  causal = jnp.tril(jnp.ones((l, l), jnp.bool_))
-  same = segment_ids[:, :, None] == segment_ids[:, None, :]
-  return (causal[None] & same)[:, None]
+def segment_mask(segment_ids):
+  """bool [B, 1, L, L]: query t may see key s of the same segment (packing;
+  padding is segment 0). Attention adds causality itself (`is_causal`)."""
+  return (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
 
 
 class Decoder(nn.Module):
@@ -37,10 +35,8 @@ class Decoder(nn.Module):
     if cfg.positions == "learned":
       self.pos_embedding = self.param("pos_embedding", layers.param_init(init, ("length", "embed")),
                                       (cfg.max_len, cfg.emb_dim))
-    self.blocks = [
-        layers.block_from_cfg(cfg, self.dtype, rotary=cfg.positions == "rotary",
-                              remat=cfg.get("remat", False), name=f"layers_{i}")
-        for i in range(cfg.num_layers)]
+    self.blocks = stack.build(cfg, self.dtype, causal=True, rotary=cfg.positions == "rotary",
+                              field="model.decoder")
     if cfg.norm == "pre":
       self.final_norm = layers.LayerNorm(cfg.ln_eps, self.dtype)
     self.embed_dropout = nn.Dropout(cfg.get("dropout", 0.0))
@@ -70,10 +66,8 @@ class Decoder(nn.Module):
     if cfg.get("dropout", 0.0):
       x = self.embed_dropout(x, deterministic=deterministic)
     x = layers.constrain(x, ("act_batch", "act_length", "act_embed"))
-    mask = None if decode else causal_segment_mask(segment_ids)
-    key_valid = segment_ids != 0
-    for block in self.blocks:
-      x = block(x, mask, positions, key_valid, decode, deterministic)
+    mask = None if decode else segment_mask(segment_ids)
+    x = stack.apply(self.blocks, x, mask, positions, segment_ids != 0, decode, deterministic)
     if cfg.norm == "pre":
       x = self.final_norm(x)
     if cfg.tie_embeddings:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 from metalm_jax.registry import Registry
 
@@ -26,7 +27,6 @@ ACTIVATIONS.register("quick_gelu")(lambda x: x * jax.nn.sigmoid(1.702 * x))
 ACTIVATIONS.register("relu")(jax.nn.relu)
 ACTIVATIONS.register("silu")(jax.nn.silu)
 
-NEG_INF = -1e9  # large negative bias; finite so fully-masked rows stay NaN-free
 
 
 def dtype_of(name: str):
@@ -111,25 +111,55 @@ class DenseND(nn.Module):
     return y
 
 
-class Attention(nn.Module):
-  """Multi-head attention with an optional KV cache.
+ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
 
-  mask: bool [B, 1, Q, K] (True = may attend) for the non-cached path. In
-  decode mode the cache holds keys for `cache_len` positions; `key_valid`
-  [B, T] marks which of the T new positions are real tokens.
+
+def resolve_attention_impl(impl, dtype, head_dim: int, platform: Optional[str] = None) -> str:
+  """'xla' or 'cudnn' for config value `impl` ('auto' / None, 'xla', 'cudnn').
+
+  jax.nn.dot_product_attention(implementation=None) always takes the XLA path
+  (jax 0.10.2), which builds float32 [B, H, Q, K] logits. 'auto' therefore
+  picks cuDNN flash attention itself where cuDNN can run it: a GPU backend,
+  bfloat16/float16 compute and head_dim a multiple of 8 up to 128; XLA
+  elsewhere (CPU, TPU, float32).
+  """
+  impl = "auto" if impl is None else impl
+  if impl not in ATTENTION_IMPLS:
+    raise ValueError(f"attention_impl={impl!r}; expected one of {ATTENTION_IMPLS} (or None)")
+  if impl != "auto":
+    return impl
+  platform = platform or jax.default_backend()
+  fits = (platform in ("gpu", "cuda") and jnp.dtype(dtype) in CUDNN_DTYPES
+          and head_dim % 8 == 0 and head_dim <= 128)
+  return "cudnn" if fits else "xla"
+
+
+class Attention(nn.Module):
+  """Multi-head attention through jax.nn.dot_product_attention, with an
+  optional KV cache.
+
+  causal: queries see keys at or before their own position. mask: an extra
+  bool constraint broadcastable to [B, 1, Q, K] (True = may attend): packing
+  segments, key padding. In decode mode the cache holds keys for `cache_len`
+  positions; `key_valid` [B, T] marks which of the T new positions are real
+  tokens, and causality is by absolute cache position.
+  Activations named for remat policies (jax.ad_checkpoint.checkpoint_name):
+  'query_proj', 'key_proj', 'value_proj' and 'attn_out' (the attention result
+  before the output projection).
   """
   num_heads: int
   head_dim: int
   dtype: Any = jnp.float32
   use_bias: bool = True
-  dropout: float = 0.0
   rotary: bool = False
+  causal: bool = False
+  impl: Optional[str] = "auto"
   out_init_scale: float = 1.0
   v_init_scale: float = 1.0
 
   @nn.compact
-  def __call__(self, x, mask=None, positions=None, *, decode=False,
-               key_valid=None, deterministic=True):
+  def __call__(self, x, mask=None, positions=None, *, decode=False, key_valid=None):
     emb = x.shape[-1]
     hd = (self.num_heads, self.head_dim)
     proj = functools.partial(DenseND, dtype=self.dtype, use_bias=self.use_bias)
@@ -139,40 +169,43 @@ class Attention(nn.Module):
     v = proj(hd, qkv_axes, init_scale=self.v_init_scale, name="value")(x)
     if self.rotary:
       q, k = apply_rotary(q, positions), apply_rotary(k, positions)
-    q = constrain(q, ("act_batch", "act_length", "act_heads", "act_kv"))
-    k = constrain(k, ("act_batch", "act_length", "act_heads", "act_kv"))
-    v = constrain(v, ("act_batch", "act_length", "act_heads", "act_kv"))
+    act = ("act_batch", "act_length", "act_heads", "act_kv")
+    q = checkpoint_name(constrain(q, act), "query_proj")
+    k = checkpoint_name(constrain(k, act), "key_proj")
+    v = checkpoint_name(constrain(v, act), "value_proj")
 
+    causal = self.causal
     if decode:
       k, v, mask = self._update_cache(k, v, key_valid)
-
-    scale = 1.0 / math.sqrt(self.head_dim)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q * scale, k).astype(jnp.float32)
+      causal = False  # the cache mask is causal by absolute position
+    impl = resolve_attention_impl(self.impl, q.dtype, self.head_dim)
     if mask is not None:
-      logits = jnp.where(mask, logits, NEG_INF)
-    probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    if self.dropout > 0 and not deterministic:
-      probs = nn.Dropout(self.dropout)(probs, deterministic=False)
-    out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+      mask = jnp.broadcast_to(mask, (q.shape[0], 1, q.shape[1], k.shape[1]))
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal,
+                                       implementation=impl)
+    out = checkpoint_name(constrain(out, act), "attn_out")
     return proj((emb,), ("heads", "kv", "embed"), n_in=2, init_scale=self.out_init_scale,
                 name="out")(out)
 
   def _update_cache(self, k, v, key_valid):
-    """Writes the T new keys/values at `index` and builds the [B,1,T,C] mask."""
+    """Writes the T new keys/values at the cache index and builds the
+    [B, 1, T, C] mask. The index is kept per row ([B], all equal) so that
+    every cache array has the batch on axis 0, also when a scanned stack
+    adds its layer axis (at axis 1)."""
     b, t = k.shape[:2]
     is_init = not self.has_variable("cache", "cached_key")
     ck = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
     cv = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
     cvalid = self.variable("cache", "cached_valid", jnp.zeros, (b, t), jnp.bool_)
-    cidx = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
+    cidx = self.variable("cache", "cache_index", lambda: jnp.zeros((b,), jnp.int32))
     if is_init:  # init call: shapes only, attend causally within the chunk
       causal = jnp.tril(jnp.ones((t, t), jnp.bool_))
       return k, v, causal[None, None]
-    idx = cidx.value
+    idx = cidx.value[0]
     ck.value = jax.lax.dynamic_update_slice(ck.value, k, (0, idx, 0, 0))
     cv.value = jax.lax.dynamic_update_slice(cv.value, v, (0, idx, 0, 0))
     cvalid.value = jax.lax.dynamic_update_slice(cvalid.value, key_valid.astype(jnp.bool_), (0, idx))
-    cidx.value = idx + t
+    cidx.value = cidx.value + t
     cache_len = ck.value.shape[1]
     q_abs = idx + jnp.arange(t)
     k_abs = jnp.arange(cache_len)
@@ -194,7 +227,7 @@ class Mlp(nn.Module):
     h = nn.Dense(self.hidden, dtype=self.dtype, param_dtype=jnp.float32, use_bias=self.use_bias,
                  kernel_init=param_init(init, ("embed", "mlp")),
                  bias_init=param_init(nn.initializers.zeros, ("mlp",)), name="wi")(x)
-    h = ACTIVATIONS.get(self.activation)(h)
+    h = ACTIVATIONS.get(self.activation)(checkpoint_name(h, "mlp_hidden"))
     h = constrain(h, ("act_batch", "act_length", "act_mlp"))
     return nn.Dense(emb, dtype=self.dtype, param_dtype=jnp.float32, use_bias=self.use_bias,
                     kernel_init=param_init(init, ("mlp", "embed")),
@@ -209,6 +242,10 @@ class Block(nn.Module):
 
   DeepNorm (Wang et al., 2022): x <- LN(alpha * x + f(x)), with the value,
   output and MLP weights initialised scaled by beta (set by the caller).
+  `dropout` applies to the residual branches (fairseq's --dropout); attention
+  probabilities are not dropped (fairseq's default attention_dropout=0; the
+  fused attention kernels have no dropout). `scan_carry` returns (x, None),
+  the form nn.scan expects (see metalm_jax/models/stack.py).
   """
   num_heads: int
   head_dim: int
@@ -219,24 +256,26 @@ class Block(nn.Module):
   dropout: float = 0.0
   use_bias: bool = True
   rotary: bool = False
+  causal: bool = False
+  attention_impl: Optional[str] = "auto"
   dtype: Any = jnp.float32
   deepnorm_alpha: float = 1.0
   deepnorm_beta: float = 1.0
+  scan_carry: bool = False
 
   @nn.compact
   def __call__(self, x, mask=None, positions=None, key_valid=None, decode=False,
                deterministic=True):
     beta = self.deepnorm_beta if self.norm == "deepnorm" else 1.0
     attn = Attention(self.num_heads, self.head_dim, dtype=self.dtype, use_bias=self.use_bias,
-                     dropout=self.dropout, rotary=self.rotary, out_init_scale=beta,
-                     v_init_scale=beta, name="attn")
+                     rotary=self.rotary, causal=self.causal, impl=self.attention_impl,
+                     out_init_scale=beta, v_init_scale=beta, name="attn")
     mlp = Mlp(self.mlp_dim, self.activation, dtype=self.dtype, use_bias=self.use_bias,
               init_scale=beta, name="mlp")
     drop = lambda y: nn.Dropout(self.dropout)(y, deterministic=deterministic) if self.dropout else y
     ln1 = LayerNorm(self.ln_eps, self.dtype, name="ln_attn")
     ln2 = LayerNorm(self.ln_eps, self.dtype, name="ln_mlp")
-    call_attn = lambda y: attn(y, mask, positions, decode=decode, key_valid=key_valid,
-                               deterministic=deterministic)
+    call_attn = lambda y: attn(y, mask, positions, decode=decode, key_valid=key_valid)
     if self.norm == "pre":
       x = x + drop(call_attn(ln1(x)))
       x = x + drop(mlp(ln2(x)))
@@ -246,20 +285,5 @@ class Block(nn.Module):
       x = ln2(a * x + drop(mlp(x)))
     else:
       raise ValueError(f"norm={self.norm!r}; expected one of {NORM_STYLES}")
-    return constrain(x, ("act_batch", "act_length", "act_embed"))
-
-
-def block_from_cfg(cfg, dtype, *, rotary=False, num_layers_for_deepnorm=None, name=None,
-                   remat=False):
-  """Builds a Block from an encoder/decoder config section."""
-  head_dim = cfg.get("head_dim", 0) or cfg.emb_dim // cfg.num_heads
-  n = num_layers_for_deepnorm or cfg.num_layers
-  # Block.__call__(self, x, mask, positions, key_valid, decode, deterministic):
-  # decode and deterministic are Python bools, static under remat.
-  cls = nn.remat(Block, static_argnums=(5, 6)) if remat else Block
-  return cls(
-      num_heads=cfg.num_heads, head_dim=head_dim, mlp_dim=cfg.mlp_dim,
-      activation=cfg.activation, norm=cfg.norm, ln_eps=cfg.ln_eps,
-      dropout=cfg.get("dropout", 0.0), use_bias=cfg.get("use_bias", True), rotary=rotary,
-      dtype=dtype, deepnorm_alpha=(2.0 * n) ** 0.25, deepnorm_beta=(8.0 * n) ** -0.25,
-      name=name)
+    x = constrain(x, ("act_batch", "act_length", "act_embed"))
+    return (x, None) if self.scan_carry else x

@@ -16,6 +16,7 @@ import numpy as np
 
 from metalm_jax import batch as batch_lib
 from metalm_jax.models import layers
+from metalm_jax.models import remat as remat_lib
 from metalm_jax.models.connector import CONNECTORS
 from metalm_jax.models.decoder import Decoder
 from metalm_jax.models.registry import ENCODERS
@@ -73,12 +74,22 @@ def check_model_config(cfg) -> None:
   def need(cond, field, value, why):
     if not cond:
       raise ValueError(f"{field}={value!r}: {why}")
+  def stack_options(section, field):
+    remat_lib.policy_name(section, field)
+    impl = section.get("attention_impl", "auto")
+    need(impl is None or impl in layers.ATTENTION_IMPLS, field + ".attention_impl", impl,
+         f"expected one of {layers.ATTENTION_IMPLS}")
+    need(isinstance(section.get("scan_layers", False), bool), field + ".scan_layers",
+         section.get("scan_layers"), "expected a bool")
+
   d = cfg.decoder
   need(d.emb_dim % d.num_heads == 0 or d.get("head_dim", 0), "model.decoder.num_heads",
        d.num_heads, f"does not divide emb_dim={d.emb_dim}")
   need(d.norm in layers.NORM_STYLES, "model.decoder.norm", d.norm, f"expected {layers.NORM_STYLES}")
+  stack_options(d, "model.decoder")
   for name, e in cfg.encoders.items():
     f = f"model.encoders.{name}"
+    stack_options(e, f)
     need(e.type in ENCODERS, f + ".type", e.type, f"known: {list(ENCODERS)}")
     need(e.connector.type in CONNECTORS, f + ".connector.type", e.connector.type,
          f"known: {list(CONNECTORS)}")

@@ -6,7 +6,7 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
-from metalm_jax.models import layers
+from metalm_jax.models import layers, stack
 
 
 class TextEncoder(nn.Module):
@@ -39,10 +39,8 @@ class TextEncoder(nn.Module):
       x = layers.LayerNorm(cfg.ln_eps, self.dtype, name="embed_norm")(x)
     if cfg.get("dropout", 0.0):
       x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
-    attn_mask = jnp.broadcast_to(mask[:, None, None, :], (mask.shape[0], 1, s, s))
-    for i in range(cfg.num_layers):
-      x = layers.block_from_cfg(cfg, self.dtype, name=f"layers_{i}")(
-          x, attn_mask, None, None, False, deterministic)
+    blocks = stack.build(cfg, self.dtype, field="model.encoders.<text>")
+    x = stack.apply(blocks, x, mask[:, None, None, :], deterministic=deterministic)
     if cfg.norm == "pre":
       x = layers.LayerNorm(cfg.ln_eps, self.dtype, name="final_norm")(x)
     return x

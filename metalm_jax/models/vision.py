@@ -6,7 +6,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from metalm_jax.models import layers
+from metalm_jax.models import layers, stack
 
 
 class VisionEncoder(nn.Module):
@@ -43,9 +43,8 @@ class VisionEncoder(nn.Module):
     x = x + pos.astype(self.dtype)
     if cfg.pre_norm:
       x = layers.LayerNorm(cfg.ln_eps, self.dtype, name="pre_norm")(x)
-    for i in range(cfg.num_layers):
-      x = layers.block_from_cfg(cfg, self.dtype, name=f"layers_{i}")(
-          x, None, None, None, False, deterministic)
+    x = stack.apply(stack.build(cfg, self.dtype, field="model.encoders.<vision>"), x,
+                    deterministic=deterministic)
     if cfg.final_norm:
       x = layers.LayerNorm(cfg.ln_eps, self.dtype, name="final_norm")(x)
     return x

@@ -155,7 +155,10 @@ class Checkpointer:
 
 def restore_params(path: str, abstract_params):
   """Params only, from a workdir (latest checkpoint), a checkpoints dir or one
-  step dir; onto the shardings `abstract_params` carries (ShapeDtypeStructs)."""
+  step dir; onto the shardings `abstract_params` carries (ShapeDtypeStructs).
+  A checkpoint of the other layer layout (unrolled vs scanned stacks) is read
+  in its own layout and converted (metalm_jax/models/layout.py)."""
+  from metalm_jax.models import layout
   path = os.path.abspath(path)
   if os.path.isdir(os.path.join(path, CKPT_SUBDIR)):
     path = os.path.join(path, CKPT_SUBDIR)
@@ -169,10 +172,24 @@ def restore_params(path: str, abstract_params):
     if step is None:
       raise FileNotFoundError(f"init_from={path!r}: no checkpoint found")
     step_dir = os.path.join(path, str(step))
-  target = {"params": abstract_params}
-  restored = ocp.PyTreeCheckpointer().restore(
-      os.path.join(step_dir, "state"),
+  state_dir = os.path.join(step_dir, "state")
+  checkpointer = ocp.PyTreeCheckpointer()
+  meta = checkpointer.metadata(state_dir)
+  saved = _plain(getattr(meta, "item_metadata", meta)["params"])
+  target = {"params": layout.match(abstract_params, saved)}
+  restored = checkpointer.restore(
+      state_dir,
       args=ocp.args.PyTreeRestore(
           item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-          partial_restore=True))
-  return restored["params"]
+          partial_restore=True))["params"]
+  if jax.tree.structure(restored) == jax.tree.structure(abstract_params):
+    return restored
+  shardings = jax.tree.map(lambda x: x.sharding, abstract_params)
+  return jax.jit(lambda t: layout.match(t, abstract_params), out_shardings=shardings)(restored)
+
+
+def _plain(node):
+  """Orbax tree metadata -> nested dicts (leaves kept)."""
+  if hasattr(node, "keys"):
+    return {k: _plain(node[k]) for k in node.keys()}
+  return node

@@ -30,7 +30,8 @@ import numpy as np
 from clu import metrics as clu_metrics
 
 from metalm_jax import batch as batch_lib
-from metalm_jax.train.state import map_with_names
+from metalm_jax.models import layout
+from metalm_jax.train.state import map_with_names, trained_fraction
 
 METRICS_FILE = "metrics.jsonl"
 LOSS_PNG = "loss_curve.png"
@@ -56,24 +57,28 @@ def _component_tokens(model_cfg, seq_len: int) -> Dict[str, tuple]:
 
 
 def flops_per_example(model_cfg, params, trainable, seq_len: int) -> float:
-  """Training FLOPs for one example of `seq_len` decoder positions (formula above)."""
+  """Training FLOPs for one example of `seq_len` decoder positions (formula above).
+  A stacked param of scanned layers ([layers, ...]) counts per layer, each
+  layer with its own k (frozen layer slices of a stack count forward only)."""
   comp = _component_tokens(model_cfg, seq_len)
   tied = model_cfg.decoder.tie_embeddings
   total = 0.0
   names = {}
   map_with_names(lambda n, x: names.__setitem__(n, x.shape), params)
   train = {}
-  map_with_names(lambda n, t: train.__setitem__(n, bool(t)), trainable)
+  map_with_names(lambda n, t: train.__setitem__(n, np.asarray(t, bool)), trainable)
   for n, shape in names.items():
     top, leaf = n.split("/")[0], n.split("/")[-1]
     if top not in comp:
       raise ValueError(f"param {n!r}: unknown component {top!r} for the FLOPs count")
     tokens, ctx = comp[top]
-    k = 3 if train[n] else 1
+    per_layer = tuple(shape[1:]) if layout.is_stacked_name(n) else tuple(shape)
+    layers = shape[0] if layout.is_stacked_name(n) else 1
+    k = float(np.sum(1.0 + 2.0 * np.broadcast_to(train[n], (layers,))))  # sum over layers
     if leaf == "kernel" or (tied and n == "decoder/embedder/embedding"):
-      total += 2.0 * math.prod(shape) * tokens * k
+      total += 2.0 * math.prod(per_layer) * tokens * k
     if n.endswith("attn/query/kernel"):
-      d_attn = math.prod(shape[1:])
+      d_attn = math.prod(per_layer[1:])
       total += 4.0 * ctx * d_attn * tokens * k
   return total
 
@@ -221,7 +226,9 @@ def log_parameter_overview(params, trainable) -> str:
   flat_p = jax.tree.leaves(params)
   flat_t = jax.tree.leaves(trainable)
   for x, t in zip(flat_p, flat_t):
-    sizes["trainable" if t else "frozen"] += int(np.prod(x.shape))
+    size, frac = int(np.prod(x.shape)), trained_fraction(t)
+    sizes["trainable"] += int(round(size * frac))
+    sizes["frozen"] += size - int(round(size * frac))
   text = f"{table}\ntrainable params: {sizes['trainable']:,}  frozen: {sizes['frozen']:,}"
   logging.info("Parameter overview:\n%s", text)
   return text

@@ -2,6 +2,14 @@
 decay on norms and biases, parameter groups by regex (frozen or with their own
 learning-rate multiplier).
 
+Group regexes are written against unrolled names ('.../layers_3/...'). A
+param of a scanned stack ('.../layers/...', leading layer axis) is matched
+slice by slice through those names: when some of its layers are frozen and
+the others fall in one trainable group, the leaf takes that group and its
+frozen slices are zeroed, in the gradient (so neither the clipping norm nor
+Adam's moments see them) and again in the final update (so weight decay
+cannot move them).
+
 The state is a plain dict {"step", "params", "opt_state",
 "skipped_nonfinite_steps"} of arrays (no
 LogicallyPartitioned boxes), so Orbax saves and restores it directly; the
@@ -15,7 +23,10 @@ from typing import Any, Callable, Dict, Mapping
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+
+from metalm_jax.models import layout
 
 DEFAULT_GROUP = "default"
 SKIPPED_KEY = "skipped_nonfinite_steps"  # steps whose update was skipped (train/steps.py)
@@ -59,18 +70,62 @@ def group_of(name: str, groups: Mapping[str, Any]) -> str:
   return hits[0] if hits else DEFAULT_GROUP
 
 
+def _frozen(g: str, groups) -> bool:
+  return g != DEFAULT_GROUP and bool(groups[g].get("frozen", False))
+
+
+def _slice_groups(name: str, x, groups):
+  """The group of each layer slice of a stacked param; [group] otherwise."""
+  if layout.is_stacked_name(name) and len(np.shape(x)) >= 1:
+    return [group_of(s, groups) for s in layout.slice_names(name, np.shape(x)[0])]
+  return [group_of(name, groups)]
+
+
+def _label(name: str, x, groups) -> str:
+  gs = _slice_groups(name, x, groups)
+  trained = sorted({g for g in gs if not _frozen(g, groups)})
+  if len(trained) > 1:
+    raise ValueError(f"param {name!r} stacks layers of several trainable optimizer.groups "
+                     f"{trained}; a stacked param may mix frozen layers with one trainable "
+                     "group only (or set scan_layers=False for that stack)")
+  return trained[0] if trained else gs[0]
+
+
 def param_labels(params, opt_cfg):
   groups = _groups(opt_cfg)
-  return map_with_names(lambda n, _: group_of(n, groups), params)
+  return map_with_names(lambda n, x: _label(n, x, groups), params)
 
 
 def trainable_mask(params, opt_cfg):
-  """True for params in a non-frozen group."""
+  """Per param: True (trained), False (frozen), or for a stacked param whose
+  layers differ, a numpy bool [num_layers] (True = that layer is trained)."""
   groups = _groups(opt_cfg)
-  def ok(n, _):
-    g = group_of(n, groups)
-    return g == DEFAULT_GROUP or not groups[g].get("frozen", False)
+  def ok(n, x):
+    per_layer = np.array([not _frozen(g, groups) for g in _slice_groups(n, x, groups)])
+    return bool(per_layer[0]) if per_layer.all() or not per_layer.any() else per_layer
   return map_with_names(ok, params)
+
+
+def trained_fraction(t) -> float:
+  """Share of a param's elements that train, from its `trainable_mask` entry."""
+  return float(np.mean(t))
+
+
+def mask_frozen(x, t):
+  """x with frozen parts zeroed; t is the param's `trainable_mask` entry."""
+  if isinstance(t, (bool, np.bool_)):
+    return x if t else jnp.zeros_like(x)
+  keep = jnp.asarray(t).reshape((-1,) + (1,) * (x.ndim - 1))
+  return jnp.where(keep, x, jnp.zeros_like(x))
+
+
+def zero_frozen(opt_cfg) -> optax.GradientTransformation:
+  """Zeroes the updates of frozen params and of frozen layer slices."""
+  def update(updates, state, params=None):
+    del params
+    mask = trainable_mask(updates, opt_cfg)
+    return jax.tree.map(mask_frozen, updates, mask), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def decay_mask(params, opt_cfg):
@@ -103,7 +158,8 @@ def lr_schedule(opt_cfg, total_steps: int) -> Callable[[Any], Any]:
 
 
 def make_optimizer(opt_cfg, total_steps: int) -> optax.GradientTransformation:
-  """Zero frozen grads -> clip by global norm -> per-group AdamW."""
+  """Zero frozen grads -> clip by global norm -> per-group AdamW -> zero
+  frozen updates."""
   groups = _groups(opt_cfg)
   schedule = lr_schedule(opt_cfg, total_steps)
   transforms = {}
@@ -117,11 +173,11 @@ def make_optimizer(opt_cfg, total_steps: int) -> optax.GradientTransformation:
         optax.scale_by_adam(b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps),
         optax.add_decayed_weights(opt_cfg.weight_decay, mask=lambda p: decay_mask(p, opt_cfg)),
         optax.scale_by_learning_rate(lambda s, m=mult: schedule(s) * m))
-  chain = [optax.masked(optax.set_to_zero(),
-                        lambda p: jax.tree.map(lambda t: not t, trainable_mask(p, opt_cfg)))]
+  chain = [zero_frozen(opt_cfg)]
   if opt_cfg.clip_norm:
     chain.append(optax.clip_by_global_norm(opt_cfg.clip_norm))
   chain.append(optax.multi_transform(transforms, lambda p: param_labels(p, opt_cfg)))
+  chain.append(zero_frozen(opt_cfg))  # weight decay of frozen slices of stacked params
   return optax.chain(*chain)
 
 

@@ -155,7 +155,7 @@ def _load_init(config, state, shardings):
   if config.init_from:
     path = config.init_from
     if os.path.exists(os.path.join(path, params_io.PARAMS_FILE)):
-      loaded, _ = params_io.load_params(path)
+      loaded, _ = params_io.load_params(path, like=params)
       _check_same_tree("init_from", params, loaded)
       params = _put(loaded, shardings["params"])
     else:
@@ -166,7 +166,7 @@ def _load_init(config, state, shardings):
     if name not in params:
       raise ValueError(f"config.init_components.{name}: no such top-level param collection; "
                        f"known: {sorted(params)}")
-    loaded, _ = params_io.load_params(path)
+    loaded, _ = params_io.load_params(path, like=params[name])
     _check_same_tree(f"init_components.{name}", params[name], loaded)
     params = {**params, name: _put(loaded, shardings["params"][name])}
     logging.info("params[%r] initialised from %s", name, path)
