@@ -96,6 +96,14 @@ def test_implementation_choice(impl, platform, dtype, head_dim, want):
   assert layers.resolve_attention_impl(impl, dtype, head_dim, platform) == want
 
 
+@pytest.mark.parametrize("q_len,kv_len,want", [(2048, 2048, "cudnn"), (197, 197, "xla"),
+                                               (1, 2048, "xla"), (2048, 2047, "xla")])
+def test_auto_avoids_odd_lengths(q_len, kv_len, want):
+  # cuDNN refused to train a ViT-B/16's 197 tokens on an H100 (jax 0.11.2).
+  got = layers.resolve_attention_impl("auto", jnp.bfloat16, 64, "gpu", q_len=q_len, kv_len=kv_len)
+  assert got == want
+
+
 def test_unknown_implementation_is_named():
   with pytest.raises(ValueError, match="attention_impl='flash'"):
     layers.resolve_attention_impl("flash", jnp.bfloat16, 64, "gpu")

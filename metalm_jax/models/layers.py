@@ -115,7 +115,8 @@ ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
 
 
-def resolve_attention_impl(impl, dtype, head_dim: int, platform: Optional[str] = None) -> str:
+def resolve_attention_impl(impl, dtype, head_dim: int, platform: Optional[str] = None,
+                           q_len: int = 0, kv_len: int = 0, masked: bool = False) -> str:
   """'xla' or 'cudnn' for config value `impl` ('auto' / None, 'xla', 'cudnn').
 
   jax.nn.dot_product_attention(implementation=None) always takes the XLA path
@@ -131,7 +132,8 @@ def resolve_attention_impl(impl, dtype, head_dim: int, platform: Optional[str] =
     return impl
   platform = platform or jax.default_backend()
   fits = (platform in ("gpu", "cuda") and jnp.dtype(dtype) in CUDNN_DTYPES
-          and head_dim % 8 == 0 and head_dim <= 128)
+          and head_dim % 8 == 0 and head_dim <= 128
+          and not (q_len % 2 or kv_len % 2))
   return "cudnn" if fits else "xla"
 
 
@@ -178,7 +180,8 @@ class Attention(nn.Module):
     if decode:
       k, v, mask = self._update_cache(k, v, key_valid)
       causal = False  # the cache mask is causal by absolute position
-    impl = resolve_attention_impl(self.impl, q.dtype, self.head_dim)
+    impl = resolve_attention_impl(self.impl, q.dtype, self.head_dim, q_len=q.shape[1],
+                                  kv_len=k.shape[1], masked=mask is not None)
     if mask is not None:
       mask = jnp.broadcast_to(mask, (q.shape[0], 1, q.shape[1], k.shape[1]))
     out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal,
