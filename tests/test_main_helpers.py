@@ -65,10 +65,8 @@ def tail(workdir, n=3000):
 
 
 def losses(workdir):
-  path = os.path.join(str(workdir), metrics_lib.METRICS_FILE)
-  if not os.path.exists(path):
-    return {}
-  return {r["step"]: r["loss"] for r in metrics_lib.read_jsonl(path) if "loss" in r}
+  """step -> train loss of a local or gs:// workdir (every record, chunks included)."""
+  return {r["step"]: r["loss"] for r in metrics_lib.read_metrics(str(workdir)) if "loss" in r}
 
 
 def wait_for_step(proc, workdir, step, timeout=300):
