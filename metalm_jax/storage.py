@@ -51,6 +51,15 @@ def path(p: PathLike) -> epath.Path:
   return epath.Path(os.fspath(p)).expanduser().resolve()
 
 
+def refresh(p: PathLike) -> None:
+  """Forgets cached listings and sizes under a remote `p` (gcsfs caches them
+  per process), so a reader sees what another process wrote since."""
+  if is_remote(p):
+    from etils.epath import backend
+    # gcsfs forgets only a path and its parents; the listings below it must go too.
+    backend.fsspec_backend.fs(os.fspath(p)).invalidate_cache()
+
+
 def join(base: PathLike, *parts: str) -> str:
   """`base/parts...` as a string (local made absolute; URLs kept)."""
   return os.fspath(path(base).joinpath(*parts))

@@ -49,14 +49,23 @@ def start(workdir, data_dir, *flags, devices=1, log=None):
   return subprocess.Popen(cmd, cwd=ROOT, env=env(devices), stdout=out, stderr=subprocess.STDOUT)
 
 
-def run(workdir, data_dir, *flags, devices=1, timeout=300):
-  p = start(workdir, data_dir, *flags, devices=devices)
+def run(workdir, data_dir, *flags, devices=1, timeout=300, log=None):
+  p = start(workdir, data_dir, *flags, devices=devices, log=log)
   rc = p.wait(timeout)
-  assert rc == 0, f"main exited {rc}; log: {tail(workdir)}"
+  assert rc == 0, f"main exited {rc}; log: {tail(log[:-4] if log else workdir)}"
   return p
 
 
+def run_module(log_stem, module, *args, timeout=300):
+  """`python -m module args...` with the test env; log in LOG_STEM.log."""
+  with open(f"{log_stem}.log", "ab") as out:
+    p = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env(),
+                       stdout=out, stderr=subprocess.STDOUT, timeout=timeout)
+  assert p.returncode == 0, f"{module} exited {p.returncode}; log: {tail(log_stem)}"
+
+
 def tail(workdir, n=3000):
+  """The end of a run's console log: WORKDIR.log (a local path or log stem)."""
   path = str(workdir) + ".log"
   if not os.path.exists(path):
     return ""
@@ -75,7 +84,7 @@ def wait_for_step(proc, workdir, step, timeout=300):
   while time.time() - t0 < timeout:
     try:
       got = max(losses(workdir), default=0)
-    except ValueError:  # a line half written
+    except (ValueError, FileNotFoundError):  # a file replaced while read
       got = 0
     if got >= step:
       return got

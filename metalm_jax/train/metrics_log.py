@@ -57,6 +57,7 @@ def _chunks(workdir) -> List:
 
 def read_metrics(workdir) -> List[Dict]:
   """Every record of a run, in order (chunks, else metrics.jsonl, else [])."""
+  storage.refresh(workdir)
   chunks = _chunks(workdir)
   if chunks:
     return [r for c in chunks for r in read_jsonl(c)]

@@ -24,6 +24,7 @@ from orbax.checkpoint import multihost as ocp_multihost
 from metalm_jax import batch as batch_lib
 from metalm_jax import params_io
 from metalm_jax import storage
+from metalm_jax.data import data_dir as data_dir_lib
 from metalm_jax.models import metalm
 from metalm_jax.train import checkpoint as ckpt_lib
 from metalm_jax.train import input as input_lib
@@ -55,6 +56,7 @@ def check_config(config, num_devices: Optional[int] = None,
             "logical_rules"):
     _need(f in config, f, None, "missing")
   metalm.check_model_config(config.model)
+  data_dir_lib.check_data_dir(config.data)
   _need(config.batch_size > 0, "batch_size", config.batch_size, "must be > 0")
   _need(config.total_steps >= 0, "total_steps", config.total_steps, "must be >= 0")
   _need(config.total_steps > 0 or config.init_from or config.init_components,
