@@ -42,11 +42,12 @@ def env(devices: int = 1):
   return e
 
 
-def start(workdir, data_dir, *flags, devices=1, log=None):
+def start(workdir, data_dir, *flags, devices=1, log=None, environ=None):
   cmd = [sys.executable, "-m", "metalm_jax.main", f"--workdir={workdir}", *SMALL,
          f"--config.data.data_dir={data_dir}", *flags]
   out = open(log or os.path.join(str(workdir) + ".log"), "ab")
-  return subprocess.Popen(cmd, cwd=ROOT, env=env(devices), stdout=out, stderr=subprocess.STDOUT)
+  return subprocess.Popen(cmd, cwd=ROOT, env=environ or env(devices), stdout=out,
+                          stderr=subprocess.STDOUT)
 
 
 def run(workdir, data_dir, *flags, devices=1, timeout=300, log=None):

@@ -47,7 +47,11 @@ def test_meshes_agree_and_checkpoint_moves_across_meshes(tmp_path):
   r8 = trainer_lib.train(c8, w8, data=S)
   c1 = _cfg(total_steps=6, eval_every=6)
   c1.mesh.update(data=1, fsdp=1, tensor=1)
+  c1.profile.update(start_step=2, num_steps=2)  # the profiler window: steps 3 and 4
   r1 = trainer_lib.train(c1, w1, data=S, devices=one)
+  traces = glob.glob(os.path.join(w1, "profile", "plugins", "profile", "*", "*.xplane.pb"))
+  assert len(traces) == 1 and os.path.getsize(traces[0]) > 0
+  assert not os.path.exists(os.path.join(w8, "profile"))  # off by default
   l8, l1 = _losses(w8), _losses(w1)
   assert sorted(l8) == [1, 2, 3, 4] and sorted(l1) == [1, 2, 3, 4, 5, 6]
   _compare(l8, l1, [1, 2, 3, 4])

@@ -141,7 +141,8 @@ class Writer:
     for k, v in clean.items():
       if math.isfinite(v):
         self.tb.add_scalar(k, v, step)
-    self._flush_tb()
+    with storage.errors(f"writing TensorBoard events to {self._tb_remote}"):
+      self._flush_tb()
 
   def _flush_tb(self) -> None:
     self.tb.flush()
