@@ -3,6 +3,7 @@ moves to another mesh and training continues, eval-only runs, component
 loading, gradient accumulation."""
 import glob
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -92,6 +93,14 @@ def test_meshes_agree_and_checkpoint_moves_across_meshes(tmp_path):
   cc.init_components = {"encoders_vision": pdir}
   with pytest.raises(ValueError, match=r"init_components.encoders_vision: loaded params do not"):
     trainer_lib._load_init(cc, fresh, t.shardings)
+
+  # A restart that finds no checkpoint starts over: every step logged once.
+  shutil.rmtree(os.path.join(w1, "checkpoints"))
+  c1.profile.num_steps = 0
+  trainer_lib.train(c1, w1, data=S, devices=one)
+  rows = metrics_lib.read_metrics(w1)
+  assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
+  assert _losses(w1) == l1
 
 
 def test_gradient_accumulation_matches_one_batch():
