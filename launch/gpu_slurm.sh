@@ -5,14 +5,22 @@
 #
 #   bash launch/gpu_slurm.sh --nodes=4 --gpus_per_node=8 --partition=gpu --time=48:00:00 \
 #       --config=configs/pretrain_vl.py:size=paper --workdir=/shared/runs/vl \
-#       [--venv=/shared/metalm_jax/.venv] [--dry_run] [-- --config.batch_size=512 ...]
+#       [--venv=/shared/metalm_jax/.venv] [--data_bucket=gs://BUCKET/tfds] [--dry_run] \
+#       [-- --config.batch_size=512 ...]
 #
+# --data_bucket mounts a bucket read-only with gcsfuse at /tmp/metalm_data on
+# every node and passes --config.data.data_dir=/tmp/metalm_data (array_record
+# reads local files only: metalm_jax/data/data_dir.py).
 # --dry_run prints the batch script and the sbatch command without submitting.
+# Preemption: the job is --requeue-able and SLURM sends SIGTERM to the job step
+# 120 s before its time limit; the trainer saves and exits with status 42
+# ("preempted, resume me"), and the batch script then requeues the job
+# (scontrol requeue), which resumes from the workdir's latest checkpoint.
 # The code and venv must be on a file system shared by the nodes
 # (bash launch/setup_venv.sh, then pip install 'jax[cuda12]==0.10.2').
 set -euo pipefail
 
-NODES=1 GPUS=8 PARTITION="" TIME="24:00:00" CONFIG="" WORKDIR="" DRY=0 VENV=""
+NODES=1 GPUS=8 PARTITION="" TIME="24:00:00" CONFIG="" WORKDIR="" DRY=0 VENV="" DATA_BUCKET=""
 EXTRA=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -23,6 +31,7 @@ while [[ $# -gt 0 ]]; do
     --config=*) CONFIG="${1#*=}" ;;
     --workdir=*) WORKDIR="${1#*=}" ;;
     --venv=*) VENV="${1#*=}" ;;
+    --data_bucket=*) DATA_BUCKET="${1#*=}" ;;
     --dry_run) DRY=1 ;;
     --) shift; EXTRA=("$@"); break ;;
     *) echo "gpu_slurm.sh: unknown argument $1" >&2; exit 2 ;;
@@ -35,7 +44,16 @@ done
 [[ "$GPUS" =~ ^[1-9][0-9]*$ ]] || { echo "gpu_slurm.sh: --gpus_per_node=$GPUS must be a positive integer" >&2; exit 2; }
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PREEMPTED=42  # metalm_jax/train/preemption.py PREEMPTED_EXIT_CODE: "preempted, resume me"
 VENV="${VENV:-$ROOT/.venv}"
+MOUNT=/tmp/metalm_data  # metalm_jax/data/data_dir.py MOUNT_POINT
+MOUNT_STEP=""
+if [[ -n "$DATA_BUCKET" ]]; then
+  b="${DATA_BUCKET#gs://}"; BUCKET="${b%%/*}"; SUBDIR=""; [[ "$b" == */* ]] && SUBDIR="${b#*/}"
+  FUSE="gcsfuse --implicit-dirs -o ro${SUBDIR:+ --only-dir $SUBDIR} $BUCKET $MOUNT"
+  MOUNT_STEP="srun --ntasks-per-node=1 bash -c 'mountpoint -q $MOUNT || (mkdir -p $MOUNT && $FUSE)'"
+  EXTRA=("--config.data.data_dir=$MOUNT" "${EXTRA[@]+"${EXTRA[@]}"}")
+fi
 ARGS="--config=$(printf '%q' "$CONFIG") --workdir=$(printf '%q' "$WORKDIR") --distributed"
 for a in "${EXTRA[@]+"${EXTRA[@]}"}"; do ARGS+=" $(printf '%q' "$a")"; done
 
@@ -47,11 +65,22 @@ SCRIPT="$(cat <<EOS
 #SBATCH --gpus-per-node=$GPUS
 #SBATCH --time=$TIME
 #SBATCH --output=$WORKDIR/slurm-%j.out
+#SBATCH --open-mode=append
+#SBATCH --requeue
+#SBATCH --signal=TERM@120
 ${PARTITION:+#SBATCH --partition=$PARTITION}
-set -euo pipefail
+set -uo pipefail
 cd $ROOT
 export XLA_PYTHON_CLIENT_MEM_FRACTION=0.9
+$MOUNT_STEP
 srun --kill-on-bad-exit=1 $VENV/bin/python -m metalm_jax.main $ARGS
+rc=\$?
+if [[ \$rc -eq $PREEMPTED ]]; then  # preempted, checkpoint saved: run again
+  echo "preempted (exit $PREEMPTED): requeueing job \$SLURM_JOB_ID"
+  scontrol requeue "\$SLURM_JOB_ID"
+  exit 0
+fi
+exit \$rc
 EOS
 )"
 

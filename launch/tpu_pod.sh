@@ -7,13 +7,20 @@
 #   bash launch/tpu_pod.sh --name=metalm-v5 --zone=us-west4-a --accelerator=v5litepod-16 \
 #       --config=configs/pretrain_vl.py:size=paper --workdir=gs://BUCKET/runs/vl \
 #       [--project=P] [--version=v2-alpha-tpuv5-lite] [--spot] [--dry_run] \
+#       [--data_bucket=gs://BUCKET/tfds] \
 #       [-- --config.optimizer.lr=2e-4 ...]
 #
+# --data_bucket mounts a bucket read-only with gcsfuse at /tmp/metalm_data on
+# every worker and passes --config.data.data_dir=/tmp/metalm_data (array_record
+# reads local files only: metalm_jax/data/data_dir.py).
 # --dry_run prints every command instead of running it. Re-running resumes:
-# the trainer restores the latest checkpoint in --workdir.
+# the trainer restores the latest checkpoint in --workdir. On every worker the
+# entry point runs in a restart loop: exit status 42 means "preempted (SIGTERM
+# or a maintenance notice), checkpoint saved, resume me" and starts it again on
+# the same workdir; any other status ends the loop with that status.
 set -euo pipefail
 
-NAME="" ZONE="" ACCEL="" CONFIG="" WORKDIR="" PROJECT="" SPOT=0 DRY=0
+NAME="" ZONE="" ACCEL="" CONFIG="" WORKDIR="" PROJECT="" SPOT=0 DRY=0 DATA_BUCKET=""
 VERSION="tpu-ubuntu2204-base"
 JAX_SPEC="jax[tpu]==0.10.2"
 EXTRA=()
@@ -27,6 +34,7 @@ while [[ $# -gt 0 ]]; do
     --workdir=*) WORKDIR="${1#*=}" ;;
     --project=*) PROJECT="${1#*=}" ;;
     --spot) SPOT=1 ;;
+    --data_bucket=*) DATA_BUCKET="${1#*=}" ;;
     --dry_run) DRY=1 ;;
     --) shift; EXTRA=("$@"); break ;;
     *) echo "tpu_pod.sh: unknown argument $1" >&2; exit 2 ;;
@@ -82,7 +90,21 @@ run "${SSH[@]}" --command="mkdir -p ~/metalm_jax && tar xzf ~/metalm_jax_code.tg
 && cd ~/metalm_jax && (test -x .venv/bin/python || python3 -m venv .venv) \
 && .venv/bin/pip install -q -e . '$JAX_SPEC'"
 
+# 2b. Training data from a bucket: a gcsfuse mount on every worker.
+MOUNT=/tmp/metalm_data  # metalm_jax/data/data_dir.py MOUNT_POINT
+if [[ -n "$DATA_BUCKET" ]]; then
+  b="${DATA_BUCKET#gs://}"; BUCKET="${b%%/*}"; SUBDIR=""; [[ "$b" == */* ]] && SUBDIR="${b#*/}"
+  FUSE="gcsfuse --implicit-dirs -o ro${SUBDIR:+ --only-dir $SUBDIR} $BUCKET $MOUNT"
+  run "${SSH[@]}" --command="mountpoint -q $MOUNT || (mkdir -p $MOUNT && $FUSE)"
+  EXTRA+=("--config.data.data_dir=$MOUNT")
+fi
+
 # 3. The same entry point on all workers; gcloud streams every worker's output.
-TRAIN="cd ~/metalm_jax && .venv/bin/python -m metalm_jax.main --config=$CONFIG --workdir=$WORKDIR"
-for a in "${EXTRA[@]+"${EXTRA[@]}"}"; do TRAIN+=" $(printf '%q' "$a")"; done
-run "${SSH[@]}" --command="$TRAIN 2>&1 | tee -a ~/metalm_train.log"
+#    Exit status 42 (metalm_jax/train/preemption.py PREEMPTED_EXIT_CODE) = requeue.
+PREEMPTED=42
+MAIN=".venv/bin/python -m metalm_jax.main --config=$CONFIG --workdir=$WORKDIR"
+for a in "${EXTRA[@]+"${EXTRA[@]}"}"; do MAIN+=" $(printf '%q' "$a")"; done
+TRAIN="cd ~/metalm_jax && while true; do $MAIN 2>&1 | tee -a ~/metalm_train.log; \
+rc=\${PIPESTATUS[0]}; [ \$rc -eq $PREEMPTED ] || exit \$rc; \
+echo 'preempted (exit $PREEMPTED): restarting on the same workdir'; done"
+run "${SSH[@]}" --command="$TRAIN"

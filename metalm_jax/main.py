@@ -6,8 +6,13 @@
 Multi-host: every process runs the same command; `jax.distributed` starts from
 --coordinator_address/--num_processes/--process_id when given, else from the
 environment (automatic on Cloud TPU VMs and SLURM). A run always resumes from
-the latest complete checkpoint in --workdir, which one run holds at a time
-(--force takes the lock of a run that is gone; see README "Reliability").
+the latest complete checkpoint in --workdir (local or gs://), which one run
+holds at a time (--force takes the lock of a run that is gone; see README
+"Reliability").
+Exit status: 0 finished; 42 (train/preemption.PREEMPTED_EXIT_CODE) preempted
+by SIGTERM or a preemption notice after saving the current step: start the
+same command again to resume (the launchers do); 1 an error (a storage error
+is one line naming the workdir path that failed).
 """
 from __future__ import annotations
 
@@ -83,7 +88,17 @@ def main(argv):
   trainer.check_config(config)  # before any compile; names the field
   logging.info("process %d/%d, %d devices; workdir %s", jax.process_index(),
                jax.process_count(), jax.device_count(), FLAGS.workdir)
-  results = trainer.train(config, FLAGS.workdir, force_lock=FLAGS.force)
+  from metalm_jax import storage
+  from metalm_jax.train import preemption
+  try:
+    results = trainer.train(config, FLAGS.workdir, force_lock=FLAGS.force)
+  except preemption.Preempted as e:
+    logging.warning("%s", e)
+    print(str(e), flush=True)
+    sys.exit(preemption.PREEMPTED_EXIT_CODE)
+  except storage.StorageError as e:
+    logging.exception("storage error")
+    sys.exit(str(e))
   if jax.process_index() == 0:
     print("final: " + json.dumps({k: v for k, v in results.items()
                                   if isinstance(v, (int, float, str))}, sort_keys=True),

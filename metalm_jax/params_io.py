@@ -6,13 +6,13 @@ HF import and export all read and write this format.
 """
 from __future__ import annotations
 
-import json
-import os
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import flax.linen as nn
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load, save
+
+from metalm_jax import storage
 
 PARAMS_FILE = "params.safetensors"
 CONFIG_FILE = "config.json"
@@ -46,12 +46,10 @@ def unflatten(flat: Mapping[str, Any]) -> Dict[str, Any]:
 def save_params(directory: str, params: Mapping[str, Any],
                 config: Optional[Mapping[str, Any]] = None) -> str:
   """Writes params (boxes removed, gathered to host as numpy) and config."""
-  os.makedirs(directory, exist_ok=True)
   flat = {k: np.ascontiguousarray(np.asarray(v)) for k, v in flatten(nn.meta.unbox(params)).items()}
-  save_file(flat, os.path.join(directory, PARAMS_FILE))
+  storage.write_bytes(storage.join(directory, PARAMS_FILE), save(flat))
   if config is not None:
-    with open(os.path.join(directory, CONFIG_FILE), "w") as f:
-      json.dump(config, f, indent=2, sort_keys=True)
+    storage.write_json(storage.join(directory, CONFIG_FILE), config)
   return directory
 
 
@@ -90,16 +88,13 @@ def load_params(directory: str, like: Optional[Mapping[str, Any]] = None
   """Returns (params tree of numpy arrays, config dict or None). With `like`
   (a params tree or its shapes) the layer stacks are converted to its layout
   (unrolled `layers_<i>` <-> scanned `layers`; metalm_jax/models/layout.py)."""
-  path = os.path.join(directory, PARAMS_FILE)
-  if not os.path.exists(path):
+  path = storage.join(directory, PARAMS_FILE)
+  if not storage.exists(path):
     raise FileNotFoundError(f"no {PARAMS_FILE} in params dir {directory!r}")
-  params = unflatten(load_file(path))
+  params = unflatten(load(storage.read_bytes(path)))
   if like is not None:
     from metalm_jax.models import layout
     params = layout.match(params, like)
-  cfg_path = os.path.join(directory, CONFIG_FILE)
-  config = None
-  if os.path.exists(cfg_path):
-    with open(cfg_path) as f:
-      config = json.load(f)
+  cfg_path = storage.join(directory, CONFIG_FILE)
+  config = storage.read_json(cfg_path) if storage.exists(cfg_path) else None
   return params, config

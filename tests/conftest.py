@@ -24,6 +24,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)  # so `configs` imports from the repo
 
+# Every GCS client in this process talks to the loopback emulator only: the
+# variables must be set before anything imports gcsfs, fsspec or tensorstore.
+from tests import gcs_emulator as gcs_lib  # noqa: E402
+
+os.environ.update(gcs_lib.env(gcs_lib.PORT))
+
+
+import itertools  # noqa: E402
+
+import pytest  # noqa: E402
 from absl import flags  # noqa: E402
 
 flags.FLAGS.mark_as_parsed()
@@ -31,3 +41,20 @@ flags.FLAGS.mark_as_parsed()
 
 def pytest_configure(config):
   config.addinivalue_line("markers", "slow: long-running; excluded from the default run")
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory):
+  """The emulator this process's GCS clients point at (tests/gcs_emulator.py)."""
+  emu = gcs_lib.Emulator(tmp_path_factory.mktemp("gcs"), gcs_lib.PORT).start()
+  yield emu
+  emu.stop()
+
+
+_buckets = itertools.count()
+
+
+@pytest.fixture
+def gcs_bucket(gcs_emulator):
+  """A fresh bucket on the emulator: 'gs://NAME'."""
+  return gcs_emulator.create_bucket(f"bucket{os.getpid()}-{next(_buckets)}")

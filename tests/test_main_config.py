@@ -70,3 +70,14 @@ def test_runlocal_shrinks_any_size():
   assert c.total_steps == 7 and dict(c.mesh) == {"data": -1, "fsdp": 1, "tensor": 1}
   with pytest.raises(ValueError, match=r"config arg 'runlocl' is unknown"):
     pretrain_vl.get_config("runlocl")
+
+
+def test_gcs_data_dir_stops_at_start_up_naming_the_ways():
+  """array_record cannot read gs:// (metalm_jax/data/data_dir.py): one line
+  naming the field and the supported ways, before anything compiles."""
+  out = _main_fails("--config=configs/pretrain_vl.py:size=tiny",
+                    "--config.data.data_dir=gs://bucket/tfds")
+  line = [l for l in out.splitlines() if "config.data.data_dir=" in l]
+  assert line, out[-2000:]
+  assert "'gs://bucket/tfds'" in line[-1] and "gcsfuse" in line[-1]
+  assert "--data_bucket" in line[-1] and "local disk" in line[-1]

@@ -42,21 +42,31 @@ def env(devices: int = 1):
   return e
 
 
-def start(workdir, data_dir, *flags, devices=1, log=None):
+def start(workdir, data_dir, *flags, devices=1, log=None, environ=None):
   cmd = [sys.executable, "-m", "metalm_jax.main", f"--workdir={workdir}", *SMALL,
          f"--config.data.data_dir={data_dir}", *flags]
   out = open(log or os.path.join(str(workdir) + ".log"), "ab")
-  return subprocess.Popen(cmd, cwd=ROOT, env=env(devices), stdout=out, stderr=subprocess.STDOUT)
+  return subprocess.Popen(cmd, cwd=ROOT, env=environ or env(devices), stdout=out,
+                          stderr=subprocess.STDOUT)
 
 
-def run(workdir, data_dir, *flags, devices=1, timeout=300):
-  p = start(workdir, data_dir, *flags, devices=devices)
+def run(workdir, data_dir, *flags, devices=1, timeout=300, log=None):
+  p = start(workdir, data_dir, *flags, devices=devices, log=log)
   rc = p.wait(timeout)
-  assert rc == 0, f"main exited {rc}; log: {tail(workdir)}"
+  assert rc == 0, f"main exited {rc}; log: {tail(log[:-4] if log else workdir)}"
   return p
 
 
+def run_module(log_stem, module, *args, timeout=300):
+  """`python -m module args...` with the test env; log in LOG_STEM.log."""
+  with open(f"{log_stem}.log", "ab") as out:
+    p = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env(),
+                       stdout=out, stderr=subprocess.STDOUT, timeout=timeout)
+  assert p.returncode == 0, f"{module} exited {p.returncode}; log: {tail(log_stem)}"
+
+
 def tail(workdir, n=3000):
+  """The end of a run's console log: WORKDIR.log (a local path or log stem)."""
   path = str(workdir) + ".log"
   if not os.path.exists(path):
     return ""
@@ -65,10 +75,8 @@ def tail(workdir, n=3000):
 
 
 def losses(workdir):
-  path = os.path.join(str(workdir), metrics_lib.METRICS_FILE)
-  if not os.path.exists(path):
-    return {}
-  return {r["step"]: r["loss"] for r in metrics_lib.read_jsonl(path) if "loss" in r}
+  """step -> train loss of a local or gs:// workdir (every record, chunks included)."""
+  return {r["step"]: r["loss"] for r in metrics_lib.read_metrics(str(workdir)) if "loss" in r}
 
 
 def wait_for_step(proc, workdir, step, timeout=300):
@@ -77,7 +85,7 @@ def wait_for_step(proc, workdir, step, timeout=300):
   while time.time() - t0 < timeout:
     try:
       got = max(losses(workdir), default=0)
-    except ValueError:  # a line half written
+    except (ValueError, FileNotFoundError):  # a file replaced while read
       got = 0
     if got >= step:
       return got

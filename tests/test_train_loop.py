@@ -3,6 +3,7 @@ moves to another mesh and training continues, eval-only runs, component
 loading, gradient accumulation."""
 import glob
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -47,7 +48,11 @@ def test_meshes_agree_and_checkpoint_moves_across_meshes(tmp_path):
   r8 = trainer_lib.train(c8, w8, data=S)
   c1 = _cfg(total_steps=6, eval_every=6)
   c1.mesh.update(data=1, fsdp=1, tensor=1)
+  c1.profile.update(start_step=2, num_steps=2)  # the profiler window: steps 3 and 4
   r1 = trainer_lib.train(c1, w1, data=S, devices=one)
+  traces = glob.glob(os.path.join(w1, "profile", "plugins", "profile", "*", "*.xplane.pb"))
+  assert len(traces) == 1 and os.path.getsize(traces[0]) > 0
+  assert not os.path.exists(os.path.join(w8, "profile"))  # off by default
   l8, l1 = _losses(w8), _losses(w1)
   assert sorted(l8) == [1, 2, 3, 4] and sorted(l1) == [1, 2, 3, 4, 5, 6]
   _compare(l8, l1, [1, 2, 3, 4])
@@ -88,6 +93,14 @@ def test_meshes_agree_and_checkpoint_moves_across_meshes(tmp_path):
   cc.init_components = {"encoders_vision": pdir}
   with pytest.raises(ValueError, match=r"init_components.encoders_vision: loaded params do not"):
     trainer_lib._load_init(cc, fresh, t.shardings)
+
+  # A restart that finds no checkpoint starts over: every step logged once.
+  shutil.rmtree(os.path.join(w1, "checkpoints"))
+  c1.profile.num_steps = 0
+  trainer_lib.train(c1, w1, data=S, devices=one)
+  rows = metrics_lib.read_metrics(w1)
+  assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
+  assert _losses(w1) == l1
 
 
 def test_gradient_accumulation_matches_one_batch():

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import flax.linen as nn
@@ -35,6 +33,7 @@ import numpy as np
 
 from metalm_jax import batch as batch_lib
 from metalm_jax import params_io
+from metalm_jax import storage
 from metalm_jax.convert.serving import SERVING_KEYS, next_token_logits, serving_batch
 from metalm_jax.models import layout, metalm
 
@@ -92,19 +91,17 @@ def export_model(model_cfg, params, out: str, *, seq_len: Optional[int] = None,
              "output": "float32 [b, vocab] next-token logits", "platforms": list(platforms)}
   written = {"params": params_io.save_params(out, params, None)}
   flat = params_io.flatten(params)
-  with open(os.path.join(out, NAMES_FILE), "w") as f:
-    json.dump({k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in flat.items()},
-              f, indent=1, sort_keys=True)
+  storage.write_text(storage.join(out, NAMES_FILE), json.dumps(
+      {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in flat.items()},
+      indent=1, sort_keys=True))
   exported = export_serving(model, seq_len, platforms)
-  written["serving"] = os.path.join(out, SERVING_FILE)
-  with open(written["serving"], "wb") as f:
-    f.write(exported.serialize())
+  written["serving"] = storage.write_bytes(storage.join(out, SERVING_FILE), exported.serialize())
   meta = {"model": cfg_dict, "serving": serving}
   if tokenizer:
-    ext = ".json" if tokenizer.endswith(".json") else os.path.splitext(tokenizer)[1] or ".model"
-    dest = os.path.join(out, "tokenizer" + ext)
-    shutil.copyfile(os.path.expanduser(tokenizer), dest)
-    written["tokenizer"] = meta["tokenizer"] = os.path.basename(dest)
+    suffix = storage.path(tokenizer).suffix
+    name = "tokenizer" + (".json" if suffix == ".json" else suffix or ".model")
+    storage.copy(tokenizer, storage.join(out, name))
+    written["tokenizer"] = meta["tokenizer"] = name
   if hf_gpt2:
     from metalm_jax.convert import hf_gpt2 as g
     try:
@@ -112,11 +109,10 @@ def export_model(model_cfg, params, out: str, *, seq_len: Optional[int] = None,
     except ValueError as e:  # not GPT-2-shaped: a logged skip, not an error
       logging.warning("export: decoder not written in GPT-2 format: %s", e)
     else:
-      written["hf_gpt2"] = g.save_gpt2(os.path.join(out, GPT2_SUBDIR), model_cfg.decoder,
+      written["hf_gpt2"] = g.save_gpt2(storage.join(out, GPT2_SUBDIR), model_cfg.decoder,
                                        params["decoder"])
       meta["hf_gpt2"] = GPT2_SUBDIR
-  with open(os.path.join(out, params_io.CONFIG_FILE), "w") as f:
-    json.dump(meta, f, indent=2, sort_keys=True)
+  storage.write_json(storage.join(out, params_io.CONFIG_FILE), meta)
   return written
 
 
@@ -135,8 +131,8 @@ def restore_checkpoint_params(workdir: str, step: Optional[int] = None) -> Tuple
   """(params as numpy, step) from `workdir/checkpoints` (Orbax, item `state`
   holding `params`); only the params are read, onto the host."""
   import orbax.checkpoint as ocp
-  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-  if not os.path.isdir(directory):
+  directory = storage.join(workdir, "checkpoints")
+  if not storage.path(directory).is_dir():
     raise FileNotFoundError(f"--workdir={workdir!r} has no checkpoints/ directory")
   mgr = ocp.CheckpointManager(
       directory, item_handlers={"state": ocp.PyTreeCheckpointHandler()},
@@ -159,20 +155,18 @@ def restore_checkpoint_params(workdir: str, step: Optional[int] = None) -> Tuple
 
 
 def load_run_config(workdir: str) -> Dict[str, Any]:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"--workdir={workdir!r} has no config.json (the run config)")
-  with open(path) as f:
-    cfg = json.load(f)
+  """WORKDIR/config.json, its tokenizer as a full path (train/run_files.py)."""
+  from metalm_jax.train import run_files
+  cfg = run_files.load_run_config(workdir)
   if "model" not in cfg:
-    raise ValueError(f"{path} has no 'model' section")
+    raise ValueError(f"{workdir}/config.json has no 'model' section")
   return cfg
 
 
 def run_tokenizer(run_cfg: Mapping[str, Any]) -> Optional[str]:
   """The tokenizer file a run config names (`data.tokenizer`), if any."""
   path = (run_cfg.get("data") or {}).get("tokenizer") or None
-  if path and not os.path.exists(os.path.expanduser(path)):
+  if path and not storage.exists(path):
     raise FileNotFoundError(f"config data.tokenizer={path!r} does not exist")
   return path
 

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import shutil
 from typing import Any, Dict, List
 
 import numpy as np
 
 from metalm_jax import params_io
+from metalm_jax import storage
 from metalm_jax.convert import hf_common as hc
 from metalm_jax.convert import hf_io
 from metalm_jax.models import layout
@@ -92,13 +91,12 @@ def import_hf(model_dir: str, component: str, out: str, scan_layers: bool = Fals
   meta = {"component": component, "params_key": hc.COMPONENT_KEYS[component],
           "hf_model_type": imp.hf_model_type, "section": imp.section.to_dict(),
           "skipped_weights": imp.skipped}
-  os.makedirs(out, exist_ok=True)
-  copied = [f for f in TOKENIZER_FILES if os.path.exists(os.path.join(model_dir, f))]
+  copied = [f for f in TOKENIZER_FILES if storage.exists(storage.join(model_dir, f))]
   for f in copied:
-    shutil.copyfile(os.path.join(model_dir, f), os.path.join(out, f))
+    storage.copy(storage.join(model_dir, f), storage.join(out, f))
   if "tokenizer.json" in copied:
     from metalm_jax.convert.hf_tokenizer import HfTokenizer
-    vocab = HfTokenizer(os.path.join(out, "tokenizer.json")).vocab_size
+    vocab = HfTokenizer(storage.join(out, "tokenizer.json")).vocab_size
     if vocab > imp.section.get("vocab_size", vocab):
       raise ValueError(f"{model_dir}/tokenizer.json has vocab_size={vocab} > the model's "
                        f"vocab_size={imp.section.vocab_size}")

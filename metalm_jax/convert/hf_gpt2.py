@@ -9,9 +9,6 @@ reshapes and splits, so ours -> GPT-2 -> ours is bit-exact.
 """
 from __future__ import annotations
 
-import json
-import os
-
 import numpy as np
 
 from metalm_jax.convert import hf_common as hc
@@ -154,12 +151,11 @@ def decoder_to_gpt2(section, tree) -> dict:
 
 def save_gpt2(out_dir: str, section, tree) -> str:
   """Writes an HF GPT-2 model dir (config.json + model.safetensors)."""
-  from safetensors.numpy import save_file
+  from safetensors.numpy import save
   import flax.linen as nn
+  from metalm_jax import storage
   cfg = gpt2_config(section)
-  os.makedirs(out_dir, exist_ok=True)
-  save_file(decoder_to_gpt2(section, nn.meta.unbox(tree)),
-            os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
-  with open(os.path.join(out_dir, "config.json"), "w") as f:
-    json.dump(cfg, f, indent=2, sort_keys=True)
+  storage.write_bytes(storage.join(out_dir, "model.safetensors"),
+                      save(decoder_to_gpt2(section, nn.meta.unbox(tree)), metadata={"format": "pt"}))
+  storage.write_json(storage.join(out_dir, "config.json"), cfg)
   return out_dir

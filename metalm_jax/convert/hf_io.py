@@ -6,6 +6,8 @@ a PyTorch `pytorch_model.bin` is read only through `torch.load(weights_only=True
 from __future__ import annotations
 
 import json
+# HF model dirs are read locally by intent (os, open): safetensors memory-maps
+# them and torch.load takes a local file; they are inputs the user downloaded.
 import os
 from typing import Dict, Mapping, Tuple
 

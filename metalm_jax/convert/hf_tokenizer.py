@@ -11,9 +11,9 @@ are never read by the model: segment_ids mask them).
 """
 from __future__ import annotations
 
-import json
-import os
 from typing import List, Optional, Sequence
+
+from metalm_jax import storage
 
 # Role -> candidate token strings, in order of preference.
 CANDIDATES = {
@@ -31,11 +31,10 @@ def _named_specials(directory: str) -> dict:
   """Role -> token string from the HF side files, if any."""
   out = {}
   for fname in ("special_tokens_map.json", "tokenizer_config.json"):
-    path = os.path.join(directory, fname)
-    if not os.path.exists(path):
+    path = storage.join(directory, fname)
+    if not storage.exists(path):
       continue
-    with open(path) as f:
-      data = json.load(f)
+    data = storage.read_json(path)
     for role, key in _HF_KEYS.items():
       tok = data.get(key)
       if isinstance(tok, dict):
@@ -50,12 +49,12 @@ class HfTokenizer:
 
   def __init__(self, path: str):
     from tokenizers import Tokenizer as _Tok
-    if not os.path.exists(path):
+    if not storage.exists(path):
       raise FileNotFoundError(f"tokenizer file {path!r} does not exist")
     self.path = path
-    self._tok = _Tok.from_file(path)
+    self._tok = _Tok.from_str(storage.read_text(path))
     self.vocab_size = int(self._tok.get_vocab_size(with_added_tokens=True))
-    named = _named_specials(os.path.dirname(os.path.abspath(path)))
+    named = _named_specials(str(storage.path(path).parent))
     for role, cands in CANDIDATES.items():
       ids = [self._tok.token_to_id(t) for t in ((named[role],) if role in named else cands)]
       setattr(self, role, next((int(i) for i in ids if i is not None), None))

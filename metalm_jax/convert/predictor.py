@@ -10,8 +10,6 @@ metalm_jax.evaluate.prompts (left padding, `<image>` T docked positions
 """
 from __future__ import annotations
 
-import json
-import os
 from typing import Any, Dict, List, Optional, Sequence
 
 import jax
@@ -19,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from metalm_jax import params_io
+from metalm_jax import storage
 from metalm_jax.convert.serving import next_token_logits
 from metalm_jax.evaluate import decode, prompts
 from metalm_jax.models import metalm
@@ -44,7 +43,7 @@ def _sentencepiece(path):
 
 
 def load_tokenizer(path: str):
-  return TOKENIZER_FILES.get(os.path.splitext(path)[1])(path)
+  return TOKENIZER_FILES.get(storage.path(path).suffix)(path)
 
 
 def load_export(export_dir: str):
@@ -72,7 +71,7 @@ class Predictor:
     if tokenizer is None:
       if "tokenizer" not in meta:
         raise ValueError(f"{export_dir} holds no tokenizer file; pass tokenizer=")
-      tokenizer = load_tokenizer(os.path.join(export_dir, meta["tokenizer"]))
+      tokenizer = load_tokenizer(storage.join(export_dir, meta["tokenizer"]))
     if tokenizer.vocab_size > cfg.decoder.vocab_size:
       raise ValueError(f"tokenizer vocab_size={tokenizer.vocab_size} > "
                        f"model.decoder.vocab_size={cfg.decoder.vocab_size}")

@@ -28,5 +28,5 @@ def next_token_logits(model, params, batch):
 def load_serving(path: str) -> jax.export.Exported:
   """Deserialises an exported serving function; call it as
   `exported.call(params, serving_batch(batch))`."""
-  with open(path, "rb") as f:
-    return jax.export.deserialize(bytearray(f.read()))
+  from metalm_jax import storage
+  return jax.export.deserialize(bytearray(storage.read_bytes(path)))

@@ -3,6 +3,9 @@ tokenizer, once, safely when several processes start together.
 
 Preparation runs under an exclusive file lock in the data dir: the first
 process builds, the others wait on the lock and then find everything ready.
+The data dir is local by intent (os / fcntl here): the lock needs a POSIX file
+system and array_record reads local files (a bucket is mounted with gcsfuse;
+see train/input.py's check and the launchers' --data_bucket).
 """
 from __future__ import annotations
 

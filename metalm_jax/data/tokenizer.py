@@ -54,8 +54,9 @@ class Tokenizer:
 
   @classmethod
   def from_file(cls, path: str) -> "Tokenizer":
-    with open(path, "rb") as f:
-      return cls(f.read())
+    """A .model file, local or remote (gs://)."""
+    from metalm_jax import storage
+    return cls(storage.read_bytes(path))
 
   def encode(self, text: str) -> List[int]:
     return list(self._sp.EncodeAsIds(text))
@@ -83,7 +84,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, output: str,
   min_size = 4 + len(SPECIAL_SYMBOLS) + NUM_RESERVED + 8
   if vocab_size < min_size:
     raise ValueError(f"vocab_size={vocab_size} is too small (need >= {min_size})")
-  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+  from metalm_jax import storage
+  # Local by intent: SentencePiece's trainer reads and writes local files only;
+  # the finished model goes to `output` (local or remote) below.
   with tempfile.TemporaryDirectory() as tmp:
     corpus = os.path.join(tmp, "corpus.txt")
     n = 0
@@ -113,10 +116,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, output: str,
     piece.type = sp_pb2.ModelProto.SentencePiece.USER_DEFINED
     k += 1
   data = proto.SerializeToString()
-  tmp_out = output + f".tmp{os.getpid()}"
-  with open(tmp_out, "wb") as f:
-    f.write(data)
-  os.replace(tmp_out, output)
+  storage.write_bytes(output, data)
   tok = Tokenizer(data)
   if tok.vocab_size != vocab_size:
     raise ValueError(f"trained tokenizer has {tok.vocab_size} pieces, wanted {vocab_size}")
@@ -129,7 +129,7 @@ def load_tokenizer(config) -> Tokenizer:
   from metalm_jax.data import prepare  # local import: prepare builds data sets
   path = config.data.tokenizer or prepare.ensure_prepared(config.data,
                                                           config.model.decoder.vocab_size)
-  tok = Tokenizer.from_file(os.path.expanduser(path))
+  tok = Tokenizer.from_file(path)
   want = config.model.decoder.vocab_size
   if tok.vocab_size != want:
     raise ValueError(f"config.data.tokenizer={path!r} has vocab_size={tok.vocab_size}, but "
@@ -139,13 +139,13 @@ def load_tokenizer(config) -> Tokenizer:
 
 def _read_lines(paths: Sequence[str]) -> Iterable[str]:
   import json
+  from metalm_jax import storage
   for p in paths:
-    with open(p, encoding="utf-8", errors="replace") as f:
-      for line in f:
-        if p.endswith(".jsonl"):
-          line = json.loads(line).get("text", "") if line.strip() else ""
-        for part in line.splitlines():
-          yield part
+    text = storage.read_bytes(p).decode("utf-8", errors="replace")
+    for line in text.splitlines():
+      if p.endswith(".jsonl"):
+        line = json.loads(line).get("text", "") if line.strip() else ""
+      yield from line.splitlines()
 
 
 def main(argv):

@@ -7,18 +7,26 @@ A step that cannot be restored (truncated or missing files) is reported in
 one line naming the step and the file; with `restore_fallback` (default on)
 the restore falls back to the previous step, saying so, and the unreadable
 step is replaced when the run saves that step again.
+
+The directory may be local or gs:// (Orbax gets the path as is). Arrays go
+through tensorstore, whose default GCS retry policy (32 tries, up to 32 s
+apart) keeps a run hanging for many minutes when the bucket is unreachable:
+`set_gcs_retries` bounds it (config.checkpoint.gcs_request_retries), and a
+failed save is raised as `storage.StorageError` naming the directory.
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-from typing import Any, Optional, Tuple
+from typing import Any, Mapping, Optional, Tuple
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+from orbax.checkpoint._src.serialization import tensorstore_utils as _ts_utils
+
+from metalm_jax import storage
 
 from metalm_jax.train import nonfinite
 
@@ -36,8 +44,8 @@ def _restore_error(step_dir: str, step: int, e: Exception) -> CheckpointRestoreE
   """One line: the step, the file the error names (if any) and the reason."""
   text = str(e)
   paths = [f.rstrip(":,.") for f in re.findall(r"[^\s\"'\[\]\\]+", text)]
-  paths = [f for f in paths if f.startswith(step_dir + os.sep)]
-  files = [f for f in paths if not f.endswith(os.sep)] or paths  # a file over its folder
+  paths = [f for f in paths if f.startswith(step_dir + "/")]
+  files = [f for f in paths if not f.endswith("/")] or paths  # a file over its folder
   where = files[-1] if files else step_dir
   reason = " ".join(text.split())[:300] or type(e).__name__
   return CheckpointRestoreError(f"checkpoint step {step} cannot be restored from {where}: "
@@ -80,11 +88,33 @@ def with_shardings(abstract_tree, shardings):
                       abstract_tree, shardings)
 
 
+def set_gcs_retries(retries: Optional[Mapping[str, float]]) -> None:
+  """Bounds tensorstore's GCS retries for every Orbax read and write:
+  {max_retries, initial_delay_s, max_delay_s} (None/empty: tensorstore's
+  default). Orbax 0.12.8 builds each tensorstore context from these two
+  module dicts and takes no context option, so the policy goes there."""
+  spec = None
+  if retries:
+    for k in ("max_retries", "initial_delay_s", "max_delay_s"):
+      if k not in retries:
+        raise ValueError(f"config.checkpoint.gcs_request_retries.{k} is missing")
+    spec = {"max_retries": int(retries["max_retries"]),
+            "initial_delay": f"{float(retries['initial_delay_s'])}s",
+            "max_delay": f"{float(retries['max_delay_s'])}s"}
+  for ctx in (_ts_utils._BASE_TS_CONTEXT, _ts_utils._DEFAULT_OCDBT_TS_CONTEXT):
+    if spec is None:
+      ctx.pop("gcs_request_retries", None)
+    else:
+      ctx["gcs_request_retries"] = spec
+
+
 class Checkpointer:
-  """cfg: config.checkpoint (every_steps, keep, async_save, restore_fallback)."""
+  """cfg: config.checkpoint (every_steps, keep, async_save, restore_fallback,
+  gcs_request_retries)."""
 
   def __init__(self, workdir: str, cfg):
-    self.directory = os.path.abspath(os.path.join(workdir, CKPT_SUBDIR))
+    set_gcs_retries(cfg.get("gcs_request_retries"))
+    self.directory = storage.join(workdir, CKPT_SUBDIR)
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=1, max_to_keep=cfg.keep,
         enable_async_checkpointing=cfg.async_save, create=True)
@@ -109,7 +139,11 @@ class Checkpointer:
     nonfinite.check_finite(state, step)  # never write a NaN/Inf checkpoint
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                               data_iter=grain.checkpoint.CheckpointSave(_IterSnapshot(data_iter)))
-    return self.manager.save(step, args=args, force=force)
+    with self._storage(f"saving step {step}"):
+      return self.manager.save(step, args=args, force=force)
+
+  def _storage(self, what: str):
+    return storage.errors(f"checkpoint {what} to {self.directory}")
 
   def restore(self, abstract_state, data_iter, step: Optional[int] = None) -> Tuple[Any, int]:
     """(state, step) from the latest (or given) step; moves `data_iter` there.
@@ -132,11 +166,11 @@ class Checkpointer:
     raise AssertionError("unreachable")
 
   def _restore(self, step: int, abstract_state, data_iter):
-    step_dir = os.path.join(self.directory, str(step))
+    step_dir = storage.join(self.directory, str(step))
     for name in REQUIRED_FILES:
-      if not os.path.exists(os.path.join(step_dir, name)):
+      if not storage.exists(storage.join(step_dir, name)):
         raise CheckpointRestoreError(f"checkpoint step {step} cannot be restored: "
-                                     f"{os.path.join(step_dir, name)} is missing")
+                                     f"{storage.join(step_dir, name)} is missing")
     try:
       out = self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract_state),
@@ -146,10 +180,12 @@ class Checkpointer:
     return out["state"]
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    with self._storage("save"):
+      self.manager.wait_until_finished()
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
+    with self._storage("save"):
+      self.manager.wait_until_finished()
     self.manager.close()
 
 
@@ -159,10 +195,10 @@ def restore_params(path: str, abstract_params):
   A checkpoint of the other layer layout (unrolled vs scanned stacks) is read
   in its own layout and converted (metalm_jax/models/layout.py)."""
   from metalm_jax.models import layout
-  path = os.path.abspath(path)
-  if os.path.isdir(os.path.join(path, CKPT_SUBDIR)):
-    path = os.path.join(path, CKPT_SUBDIR)
-  if os.path.isdir(os.path.join(path, "state")):
+  path = storage.join(path)
+  if storage.path(path).joinpath(CKPT_SUBDIR).is_dir():
+    path = storage.join(path, CKPT_SUBDIR)
+  if storage.path(path).joinpath("state").is_dir():
     step_dir = path
   else:
     manager = ocp.CheckpointManager(path, item_names=("state", "data_iter"),
@@ -171,8 +207,8 @@ def restore_params(path: str, abstract_params):
     manager.close()
     if step is None:
       raise FileNotFoundError(f"init_from={path!r}: no checkpoint found")
-    step_dir = os.path.join(path, str(step))
-  state_dir = os.path.join(step_dir, "state")
+    step_dir = storage.join(path, str(step))
+  state_dir = storage.path(step_dir) / "state"
   checkpointer = ocp.PyTreeCheckpointer()
   meta = checkpointer.metadata(state_dir)
   saved = _plain(getattr(meta, "item_metadata", meta)["params"])

@@ -40,14 +40,20 @@ def trainer_config() -> mlc.ConfigDict:
   c.mesh = mlc.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # -1 = infer from devices
   c.logical_rules = common.logical_rules()
   c.sharding = mlc.ConfigDict(dict(min_fsdp_size=2 ** 14))  # start-up check threshold
-  # restore_fallback: a latest step that cannot be restored falls back to the previous one
-  c.checkpoint = mlc.ConfigDict(dict(every_steps=200, keep=3, async_save=True,
-                                     restore_fallback=True))
+  # restore_fallback: a latest step that cannot be restored falls back to the previous one.
+  # gcs_request_retries: tensorstore's retry policy for gs:// checkpoints; a
+  # bucket that stays unreachable fails the run after ~2 min instead of hanging.
+  c.checkpoint = mlc.ConfigDict(dict(
+      every_steps=200, keep=3, async_save=True, restore_fallback=True,
+      gcs_request_retries=dict(max_retries=8, initial_delay_s=1.0, max_delay_s=32.0)))
   c.metrics = mlc.ConfigDict(dict(peak_flops=0.0))  # 0 = measure a matmul at start-up
   c.init_from = ""                # workdir / checkpoints dir / params dir: params only
   c.init_components = mlc.ConfigDict({}, type_safe=False)  # top-level name -> params dir
   c.evals = mlc.ConfigDict({}, type_safe=False)             # name -> {type, every_steps, ...}
   c.compilation_cache_dir = ""    # persistent XLA compilation cache; "" = off
+  # jax.profiler trace of steps start_step+1 .. start_step+num_steps into
+  # WORKDIR/profile (train/profile.py); num_steps 0 = off.
+  c.profile = mlc.ConfigDict(dict(start_step=10, num_steps=0))
   return c
 
 

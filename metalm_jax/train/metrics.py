@@ -16,10 +16,10 @@ FLOPs per example (what MFU counts), summed over the model's components:
 """
 # No `from __future__ import annotations`: clu reads the field annotations.
 
-import json
+import io
 import logging
 import math
-import os
+import tempfile
 import time
 from typing import Dict, Iterable, Mapping, Optional
 
@@ -30,10 +30,12 @@ import numpy as np
 from clu import metrics as clu_metrics
 
 from metalm_jax import batch as batch_lib
+from metalm_jax import storage
 from metalm_jax.models import layout
+from metalm_jax.train import metrics_log
 from metalm_jax.train.state import map_with_names, trained_fraction
 
-METRICS_FILE = "metrics.jsonl"
+METRICS_FILE = metrics_log.METRICS_FILE
 LOSS_PNG = "loss_curve.png"
 TB_SUBDIR = "tensorboard"
 
@@ -112,35 +114,46 @@ def _fmt_time(s: float) -> str:
 
 
 class Writer:
-  """TensorBoard + metrics.jsonl + console; only process 0 writes."""
+  """TensorBoard + metrics.jsonl (metrics_log.py's scheme) + console; only
+  process 0 writes. On a remote workdir the TensorBoard events are written to a
+  local temporary dir (tensorboardX's own writer appends) and the event file
+  is copied up after each write."""
 
   def __init__(self, workdir: str, enabled: bool = True):
     self.enabled = enabled
-    self.path = os.path.join(workdir, METRICS_FILE)
+    self.log = metrics_log.MetricsLog(workdir)
     self.tb = None
+    self._tb_local = self._tb_remote = None
     if enabled:
       from tensorboardX import SummaryWriter
-      self.tb = SummaryWriter(os.path.join(workdir, TB_SUBDIR))
+      tb_dir = storage.join(workdir, TB_SUBDIR)
+      if storage.is_remote(tb_dir):
+        # Local by intent: a staging dir for tensorboardX, mirrored to tb_dir.
+        self._tb_local, self._tb_remote = tempfile.mkdtemp(prefix="metalm_tb_"), tb_dir
+        tb_dir = self._tb_local
+      self.tb = SummaryWriter(tb_dir)
 
-  def rewind(self, step: int) -> None:
-    """Drops jsonl records after `step` (a resumed run rewrites them)."""
-    if not self.enabled or not os.path.exists(self.path):
-      return
-    keep = [r for r in read_jsonl(self.path) if r["step"] <= step]
-    with open(self.path, "w") as f:
-      for r in keep:
-        f.write(json.dumps(r) + "\n")
+  def rewind(self, step: Optional[int]) -> None:
+    """Drops jsonl records after `step` (None: all); called on every start."""
+    if self.enabled:
+      self.log.rewind(step)
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self.enabled:
       return
     clean = {k: float(v) for k, v in scalars.items()}
-    with open(self.path, "a") as f:
-      f.write(json.dumps({"step": int(step), **clean}) + "\n")
+    self.log.write({"step": int(step), **clean})
     for k, v in clean.items():
       if math.isfinite(v):
         self.tb.add_scalar(k, v, step)
+    with storage.errors(f"writing TensorBoard events to {self._tb_remote}"):
+      self._flush_tb()
+
+  def _flush_tb(self) -> None:
     self.tb.flush()
+    if self._tb_local is not None:
+      for f in storage.path(self._tb_local).iterdir():
+        storage.copy(f, storage.join(self._tb_remote, f.name))
 
   def write_text(self, tag: str, text: str) -> None:
     if self.enabled:
@@ -148,12 +161,15 @@ class Writer:
 
   def close(self) -> None:
     if self.tb is not None:
+      self._flush_tb()
       self.tb.close()
+      self.tb = None
+    if self.enabled:
+      self.log.close()
 
 
-def read_jsonl(path: str):
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+read_jsonl = metrics_log.read_jsonl
+read_metrics = metrics_log.read_metrics
 
 
 class Progress:
@@ -190,10 +206,9 @@ class Progress:
 
 def plot_losses(workdir: str, keys: Iterable[str] = ("loss", "eval_loss")) -> Optional[str]:
   """PNG of the jsonl loss curves; returns its path (None without records)."""
-  path = os.path.join(workdir, METRICS_FILE)
-  if not os.path.exists(path):
+  rows = read_metrics(workdir)
+  if not rows:
     return None
-  rows = read_jsonl(path)
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -211,11 +226,21 @@ def plot_losses(workdir: str, keys: Iterable[str] = ("loss", "eval_loss")) -> Op
   ax.set_ylabel("cross-entropy (nats/token)")
   ax.legend()
   ax.grid(alpha=0.3)
-  out = os.path.join(workdir, LOSS_PNG)
+  buf = io.BytesIO()
   fig.tight_layout()
-  fig.savefig(out, dpi=100)
+  fig.savefig(buf, format="png", dpi=100)
   plt.close(fig)
-  return out
+  return storage.write_bytes(storage.join(workdir, LOSS_PNG), buf.getvalue())
+
+
+def plot_losses_or_warn(workdir: str) -> Optional[str]:
+  """plot_losses, but a failure to plot is a logged warning: a run that
+  finished training never fails because of its picture."""
+  try:
+    return plot_losses(workdir)
+  except Exception as e:  # noqa: BLE001  matplotlib, storage, bad records: all non-fatal here
+    logging.warning("loss curve not written (%s: %s)", type(e).__name__, e)
+    return None
 
 
 def log_parameter_overview(params, trainable) -> str:

@@ -1,7 +1,7 @@
 """The run's config.json and config drift on resume.
 
 WORKDIR/config.json holds the config of the run whose checkpoints live there
-(export and evaluation read it). The trainer rewrites it only after a
+(export and evaluation read it). The trainer rewrites it (train/run_files.py) only after a
 successful restore (or a fresh start), so a restart that fails leaves the
 old file in place.
 
@@ -19,9 +19,10 @@ import json
 import logging
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from etils import epath
+from metalm_jax import storage
+from metalm_jax.train import run_files
 
-RUN_CONFIG_FILE = "config.json"
+RUN_CONFIG_FILE = run_files.RUN_CONFIG_FILE
 
 # Fields that may change when a run resumes (a prefix covers its sub-fields).
 RESUMABLE = (
@@ -45,22 +46,10 @@ class ConfigDriftError(ValueError):
   """The new config changes fields that the checkpoint depends on."""
 
 
-def path(workdir) -> epath.Path:
-  return epath.Path(workdir) / RUN_CONFIG_FILE
-
-
 def load(workdir) -> Optional[Dict[str, Any]]:
-  p = path(workdir)
-  return json.loads(p.read_text()) if p.exists() else None
-
-
-def write(workdir, cfg: Mapping[str, Any]) -> str:
-  """Writes config.json through a temporary file (replaced in one step)."""
-  p = path(workdir)
-  tmp = p.parent / (p.name + ".tmp")
-  tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True))
-  tmp.replace(p)
-  return str(p)
+  """WORKDIR/config.json as written (the tokenizer by its name in the workdir)."""
+  p = storage.join(workdir, RUN_CONFIG_FILE)
+  return storage.read_json(p) if storage.exists(p) else None
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
@@ -102,14 +91,14 @@ def check_resume(workdir, now: Mapping[str, Any]) -> List[str]:
   saved = load(workdir)
   if saved is None:
     logging.warning("%s is missing: the restart's config is not compared with the run's",
-                    path(workdir))
+                    storage.join(workdir, RUN_CONFIG_FILE))
     return []
   changes = diff(saved, now)
   fatal = [f"{k}: {_show(a)} (checkpoint) != {_show(b)} (now)"
            for k, a, b in changes if not is_resumable(k)]
   if fatal:
     raise ConfigDriftError(
-        f"the config differs from the run in {path(workdir)} in fields that change the model "
+        f"the config differs from the run in {storage.join(workdir, RUN_CONFIG_FILE)} in fields that change the model "
         "or the data; use a new workdir (with init_from=) or restore these values:\n  " +
         "\n  ".join(fatal))
   lines = [f"{k}: {_show(a)} (checkpoint) -> {_show(b)} (now)" for k, a, b in changes]

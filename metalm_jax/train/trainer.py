@@ -6,43 +6,46 @@
               every eval_every: eval loss on the validation split
               every evals[*].every_steps: evaluators (metalm_jax.evaluate)
               every checkpoint.every_steps: async save (state + data iterator)
-    SIGTERM: save the current step, wait for it, return.
+    SIGTERM / preemption: save the current step, wait for it, raise Preempted
+    (train/preemption.py: the entry point exits with PREEMPTED_EXIT_CODE).
+The workdir may be local or gs:// (every file through metalm_jax/storage.py).
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
-import signal
 from typing import Dict, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 from orbax.checkpoint import multihost as ocp_multihost
 
 from metalm_jax import batch as batch_lib
 from metalm_jax import params_io
+from metalm_jax import storage
+from metalm_jax.data import data_dir as data_dir_lib
 from metalm_jax.models import metalm
 from metalm_jax.train import checkpoint as ckpt_lib
 from metalm_jax.train import input as input_lib
+from metalm_jax.train import loop_metrics
 from metalm_jax.train import metrics as metrics_lib
 from metalm_jax.train import nonfinite
+from metalm_jax.train import preemption
+from metalm_jax.train import profile as profile_lib
 from metalm_jax.train import run_config
+from metalm_jax.train import run_files
 from metalm_jax.train import sharding as shard_lib
 from metalm_jax.train import state as state_lib
 from metalm_jax.train import steps as steps_lib
 from metalm_jax.train import workdir_lock
 
-RESULTS_FILE = "final_metrics.json"
+RESULTS_FILE = run_files.RESULTS_FILE
+RUN_CONFIG_FILE = run_files.RUN_CONFIG_FILE
 # Evaluator count fields (metalm_jax/evaluate) and their smallest valid value.
 EVAL_COUNT_MIN = {"num_examples": 0, "num_batches": 0, "num_baseline_examples": 0,
                   "demo_pool": 0, "shots": 0, "batch_size": 1, "max_new_tokens": 1,
                   "beam_size": 1, "bucket": 1}
-_AVERAGED = ("loss", "accuracy", "grad_norm", "learning_rate")  # TrainMetrics inputs
-RUN_CONFIG_FILE = run_config.RUN_CONFIG_FILE
 
 
 def _need(cond, field, value, why):
@@ -60,6 +63,7 @@ def check_config(config, num_devices: Optional[int] = None,
             "logical_rules"):
     _need(f in config, f, None, "missing")
   metalm.check_model_config(config.model)
+  data_dir_lib.check_data_dir(config.data)
   _need(config.batch_size > 0, "batch_size", config.batch_size, "must be > 0")
   _need(config.total_steps >= 0, "total_steps", config.total_steps, "must be >= 0")
   _need(config.total_steps > 0 or config.init_from or config.init_components,
@@ -107,7 +111,7 @@ def check_config(config, num_devices: Optional[int] = None,
         _need(all(int(v) >= low for v in values), f"evals.{name}.{field}", ev[field],
               f"must be >= {low}")
   for name, path in (config.get("init_components") or {}).items():
-    _need(os.path.exists(os.path.join(path, params_io.PARAMS_FILE)),
+    _need(storage.exists(storage.join(path, params_io.PARAMS_FILE)),
           f"init_components.{name}", path, f"no {params_io.PARAMS_FILE} there")
   return sizes
 
@@ -115,29 +119,6 @@ def check_config(config, num_devices: Optional[int] = None,
 def _default_data():
   from metalm_jax.data import pipeline
   return pipeline
-
-
-class _Stop:
-  """Set by SIGTERM; the loop saves and returns after the current step."""
-
-  def __init__(self):
-    self.requested = False
-    self._old = None
-
-  def __enter__(self):
-    try:
-      self._old = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread: no handler
-      self._old = None
-    return self
-
-  def _handle(self, signum, frame):
-    logging.warning("SIGTERM: saving a checkpoint after this step")
-    self.requested = True
-
-  def __exit__(self, *exc):
-    if self._old is not None:
-      signal.signal(signal.SIGTERM, self._old)
 
 
 def _check_same_tree(field: str, want, got):
@@ -154,7 +135,7 @@ def _load_init(config, state, shardings):
   params = state["params"]
   if config.init_from:
     path = config.init_from
-    if os.path.exists(os.path.join(path, params_io.PARAMS_FILE)):
+    if storage.exists(storage.join(path, params_io.PARAMS_FILE)):
       loaded, _ = params_io.load_params(path, like=params)
       _check_same_tree("init_from", params, loaded)
       params = _put(loaded, shardings["params"])
@@ -180,11 +161,11 @@ class Trainer:
     """data: a module with make_iterator / split_stats (default: the Grain
     pipeline); devices: the mesh's devices (default: all); force_lock: take
     the workdir lock of another run (train/workdir_lock.py)."""
-    self.config, self.workdir, self.force_lock = config, workdir, force_lock
+    self.config, self.workdir, self.force_lock = config, storage.join(workdir), force_lock
     devices = list(jax.devices() if devices is None else devices)
     self.mesh_sizes = check_config(config, num_devices=len(devices))
     self._data = data
-    os.makedirs(workdir, exist_ok=True)
+    storage.makedirs(self.workdir)
     if config.get("compilation_cache_dir"):
       jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
     self.mesh = shard_lib.make_mesh(config.mesh, devices)
@@ -194,7 +175,7 @@ class Trainer:
     self.lr_fn = state_lib.lr_schedule(config.optimizer, max(self.total, 1))
     self.tx = state_lib.make_optimizer(config.optimizer, max(self.total, 1))
     self.is_main = jax.process_index() == 0
-    self.writer = metrics_lib.Writer(workdir, enabled=self.is_main)
+    self.writer = metrics_lib.Writer(self.workdir, enabled=self.is_main)
     self._build_state_fns()
 
   # ---- state -------------------------------------------------------------
@@ -264,24 +245,22 @@ class Trainer:
     return _MeshRules(self.mesh, self.rules)
 
   # ---- the run -----------------------------------------------------------
-  def run_config_dict(self, must_exist: bool = True) -> Dict:
-    """The run config as JSON data. An empty data.tokenizer becomes the
-    embedded tokenizer's path (once the pipeline has prepared it, unless
-    `must_exist` is False)."""
-    cfg = json.loads(self.config.to_json_best_effort())
-    data = cfg.get("data") or {}
-    if not data.get("tokenizer") and "world" in data:
+  def _tokenizer(self, must_exist: bool = True) -> Optional[str]:
+    """data.tokenizer, or the embedded tokenizer's path once the pipeline has
+    prepared it (or where it will be, unless `must_exist`)."""
+    tok = self.config.data.get("tokenizer") or None
+    if not tok and "world" in self.config.data:
       from metalm_jax.data import prepare
       path = prepare.tokenizer_path(self.config.data, self.config.model.decoder.vocab_size)
-      if not must_exist or os.path.exists(path):
-        data["tokenizer"] = path
-    return cfg
+      tok = path if (not must_exist or storage.exists(path)) else None
+    return tok
 
   def write_run_config(self) -> str:
-    """WORKDIR/config.json: the run config, read by export and evaluation."""
-    if self.is_main:
-      return run_config.write(self.workdir, self.run_config_dict())
-    return str(run_config.path(self.workdir))
+    """WORKDIR/config.json: the run config, read by export and evaluation, with
+    the tokenizer copied into the workdir (train/run_files.py)."""
+    with storage.errors(f"writing the run config to {self.workdir}"):
+      return run_files.write_run_config(self.config, self.workdir, self._tokenizer(),
+                                        write=self.is_main)
 
   def run(self) -> Dict[str, float]:
     """Trains (or evaluates) holding the workdir lock."""
@@ -297,7 +276,8 @@ class Trainer:
     resume = bool(self.total) and ckpt.latest_step() is not None
     if resume:  # before anything compiles; config.json is kept until the restore succeeds
       try:
-        changed = run_config.check_resume(self.workdir, self.run_config_dict(must_exist=False))
+        changed = run_config.check_resume(
+            self.workdir, run_files.run_config_json(self.config, self._tokenizer(False)))
       except run_config.ConfigDriftError:
         ckpt.close()
         raise
@@ -312,9 +292,11 @@ class Trainer:
       logging.info("resumed from %s at step %d", ckpt.directory, start)
       if self.is_main:
         print(f"resumed from {ckpt.directory} at step {start}", flush=True)
-      self.writer.rewind(start)
     else:
       state = _load_init(cfg, self.initial_state(), self.shardings)
+    # Every start: metrics after the restored step (all, without one) go, so a
+    # restart never logs a step twice.
+    self.writer.rewind(start if start else None)
     self.write_run_config()
     if start == 0 and self.is_main:
       text = metrics_lib.log_parameter_overview(state_lib.unbox(self.abstract_state["params"]),
@@ -331,20 +313,18 @@ class Trainer:
       return self._finish(results)
     if start >= self.total:
       logging.info("workdir already holds the final step %d; nothing to train", start)
-      prev = os.path.join(self.workdir, RESULTS_FILE)
-      if os.path.exists(prev):
+      prev = run_files.read_results(self.workdir)
+      if prev is not None:
         ckpt.close()
         self.writer.close()
-        with open(prev) as f:
-          return json.load(f)
+        return prev
     results = self._train(state, start, train_iter, ckpt)
     return self._finish(results)
 
   def _finish(self, results):
     if self.is_main:
-      with open(os.path.join(self.workdir, RESULTS_FILE), "w") as f:
-        json.dump(results, f, indent=2, sort_keys=True)
-      png = metrics_lib.plot_losses(self.workdir)
+      run_files.write_results(self.workdir, results)
+      png = metrics_lib.plot_losses_or_warn(self.workdir)
       if png:
         results = {**results, "loss_png": png}
     self.writer.close()
@@ -355,10 +335,12 @@ class Trainer:
     train_step = self.jit_train_step()
     peak = cfg.metrics.peak_flops or metrics_lib.peak_flops(metrics_lib.measure_matmul_peak())
     progress = metrics_lib.Progress(self.total, start)
-    acc, skipped, flops_ex, seq_len, last = None, {}, None, None, {}
+    skipped, flops_ex, seq_len, last = {}, None, None, {}
     guard = nonfinite.Guard(cfg.get("max_nonfinite_steps", 3))
-    step = start
-    with _Stop() as stop:
+    step_metrics = loop_metrics.StepMetrics.for_backend(guard)
+    profiler = profile_lib.Profiler(cfg.get("profile"), self.workdir, enabled=self.is_main)
+    step, stopping = start, False
+    with preemption.StopSignal() as stop:
       while step < self.total:
         local, counts = self._split(next(train_iter))
         for k, v in counts.items():
@@ -371,18 +353,16 @@ class Trainer:
         batch = shard_lib.global_batch(local, self.mesh)
         if step == start:
           train_step = self._compile_in_step(train_step, "train_step", state, batch)
+        profiler.maybe_start(step)
         with self.mesh_context():
           state, m = train_step(state, batch)
-        m = jax.device_get(m)  # blocks every step (CPU collectives need it too)
         step += 1
-        if not guard.update(step, m):  # a skipped step is not averaged into the logs
-          one = metrics_lib.TrainMetrics.single_from_model_output(
-              **{k: jnp.asarray(v) for k, v in m.items() if k in _AVERAGED})
-          acc = one if acc is None else acc.merge(one)
-        if step % cfg.log_every == 0 or step == self.total or stop.requested:
-          last = {k: float(v) for k, v in acc.compute().items()} if acc is not None else {}
-          last[nonfinite.SKIPPED_KEY] = float(m[nonfinite.SKIPPED_KEY])
-          acc = None
+        step_metrics.add(step, m)  # stays on the device until a log step (loop_metrics.py)
+        profiler.maybe_stop(step, m["loss"])
+        log_due = step % cfg.log_every == 0 or step == self.total
+        stopping = stop.should_stop(step, sync_now=log_due)
+        if log_due or stopping:
+          last = step_metrics.fetch(step)
           rates = progress.rates(step)
           sps = rates["steps_per_sec"]
           last.update(steps_per_sec=sps,
@@ -393,22 +373,22 @@ class Trainer:
           if self.is_main:
             logging.info(progress.line(step, last))
             print(progress.line(step, last), flush=True)
-        if jax.process_count() > 1:  # every process stops at the same step
-          stop.requested = bool(multihost_utils.process_allgather(
-              np.int32(stop.requested)).max())
         # Save before evaluating: a failing evaluator never loses trained steps.
-        if ckpt.should_save(step) or step == self.total or stop.requested:
+        if ckpt.should_save(step) or step == self.total or stopping:
           ckpt.save(step, state, train_iter, force=True)
-        if stop.requested:
+        if stopping:
           break
         due_loss = cfg.eval_every and (step % cfg.eval_every == 0 or step == self.total)
         ev = self._evaluate(state["params"], step, due_loss, self._evals_due(step))
         last.update(ev)
         if ev:
           progress.rates(step)  # eval time does not count as training time
-    ckpt.close()
-    return {"step": step, **last, "stopped_by_signal": float(stop.requested),
-            "flops_per_example": flops_ex or 0.0, "peak_flops": peak}
+    profiler.maybe_stop(step, force=True)
+    ckpt.close()  # waits for the last save
+    if stopping:
+      self.writer.close()
+      raise preemption.Preempted(step, ckpt.directory)
+    return {"step": step, **last, "flops_per_example": flops_ex or 0.0, "peak_flops": peak}
 
   # ---- evaluation ----------------------------------------------------------
   def _evals_due(self, step: int) -> bool:

@@ -11,6 +11,8 @@ file that is missing is skipped at build time and logged with a count.
 from __future__ import annotations
 
 import json
+# Local by intent (os, open): a manual dir is a local input of TFDS preparation
+# into the local data dir (data/prepare.py).
 import os
 
 import numpy as np

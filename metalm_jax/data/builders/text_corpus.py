@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import glob
 import json
+# Local by intent (os, open): a manual dir is a local input of TFDS preparation
+# into the local data dir (data/prepare.py).
 import os
 
 import tensorflow_datasets as tfds

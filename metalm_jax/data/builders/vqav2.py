@@ -9,6 +9,8 @@ Splits: train, validation. Each record is one question with its 10 answers.
 from __future__ import annotations
 
 import json
+# Local by intent (os, open): a manual dir is a local input of TFDS preparation
+# into the local data dir (data/prepare.py).
 import os
 
 import numpy as np

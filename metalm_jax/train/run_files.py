@@ -1,0 +1,67 @@
+"""The files a run leaves in its workdir besides checkpoints and metrics:
+config.json (the run config, read by export, evaluation and the notebook)
+with the tokenizer copied in, and final_metrics.json.
+
+A workdir is portable: config.json names the tokenizer by a file name inside
+the workdir (`data.tokenizer: "tokenizer.model"`), so a workdir copied to
+another machine, or read from gs:// in Colab, loads with `load_run_config`,
+which turns that name back into a full path.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, Optional
+
+from metalm_jax import storage
+
+RUN_CONFIG_FILE = "config.json"
+RESULTS_FILE = "final_metrics.json"
+TOKENIZER_STEM = "tokenizer"
+
+
+def _tokenizer_name(src: str) -> str:
+  suffix = storage.path(src).suffix
+  return TOKENIZER_STEM + (".json" if suffix == ".json" else suffix or ".model")
+
+
+def run_config_json(config, tokenizer: Optional[str]) -> Dict[str, Any]:
+  """The run config as config.json holds it: the tokenizer (a file, local or
+  remote) named by its file name inside the workdir."""
+  cfg = json.loads(config.to_json_best_effort())
+  if tokenizer:
+    cfg.setdefault("data", {})["tokenizer"] = _tokenizer_name(tokenizer)
+  return cfg
+
+
+def write_run_config(config, workdir: str, tokenizer: Optional[str], write: bool = True) -> str:
+  """Writes WORKDIR/config.json (run_config_json); `tokenizer` is copied into
+  the workdir. `write=False` (processes other than 0) only returns the path."""
+  out = storage.join(workdir, RUN_CONFIG_FILE)
+  if write:
+    if tokenizer:
+      storage.copy(tokenizer, storage.join(workdir, _tokenizer_name(tokenizer)))
+    storage.write_json(out, run_config_json(config, tokenizer))
+  return out
+
+
+def load_run_config(workdir: str) -> Dict[str, Any]:
+  """WORKDIR/config.json as a dict; a tokenizer named inside the workdir comes
+  back as a full path (local or gs://)."""
+  path = storage.join(workdir, RUN_CONFIG_FILE)
+  if not storage.exists(path):
+    raise FileNotFoundError(f"workdir {workdir!r} has no {RUN_CONFIG_FILE} (the run config)")
+  cfg = storage.read_json(path)
+  data = cfg.get("data") or {}
+  tok = data.get("tokenizer")
+  if tok and "/" not in tok:
+    data["tokenizer"] = storage.join(workdir, tok)
+  return cfg
+
+
+def write_results(workdir: str, results: Dict[str, Any]) -> str:
+  return storage.write_json(storage.join(workdir, RESULTS_FILE), results)
+
+
+def read_results(workdir: str) -> Optional[Dict[str, Any]]:
+  path = storage.join(workdir, RESULTS_FILE)
+  return storage.read_json(path) if storage.exists(path) else None
