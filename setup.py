@@ -32,6 +32,11 @@ EXTRAS = {
     "hf": ["torch==2.13.0", "transformers>=5,<6"],
     "eval": ["pycocoevalcap>=1.2"],
     "notebook": ["nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6"],
+    # Ahead-of-time compiles for TPU / GPU topologies from a CPU machine
+    # (python -m metalm_jax.aot; launch/aot.sh keeps each in its own venv):
+    # libtpu is ~700 MB, the CUDA 12 wheels ~5.5 GB.
+    "aot": ["jax[tpu]==0.10.2"],
+    "aot_gpu": ["jax[cuda12]==0.10.2"],
 }
 EXTRAS["test"] = sorted(
     {"pytest>=8", "hypothesis>=6"} | set(EXTRAS["hf"]) | set(EXTRAS["eval"]) | set(EXTRAS["notebook"])
@@ -43,6 +48,8 @@ setup(
     description="MetaLM: language models as general-purpose interfaces, in JAX/Flax",
     # configs/ ships too: presets are imported by the package (models, converters, trainer).
     packages=find_packages(include=["metalm_jax", "metalm_jax.*", "configs", "configs.*"]),
+    # GPU compile targets for metalm_jax.aot (XLA target configs, text protos).
+    package_data={"metalm_jax.aot_targets": ["*.txtpb"]},
     python_requires=">=3.10",
     install_requires=CORE,
     extras_require=EXTRAS,

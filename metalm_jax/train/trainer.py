@@ -165,14 +165,17 @@ def _load_init(config, state, shardings):
 class Trainer:
   """Builds everything from the config; `run()` trains (or evaluates)."""
 
-  def __init__(self, config, workdir: str, data=None, devices=None):
+  def __init__(self, config, workdir: Optional[str], data=None, devices=None):
     """data: a module with make_iterator / split_stats (default: the Grain
-    pipeline); devices: the mesh's devices (default: all)."""
+    pipeline); devices: the mesh's devices (default: all; abstract topology
+    devices for an ahead-of-time compile). workdir=None builds a compile-only
+    trainer (state shapes, shardings, jitted steps; no writer, no `run`)."""
     self.config, self.workdir = config, workdir
     devices = list(jax.devices() if devices is None else devices)
     self.mesh_sizes = check_config(config, num_devices=len(devices))
     self._data = data
-    os.makedirs(workdir, exist_ok=True)
+    if workdir is not None:
+      os.makedirs(workdir, exist_ok=True)
     if config.get("compilation_cache_dir"):
       jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
     self.mesh = shard_lib.make_mesh(config.mesh, devices)
@@ -182,7 +185,7 @@ class Trainer:
     self.lr_fn = state_lib.lr_schedule(config.optimizer, max(self.total, 1))
     self.tx = state_lib.make_optimizer(config.optimizer, max(self.total, 1))
     self.is_main = jax.process_index() == 0
-    self.writer = metrics_lib.Writer(workdir, enabled=self.is_main)
+    self.writer = metrics_lib.Writer(workdir, enabled=self.is_main) if workdir else None
     self._build_state_fns()
 
   # ---- state -------------------------------------------------------------
@@ -271,6 +274,8 @@ class Trainer:
     return out
 
   def run(self) -> Dict[str, float]:
+    if self.workdir is None:
+      raise ValueError("Trainer(workdir=None) is compile-only; give a workdir to run")
     cfg = self.config
     train_iter = self._make_iter("train", cfg.batch_size, True, None) if self.total else None
     self.write_run_config()
