@@ -36,7 +36,7 @@ EXTRAS = {
     # (python -m metalm_jax.aot; launch/aot.sh keeps each in its own venv):
     # libtpu is ~700 MB, the CUDA 12 wheels ~5.5 GB.
     "aot": ["jax[tpu]==0.10.2"],
-    "aot_gpu": ["jax[cuda12]==0.10.2"],
+    "aot-gpu": ["jax[cuda12]==0.10.2"],
 }
 EXTRAS["test"] = sorted(
     {"pytest>=8", "hypothesis>=6"} | set(EXTRAS["hf"]) | set(EXTRAS["eval"]) | set(EXTRAS["notebook"])

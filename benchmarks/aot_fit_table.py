@@ -2,7 +2,7 @@
 with launch/aot.sh (one process per row, TPU rows in .venv-aot, GPU rows in
 .venv-aot-gpu) and prints a markdown table.
 
-    python benchmarks/aot_fit_table.py                        # every row (~1-3 min each)
+    python benchmarks/aot_fit_table.py      # every row (~1-3 min each on 2 idle cores)
     python benchmarks/aot_fit_table.py --rows=paper_vl/v5e-16,paper_lang/h100x8 \
         --extra=--config.model.decoder.remat=false --out=/tmp/fit.md
 
@@ -42,7 +42,7 @@ ROWS = [
 flags.DEFINE_list("rows", [], "MODEL/TOPOLOGY rows to run (default: all)")
 flags.DEFINE_multi_string("extra", [], "override appended to every row")
 flags.DEFINE_string("out", "", "write the markdown table here (and ROW.json beside it)")
-flags.DEFINE_integer("timeout", 1800, "seconds per row")
+flags.DEFINE_integer("timeout", 7200, "seconds per row")
 FLAGS = flags.FLAGS
 
 HEADER = ("| model | target | mesh (data, fsdp, tensor) | batch x tokens (accum) | "
@@ -77,7 +77,10 @@ def run_row(model, config, topology, overrides, json_path):
   cmd = ["bash", os.path.join(ROOT, "launch", "aot.sh"), f"--config={config}",
          f"--topology={topology}", f"--report={json_path}", *overrides]
   print("$ " + " ".join(cmd[1:]), file=sys.stderr, flush=True)
-  p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=FLAGS.timeout)
+  try:
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=FLAGS.timeout)
+  except subprocess.TimeoutExpired:
+    return f"| {model} | {topology} | not finished within --timeout={FLAGS.timeout} s |"
   print(p.stdout, file=sys.stderr, flush=True)
   if p.returncode not in (0, 3) or not os.path.exists(json_path):
     tail = (p.stderr.strip().splitlines() or ["?"])[-1]

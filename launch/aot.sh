@@ -31,7 +31,7 @@ EXTRA="aot"
 if [[ "$TOPOLOGY" =~ ^([a-z0-9]+)x[0-9]+$ ]] && \
    [[ -f "$ROOT/metalm_jax/aot_targets/${BASH_REMATCH[1]}_target_config.txtpb" ]]; then
   VENV="$ROOT/.venv-aot-gpu"
-  EXTRA="aot_gpu"
+  EXTRA="aot-gpu"
 fi
 
 STAMP="$VENV/.metalm_installed"
@@ -50,5 +50,8 @@ fi
 
 # Compile only, on the CPU: no accelerator is opened and nothing is asked of a
 # metadata server (libtpu otherwise queries GCE metadata for its topology).
-export JAX_PLATFORMS=cpu TPU_SKIP_MDS_QUERY=1 TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-3}"
+# Several compiles may run at once: libtpu's one-process-per-host lock
+# (/tmp/libtpu_lockfile) guards real TPUs, which are never opened here.
+export JAX_PLATFORMS=cpu TPU_SKIP_MDS_QUERY=1 ALLOW_MULTIPLE_LIBTPU_LOAD=1 \
+  TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-3}"
 exec "$VENV/bin/python" -m metalm_jax.aot "$@"

@@ -5,7 +5,7 @@ topology on this CPU machine and report memory per chip against its HBM.
     python -m metalm_jax.aot --config=configs/pretrain_lang.py:size=paper --topology=v4-16 \
         --config.optimizer.grad_accum_steps=8 [--report=/tmp/fit.json]
 
-(`python -m` needs jax[tpu] or jax[cuda12] installed: the `aot` / `aot_gpu`
+(`python -m` needs jax[tpu] or jax[cuda12] installed: the `aot` / `aot-gpu`
 extras; launch/aot.sh keeps them in their own venvs.) Topology names: see
 metalm_jax/aot_targets. The state, shardings and jitted step are the
 trainer's own (`Trainer(config, workdir=None, devices=<topology devices>)`);
@@ -169,10 +169,12 @@ def main(argv):
   except ValueError as e:  # config / topology checks name the field
     print(f"error: {e}", file=sys.stderr)
     sys.exit(EXIT_USAGE)
-  config_name = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--config=")),
-                     "the config")
+  args = sys.argv[1:]
+  config_name = next((a.split("=", 1)[1] for a in args if a.startswith("--config=")), None)
+  if config_name is None:  # "--config FILE[:arg]"
+    config_name = args[args.index("--config") + 1]
   report["config"] = config_name
-  report["overrides"] = [a for a in sys.argv[1:] if a.startswith("--config.")]
+  report["overrides"] = dict(config_flags.get_override_values(FLAGS["config"]))
   print(format_report(report, config_name), flush=True)
   if FLAGS.report:
     epath.Path(FLAGS.report).write_text(json.dumps(report, indent=2, sort_keys=True))
