@@ -83,6 +83,7 @@ def compile_train_step(config, target) -> Dict[str, Any]:
       "batch_size": int(config.batch_size), "seq_len": seq_len,
       "grad_accum_steps": int(config.optimizer.grad_accum_steps),
       "dtype": str(config.model.dtype), "stacks": stack_options(config.model),
+      "compiler_options": dict(target.chip.compiler_options),
       "model_flops_per_step": flops, "model_flops_per_chip": flops / target.num_chips,
       "step_time_at_peak_s": flops / target.num_chips / target.chip.peak_bf16_flops,
   }
@@ -92,7 +93,7 @@ def compile_train_step(config, target) -> Dict[str, Any]:
   report["lower_s"] = time.perf_counter() - t0
   t0 = time.perf_counter()
   try:
-    compiled = lowered.compile()
+    compiled = lowered.compile(compiler_options=dict(target.chip.compiler_options) or None)
   except Exception as e:  # noqa: BLE001  only an out-of-memory is a result; the rest re-raises
     if OOM_MARKER not in str(e):
       raise

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Any, List
+from typing import Any, List, Tuple
 
 from etils import epath
 
@@ -32,6 +32,7 @@ class Chip:
   torus_dims: int = 0    # TPU: 2 (v5e, v6e) or 3 (v4, v5p)
   cores_per_chip: int = 1  # TensorCores counted in Cloud TPU names
   chip_config_name: str = ""  # libtpu: "megacore" = one device per 2-core chip
+  compiler_options: Tuple[Tuple[str, Any], ...] = ()  # XLA options for compiles without the chip
 
 
 CHIPS = Registry("compile target chip")
@@ -40,7 +41,10 @@ CHIPS.register("v4")(Chip("tpu", 32 * GiB, 275e12, 3, 2, "megacore"))
 CHIPS.register("v5e")(Chip("tpu", 16 * GiB, 197e12, 2, 1))
 CHIPS.register("v5p")(Chip("tpu", 95 * GiB, 459e12, 3, 2, "megacore"))
 CHIPS.register("v6e")(Chip("tpu", 32 * GiB, 918e12, 2, 1))
-CHIPS.register("h100")(Chip("cuda", 0, 989e12))  # H100 SXM; HBM from h100_target_config
+# Without a GPU, XLA cannot autotune, and its default Triton GEMM tiling fails
+# on some small dot shapes ("Couldn't find output tile sizes"): GEMMs go to cuBLAS.
+NO_AUTOTUNE_GPU = (("xla_gpu_enable_triton_gemm", False),)
+CHIPS.register("h100")(Chip("cuda", 0, 989e12, compiler_options=NO_AUTOTUNE_GPU))  # H100 SXM
 GPUS_PER_HOST = 8
 
 
