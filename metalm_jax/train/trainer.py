@@ -185,7 +185,7 @@ class Trainer:
     self.lr_fn = state_lib.lr_schedule(config.optimizer, max(self.total, 1))
     self.tx = state_lib.make_optimizer(config.optimizer, max(self.total, 1))
     self.is_main = jax.process_index() == 0
-    self.writer = metrics_lib.Writer(workdir, enabled=self.is_main) if workdir else None
+    self.writer = metrics_lib.Writer(workdir, enabled=self.is_main) if workdir is not None else None
     self._build_state_fns()
 
   # ---- state -------------------------------------------------------------
