@@ -2,7 +2,7 @@
 with launch/aot.sh (one process per row, TPU rows in .venv-aot, GPU rows in
 .venv-aot-gpu) and prints a markdown table.
 
-    python benchmarks/aot_fit_table.py      # every row (~1-3 min each on 2 idle cores)
+    python benchmarks/aot_fit_table.py      # every row: paper sizes take 15-40 min each on 2 shared cores
     python benchmarks/aot_fit_table.py --rows=paper_vl/v5e-16,paper_lang/h100x8 \
         --extra=--config.model.decoder.remat=false --out=/tmp/fit.md
 
