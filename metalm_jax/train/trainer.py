@@ -157,15 +157,20 @@ def _load_init(config, state, shardings):
 class Trainer:
   """Builds everything from the config; `run()` trains (or evaluates)."""
 
-  def __init__(self, config, workdir: str, data=None, devices=None, force_lock: bool = False):
+  def __init__(self, config, workdir: Optional[str], data=None, devices=None,
+               force_lock: bool = False):
     """data: a module with make_iterator / split_stats (default: the Grain
-    pipeline); devices: the mesh's devices (default: all); force_lock: take
-    the workdir lock of another run (train/workdir_lock.py)."""
-    self.config, self.workdir, self.force_lock = config, storage.join(workdir), force_lock
+    pipeline); devices: the mesh's devices (default: all; abstract topology
+    devices for an ahead-of-time compile); force_lock: take the workdir lock of
+    another run (train/workdir_lock.py). workdir=None builds a compile-only
+    trainer (state shapes, shardings, jitted steps; no writer, no `run`)."""
+    self.config, self.force_lock = config, force_lock
+    self.workdir = storage.join(workdir) if workdir is not None else None
     devices = list(jax.devices() if devices is None else devices)
     self.mesh_sizes = check_config(config, num_devices=len(devices))
     self._data = data
-    storage.makedirs(self.workdir)
+    if self.workdir is not None:
+      storage.makedirs(self.workdir)
     if config.get("compilation_cache_dir"):
       jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
     self.mesh = shard_lib.make_mesh(config.mesh, devices)
@@ -175,7 +180,8 @@ class Trainer:
     self.lr_fn = state_lib.lr_schedule(config.optimizer, max(self.total, 1))
     self.tx = state_lib.make_optimizer(config.optimizer, max(self.total, 1))
     self.is_main = jax.process_index() == 0
-    self.writer = metrics_lib.Writer(self.workdir, enabled=self.is_main)
+    self.writer = (metrics_lib.Writer(self.workdir, enabled=self.is_main)
+                   if self.workdir is not None else None)
     self._build_state_fns()
 
   # ---- state -------------------------------------------------------------
@@ -264,6 +270,8 @@ class Trainer:
 
   def run(self) -> Dict[str, float]:
     """Trains (or evaluates) holding the workdir lock."""
+    if self.workdir is None:
+      raise ValueError("Trainer(workdir=None) is compile-only; give a workdir to run")
     lock = workdir_lock.lock_for_run(self.workdir, self.force_lock)
     try:
       return self._run()
