@@ -101,3 +101,22 @@ def test_flops_per_example_matches_hand_count():
   vit = 2 * (4 * e * e + 2 * e * f + p * p * 3 * e) * T + 4 * T * T * e   # frozen: forward only
   conn = 6 * e * d * T
   assert got == pytest.approx(dec + vit + conn, rel=1e-12)
+
+
+def test_fsdp_check_counts_one_layer_of_a_scanned_stack():
+  # A stacked bias (layers x heads x head_dim) is as small per layer as the
+  # unrolled one; only its leading `layers` axis makes it look large.
+  mesh = sh.make_mesh(dict(data=2, fsdp=2, tensor=2))
+  cfg = common.model_config("tiny")
+  cfg.decoder.scan_layers = True
+  boxed, abstract = _abstract(cfg, config_defaults.optimizer())
+  shardings = sh.state_shardings(abstract, boxed, mesh, sh.rules_from_config(common.logical_rules()))
+  bias = abstract["params"]["decoder"]["layers"]["attn"]["query"]["bias"]
+  per_layer = int(np.prod(bias.shape[1:]))
+  assert bias.shape[0] == cfg.decoder.num_layers and per_layer < int(np.prod(bias.shape))
+  # Threshold between one layer's size and the stacked size: the bias passes.
+  assert "decoder/layers/attn/query/bias" not in sh.unsharded_large_params(
+      abstract["params"], shardings["params"], mesh, per_layer + 1)
+  # At one layer's size it is reported (it is not split over fsdp).
+  assert "decoder/layers/attn/query/bias" in sh.unsharded_large_params(
+      abstract["params"], shardings["params"], mesh, per_layer)

@@ -128,7 +128,10 @@ def to_host(tree):
 
 def unsharded_large_params(params, shardings, mesh: Mesh, min_size: int) -> Dict[str, Tuple]:
   """{name: shape} of params with >= min_size elements that are not split over
-  `fsdp` (empty when fsdp == 1)."""
+  `fsdp` (empty when fsdp == 1). A scanned stack's leaf counts one layer's
+  elements: its leading `layers` axis is never sharded, so a stacked bias is
+  as small as the unrolled one."""
+  from metalm_jax.models import layout
   from metalm_jax.train.state import path_str
   if mesh.shape["fsdp"] == 1:
     return {}
@@ -136,12 +139,14 @@ def unsharded_large_params(params, shardings, mesh: Mesh, min_size: int) -> Dict
   flat_p = jax.tree_util.tree_flatten_with_path(params)[0]
   flat_s = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
   for (path, x), s in zip(flat_p, flat_s):
-    if math.prod(x.shape) < min_size:
+    name = path_str(path)
+    per_layer = x.shape[1:] if layout.is_stacked_name(name) else x.shape
+    if math.prod(per_layer) < min_size:
       continue
     axes = [a for dim in s.spec if dim is not None
             for a in (dim if isinstance(dim, tuple) else (dim,))]
     if "fsdp" not in axes:
-      bad[path_str(path)] = tuple(x.shape)
+      bad[name] = tuple(x.shape)
   return bad
 
 
