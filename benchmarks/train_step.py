@@ -106,17 +106,18 @@ def _print(out):
 
 
 def _timed_blocks(runners, steps: int, block: int):
-  """{name: [seconds per step]}: `block` steps of each runner in turn until
-  every runner has `steps` timed steps."""
-  import time
-  times = {name: [] for name in runners}
-  while len(times[next(iter(runners))]) < steps:
+  """({name: [wall seconds per step]}, {name: [process CPU seconds per step]}):
+  `block` steps of each runner in turn until every runner has `steps`."""
+  wall = {name: [] for name in runners}
+  cpu = {name: [] for name in runners}
+  while len(wall[next(iter(runners))]) < steps:
     for name, fn in runners.items():
-      for _ in range(min(block, steps - len(times[name]))):
-        t0 = time.perf_counter()
+      for _ in range(min(block, steps - len(wall[name]))):
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
-        times[name].append(time.perf_counter() - t0)
-  return times
+        wall[name].append(time.perf_counter() - t0)
+        cpu[name].append(time.process_time() - c0)
+  return wall, cpu
 
 
 def main(argv):
@@ -157,7 +158,8 @@ def main(argv):
   for _ in range(FLAGS.warmup):
     for fn in runners.values():
       fn()
-  times = _timed_blocks(runners, FLAGS.steps, FLAGS.block if ref else FLAGS.steps)
+  load = os.getloadavg()[0]
+  times, cpu = _timed_blocks(runners, FLAGS.steps, FLAGS.block if ref else FLAGS.steps)
   step_s = float(np.median(times["jax"]))
   # Best of two peak readings around the timed steps (shared machines drift).
   peak_single = max(peak_before, metrics_lib.measure_matmul_peak(FLAGS.matmul_size, mm_dtype))
@@ -171,6 +173,8 @@ def main(argv):
       "compile_s": round(compile_s, 2),
       "step_time_ms_median": round(1e3 * step_s, 2),
       "step_time_ms_min": round(1e3 * min(times["jax"]), 2),
+      "step_cpu_ms_median": round(1e3 * float(np.median(cpu["jax"])), 2),
+      "load_average_1min": round(load, 2),
       "tokens_per_sec": round(FLAGS.batch_size * FLAGS.seq_len / step_s, 1),
       "model_tflops_per_step": flops_ex * FLAGS.batch_size / 1e12,
       "achieved_tflops": flops_ex * FLAGS.batch_size / step_s / 1e12,
@@ -192,9 +196,11 @@ def main(argv):
         "torch_counted_tflops_per_step": torch_counted * FLAGS.batch_size / 1e12,
         "torch_step_time_ms_median": round(1e3 * torch_s, 2),
         "torch_step_time_ms_min": round(1e3 * min(times["torch"]), 2),
+        "torch_step_cpu_ms_median": round(1e3 * float(np.median(cpu["torch"])), 2),
         "torch_matmul_peak_tflops": torch_peak / 1e12,
         "torch_loss": ref.step(),
         "speedup_vs_torch": torch_s / step_s,
+        "cpu_time_ratio_torch_over_ours": float(np.median(cpu["torch"]) / np.median(cpu["jax"])),
         "mfu_vs_best_peak": flops_ex * FLAGS.batch_size / step_s / both_peak,
         "torch_mfu_vs_best_peak": flops_ex * FLAGS.batch_size / torch_s / both_peak,
     })
@@ -206,7 +212,9 @@ def main(argv):
           f" ms per step (medians of {FLAGS.steps}, interleaved in blocks of {FLAGS.block}): "
           f"ours is {out['speedup_vs_torch']:.2f}x torch's speed; MFU ours "
           f"{100 * out['mfu_vs_best_peak']:.1f}% / torch {100 * out['torch_mfu_vs_best_peak']:.1f}%"
-          f" of the better matmul peak ({max(peak, torch_peak) * 1e-9:.1f} GFLOP/s)")
+          f" of the better matmul peak ({max(peak, torch_peak) * 1e-9:.1f} GFLOP/s); process CPU "
+          f"time per step torch/ours {out['cpu_time_ratio_torch_over_ours']:.2f}; load average "
+          f"{load:.1f} on {os.cpu_count()} cores")
   if FLAGS.json_out:
     with open(FLAGS.json_out, "w") as f:
       json.dump(out, f, indent=2)
