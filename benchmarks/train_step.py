@@ -8,7 +8,9 @@ matmul peak measured on the same device in the same run.
 With --compare_torch, the same architecture, batch and optimizer in PyTorch/HF
 (benchmarks/torch_reference.py) runs in the same process, its steps
 interleaved with ours in blocks of --block steps (so load on a shared machine
-hits both alike); both medians, their ratio and both MFUs are printed.
+hits both alike); both medians, their ratio and both MFUs are printed. Torch's
+OpenMP threads wait passively by default (--torch_omp_wait): spin-waiting
+makes torch 3-5x slower when other processes share the cores.
 
 The batch is synthetic (contract shapes, one image docked per row, all other
 positions trained), so only the model and optimizer are timed. MFU counts the
@@ -36,6 +38,9 @@ flags.DEFINE_string("json_out", "", "also write the figures here")
 flags.DEFINE_bool("compare_torch", False, "also time the PyTorch/HF reference, interleaved")
 flags.DEFINE_integer("block", 5, "steps per interleaved block with --compare_torch")
 flags.DEFINE_integer("torch_threads", 2, "torch intra-op threads")
+flags.DEFINE_enum("torch_omp_wait", "passive", ["passive", "active"],
+                  "OMP_WAIT_POLICY for torch (unless set in the environment): 'active' "
+                  "spin-waits, which collapses torch's speed on an oversubscribed machine")
 flags.mark_flag_as_required("config")
 FLAGS = flags.FLAGS
 
@@ -122,6 +127,11 @@ def _timed_blocks(runners, steps: int, block: int):
 
 def main(argv):
   del argv
+  if FLAGS.compare_torch and "OMP_WAIT_POLICY" not in os.environ:
+    # Torch's OpenMP runtime honours it only from the process environment
+    # (setting it in-process before importing torch was measured to do nothing).
+    os.environ["OMP_WAIT_POLICY"] = FLAGS.torch_omp_wait.upper()
+    os.execv(sys.executable, [sys.executable] + sys.argv)
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -214,7 +224,7 @@ def main(argv):
           f"{100 * out['mfu_vs_best_peak']:.1f}% / torch {100 * out['torch_mfu_vs_best_peak']:.1f}%"
           f" of the better matmul peak ({max(peak, torch_peak) * 1e-9:.1f} GFLOP/s); process CPU "
           f"time per step torch/ours {out['cpu_time_ratio_torch_over_ours']:.2f}; load average "
-          f"{load:.1f} on {os.cpu_count()} cores")
+          f"{load:.1f} on {os.cpu_count()} cores; OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}")
   if FLAGS.json_out:
     with open(FLAGS.json_out, "w") as f:
       json.dump(out, f, indent=2)
