@@ -3,6 +3,14 @@ matmul peak measured on the same device in the same run.
 
     python benchmarks/train_step.py --config=configs/pretrain_vl.py:size=bench
     python benchmarks/train_step.py --config=configs/pretrain_vl.py:size=tiny --seq_len=64
+    python benchmarks/train_step.py --config=configs/pretrain_vl.py:size=bench --compare_torch
+
+With --compare_torch, the same architecture, batch and optimizer in PyTorch/HF
+(benchmarks/torch_reference.py) runs in the same process, its steps
+interleaved with ours in blocks of --block steps (so load on a shared machine
+hits both alike); both medians, their ratio and both MFUs are printed. Torch's
+OpenMP threads wait passively by default (--torch_omp_wait): spin-waiting
+makes torch 3-5x slower when other processes share the cores.
 
 The batch is synthetic (contract shapes, one image docked per row, all other
 positions trained), so only the model and optimizer are timed. MFU counts the
@@ -29,6 +37,12 @@ flags.DEFINE_integer("matmul_size", 1024, "square matmul for the peak")
 flags.DEFINE_string("json_out", "", "also write the figures here")
 flags.DEFINE_float("peak_tflops", 0.0, "published dense peak per device (e.g. 989 for H100 SXM "
                    "bf16); 0 = the matmul peak measured in this run")
+flags.DEFINE_bool("compare_torch", False, "also time the PyTorch/HF reference, interleaved")
+flags.DEFINE_integer("block", 5, "steps per interleaved block with --compare_torch")
+flags.DEFINE_integer("torch_threads", 2, "torch intra-op threads")
+flags.DEFINE_enum("torch_omp_wait", "passive", ["passive", "active"],
+                  "OMP_WAIT_POLICY for torch (unless set in the environment): 'active' "
+                  "spin-waits, which collapses torch's speed on an oversubscribed machine")
 flags.mark_flag_as_required("config")
 FLAGS = flags.FLAGS
 
@@ -73,71 +87,149 @@ def peak_memory_bytes(device) -> int:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # host RSS (CPU)
 
 
+def build(config, batch_size: int, seq_len: int):
+  """Trainer, initial state, synthetic batch and the compiled train step for
+  `config` on all local devices (one data-parallel mesh axis)."""
+  import types
+  import jax
+  from metalm_jax.train import sharding as shard_lib
+  from metalm_jax.train import trainer as trainer_lib
+  config.mesh.update(data=-1, fsdp=1, tensor=1)
+  # The trainer builds the mesh, sharded state and step; no data is read.
+  t = trainer_lib.Trainer(config, tempfile.mkdtemp(prefix="metalm_bench_"), data=None)
+  state = t.initial_state()
+  np_batch = synthetic_batch(config.model, batch_size, seq_len)
+  batch = shard_lib.global_batch(np_batch, t.mesh)
+  t0 = time.perf_counter()
+  with t.mesh_context():
+    compiled = t.jit_train_step().lower(state, batch).compile()
+  return types.SimpleNamespace(trainer=t, state=state, np_batch=np_batch, batch=batch,
+                               compiled=compiled, compile_s=time.perf_counter() - t0)
+
+
+def _print(out):
+  for k, v in out.items():
+    print(f"{k:>28}: {v:.4g}" if isinstance(v, float) else f"{k:>28}: {v}")
+
+
+def _timed_blocks(runners, steps: int, block: int):
+  """({name: [wall seconds per step]}, {name: [process CPU seconds per step]}):
+  `block` steps of each runner in turn until every runner has `steps`."""
+  wall = {name: [] for name in runners}
+  cpu = {name: [] for name in runners}
+  while len(wall[next(iter(runners))]) < steps:
+    for name, fn in runners.items():
+      for _ in range(min(block, steps - len(wall[name]))):
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        wall[name].append(time.perf_counter() - t0)
+        cpu[name].append(time.process_time() - c0)
+  return wall, cpu
+
+
 def main(argv):
   del argv
+  if FLAGS.compare_torch and "OMP_WAIT_POLICY" not in os.environ:
+    # Torch's OpenMP runtime honours it only from the process environment
+    # (setting it in-process before importing torch was measured to do nothing).
+    os.environ["OMP_WAIT_POLICY"] = FLAGS.torch_omp_wait.upper()
+    os.execv(sys.executable, [sys.executable] + sys.argv)
   import jax
   import jax.numpy as jnp
   import numpy as np
   from metalm_jax.train import metrics as metrics_lib
-  from metalm_jax.train import sharding as shard_lib
-  from metalm_jax.train import trainer as trainer_lib
 
   config = FLAGS.config
   config.batch_size = FLAGS.batch_size
   config.total_steps = max(config.total_steps, FLAGS.steps + FLAGS.warmup + 1)
-  config.mesh.update(data=-1, fsdp=1, tensor=1)
-  # The trainer builds the mesh, sharded state and step; no data is read.
-  t = trainer_lib.Trainer(config, tempfile.mkdtemp(prefix="metalm_bench_"), data=None)
   dev = jax.devices()[0]
   mm_dtype = jnp.dtype(config.model.dtype)
   peak_before = metrics_lib.measure_matmul_peak(FLAGS.matmul_size, mm_dtype)
-  state = t.initial_state()
-  train_step = t.jit_train_step()
-  batch = shard_lib.global_batch(synthetic_batch(config.model, FLAGS.batch_size, FLAGS.seq_len),
-                                 t.mesh)
-  t0 = time.perf_counter()
-  with t.mesh_context():
-    compiled = train_step.lower(state, batch).compile()
-  compile_s = time.perf_counter() - t0
+  b = build(config, FLAGS.batch_size, FLAGS.seq_len)
+  compiled, batch, np_batch, t = b.compiled, b.batch, b.np_batch, b.trainer
+  compile_s = b.compile_s
+  box = {"state": b.state}
+
+  def ours():
+    box["state"], m = compiled(box["state"], batch)
+    box["metrics"] = m
+    jax.block_until_ready(m)
+
+  runners = {"jax": ours}
+  flops_ex = metrics_lib.flops_per_example(config.model, t.abstract_state["params"], t.trainable,
+                                           FLAGS.seq_len)
+  params = int(sum(np.prod(x.shape) for x in jax.tree.leaves(t.abstract_state["params"])))
+  ref = None
+  if FLAGS.compare_torch:
+    from benchmarks import torch_reference
+    ref = torch_reference.TorchBench(config, np_batch, threads=FLAGS.torch_threads,
+                                     seed=config.seed)
+    torch_counted = ref.counted_flops() / FLAGS.batch_size  # one (untimed) step
+    torch_peak = torch_reference.measure_matmul_peak(FLAGS.matmul_size)
+    runners["torch"] = ref.step
   for _ in range(FLAGS.warmup):
-    state, m = compiled(state, batch)
-    jax.block_until_ready(m)
-  times = []
-  for _ in range(FLAGS.steps):
-    t0 = time.perf_counter()
-    state, m = compiled(state, batch)
-    jax.block_until_ready(m)
-    times.append(time.perf_counter() - t0)
-  step_s = float(np.median(times))
+    for fn in runners.values():
+      fn()
+  load = os.getloadavg()[0]
+  times, cpu = _timed_blocks(runners, FLAGS.steps, FLAGS.block if ref else FLAGS.steps)
+  step_s = float(np.median(times["jax"]))
   # Best of two peak readings around the timed steps (shared machines drift).
   peak_single = max(peak_before, metrics_lib.measure_matmul_peak(FLAGS.matmul_size, mm_dtype))
   peak = metrics_lib.peak_flops(peak_single)
   if FLAGS.peak_tflops > 0:  # MFU against the chip's published peak, not a measured matmul
     peak = FLAGS.peak_tflops * 1e12 * jax.device_count()
-  flops_ex = metrics_lib.flops_per_example(config.model, t.abstract_state["params"], t.trainable,
-                                           FLAGS.seq_len)
+  m = box["metrics"]
   out = {
       "device": f"{dev.platform}:{dev.device_kind} x{jax.device_count()}",
       "model_dtype": config.model.dtype,
       "batch": f"{FLAGS.batch_size} x {FLAGS.seq_len}",
-      "params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(t.abstract_state["params"]))),
+      "params": params,
       "compile_s": round(compile_s, 2),
       "step_time_ms_median": round(1e3 * step_s, 2),
-      "step_time_ms_min": round(1e3 * min(times), 2),
+      "step_time_ms_min": round(1e3 * min(times["jax"]), 2),
+      "step_cpu_ms_median": round(1e3 * float(np.median(cpu["jax"])), 2),
+      "load_average_1min": round(load, 2),
       "tokens_per_sec": round(FLAGS.batch_size * FLAGS.seq_len / step_s, 1),
       "model_tflops_per_step": flops_ex * FLAGS.batch_size / 1e12,
       "achieved_tflops": flops_ex * FLAGS.batch_size / step_s / 1e12,
       "matmul_peak_tflops": peak / 1e12,
       "mfu": flops_ex * FLAGS.batch_size / step_s / peak,
-      "mfu_best_step": flops_ex * FLAGS.batch_size / min(times) / peak,
+      "mfu_best_step": flops_ex * FLAGS.batch_size / min(times["jax"]) / peak,
       "peak_memory_mb": round(peak_memory_bytes(dev) / 2 ** 20, 1),
       "loss": float(m["loss"]),
   }
-  for k, v in out.items():
-    print(f"{k:>24}: {v:.4g}" if isinstance(v, float) else f"{k:>24}: {v}")
+  if ref is not None:
+    torch_s = float(np.median(times["torch"]))
+    torch_peak = max(torch_peak, torch_reference.measure_matmul_peak(FLAGS.matmul_size))
+    # One hardware peak for both MFUs: the better of the two libraries' matmuls.
+    both_peak = max(peak, torch_peak)
+    out.update({
+        "torch_params": torch_reference.count_params(ref.model),
+        "torch_formula_tflops_per_step": torch_reference.formula_flops_per_example(
+            ref.model, config.model, FLAGS.seq_len) * FLAGS.batch_size / 1e12,
+        "torch_counted_tflops_per_step": torch_counted * FLAGS.batch_size / 1e12,
+        "torch_step_time_ms_median": round(1e3 * torch_s, 2),
+        "torch_step_time_ms_min": round(1e3 * min(times["torch"]), 2),
+        "torch_step_cpu_ms_median": round(1e3 * float(np.median(cpu["torch"])), 2),
+        "torch_matmul_peak_tflops": torch_peak / 1e12,
+        "torch_loss": ref.step(),
+        "speedup_vs_torch": torch_s / step_s,
+        "cpu_time_ratio_torch_over_ours": float(np.median(cpu["torch"]) / np.median(cpu["jax"])),
+        "mfu_vs_best_peak": flops_ex * FLAGS.batch_size / step_s / both_peak,
+        "torch_mfu_vs_best_peak": flops_ex * FLAGS.batch_size / torch_s / both_peak,
+    })
+  _print(out)
   what = (f"the published peak ({FLAGS.peak_tflops:g} TFLOP/s per device)" if FLAGS.peak_tflops > 0
           else f"the measured {FLAGS.matmul_size}^2 matmul peak")
   print(f"MFU {100 * out['mfu']:.1f}% of {what} ({out['matmul_peak_tflops'] * 1e3:.1f} GFLOP/s)")
+  if ref is not None:
+    print(f"ours {out['step_time_ms_median']:.1f} ms vs torch {out['torch_step_time_ms_median']:.1f}"
+          f" ms per step (medians of {FLAGS.steps}, interleaved in blocks of {FLAGS.block}): "
+          f"ours is {out['speedup_vs_torch']:.2f}x torch's speed; MFU ours "
+          f"{100 * out['mfu_vs_best_peak']:.1f}% / torch {100 * out['torch_mfu_vs_best_peak']:.1f}%"
+          f" of the better matmul peak ({max(peak, torch_peak) * 1e-9:.1f} GFLOP/s); process CPU "
+          f"time per step torch/ours {out['cpu_time_ratio_torch_over_ours']:.2f}; load average "
+          f"{load:.1f} on {os.cpu_count()} cores; OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}")
   if FLAGS.json_out:
     with open(FLAGS.json_out, "w") as f:
       json.dump(out, f, indent=2)

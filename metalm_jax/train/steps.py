@@ -38,19 +38,29 @@ def _micro_batches(batch, n: int):
   return jax.tree.map(split, batch)
 
 
-def make_train_step(model, tx, opt_cfg, lr_fn: Callable, seed: int, accum_steps: int = 1,
-                    dropout: bool = True) -> Callable:
-  """state, batch -> (state, metrics). Loss is the mean CE over trained tokens
-  of the whole (accumulated) batch: per-micro-batch sums, divided once. The
-  dropout key depends only on (seed, step), so a resumed run repeats it."""
-
+def make_loss_fn(model, dropout: bool = True) -> Callable:
+  """params, batch, rng -> (sum of weighted CE, (sum of correct, sum of weights))."""
   def sums(params, batch, rng):
     logits = model.apply({"params": params}, batch, deterministic=not dropout,
                          rngs={"dropout": rng})
     s, c, w = loss_sums(logits, batch["targets"], batch["loss_mask"])
     return s, (c, w)
+  return sums
 
-  grad_fn = jax.value_and_grad(sums, has_aux=True)
+
+def apply_gradients(tx, state, g):
+  """Optimizer update of the {"step", "params", "opt_state"} state with grads g."""
+  updates, opt_state = tx.update(g, state["opt_state"], state["params"])
+  return {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
+          "opt_state": opt_state}
+
+
+def make_train_step(model, tx, opt_cfg, lr_fn: Callable, seed: int, accum_steps: int = 1,
+                    dropout: bool = True) -> Callable:
+  """state, batch -> (state, metrics). Loss is the mean CE over trained tokens
+  of the whole (accumulated) batch: per-micro-batch sums, divided once. The
+  dropout key depends only on (seed, step), so a resumed run repeats it."""
+  grad_fn = jax.value_and_grad(make_loss_fn(model, dropout), has_aux=True)
 
   def step(state, batch):
     params = state["params"]
@@ -73,9 +83,7 @@ def make_train_step(model, tx, opt_cfg, lr_fn: Callable, seed: int, accum_steps:
     grad_norm = optax.global_norm(jax.tree.map(state_lib.mask_frozen, g, trainable))
     loss = s / denom
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    updates, opt_state = tx.update(g, state["opt_state"], params)
-    applied = {"step": state["step"] + 1, "params": optax.apply_updates(params, updates),
-               "opt_state": opt_state}
+    applied = apply_gradients(tx, state, g)
     kept = {k: state[k] for k in applied}
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), applied, kept)
     skipped = state_lib.SKIPPED_KEY

@@ -1,0 +1,173 @@
+"""Where the train step's time goes.
+
+    python benchmarks/profile_step.py --config=configs/pretrain_vl.py:size=bench
+
+1. Sub-steps, each its own jit, timed interleaved (medians): forward (logits),
+   forward + loss, forward + loss + backward (value_and_grad), the optimizer
+   update alone, and the whole train step.
+2. Per-op trace: jax.profiler records --trace_steps whole steps (Perfetto
+   JSON). Each XLA CPU thunk (a fusion, a YNNPACK matmul, a copy) is mapped
+   through the compiled HLO to the JAX operation that emitted it (its
+   metadata op_name), and the times are summed by part (matmuls, attention
+   softmax/masks/reshapes, layer norms, MLP activation, docking and
+   embeddings, loss, copies of weights into another layout, optimizer) and
+   phase (forward, backward, update = everything outside the gradient),
+   with the share spent in transposing / copying fusions; then the top ops.
+   Thunk times are per-thunk wall times: on 2 cores two may overlap, and
+   load from other processes inflates them all.
+"""
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+
+from benchmarks import train_step as bench  # noqa: E402  (defines --config, --batch_size, ...)
+
+flags.DEFINE_integer("trace_steps", 3, "whole steps recorded in the trace")
+flags.DEFINE_integer("top", 25, "top ops printed")
+flags.DEFINE_string("trace_dir", "", "keep the trace here (default: a temporary folder)")
+FLAGS = flags.FLAGS
+
+MATMUL_THUNKS = ("ynn_fusion", "xnn_fusion", "dot", "convolution", "onednn")
+PHASES = ("forward", "backward", "update")
+# part -> op_name pattern (first match wins); matmuls are found by thunk name.
+PARTS = (
+    ("attention", r"/attn/"),
+    ("layer norm", r"/(ln_attn|ln_mlp|final_norm|pre_norm)/"),
+    ("mlp activation", r"/mlp/"),
+    ("docking, embeddings", r"MetaLM"),
+    ("loss", r"jvp\("),
+    ("weight layout copies", r"^state\["),
+    ("optimizer, clipping", r""),
+)
+
+
+def hlo_ops(hlo_text: str):
+  """{instruction name: op_name} from a compiled HLO module's text."""
+  out = {}
+  for line in hlo_text.splitlines():
+    m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = ", line)
+    if m:
+      on = re.search(r'op_name="([^"]*)"', line)
+      out[m.group(1)] = on.group(1) if on else ""
+  return out
+
+
+def classify(thunk: str, op_name: str):
+  """(part, phase, is_layout) of one thunk."""
+  phase = ("backward" if "transpose(jvp(" in op_name else
+           "forward" if "jvp(" in op_name else "update")
+  if thunk.startswith(MATMUL_THUNKS) or op_name.endswith(("dot_general", "conv_general_dilated")):
+    part = "matmul"
+  else:
+    part = next(p for p, rx in PARTS if re.search(rx, op_name))
+  return part, phase, ("copy" in thunk or "transpose" in thunk)
+
+
+def thunk_times(trace_dir: str, names) -> dict:
+  """{thunk name: total µs} from the newest Perfetto trace under trace_dir."""
+  path = sorted(glob.glob(os.path.join(trace_dir, "plugins/profile/*/perfetto_trace.json.gz")))[-1]
+  with gzip.open(path) as f:
+    data = json.load(f)
+  events = data["traceEvents"] if isinstance(data, dict) else data
+  out = collections.defaultdict(float)
+  for e in events:
+    if e.get("ph") == "X" and e.get("name") in names:
+      out[e["name"]] += e["dur"]
+  return out
+
+
+def breakdown(times: dict, ops: dict, steps: int, top: int) -> str:
+  table = collections.defaultdict(float)
+  layout = collections.defaultdict(float)
+  for name, us in times.items():
+    part, phase, is_layout = classify(name, ops[name])
+    table[(part, phase)] += us / 1e3 / steps
+    if is_layout:
+      layout[part] += us / 1e3 / steps
+  total = sum(table.values())
+  parts = ["matmul"] + [p for p, _ in PARTS]
+  lines = [f"{'part':>20} " + " ".join(f"{p:>10}" for p in PHASES) +
+           f" {'total ms':>10} {'share':>6} {'copy/tr.':>9}"]
+  for p in parts:
+    row = [table[(p, ph)] for ph in PHASES]
+    lines.append(f"{p:>20} " + " ".join(f"{v:10.1f}" for v in row) +
+                 f" {sum(row):10.1f} {100 * sum(row) / total:5.1f}% {layout[p]:9.1f}")
+  col = [sum(table[(p, ph)] for p in parts) for ph in PHASES]
+  lines.append(f"{'all thunks':>20} " + " ".join(f"{v:10.1f}" for v in col) +
+               f" {total:10.1f} {100.0:5.1f}% {sum(layout.values()):9.1f}")
+  lines.append(f"\ntop {top} ops (ms per step):")
+  for name, us in sorted(times.items(), key=lambda kv: -kv[1])[:top]:
+    lines.append(f"{us / 1e3 / steps:9.1f}  {name:32s} {ops[name]}")
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  import jax
+  import numpy as np
+  from metalm_jax.train import steps as steps_lib
+
+  config = FLAGS.config
+  config.batch_size = FLAGS.batch_size
+  config.total_steps = max(config.total_steps, FLAGS.steps + FLAGS.warmup + 1)
+  b = bench.build(config, FLAGS.batch_size, FLAGS.seq_len)
+  t, batch = b.trainer, b.batch
+  loss_fn = steps_lib.make_loss_fn(t.model)
+  rng = jax.random.key(0)
+  with t.mesh_context():
+    fwd = jax.jit(lambda p, x: t.model.apply({"params": p}, x))
+    loss = jax.jit(lambda p, x: loss_fn(p, x, rng))
+    grad = jax.jit(jax.value_and_grad(lambda p, x: loss_fn(p, x, rng), has_aux=True))
+    update = jax.jit(lambda s, g: steps_lib.apply_gradients(t.tx, s, g), donate_argnums=0)
+    params = t.initial_state()["params"]
+    grads = grad(params, batch)[1]
+  box = {"state": b.state, "update_state": t.initial_state()}
+
+  def step():
+    box["state"], m = b.compiled(box["state"], batch)
+    jax.block_until_ready(m)
+
+  def run_update():
+    box["update_state"] = update(box["update_state"], grads)
+    jax.block_until_ready(box["update_state"])
+
+  runners = {
+      "forward (logits)": lambda: jax.block_until_ready(fwd(params, batch)),
+      "forward + loss": lambda: jax.block_until_ready(loss(params, batch)),
+      "forward + loss + backward": lambda: jax.block_until_ready(grad(params, batch)),
+      "optimizer update": run_update,
+      "whole train step": step,
+  }
+  with t.mesh_context():
+    for fn in runners.values():
+      for _ in range(FLAGS.warmup):
+        fn()
+    times, _ = bench._timed_blocks(runners, FLAGS.steps, 1)
+  print(f"load average before timing: {os.getloadavg()[0]:.2f}")
+  print(f"sub-steps, medians of {FLAGS.steps} interleaved runs ({FLAGS.batch_size} x "
+        f"{FLAGS.seq_len}):")
+  for name, ts in times.items():
+    print(f"{name:>28}: {1e3 * np.median(ts):9.1f} ms")
+
+  trace_dir = FLAGS.trace_dir or tempfile.mkdtemp(prefix="metalm_trace_")
+  with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+    for _ in range(FLAGS.trace_steps):
+      step()
+  ops = hlo_ops(b.compiled.as_text())
+  per_thunk = thunk_times(trace_dir, ops)
+  print(f"\nwhole-step trace, {FLAGS.trace_steps} steps, XLA thunk time per step by part and "
+        f"phase (trace in {trace_dir}):")
+  print(breakdown(per_thunk, ops, FLAGS.trace_steps, FLAGS.top))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,100 @@
+"""The PyTorch/HF benchmark opponent (benchmarks/torch_reference.py) is the
+same model as ours: with its weights converted into our tree, our MetaLM gives
+its logits and loss, and both count the same parameters and formula FLOPs."""
+import ml_collections
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from benchmarks import torch_reference  # noqa: E402
+from configs import common  # noqa: E402
+from metalm_jax import batch as batch_lib  # noqa: E402
+from metalm_jax.convert import hf_clip, hf_gpt2  # noqa: E402
+from metalm_jax.convert.hf_io import WeightReader  # noqa: E402
+from metalm_jax.models import metalm  # noqa: E402
+from metalm_jax.train import config_defaults, metrics, steps  # noqa: E402
+
+B, L = 2, 24
+
+
+def _config():
+  c = config_defaults.trainer_config()
+  c.model = ml_collections.ConfigDict(dict(
+      dtype="float32",
+      decoder=common.decoder(vocab_size=97, num_layers=2, emb_dim=32, num_heads=4, mlp_dim=64,
+                             max_len=64),
+      encoders=dict(vision=common.vit(image_size=16, patch_size=8, num_layers=2, emb_dim=24,
+                                      num_heads=2, mlp_dim=48,
+                                      connector=common.connector("linear")))))
+  return c
+
+
+def _batch(model_cfg):
+  """Row 1 left-padded by 3; the image (4 patches + class token) docked after
+  the first real token; loss on every real position not predicting a docked one."""
+  rng = np.random.default_rng(0)
+  b = batch_lib.dummy_batch(model_cfg, B, L)
+  b["tokens"] = rng.integers(0, 97, (B, L)).astype(np.int32)
+  b["targets"] = rng.integers(0, 97, (B, L)).astype(np.int32)
+  b["segment_ids"][:] = 1
+  b["segment_ids"][1, :3] = 0
+  b["positions"] = np.maximum(np.cumsum(b["segment_ids"], 1) - 1, 0).astype(np.int32)
+  vis = b["encoders"]["vision"]
+  vis["pixels"] = rng.normal(size=vis["pixels"].shape).astype(np.float32)
+  vis["valid"][:, 0] = True
+  t = batch_lib.slot_length(model_cfg.encoders.vision)
+  b["dock_mask"][:, 4:4 + t] = True
+  b["dock_index"][:, 4:4 + t] = np.arange(t)
+  b["loss_mask"] = (b["segment_ids"] > 0).astype(np.float32)
+  b["loss_mask"][:, :-1] *= ~b["dock_mask"][:, 1:]
+  return b
+
+
+@pytest.fixture(scope="module")
+def pair():
+  cfg = _config()
+  torch.manual_seed(0)
+  ref = torch_reference.build_model(cfg.model)
+  sd = {k: v.detach().numpy() for k, v in ref.state_dict().items()}
+  params = {
+      "decoder": hf_gpt2.Gpt2.params(WeightReader(sd, "decoder."), cfg.model.decoder),
+      "encoders_vision": hf_clip.ClipVision.params(WeightReader(sd, "vision."),
+                                                   cfg.model.encoders.vision, None),
+      "connectors_vision": {"proj": {"kernel": sd["connector.weight"].T,
+                                     "bias": sd["connector.bias"]}},
+  }
+  return cfg, ref, params, _batch(cfg.model)
+
+
+def test_same_logits_and_loss(pair):
+  import jax
+  cfg, ref, params, batch = pair
+  model = metalm.build_model(cfg.model)
+  ours = np.asarray(jax.jit(model.apply)({"params": params}, batch))
+  tb = torch_reference.to_torch_batch(batch, cfg.model)
+  with torch.no_grad():
+    theirs = ref.eval()(tb).numpy()
+  real = batch["segment_ids"] > 0
+  np.testing.assert_allclose(ours[real], theirs[real], atol=2e-4, rtol=2e-4)
+  s, _, w = steps.loss_sums(ours, batch["targets"], batch["loss_mask"])
+  opt, sched = torch_reference.make_optimizer(ref, cfg.optimizer, 10)
+  step = torch_reference.make_train_step(ref.train(), opt, sched, cfg.optimizer.clip_norm)
+  np.testing.assert_allclose(float(step(tb)), float(s / w), rtol=1e-5)
+
+
+def test_same_params_and_formula_flops(pair):
+  import jax
+  cfg, ref, params, _ = pair
+  assert torch_reference.count_params(ref) == metalm.count_params(params)
+  trainable = jax.tree.map(lambda _: True, params)
+  ours = metrics.flops_per_example(cfg.model, params, trainable, L)
+  assert torch_reference.formula_flops_per_example(ref, cfg.model, L) == pytest.approx(ours, rel=1e-12)
+
+
+def test_rejects_models_it_cannot_express():
+  cfg = _config()
+  cfg.model.encoders.vision.connector = common.connector("mlp")
+  with pytest.raises(ValueError, match="connector.type='mlp'"):
+    torch_reference.build_model(cfg.model)
