@@ -23,7 +23,7 @@ TINY_PAPER = [  # the paper caption config, shrunk to a CPU smoke run
     "--config.model.decoder.vocab_size=1024", "--config.model.decoder.num_layers=1",
     "--config.model.decoder.emb_dim=32", "--config.model.decoder.num_heads=2",
     "--config.model.decoder.mlp_dim=64", "--config.model.decoder.max_len=64",
-    "--config.model.decoder.remat=False", "--config.model.encoders.vision.image_size=32",
+    "--config.model.decoder.remat_policy=none", "--config.model.encoders.vision.image_size=32",
     "--config.model.encoders.vision.num_layers=1", "--config.model.encoders.vision.emb_dim=32",
     "--config.model.encoders.vision.num_heads=2", "--config.model.encoders.vision.mlp_dim=64",
 ]
