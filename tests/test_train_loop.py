@@ -68,6 +68,9 @@ def test_meshes_agree_and_checkpoint_moves_across_meshes(tmp_path):
   r8b = trainer_lib.train(c8b, w8, data=S, devices=one)
   l8b = _losses(w8)
   assert r8b["step"] == 6 and sorted(l8b) == [1, 2, 3, 4, 5, 6]
+  # The data/* skip counters are checkpointed: the resumed run keeps counting
+  # and ends where the uninterrupted run (same batches) ends.
+  assert 0 < r8["data/too_long"] < r8b["data/too_long"] == r1["data/too_long"]
   _compare(l8b, l1, [5, 6])
   np.testing.assert_allclose(r8b["eval_loss"], r1["eval_loss"], atol=MESH_ATOL)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from typing import Any, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import grain
 import jax
@@ -34,6 +34,7 @@ CKPT_SUBDIR = "checkpoints"
 # Files every saved step holds (Orbax 0.12 layout); checked before a restore so
 # that a missing one is named instead of surfacing as a tree-structure error.
 REQUIRED_FILES = ("state/_METADATA", "data_iter")
+ITEMS = ("state", "data_iter", "counters")
 
 
 class CheckpointRestoreError(RuntimeError):
@@ -121,8 +122,8 @@ class Checkpointer:
     self.every = cfg.every_steps
     self.fallback = bool(cfg.get("restore_fallback", True))
     self.unreadable = set()  # steps found corrupt: replaced when saved again
-    self.manager = ocp.CheckpointManager(self.directory, item_names=("state", "data_iter"),
-                                         options=options)
+    self.restored_counters: Dict[str, int] = {}  # `counters` of the last restored step
+    self.manager = ocp.CheckpointManager(self.directory, item_names=ITEMS, options=options)
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -130,7 +131,10 @@ class Checkpointer:
   def should_save(self, step: int) -> bool:
     return self.every > 0 and step % self.every == 0
 
-  def save(self, step: int, state, data_iter, force: bool = False) -> bool:
+  def save(self, step: int, state, data_iter, force: bool = False,
+           counters: Optional[Mapping[str, int]] = None) -> bool:
+    """Saves state, the data iterator and `counters` (the run's data/* skip
+    counts, JSON), so a resumed run keeps counting."""
     if step in self.manager.all_steps():
       if step not in self.unreadable:
         return False
@@ -138,7 +142,9 @@ class Checkpointer:
       self.unreadable.discard(step)
     nonfinite.check_finite(state, step)  # never write a NaN/Inf checkpoint
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                              data_iter=grain.checkpoint.CheckpointSave(_IterSnapshot(data_iter)))
+                              data_iter=grain.checkpoint.CheckpointSave(_IterSnapshot(data_iter)),
+                              counters=ocp.args.JsonSave({k: int(v) for k, v in
+                                                          (counters or {}).items()}))
     with self._storage(f"saving step {step}"):
       return self.manager.save(step, args=args, force=force)
 
@@ -171,12 +177,17 @@ class Checkpointer:
       if not storage.exists(storage.join(step_dir, name)):
         raise CheckpointRestoreError(f"checkpoint step {step} cannot be restored: "
                                      f"{storage.join(step_dir, name)} is missing")
+    items = dict(state=ocp.args.StandardRestore(abstract_state),
+                 data_iter=grain.checkpoint.CheckpointRestore(_IterRestoreTarget(data_iter)))
+    has_counters = storage.exists(storage.join(step_dir, "counters"))
+    if has_counters:  # absent in checkpoints written before the counters were saved
+      items["counters"] = ocp.args.JsonRestore()
     try:
-      out = self.manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state),
-          data_iter=grain.checkpoint.CheckpointRestore(_IterRestoreTarget(data_iter))))
+      out = self.manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # noqa: BLE001  any failure becomes one line naming the file
       raise _restore_error(step_dir, step, e) from None
+    self.restored_counters = ({k: int(v) for k, v in (out["counters"] or {}).items()}
+                              if has_counters else {})
     return out["state"]
 
   def wait(self) -> None:

@@ -169,6 +169,7 @@ class Trainer:
     devices = list(jax.devices() if devices is None else devices)
     self.mesh_sizes = check_config(config, num_devices=len(devices))
     self._data = data
+    self._data_counters: Dict[str, int] = {}  # data/* skip counts restored with a checkpoint
     if self.workdir is not None:
       storage.makedirs(self.workdir)
     if config.get("compilation_cache_dir"):
@@ -297,6 +298,7 @@ class Trainer:
     if resume:
       target = ckpt_lib.with_shardings(self.abstract_state, self.shardings)
       state, start = ckpt.restore(target, train_iter)
+      self._data_counters = dict(ckpt.restored_counters)  # data/* keep counting
       logging.info("resumed from %s at step %d", ckpt.directory, start)
       if self.is_main:
         print(f"resumed from {ckpt.directory} at step {start}", flush=True)
@@ -343,7 +345,7 @@ class Trainer:
     train_step = self.jit_train_step()
     peak = cfg.metrics.peak_flops or metrics_lib.peak_flops(metrics_lib.measure_matmul_peak())
     progress = metrics_lib.Progress(self.total, start)
-    skipped, flops_ex, seq_len, last = {}, None, None, {}
+    skipped, flops_ex, seq_len, last = dict(self._data_counters), None, None, {}
     guard = nonfinite.Guard(cfg.get("max_nonfinite_steps", 3))
     step_metrics = loop_metrics.StepMetrics.for_backend(guard)
     profiler = profile_lib.Profiler(cfg.get("profile"), self.workdir, enabled=self.is_main)
@@ -383,7 +385,7 @@ class Trainer:
             print(progress.line(step, last), flush=True)
         # Save before evaluating: a failing evaluator never loses trained steps.
         if ckpt.should_save(step) or step == self.total or stopping:
-          ckpt.save(step, state, train_iter, force=True)
+          ckpt.save(step, state, train_iter, force=True, counters=skipped)
         if stopping:
           break
         due_loss = cfg.eval_every and (step % cfg.eval_every == 0 or step == self.total)
