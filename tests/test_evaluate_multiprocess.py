@@ -22,18 +22,11 @@ EVALS = ("vqa", "caption", "classify", "icl", "loss")
 RTOL = 1e-6
 
 
-def _env(devices):
-  e = H.env(devices)
-  # As conftest.py: compile without the expensive LLVM passes (~5x faster).
-  e["XLA_FLAGS"] += " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-  return e
-
-
 def _start(workdir, data_dir, params_dir, *flags, devices, log):
   cmd = [sys.executable, "-m", "metalm_jax.main", f"--config={CONFIG}", f"--workdir={workdir}",
          f"--config.data.data_dir={data_dir}", f"--config.init_from={params_dir}",
          f"--config.compilation_cache_dir={H.CACHE_DIR}", *flags]
-  return subprocess.Popen(cmd, cwd=H.ROOT, env=_env(devices), stdout=open(log, "wb"),
+  return subprocess.Popen(cmd, cwd=H.ROOT, env=H.env(devices), stdout=open(log, "wb"),
                           stderr=subprocess.STDOUT)
 
 

@@ -31,10 +31,15 @@ SMALL = [
 ]
 
 
+# conftest.py's compile flags (no expensive LLVM passes: ~5x faster compiles)
+# reach the subprocesses too; the device count is each run's own.
+COMPILE_FLAGS = ["--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true"]
+
+
 def env(devices: int = 1):
   e = dict(os.environ)
   flags = ["--xla_cpu_collective_call_warn_stuck_timeout_seconds=20",
-           "--xla_cpu_collective_call_terminate_timeout_seconds=60"]
+           "--xla_cpu_collective_call_terminate_timeout_seconds=60", *COMPILE_FLAGS]
   if devices > 1:
     flags.append(f"--xla_force_host_platform_device_count={devices}")
   e.update(XLA_FLAGS=" ".join(flags), JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,

@@ -135,3 +135,20 @@ def test_run_config_names_the_tokenizer_inside_the_workdir(tmp_path, gcs_bucket)
     storage.copy(f"{work}/{name}", local / name)
   assert run_files.load_run_config(str(local))["data"]["tokenizer"] == str(local / "tokenizer.model")
   assert run_files.load_run_config(work)["data"]["tokenizer"] == work + "/tokenizer.model"
+
+
+def test_tensorboard_writer_does_not_import_torch(tmp_path):
+  """tensorboardX would import torch (3-4 s per training start); the Writer
+  hides it for that import, writes events, and torch stays importable."""
+  import subprocess
+  import sys
+  code = (
+      "import sys, glob\n"
+      "from metalm_jax.train import metrics as m\n"
+      f"w = m.Writer({str(tmp_path)!r}); w.write(1, {{'loss': 2.5}}); w.close()\n"
+      "assert 'torch' not in sys.modules, 'torch was imported'\n"
+      f"assert glob.glob({str(tmp_path)!r} + '/tensorboard/events.*'), 'no events'\n"
+      "import importlib.util; assert importlib.util.find_spec('torch') is not None\n")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=str(tmp_path.parent), timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]

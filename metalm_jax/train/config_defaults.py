@@ -43,8 +43,9 @@ def trainer_config() -> mlc.ConfigDict:
   # restore_fallback: a latest step that cannot be restored falls back to the previous one.
   # gcs_request_retries: tensorstore's retry policy for gs:// checkpoints; a
   # bucket that stays unreachable fails the run after ~2 min instead of hanging.
+  # replica_parallel: Orbax's replica-parallel save (auto: on for TPU only).
   c.checkpoint = mlc.ConfigDict(dict(
-      every_steps=200, keep=3, async_save=True, restore_fallback=True,
+      every_steps=200, keep=3, async_save=True, restore_fallback=True, replica_parallel="auto",
       gcs_request_retries=dict(max_retries=8, initial_delay_s=1.0, max_delay_s=32.0)))
   c.metrics = mlc.ConfigDict(dict(peak_flops=0.0))  # 0 = measure a matmul at start-up
   c.init_from = ""                # workdir / checkpoints dir / params dir: params only

@@ -19,6 +19,7 @@ FLOPs per example (what MFU counts), summed over the model's components:
 import io
 import logging
 import math
+import sys
 import tempfile
 import time
 from typing import Dict, Iterable, Mapping, Optional
@@ -113,6 +114,23 @@ def _fmt_time(s: float) -> str:
   return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
+def _summary_writer_class():
+  """tensorboardX.SummaryWriter without its optional torch import: the writer
+  tries `import torch` only to accept torch tensors (we log Python floats),
+  which adds 3-4 s to every training start where torch is installed (the
+  test and hf extras). Torch is hidden for that one import unless something
+  imported it already."""
+  if "torch" in sys.modules:
+    from tensorboardX import SummaryWriter
+    return SummaryWriter
+  sys.modules["torch"] = None  # `import torch` raises ImportError while set
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    del sys.modules["torch"]
+  return SummaryWriter
+
+
 class Writer:
   """TensorBoard + metrics.jsonl (metrics_log.py's scheme) + console; only
   process 0 writes. On a remote workdir the TensorBoard events are written to a
@@ -125,7 +143,7 @@ class Writer:
     self.tb = None
     self._tb_local = self._tb_remote = None
     if enabled:
-      from tensorboardX import SummaryWriter
+      SummaryWriter = _summary_writer_class()
       tb_dir = storage.join(workdir, TB_SUBDIR)
       if storage.is_remote(tb_dir):
         # Local by intent: a staging dir for tensorboardX, mirrored to tb_dir.
