@@ -252,8 +252,8 @@ def test_icl_vqa_generates_with_extra_image_items(env):
 
 
 def _rules():
-  from configs import common
-  return common.logical_rules()
+  from metalm_jax import presets
+  return presets.logical_rules()
 
 
 def test_loss_evaluator_matches_float64_cross_entropy(env):

@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import common
+from metalm_jax import presets
 from metalm_jax import params_io
 from metalm_jax.convert import export
 from metalm_jax.convert.predictor import Predictor
@@ -20,10 +20,10 @@ from metalm_jax.train import trainer as trainer_lib
 def _cfg():
   return ml_collections.ConfigDict(dict(
       dtype="float32",
-      decoder=common.decoder(vocab_size=64, num_layers=1, emb_dim=32, num_heads=2, mlp_dim=64,
-                             max_len=32),
-      encoders=dict(vision=common.vit(image_size=16, patch_size=8, num_layers=1, emb_dim=24,
-                                      num_heads=2, mlp_dim=48))))
+      decoder=presets.decoder(vocab_size=64, num_layers=1, emb_dim=32, num_heads=2, mlp_dim=64,
+                              max_len=32),
+      encoders=dict(vision=presets.vit(image_size=16, patch_size=8, num_layers=1, emb_dim=24,
+                                       num_heads=2, mlp_dim=48))))
 
 
 @pytest.fixture(scope="module")

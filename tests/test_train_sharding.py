@@ -6,7 +6,7 @@ import ml_collections as mlc
 import numpy as np
 import pytest
 
-from configs import common
+from metalm_jax import presets
 from metalm_jax import batch as batch_lib
 from metalm_jax.models import metalm
 from metalm_jax.train import config_defaults
@@ -43,8 +43,8 @@ def _abstract(model_cfg, opt_cfg):
 def test_state_shardings_put_large_params_on_fsdp():
   mesh = sh.make_mesh(dict(data=2, fsdp=2, tensor=2))
   opt = config_defaults.optimizer()
-  boxed, abstract = _abstract(common.model_config("tiny"), opt)
-  rules = sh.rules_from_config(common.logical_rules())
+  boxed, abstract = _abstract(presets.model_config("tiny"), opt)
+  rules = sh.rules_from_config(presets.logical_rules())
   shardings = sh.state_shardings(abstract, boxed, mesh, rules)
   emb = shardings["params"]["decoder"]["embedder"]["embedding"]
   assert tuple(emb.spec) == ("tensor", "fsdp")
@@ -59,7 +59,7 @@ def test_state_shardings_put_large_params_on_fsdp():
   assert tuple(shardings["step"].spec) == ()
   sh.check_large_params_sharded(abstract["params"], shardings["params"], mesh, 1024)
   # Rules that leave `embed` replicated fail the start-up check, naming params.
-  bad_rules = sh.rules_from_config([r for r in common.logical_rules() if r[0] != "embed"]
+  bad_rules = sh.rules_from_config([r for r in presets.logical_rules() if r[0] != "embed"]
                                    + [("embed", None)])
   bad = sh.state_shardings(abstract, boxed, mesh, bad_rules)
   with pytest.raises(ValueError, match=r"not sharded over fsdp.*decoder/"):
@@ -83,13 +83,13 @@ def test_global_batch_round_trip():
 
 
 def test_flops_per_example_matches_hand_count():
-  cfg = common.model_config("tiny")
+  cfg = presets.model_config("tiny")
   d, m, V, L = 32, 64, 100, 16
   cfg.decoder.update(vocab_size=V, num_layers=1, emb_dim=d, num_heads=2, mlp_dim=m, max_len=L)
   e, f, s, p = 16, 48, 16, 8
-  cfg.encoders = {"vision": common.vit(image_size=s, patch_size=p, num_layers=1, emb_dim=e,
-                                       num_heads=2, mlp_dim=f,
-                                       connector=common.connector("linear"))}
+  cfg.encoders = {"vision": presets.vit(image_size=s, patch_size=p, num_layers=1, emb_dim=e,
+                                        num_heads=2, mlp_dim=f,
+                                        connector=presets.connector("linear"))}
   cfg = mlc.ConfigDict(cfg)
   opt = config_defaults.optimizer()
   opt.groups = {"vis": dict(regex="^encoders_vision/", frozen=True, lr_mult=1.0)}
@@ -107,10 +107,10 @@ def test_fsdp_check_counts_one_layer_of_a_scanned_stack():
   # A stacked bias (layers x heads x head_dim) is as small per layer as the
   # unrolled one; only its leading `layers` axis makes it look large.
   mesh = sh.make_mesh(dict(data=2, fsdp=2, tensor=2))
-  cfg = common.model_config("tiny")
+  cfg = presets.model_config("tiny")
   cfg.decoder.scan_layers = True
   boxed, abstract = _abstract(cfg, config_defaults.optimizer())
-  shardings = sh.state_shardings(abstract, boxed, mesh, sh.rules_from_config(common.logical_rules()))
+  shardings = sh.state_shardings(abstract, boxed, mesh, sh.rules_from_config(presets.logical_rules()))
   bias = abstract["params"]["decoder"]["layers"]["attn"]["query"]["bias"]
   per_layer = int(np.prod(bias.shape[1:]))
   assert bias.shape[0] == cfg.decoder.num_layers and per_layer < int(np.prod(bias.shape))

@@ -2,7 +2,7 @@
 
 Parameters carry logical axis names (embed, heads, kv, mlp, vocab, ...);
 activations are constrained with `act_*` names. The rules table that maps
-them to mesh axes lives in the config (see configs/common.py).
+them to mesh axes lives in the config (default: metalm_jax/presets.py logical_rules).
 """
 from __future__ import annotations
 
