@@ -3,8 +3,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metalm_jax import presets
 from metalm_jax import batch as batch_lib
+from metalm_jax import presets
 from metalm_jax.models import metalm
 
 

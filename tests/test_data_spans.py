@@ -3,8 +3,8 @@ rule, checked against a plain-loop reference."""
 import numpy as np
 import pytest
 
-from metalm_jax import presets
 from metalm_jax import batch as batch_lib
+from metalm_jax import presets
 from metalm_jax.data import spans
 
 

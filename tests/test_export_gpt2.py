@@ -10,8 +10,8 @@ import jax  # noqa: E402
 import flax.linen as nn  # noqa: E402
 import ml_collections  # noqa: E402
 
-from metalm_jax import presets  # noqa: E402
 from metalm_jax import params_io  # noqa: E402
+from metalm_jax import presets  # noqa: E402
 from metalm_jax.convert import __main__ as cli  # noqa: E402
 from metalm_jax.convert import hf, hf_gpt2  # noqa: E402
 from metalm_jax.models.decoder import Decoder  # noqa: E402

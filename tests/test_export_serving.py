@@ -15,8 +15,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from metalm_jax import presets
 from metalm_jax import params_io
+from metalm_jax import presets
 from metalm_jax.convert import export, serving
 from metalm_jax.evaluate import prompts
 from metalm_jax.models import metalm

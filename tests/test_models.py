@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from metalm_jax import presets
 from metalm_jax import batch as batch_lib
+from metalm_jax import presets
 from metalm_jax.models import metalm
 from metalm_jax.models.connector import CONNECTORS
 from metalm_jax.models.decoder import Decoder

@@ -9,12 +9,12 @@ import ml_collections
 import numpy as np
 import pytest
 
-from metalm_jax import presets
 from metalm_jax import params_io
+from metalm_jax import presets
 from metalm_jax.convert import export
 from metalm_jax.convert.predictor import Predictor
 from metalm_jax.models import metalm
-from metalm_jax.train import trainer as trainer_lib
+from metalm_jax.train import init_params
 
 
 def _cfg():
@@ -63,7 +63,7 @@ def test_nonfinite_weights_are_refused(tmp_path, params):
     Predictor(d)
   with pytest.raises(ValueError, match=r"^config.init_from: loaded params do not match the "
                                        r"model: NaN/Inf values in \['decoder/embedder"):
-    trainer_lib._check_same_tree("init_from", params, params_io.load_params(d)[0])
+    init_params.check_same_tree("init_from", params, params_io.load_params(d)[0])
   with pytest.raises(ValueError, match=r"^export: .*NaN/Inf values"):
     export.check_params(metalm.build_model(_cfg()), bad)
 

@@ -9,8 +9,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from benchmarks import torch_reference  # noqa: E402
-from metalm_jax import presets  # noqa: E402
 from metalm_jax import batch as batch_lib  # noqa: E402
+from metalm_jax import presets  # noqa: E402
 from metalm_jax.convert import hf_clip, hf_gpt2  # noqa: E402
 from metalm_jax.convert.hf_io import WeightReader  # noqa: E402
 from metalm_jax.models import metalm  # noqa: E402

@@ -11,8 +11,8 @@ import grain
 import ml_collections as mlc
 import numpy as np
 
-from metalm_jax import presets
 from metalm_jax import batch as batch_lib
+from metalm_jax import presets
 from metalm_jax.train import config_defaults
 
 SEQ_LEN = 32
