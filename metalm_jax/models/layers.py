@@ -47,9 +47,9 @@ class LayerNorm(nn.Module):
   Not `flax.linen.LayerNorm`: even with use_fast_variance=False it computes
   (x - mean) * (rsqrt(var + eps) * scale), we (x - mean) * rsqrt(...) * scale;
   in float32 about a third of the outputs then differ by one ulp (measured on
-  [4, 33, 64] inputs; bfloat16 outputs are equal), which would break the
-  bit-exact resume of existing checkpoints' runs. The param names match
-  flax's, so the HF converters would not change if it were switched."""
+  [4, 33, 64] inputs; bfloat16 outputs are equal), so switching would change
+  the numerics of every float32 run. The param names match flax's, so the
+  HF converters and checkpoints would not change if it were switched."""
   eps: float = 1e-5
   dtype: Any = jnp.float32
 
