@@ -50,8 +50,8 @@ setup(
     name="metalm_jax",
     version="0.1.0",
     description="MetaLM: language models as general-purpose interfaces, in JAX/Flax",
-    # configs/ ships too: presets are imported by the package (models, converters, trainer).
-    packages=find_packages(include=["metalm_jax", "metalm_jax.*", "configs", "configs.*"]),
+    # The library only: configs/ are the user's experiment files (run from the repo root).
+    packages=find_packages(include=["metalm_jax", "metalm_jax.*"]),
     # GPU compile targets for metalm_jax.aot (XLA target configs, text protos).
     package_data={"metalm_jax.aot_targets": ["*.txtpb"]},
     python_requires=">=3.10",

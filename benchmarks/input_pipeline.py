@@ -29,9 +29,9 @@ FLAGS = flags.FLAGS
 
 def run_one(kind: str, size: str) -> str:
   import ml_collections as mlc
-  from configs import common, data
+  from metalm_jax import presets
   from metalm_jax.data import pipeline
-  cfg = mlc.ConfigDict(dict(model=common.model_config(size), data=data.data_config(kind, size),
+  cfg = mlc.ConfigDict(dict(model=presets.model_config(size), data=presets.data_config(kind, size),
                             seed=0))
   cfg.data.data_dir = FLAGS.data_dir
   cfg.data.num_workers = FLAGS.num_workers

@@ -12,18 +12,20 @@ METEOR / SPICE where Java is present) on the Karpathy test split, beam 3.
 """
 from configs import finetune_common as F
 
-SIZES = {
-    # model, data, source, batch, steps, lr, warm-up, eval every, eval examples, beam
-    "tiny": ("tiny", "tiny", "world_caption", 16, 300, 5e-4, 20, 100, 64, 1),
-    "paper": ("paper_vl", "paper_vl", "coco_caption", 256, 20_000, 1e-5, 0, 2000, 5000, 3),
+SIZES = {  # every: eval and checkpoint interval; examples: evaluated examples
+    "tiny": dict(model="tiny", data="tiny", source="world_caption", batch=16, steps=300,
+                 lr=5e-4, warmup=20, every=100, examples=64, beam=1),
+    "paper": dict(model="paper_vl", data="paper_vl", source="coco_caption", batch=256,
+                  steps=20_000, lr=1e-5, warmup=0, every=2000, examples=5000, beam=3),
 }
 
 
 def get_config(arg=None):
-  a = F.parse(arg, SIZES)
-  model, data, source, batch, steps, lr, warm, every, n, beam = SIZES[a.size]
-  c = F.base(a, model=model, kind="vl", data=data, mixture={source + "_prompted": 1.0},
-             batch=batch, steps=steps, lr=lr, warmup=warm, eval_every=every, ckpt=every)
+  a, s = F.parse(arg, SIZES)
+  source, every, n, beam = s.source, s.every, s.examples, s.beam
+  c = F.base(a, model=s.model, kind="vl", data=s.data, mixture={source + "_prompted": 1.0},
+             batch=s.batch, steps=s.steps, lr=s.lr, warmup=s.warmup, eval_every=every,
+             ckpt=every)
   c.data.spans.prefix_max = 0  # no caption prefix through the text encoder here
   decoding = dict(method="beam", beam_size=beam) if beam > 1 else dict(method="greedy")
   split = "test" if a.size == "paper" else "validation"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ml_collections as mlc
 
 from configs import common
-from configs import data as data_configs
+from metalm_jax import presets
 from metalm_jax.train import config_defaults
 
 # Param-name regexes (top-level names: decoder, encoders_<name>, connectors_<name>).
@@ -29,8 +29,8 @@ def base(a, *, model: str, kind: str, data: str, mixture: dict, batch: int, step
          ckpt: int = 200, weight_decay: float = 0.01) -> mlc.ConfigDict:
   """Trainer config for a finetuning run (see the module docstring)."""
   c = config_defaults.trainer_config()
-  c.model = common.model_config(model)
-  c.data = data_configs.data_config(kind, data)
+  c.model = presets.model_config(model)
+  c.data = presets.data_config(kind, data)
   c.data.mixture = dict(mixture)
   c.batch_size = batch
   c.total_steps = a.steps or steps
@@ -45,10 +45,9 @@ def base(a, *, model: str, kind: str, data: str, mixture: dict, batch: int, step
 
 
 def parse(arg, sizes, **extra):
+  """(the parsed arg, the named settings sizes[size] as a ConfigDict)."""
   a = common.parse_arg(arg, size="tiny", steps=0, init="", **extra)
-  if a.size not in sizes:
-    raise ValueError(f"config arg size={a.size!r} is unknown; known: {sorted(sizes)}")
-  return a
+  return a, common.pick_size(a, sizes)
 
 
 def evaluator(type_: str, source: str, every: int, **kw) -> dict:

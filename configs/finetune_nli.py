@@ -18,25 +18,26 @@ language-only paper model, batch 32, lr 5e-5, 3 epochs (392,702 pairs).
 """
 from configs import finetune_common as F
 
-SIZES = {
-    # model, data, source, batch, steps, lr, warm-up, eval every, eval examples
-    "tiny": ("tiny", "tiny", "world_nli_encoded", 16, 300, 1e-3, 20, 100, 150),
-    "paper": ("paper_lang", "paper_lang", "mnli_encoded", 32, 3 * 392_702 // 32, 5e-5, 2000, 5000,
-              9815),
+SIZES = {  # every: eval and checkpoint interval; examples: evaluated examples
+    "tiny": dict(model="tiny", data="tiny", source="world_nli_encoded", batch=16, steps=300,
+                 lr=1e-3, warmup=20, every=100, examples=150),
+    "paper": dict(model="paper_lang", data="paper_lang", source="mnli_encoded", batch=32,
+                  steps=3 * 392_702 // 32, lr=5e-5, warmup=2000, every=5000, examples=9815),
 }
 
 
 def get_config(arg=None):
-  a = F.parse(arg, SIZES)
-  model, data, source, batch, steps, lr, warm, every, n = SIZES[a.size]
+  a, s = F.parse(arg, SIZES)
+  source, every = s.source, s.every
   kind = "lang" if a.size == "paper" else "vl"
-  c = F.base(a, model=model, kind=kind, data=data, mixture={source: 1.0}, batch=batch,
-             steps=steps, lr=lr, warmup=warm, decay="linear", eval_every=every, ckpt=every)
+  c = F.base(a, model=s.model, kind=kind, data=s.data, mixture={source: 1.0}, batch=s.batch,
+             steps=s.steps, lr=s.lr, warmup=s.warmup, decay="linear", eval_every=every,
+             ckpt=every)
   c.data.seq_len = 96 if a.size == "tiny" else 320
   c.model.encoders.text.max_len = 64 if a.size == "tiny" else 256
   frozen = ["decoder"] + [f"{p}_{n}" for n in c.model.encoders
                           if c.model.encoders[n].type != "bert"
                           for p in ("encoders", "connectors")]
   c.optimizer.groups = {"frozen": F.frozen(*frozen)}
-  c.evals = {"nli": F.evaluator("classify", source, every, num_examples=n)}
+  c.evals = {"nli": F.evaluator("classify", source, every, num_examples=s.examples)}
   return c

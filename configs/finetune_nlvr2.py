@@ -14,20 +14,22 @@ real-data sources yet, so it reads the embedded world's paper variant.
 """
 from configs import finetune_common as F
 
-SIZES = {
-    # model, data, batch, steps, lr, warm-up, eval every, eval examples, seq_len
-    "tiny": ("tiny", "tiny", 16, 400, 5e-4, 20, 100, 128, 128),
-    "paper": ("paper_vl", "paper_vl", 128, 10_000, 1e-5, 0, 2000, 2000, 512),
+SIZES = {  # every: eval and checkpoint interval; examples: evaluated examples
+    "tiny": dict(model="tiny", data="tiny", batch=16, steps=400, lr=5e-4, warmup=20, every=100,
+                 examples=128, seq_len=128),
+    "paper": dict(model="paper_vl", data="paper_vl", batch=128, steps=10_000, lr=1e-5, warmup=0,
+                  every=2000, examples=2000, seq_len=512),
 }
 
 
 def get_config(arg=None):
-  a = F.parse(arg, SIZES)
-  model, data, batch, steps, lr, warm, every, n, seq_len = SIZES[a.size]
-  c = F.base(a, model=model, kind="vl", data=data, mixture={"world_pair": 1.0}, batch=batch,
-             steps=steps, lr=lr, warmup=warm, eval_every=every, ckpt=every)
+  a, s = F.parse(arg, SIZES)
+  c = F.base(a, model=s.model, kind="vl", data=s.data, mixture={"world_pair": 1.0},
+             batch=s.batch, steps=s.steps, lr=s.lr, warmup=s.warmup, eval_every=s.every,
+             ckpt=s.every)
   c.model.encoders.vision.max_items = 2
-  c.data.seq_len = seq_len
+  c.data.seq_len = s.seq_len
   c.data.spans.prefix_max = 0
-  c.evals = {"nlvr2": F.evaluator("classify", "world_pair", every, num_examples=n)}
+  c.evals = {"nlvr2": F.evaluator("classify", "world_pair", s.every,
+                                  num_examples=s.examples)}
   return c

@@ -14,17 +14,18 @@ init_from does not do, so this config keeps 224 px.
 """
 from configs import finetune_common as F
 
-SIZES = {
-    # model, data, source, batch, steps, lr, warm-up, eval every, eval examples
-    "tiny": ("tiny", "tiny", "world_vqa", 16, 300, 5e-4, 20, 100, 128),
-    "paper": ("paper_vl", "paper_vl", "vqav2", 256, 40_000, 1e-5, 0, 5000, 5000),
+SIZES = {  # every: eval and checkpoint interval; examples: evaluated examples
+    "tiny": dict(model="tiny", data="tiny", source="world_vqa", batch=16, steps=300, lr=5e-4,
+                 warmup=20, every=100, examples=128),
+    "paper": dict(model="paper_vl", data="paper_vl", source="vqav2", batch=256, steps=40_000,
+                  lr=1e-5, warmup=0, every=5000, examples=5000),
 }
 
 
 def get_config(arg=None):
-  a = F.parse(arg, SIZES)
-  model, data, source, batch, steps, lr, warm, every, n = SIZES[a.size]
-  c = F.base(a, model=model, kind="vl", data=data, mixture={source: 1.0}, batch=batch,
-             steps=steps, lr=lr, warmup=warm, eval_every=every, ckpt=every)
-  c.evals = {"vqa": F.evaluator("vqa", source, every, num_examples=n, max_new_tokens=8)}
+  a, s = F.parse(arg, SIZES)
+  c = F.base(a, model=s.model, kind="vl", data=s.data, mixture={s.source: 1.0}, batch=s.batch,
+             steps=s.steps, lr=s.lr, warmup=s.warmup, eval_every=s.every, ckpt=s.every)
+  c.evals = {"vqa": F.evaluator("vqa", s.source, s.every, num_examples=s.examples,
+                                max_new_tokens=8)}
   return c

@@ -11,13 +11,15 @@ size=paper is the paper's recipe: 300k steps of 1024 x 2048 tokens, Adam lr
 (optimizer group `frozen_text_encoder`, a lookahead regex).
 """
 from configs import common
-from configs import data as data_configs
+from metalm_jax import presets
 from metalm_jax.train import config_defaults
 
-# size -> (model preset, data preset, batch, steps, lr, warm-up, log, eval, ckpt)
+# size -> model / data preset (metalm_jax/presets.py) and the run's settings.
 SIZES = {
-    "tiny": ("tiny", "tiny", 16, 600, 2e-3, 30, 10, 100, 200),
-    "paper": ("paper_lang", "paper_lang", 1024, 300_000, 6e-4, 3750, 100, 5000, 5000),
+    "tiny": dict(model="tiny", data="tiny", batch=16, steps=600, lr=2e-3, warmup=30, log=10,
+                 eval=100, ckpt=200),
+    "paper": dict(model="paper_lang", data="paper_lang", batch=1024, steps=300_000, lr=6e-4,
+                  warmup=3750, log=100, eval=5000, ckpt=5000),
 }
 
 
@@ -29,20 +31,19 @@ def frozen_encoder_regex(num_layers: int, top: int = 2, name: str = "text") -> s
 
 def get_config(arg=None):
   a = common.parse_arg(arg, size="tiny", steps=0, runlocal=False)
-  if a.size not in SIZES:
-    raise ValueError(f"config arg size={a.size!r} is unknown; known: {sorted(SIZES)}")
-  model, data, batch, steps, lr, warm, log, ev, ck = SIZES[a.size]
+  s = common.pick_size(a, SIZES)
   c = config_defaults.trainer_config()
-  c.model = common.model_config(model)
+  c.model = presets.model_config(s.model)
   if a.size == "tiny":  # language-only: the text encoder, no vision
     c.model.encoders = {"text": c.model.encoders.text}
-  c.data = data_configs.data_config("lang", data)
-  c.batch_size = batch
-  c.total_steps = a.steps or steps
-  c.log_every, c.eval_every = log, ev
-  c.checkpoint.every_steps = ck
-  c.optimizer = config_defaults.optimizer(lr=lr, b1=0.9, b2=0.98, weight_decay=0.01,
-                                          warmup_steps=warm, decay="cosine", end_lr_frac=0.1)
+  c.data = presets.data_config("lang", s.data)
+  c.batch_size = s.batch
+  c.total_steps = a.steps or s.steps
+  c.log_every, c.eval_every = s.log, s.eval
+  c.checkpoint.every_steps = s.ckpt
+  c.optimizer = config_defaults.optimizer(lr=s.lr, b1=0.9, b2=0.98, weight_decay=0.01,
+                                          warmup_steps=s.warmup, decay="cosine",
+                                          end_lr_frac=0.1)
   enc_layers = c.model.encoders.text.num_layers
   c.optimizer.groups = {"frozen_text_encoder": dict(
       regex=frozen_encoder_regex(enc_layers, min(2, enc_layers - 1)), frozen=True, lr_mult=1.0)}

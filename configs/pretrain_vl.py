@@ -10,32 +10,33 @@ b=(0.9, 0.98), wd 0.01, lr 1e-4 with 2.5k warm-up and linear decay, dropout 0.1
 (model preset), FSDP over all devices.
 """
 from configs import common
-from configs import data as data_configs
+from metalm_jax import presets
 from metalm_jax.train import config_defaults
 
-# size -> (model preset, data preset, batch, steps, lr, warm-up, decay, log, eval, ckpt)
+# size -> model / data preset (metalm_jax/presets.py) and the run's settings.
 SIZES = {
-    "tiny": ("tiny", "tiny", 16, 600, 2e-3, 30, "cosine", 10, 100, 200),
-    "bench": ("bench", "bench", 16, 2000, 1e-3, 100, "cosine", 20, 200, 500),
-    "paper": ("paper_vl", "paper_vl", 256, 350_000, 1e-4, 2500, "linear", 100, 5000, 5000),
+    "tiny": dict(model="tiny", data="tiny", batch=16, steps=600, lr=2e-3, warmup=30,
+                 decay="cosine", log=10, eval=100, ckpt=200),
+    "bench": dict(model="bench", data="bench", batch=16, steps=2000, lr=1e-3, warmup=100,
+                  decay="cosine", log=20, eval=200, ckpt=500),
+    "paper": dict(model="paper_vl", data="paper_vl", batch=256, steps=350_000, lr=1e-4,
+                  warmup=2500, decay="linear", log=100, eval=5000, ckpt=5000),
 }
 
 
 def get_config(arg=None):
   a = common.parse_arg(arg, size="tiny", steps=0, runlocal=False)
-  if a.size not in SIZES:
-    raise ValueError(f"config arg size={a.size!r} is unknown; known: {sorted(SIZES)}")
-  model, data, batch, steps, lr, warm, decay, log, ev, ck = SIZES[a.size]
+  s = common.pick_size(a, SIZES)
   c = config_defaults.trainer_config()
-  c.model = common.model_config(model)
-  c.data = data_configs.data_config("vl", data)
-  c.batch_size = batch
-  c.total_steps = a.steps or steps
-  c.log_every, c.eval_every = log, ev
-  c.checkpoint.every_steps = ck
-  c.optimizer = config_defaults.optimizer(lr=lr, b1=0.9, b2=0.98, weight_decay=0.01,
-                                          warmup_steps=warm, decay=decay,
-                                          end_lr_frac=0.0 if decay == "linear" else 0.1)
+  c.model = presets.model_config(s.model)
+  c.data = presets.data_config("vl", s.data)
+  c.batch_size = s.batch
+  c.total_steps = a.steps or s.steps
+  c.log_every, c.eval_every = s.log, s.eval
+  c.checkpoint.every_steps = s.ckpt
+  c.optimizer = config_defaults.optimizer(lr=s.lr, b1=0.9, b2=0.98, weight_decay=0.01,
+                                          warmup_steps=s.warmup, decay=s.decay,
+                                          end_lr_frac=0.0 if s.decay == "linear" else 0.1)
   if a.size == "paper":
     c.mesh.update(data=1, fsdp=-1, tensor=1)
   if a.runlocal:

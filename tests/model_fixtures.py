@@ -3,13 +3,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import common
 from metalm_jax import batch as batch_lib
+from metalm_jax import presets
 from metalm_jax.models import metalm
 
 
 def small_model_cfg(positions="learned", norm="pre", **dec):
-  cfg = common.model_config("tiny")
+  cfg = presets.model_config("tiny")
   dec = {"vocab_size": 97, **dec}
   cfg.decoder.update(dict(num_layers=2, emb_dim=32, num_heads=4, mlp_dim=64,
                           max_len=64, positions=positions, norm=norm, **dec))

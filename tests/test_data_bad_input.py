@@ -9,14 +9,14 @@ from PIL import Image
 
 from metalm_jax import batch as batch_lib
 from metalm_jax.data import images, packing, pipeline, testing
-from metalm_jax.data import tokenizer as tok_lib
+from metalm_jax.data import prepare
 from metalm_jax.data.images import CLIP_MEAN, CLIP_STD
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
   cfg = testing.test_config("vl", "tiny", str(tmp_path_factory.mktemp("tfds")))
-  tok = tok_lib.load_tokenizer(cfg)
+  tok = prepare.load_tokenizer(cfg)
   return cfg, tok, pipeline.make_context(cfg, tok)
 
 

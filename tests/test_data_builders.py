@@ -76,8 +76,8 @@ def test_vqav2(tmp_path, data_dir):
   (root / "v2_mscoco_train2014_annotations.json").write_text(json.dumps({"annotations": anns}))
   cfg = testing.test_config("vl", "tiny", data_dir, mixture={"vqav2": 1.0},
                             manual_dirs={"metalm_vqav2": str(root)})
-  from metalm_jax.data import tokenizer as tok_lib
-  tok = tok_lib.load_tokenizer(cfg)
+  from metalm_jax.data import prepare
+  tok = prepare.load_tokenizer(cfg)
   (batch, _), _ = _check(cfg)
   for r in range(2):
     assert tok.decode(batch["targets"][r][batch["loss_mask"][r] > 0]) == "yes"
@@ -115,8 +115,8 @@ def test_missing_manual_dir_is_a_clear_error(tmp_path):
 
 def test_glue_mnli_through_mock_data(data_dir):
   cfg = testing.test_config("lang", "tiny", data_dir, mixture={"mnli": 1.0}, seq_len=64)
-  from metalm_jax.data import tokenizer as tok_lib
-  tok = tok_lib.load_tokenizer(cfg)  # prepare before mocking
+  from metalm_jax.data import prepare
+  tok = prepare.load_tokenizer(cfg)  # prepare before mocking
   with tfds.testing.mock_data(num_examples=12):
     batches = _check(cfg, n=3, batch_size=4)
   words = set()

@@ -47,7 +47,7 @@ def _runs(mask):
 @pytest.mark.parametrize("kind,size", [("vl", "tiny"), ("lang", "tiny"), ("vl", "bench")])
 def test_batch_properties(data_dir, kind, size):
   cfg = testing.test_config(kind, size, data_dir)
-  tok = tok_lib.load_tokenizer(cfg)
+  tok = prepare.load_tokenizer(cfg)
   model, sp = cfg.model, cfg.data.spans
   offsets = batch_lib.dock_offsets(model.encoders)
   b_size, l = 8, cfg.data.seq_len
@@ -110,7 +110,7 @@ def test_batch_properties(data_dir, kind, size):
 
 def test_pixels_and_captions_match_the_records(data_dir):
   cfg = testing.test_config("vl", "tiny", data_dir, mixture={"world_caption": 1.0})
-  tok = tok_lib.load_tokenizer(cfg)
+  tok = prepare.load_tokenizer(cfg)
   src = pipeline.data_source(cfg.data, "world_caption", "train")
   it = pipeline.make_iterator(cfg, "train", batch_size=4, shuffle=False)
   batch, _ = pipeline.split_stats(next(it))
@@ -179,7 +179,7 @@ def test_process_shards_are_disjoint(data_dir):
 
 def test_config_mismatches_name_the_field(data_dir, tmp_path):
   cfg = testing.test_config("lang", "tiny", data_dir)
-  tok_lib.load_tokenizer(cfg)  # prepares the 1024 tokenizer
+  prepare.load_tokenizer(cfg)  # prepares the 1024 tokenizer
   cfg.data.tokenizer = os.path.join(data_dir, "tokenizers", "metalm_world_test_1024.model")
   cfg.model.decoder.vocab_size = 1000
   with pytest.raises(ValueError, match="config.model.decoder.vocab_size=1000"):

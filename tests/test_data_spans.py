@@ -3,8 +3,8 @@ rule, checked against a plain-loop reference."""
 import numpy as np
 import pytest
 
-import configs.common as common
 from metalm_jax import batch as batch_lib
+from metalm_jax import presets
 from metalm_jax.data import spans
 
 
@@ -56,7 +56,7 @@ def _reference_loss(row, docked):
 
 
 def test_layout_matches_reference_and_never_trains_on_seen_tokens():
-  cfg = common.model_config("tiny")
+  cfg = presets.model_config("tiny")
   offsets = batch_lib.dock_offsets(cfg.encoders)
   rng = np.random.default_rng(0)
   for trial in range(50):
@@ -99,7 +99,7 @@ def test_layout_matches_reference_and_never_trains_on_seen_tokens():
 
 
 def test_span_that_does_not_fit_the_encoder_is_an_error():
-  cfg = common.model_config("tiny")
+  cfg = presets.model_config("tiny")
   row = spans.Row(64, 0)
   row.start_segment()
   row.add_tokens(list(range(10, 40)), train=True)

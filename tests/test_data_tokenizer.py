@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from metalm_jax.data import prepare
 from metalm_jax.data import tokenizer as tok_lib
 from metalm_jax.data import world
 
@@ -61,10 +62,10 @@ def test_load_tokenizer_checks_vocab(tmp_path, tok):
   path.write_bytes(tok.__getstate__()["proto"])
   cfg = mlc.ConfigDict(dict(data=dict(tokenizer=str(path)),
                             model=dict(decoder=dict(vocab_size=tok.vocab_size))))
-  assert tok_lib.load_tokenizer(cfg).encode("a red circle") == tok.encode("a red circle")
+  assert prepare.load_tokenizer(cfg).encode("a red circle") == tok.encode("a red circle")
   cfg.model.decoder.vocab_size = 512
   with pytest.raises(ValueError, match="vocab_size=300.*vocab_size=512"):
-    tok_lib.load_tokenizer(cfg)
+    prepare.load_tokenizer(cfg)
 
 
 def test_cli_trains_on_a_user_corpus(tmp_path):

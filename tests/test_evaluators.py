@@ -11,7 +11,7 @@ import pytest
 
 from metalm_jax import batch as batch_lib
 from metalm_jax.data import pipeline, testing
-from metalm_jax.data import tokenizer as tok_lib
+from metalm_jax.data import prepare
 from metalm_jax.evaluate import evaluators as E
 from metalm_jax.evaluate import metrics as metrics_lib
 from metalm_jax.evaluate import prompts as P
@@ -28,7 +28,7 @@ def env(tmp_path_factory):
   model = metalm.build_model(cfg.model)
   params = metalm.init_variables(model, jax.random.key(3), 1, 8)["params"]
   import flax.linen as nn
-  return E.Env(cfg, model, nn.meta.unbox(params), tok_lib.load_tokenizer(cfg), 0)
+  return E.Env(cfg, model, nn.meta.unbox(params), prepare.load_tokenizer(cfg), 0)
 
 
 def _ev(**kw):
@@ -252,8 +252,8 @@ def test_icl_vqa_generates_with_extra_image_items(env):
 
 
 def _rules():
-  from configs import common
-  return common.logical_rules()
+  from metalm_jax import presets
+  return presets.logical_rules()
 
 
 def test_loss_evaluator_matches_float64_cross_entropy(env):

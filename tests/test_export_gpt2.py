@@ -10,15 +10,15 @@ import jax  # noqa: E402
 import flax.linen as nn  # noqa: E402
 import ml_collections  # noqa: E402
 
-from configs import common  # noqa: E402
 from metalm_jax import params_io  # noqa: E402
+from metalm_jax import presets  # noqa: E402
 from metalm_jax.convert import __main__ as cli  # noqa: E402
 from metalm_jax.convert import hf, hf_gpt2  # noqa: E402
 from metalm_jax.models.decoder import Decoder  # noqa: E402
 
 
 def _decoder(seed, **kw):
-  section = common.decoder(**kw)
+  section = presets.decoder(**kw)
   model = Decoder(ml_collections.FrozenConfigDict(section))
   t = np.zeros((1, 4), np.int32)
   params = nn.meta.unbox(model.init(jax.random.key(seed), t, t, t + 1)["params"])
@@ -72,4 +72,4 @@ def test_cli_export_gpt2_from_import_dir(tmp_path):
                                          ("use_bias", False), ("activation", "bogus")])
 def test_non_gpt2_decoder_is_refused_by_field(field, value):
   with pytest.raises(ValueError, match=f"model.decoder.{field}"):
-    hf_gpt2.gpt2_config(common.decoder(**{field: value}))
+    hf_gpt2.gpt2_config(presets.decoder(**{field: value}))

@@ -15,8 +15,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import common
 from metalm_jax import params_io
+from metalm_jax import presets
 from metalm_jax.convert import export, serving
 from metalm_jax.evaluate import prompts
 from metalm_jax.models import metalm
@@ -31,13 +31,13 @@ SEQ_LEN = 24
 def _cfg():
   return ml_collections.ConfigDict(dict(
       dtype="float32",
-      decoder=common.decoder(vocab_size=64, num_layers=2, emb_dim=32, num_heads=2, mlp_dim=64,
-                             max_len=48, activation="gelu_new"),
+      decoder=presets.decoder(vocab_size=64, num_layers=2, emb_dim=32, num_heads=2, mlp_dim=64,
+                              max_len=48, activation="gelu_new"),
       encoders=dict(
-          vision=common.vit(image_size=16, patch_size=8, num_layers=1, emb_dim=24, num_heads=2,
-                            mlp_dim=48),
-          text=common.bert(max_items=1, max_len=4, vocab_size=64, num_layers=1, emb_dim=16,
-                           num_heads=2, mlp_dim=32))))
+          vision=presets.vit(image_size=16, patch_size=8, num_layers=1, emb_dim=24, num_heads=2,
+                             mlp_dim=48),
+          text=presets.bert(max_items=1, max_len=4, vocab_size=64, num_layers=1, emb_dim=16,
+                            num_heads=2, mlp_dim=32))))
 
 
 def _tokenizer_file(path):

@@ -15,7 +15,7 @@ from configs import (finetune_caption, finetune_multitask, finetune_nli, finetun
 from metalm_jax import batch as batch_lib
 from metalm_jax import params_io
 from metalm_jax.data import pipeline, sources, tasks, testing
-from metalm_jax.data import tokenizer as tok_lib
+from metalm_jax.data import prepare
 from metalm_jax.evaluate import evaluators as E
 from metalm_jax.models import metalm
 from metalm_jax.train import checkpoint as ckpt_lib
@@ -120,7 +120,7 @@ def _trained_text(tok, batch, b):
 
 def test_prompted_and_instruction_rows(data_dir):
   cfg, batch = _rows(data_dir, {"world_caption_prompted": 1.0})
-  tok = tok_lib.load_tokenizer(cfg)
+  tok = prepare.load_tokenizer(cfg)
   cap = tok.encode("caption:")
   for b in range(8):
     toks = list(batch["tokens"][b][batch["segment_ids"][b] > 0])
@@ -151,7 +151,7 @@ def test_nli_encoded_rows_match_the_evaluator_prompt(data_dir):
   batch, stats = pipeline.split_stats(next(pipeline.make_iterator(
       cfg, "validation", batch_size=4, shuffle=False)))
   assert stats["truncated_text"] == 0
-  tok = tok_lib.load_tokenizer(cfg)
+  tok = prepare.load_tokenizer(cfg)
   model = metalm.build_model(cfg.model)
   env = E.Env(cfg, model, None, tok, 0)
   ev = E.resolve(dict(type="classify", source="world_nli_encoded"))
@@ -186,7 +186,7 @@ def test_pair_rows_dock_two_images(data_dir):
                                                                   shuffle=False)))
   assert stats["truncated_text"] == 0
   batch_lib.validate_batch(batch, cfg.model, cfg.model.decoder.vocab_size)
-  tok = tok_lib.load_tokenizer(cfg)
+  tok = prepare.load_tokenizer(cfg)
   off = batch_lib.dock_offsets(cfg.model.encoders)["vision"]
   t = batch_lib.slot_length(cfg.model.encoders.vision)
   labels = []

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import common, pretrain_lang
+from configs import pretrain_lang
+from metalm_jax import presets
 from metalm_jax.models import layout, metalm
 from metalm_jax.train import config_defaults, metrics as metrics_lib, state as st
 
@@ -16,9 +17,9 @@ ENC_LAYERS = 4
 
 
 def _model_cfg(scan):
-  cfg = common.model_config("tiny")
-  cfg.encoders = {"text": common.bert(num_layers=ENC_LAYERS, emb_dim=16, num_heads=2, mlp_dim=32,
-                                      vocab_size=64, max_len=8, scan_layers=scan)}
+  cfg = presets.model_config("tiny")
+  cfg.encoders = {"text": presets.bert(num_layers=ENC_LAYERS, emb_dim=16, num_heads=2, mlp_dim=32,
+                                       vocab_size=64, max_len=8, scan_layers=scan)}
   cfg.decoder.update(vocab_size=64, emb_dim=16, num_heads=2, mlp_dim=32, scan_layers=scan)
   return cfg
 

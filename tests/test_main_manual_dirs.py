@@ -9,7 +9,7 @@ import types
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from configs import data as data_configs
+from metalm_jax import presets
 from metalm_jax.data import builders
 from tests import test_main_helpers as H
 from tests.test_train_standin import CACHE_DIR
@@ -61,6 +61,6 @@ def test_every_manual_builder_has_a_manual_dirs_entry():
   classes = [c for m in modules for c in vars(m).values() if isinstance(c, type) and
              issubclass(c, tfds.core.DatasetBuilder) and c.__module__ == m.__name__]
   manual = {c.name for c in classes if c.MANUAL_DOWNLOAD_INSTRUCTIONS}
-  assert manual == set(data_configs.MANUAL_DATASETS)
-  assert dict(data_configs.data_config("vl", "paper_vl").manual_dirs) == {
-      n: "" for n in data_configs.MANUAL_DATASETS}
+  assert manual == set(presets.MANUAL_DATASETS)
+  assert dict(presets.data_config("vl", "paper_vl").manual_dirs) == {
+      n: "" for n in presets.MANUAL_DATASETS}

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import common
 from metalm_jax import batch as batch_lib
+from metalm_jax import presets
 from metalm_jax.models import metalm
 from metalm_jax.models.connector import CONNECTORS
 from metalm_jax.models.decoder import Decoder
@@ -163,7 +163,7 @@ def test_sharded_forward_equals_single_device():
   b = random_batch(model, b=8, left_pad=(0, 3) * 4)
   ref = np.asarray(jax.jit(model.apply)(v, to_jnp(b)))
   mesh = Mesh(np.asarray(jax.devices()[:8]).reshape(2, 2, 2), ("data", "fsdp", "tensor"))
-  rules = common.logical_rules()
+  rules = presets.logical_rules()
   abstract = metalm.abstract_variables(model)
   shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract), mesh, rules)
   sharded_v = jax.device_put(v, shardings)
@@ -186,7 +186,7 @@ PAPER = {  # paper: VL decoder ~353M (GPT-2 medium); language decoder ~1.3B, enc
 
 @pytest.mark.parametrize("size", sorted(PAPER))
 def test_paper_parameter_counts(size):
-  model = metalm.build_model(common.model_config(size))
+  model = metalm.build_model(presets.model_config(size))
   shapes = metalm.abstract_variables(model)["params"]
   for part, expected in PAPER[size].items():
     n = metalm.count_params(shapes[part])

@@ -9,21 +9,21 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import common
 from metalm_jax import params_io
+from metalm_jax import presets
 from metalm_jax.convert import export
 from metalm_jax.convert.predictor import Predictor
 from metalm_jax.models import metalm
-from metalm_jax.train import trainer as trainer_lib
+from metalm_jax.train import init_params
 
 
 def _cfg():
   return ml_collections.ConfigDict(dict(
       dtype="float32",
-      decoder=common.decoder(vocab_size=64, num_layers=1, emb_dim=32, num_heads=2, mlp_dim=64,
-                             max_len=32),
-      encoders=dict(vision=common.vit(image_size=16, patch_size=8, num_layers=1, emb_dim=24,
-                                      num_heads=2, mlp_dim=48))))
+      decoder=presets.decoder(vocab_size=64, num_layers=1, emb_dim=32, num_heads=2, mlp_dim=64,
+                              max_len=32),
+      encoders=dict(vision=presets.vit(image_size=16, patch_size=8, num_layers=1, emb_dim=24,
+                                       num_heads=2, mlp_dim=48))))
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_nonfinite_weights_are_refused(tmp_path, params):
     Predictor(d)
   with pytest.raises(ValueError, match=r"^config.init_from: loaded params do not match the "
                                        r"model: NaN/Inf values in \['decoder/embedder"):
-    trainer_lib._check_same_tree("init_from", params, params_io.load_params(d)[0])
+    init_params.check_same_tree("init_from", params, params_io.load_params(d)[0])
   with pytest.raises(ValueError, match=r"^export: .*NaN/Inf values"):
     export.check_params(metalm.build_model(_cfg()), bad)
 

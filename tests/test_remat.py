@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import common
+from metalm_jax import presets
 from metalm_jax.models import metalm, remat
 from metalm_jax.models.decoder import Decoder
 
@@ -15,8 +15,8 @@ B, L = 2, 10
 
 
 def _decoder(policy, scan):
-  section = common.decoder(vocab_size=53, num_layers=2, emb_dim=32, num_heads=4, mlp_dim=64,
-                           max_len=16, remat_policy=policy, scan_layers=scan)
+  section = presets.decoder(vocab_size=53, num_layers=2, emb_dim=32, num_heads=4, mlp_dim=64,
+                            max_len=16, remat_policy=policy, scan_layers=scan)
   return Decoder(ml_collections.FrozenConfigDict(section))
 
 
@@ -95,11 +95,11 @@ def test_policy_names_and_the_old_boolean():
   legacy = ml_collections.ConfigDict(dict(remat=True))
   assert remat.policy_name(legacy) == "full"
   assert remat.policy_name(ml_collections.ConfigDict(dict(remat=False))) == "none"
-  cfg = common.model_config("tiny")
+  cfg = presets.model_config("tiny")
   cfg.decoder.remat_policy = "dots_savable"
   with pytest.raises(ValueError, match="model.decoder.remat_policy='dots_savable'"):
     metalm.build_model(cfg)
-  cfg = common.model_config("tiny")
+  cfg = presets.model_config("tiny")
   cfg.encoders.vision.remat_policy = "none"
   cfg.encoders.vision.remat = True
   with pytest.raises(ValueError, match="model.encoders.vision.remat=True contradicts"):

@@ -9,8 +9,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from benchmarks import torch_reference  # noqa: E402
-from configs import common  # noqa: E402
 from metalm_jax import batch as batch_lib  # noqa: E402
+from metalm_jax import presets  # noqa: E402
 from metalm_jax.convert import hf_clip, hf_gpt2  # noqa: E402
 from metalm_jax.convert.hf_io import WeightReader  # noqa: E402
 from metalm_jax.models import metalm  # noqa: E402
@@ -23,11 +23,11 @@ def _config():
   c = config_defaults.trainer_config()
   c.model = ml_collections.ConfigDict(dict(
       dtype="float32",
-      decoder=common.decoder(vocab_size=97, num_layers=2, emb_dim=32, num_heads=4, mlp_dim=64,
-                             max_len=64),
-      encoders=dict(vision=common.vit(image_size=16, patch_size=8, num_layers=2, emb_dim=24,
-                                      num_heads=2, mlp_dim=48,
-                                      connector=common.connector("linear")))))
+      decoder=presets.decoder(vocab_size=97, num_layers=2, emb_dim=32, num_heads=4, mlp_dim=64,
+                              max_len=64),
+      encoders=dict(vision=presets.vit(image_size=16, patch_size=8, num_layers=2, emb_dim=24,
+                                       num_heads=2, mlp_dim=48,
+                                       connector=presets.connector("linear")))))
   return c
 
 
@@ -95,6 +95,6 @@ def test_same_params_and_formula_flops(pair):
 
 def test_rejects_models_it_cannot_express():
   cfg = _config()
-  cfg.model.encoders.vision.connector = common.connector("mlp")
+  cfg.model.encoders.vision.connector = presets.connector("mlp")
   with pytest.raises(ValueError, match="connector.type='mlp'"):
     torch_reference.build_model(cfg.model)

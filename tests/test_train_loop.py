@@ -14,6 +14,7 @@ import tests.test_train_standin as S
 from metalm_jax import params_io
 from metalm_jax.models import metalm
 from metalm_jax.train import checkpoint as ckpt_lib
+from metalm_jax.train import init_params
 from metalm_jax.train import metrics as metrics_lib
 from metalm_jax.train import state as st
 from metalm_jax.train import steps as steps_lib
@@ -89,13 +90,13 @@ def test_meshes_agree_and_checkpoint_moves_across_meshes(tmp_path):
   cc = _cfg(total_steps=1)
   cc.init_components = {"decoder": pdir}
   fresh = t.initial_state()
-  loaded = trainer_lib._load_init(cc, fresh, t.shardings)["params"]
+  loaded = init_params.load_init(cc, fresh, t.shardings)["params"]
   jax.tree.map(np.testing.assert_array_equal, loaded["decoder"], trained["decoder"])
   jax.tree.map(np.testing.assert_array_equal, loaded["encoders_vision"],
                t.initial_state()["params"]["encoders_vision"])
   cc.init_components = {"encoders_vision": pdir}
   with pytest.raises(ValueError, match=r"init_components.encoders_vision: loaded params do not"):
-    trainer_lib._load_init(cc, fresh, t.shardings)
+    init_params.load_init(cc, fresh, t.shardings)
 
   # A restart that finds no checkpoint starts over: every step logged once.
   shutil.rmtree(os.path.join(w1, "checkpoints"))

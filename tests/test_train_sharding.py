@@ -6,8 +6,8 @@ import ml_collections as mlc
 import numpy as np
 import pytest
 
-from configs import common
 from metalm_jax import batch as batch_lib
+from metalm_jax import presets
 from metalm_jax.models import metalm
 from metalm_jax.train import config_defaults
 from metalm_jax.train import metrics as metrics_lib
@@ -31,21 +31,21 @@ def test_mesh_shape_inference_and_errors():
 
 
 def _abstract(model_cfg, opt_cfg):
+  """(boxed abstract state, unboxed abstract state), as the trainer builds them."""
   model = metalm.build_model(model_cfg)
   tx = st.make_optimizer(opt_cfg, 10)
   def init_params(rng):
     return model.init(rng, jax.tree.map(jnp.asarray, batch_lib.dummy_batch(model.cfg, 1, 8)))["params"]
-  boxed = jax.eval_shape(init_params, jax.random.key(0))
-  abstract = jax.eval_shape(lambda: st.init_state(st.unbox(boxed), tx))
-  return boxed, abstract
+  boxed = jax.eval_shape(lambda r: st.init_state(init_params(r), tx), jax.random.key(0))
+  return boxed, st.unbox(boxed)
 
 
 def test_state_shardings_put_large_params_on_fsdp():
   mesh = sh.make_mesh(dict(data=2, fsdp=2, tensor=2))
   opt = config_defaults.optimizer()
-  boxed, abstract = _abstract(common.model_config("tiny"), opt)
-  rules = sh.rules_from_config(common.logical_rules())
-  shardings = sh.state_shardings(abstract, boxed, mesh, rules)
+  boxed, abstract = _abstract(presets.model_config("tiny"), opt)
+  rules = sh.rules_from_config(presets.logical_rules())
+  shardings = sh.state_shardings(boxed, mesh, rules)
   emb = shardings["params"]["decoder"]["embedder"]["embedding"]
   assert tuple(emb.spec) == ("tensor", "fsdp")
   wi = shardings["params"]["decoder"]["layers_0"]["mlp"]["wi"]["kernel"]
@@ -59,9 +59,9 @@ def test_state_shardings_put_large_params_on_fsdp():
   assert tuple(shardings["step"].spec) == ()
   sh.check_large_params_sharded(abstract["params"], shardings["params"], mesh, 1024)
   # Rules that leave `embed` replicated fail the start-up check, naming params.
-  bad_rules = sh.rules_from_config([r for r in common.logical_rules() if r[0] != "embed"]
+  bad_rules = sh.rules_from_config([r for r in presets.logical_rules() if r[0] != "embed"]
                                    + [("embed", None)])
-  bad = sh.state_shardings(abstract, boxed, mesh, bad_rules)
+  bad = sh.state_shardings(boxed, mesh, bad_rules)
   with pytest.raises(ValueError, match=r"not sharded over fsdp.*decoder/"):
     sh.check_large_params_sharded(abstract["params"], bad["params"], mesh, 1024)
   # Materialised state really is split: each device holds 1/(fsdp*tensor) of the embedding.
@@ -69,6 +69,52 @@ def test_state_shardings_put_large_params_on_fsdp():
                  out_shardings=shardings["params"]["decoder"]["embedder"])
   arr = init()["embedding"]
   assert arr.addressable_shards[0].data.shape == (1024 // 2, 64 // 2)
+
+
+def test_optimizer_state_shardings_mirror_params_with_frozen_groups():
+  """Specs come from the boxed abstract state: with a frozen group, a group with
+  its own lr and a scanned stack whose lower layers are frozen, every Adam
+  moment takes its parameter's sharding (matched here by name and shape),
+  every other optimizer leaf is replicated, and the tree is the unboxed state's."""
+  mesh = sh.make_mesh(dict(data=1, fsdp=4, tensor=2))
+  cfg = presets.model_config("tiny")
+  cfg.decoder.scan_layers = True
+  cfg.encoders.text.scan_layers = True
+  opt = config_defaults.optimizer()
+  opt.groups = {"frozen_text": dict(regex=r"^encoders_text/bert/(?!layers_1/)", frozen=True,
+                                    lr_mult=1.0),
+                "slow": dict(regex="^connectors_", frozen=False, lr_mult=0.1),
+                "frozen_vision": dict(regex="^encoders_vision/", frozen=True, lr_mult=1.0)}
+  boxed, abstract = _abstract(cfg, opt)
+  shardings = sh.state_shardings(boxed, mesh, sh.rules_from_config(presets.logical_rules()))
+  is_sh = lambda x: isinstance(x, jax.sharding.NamedSharding)
+  assert jax.tree.structure(shardings, is_leaf=is_sh) == jax.tree.structure(
+      jax.tree.map(lambda _: 0, abstract))
+  params = {st.path_str(p): (x.shape, s) for (p, x), s in zip(
+      jax.tree_util.tree_leaves_with_path(abstract["params"]),
+      jax.tree.leaves(shardings["params"], is_leaf=is_sh))}
+  moments = 0
+  for (path, x), s in zip(jax.tree_util.tree_leaves_with_path(abstract["opt_state"]),
+                          jax.tree.leaves(shardings["opt_state"], is_leaf=is_sh)):
+    key = jax.tree_util.keystr(path)
+    name = "/".join(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey)
+                    and str(k.key) not in ("default", "slow"))
+    if ".mu[" in key or ".nu[" in key:
+      moments += 1
+      assert params[name][0] == x.shape and s.spec == params[name][1].spec, key
+    else:
+      assert tuple(s.spec) == (), key
+  labels = jax.tree.leaves(st.param_labels(abstract["params"], opt))
+  assert moments == 2 * sum(g in ("default", "slow") for g in labels)  # frozen: no moments
+  assert 0 < labels.count("default") < len(labels)
+  assert any(tuple(s.spec) != () for _, s in params.values())
+
+
+def test_make_mesh_is_auto_and_keeps_the_cpu_device_order():
+  mesh = sh.make_mesh(dict(data=2, fsdp=-1, tensor=2))
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+  assert set(mesh.axis_types) == {jax.sharding.AxisType.Auto}
+  assert [d.id for d in mesh.devices.flat] == [d.id for d in jax.devices()]
 
 
 def test_global_batch_round_trip():
@@ -83,13 +129,13 @@ def test_global_batch_round_trip():
 
 
 def test_flops_per_example_matches_hand_count():
-  cfg = common.model_config("tiny")
+  cfg = presets.model_config("tiny")
   d, m, V, L = 32, 64, 100, 16
   cfg.decoder.update(vocab_size=V, num_layers=1, emb_dim=d, num_heads=2, mlp_dim=m, max_len=L)
   e, f, s, p = 16, 48, 16, 8
-  cfg.encoders = {"vision": common.vit(image_size=s, patch_size=p, num_layers=1, emb_dim=e,
-                                       num_heads=2, mlp_dim=f,
-                                       connector=common.connector("linear"))}
+  cfg.encoders = {"vision": presets.vit(image_size=s, patch_size=p, num_layers=1, emb_dim=e,
+                                        num_heads=2, mlp_dim=f,
+                                        connector=presets.connector("linear"))}
   cfg = mlc.ConfigDict(cfg)
   opt = config_defaults.optimizer()
   opt.groups = {"vis": dict(regex="^encoders_vision/", frozen=True, lr_mult=1.0)}
@@ -107,10 +153,10 @@ def test_fsdp_check_counts_one_layer_of_a_scanned_stack():
   # A stacked bias (layers x heads x head_dim) is as small per layer as the
   # unrolled one; only its leading `layers` axis makes it look large.
   mesh = sh.make_mesh(dict(data=2, fsdp=2, tensor=2))
-  cfg = common.model_config("tiny")
+  cfg = presets.model_config("tiny")
   cfg.decoder.scan_layers = True
   boxed, abstract = _abstract(cfg, config_defaults.optimizer())
-  shardings = sh.state_shardings(abstract, boxed, mesh, sh.rules_from_config(common.logical_rules()))
+  shardings = sh.state_shardings(boxed, mesh, sh.rules_from_config(presets.logical_rules()))
   bias = abstract["params"]["decoder"]["layers"]["attn"]["query"]["bias"]
   per_layer = int(np.prod(bias.shape[1:]))
   assert bias.shape[0] == cfg.decoder.num_layers and per_layer < int(np.prod(bias.shape))

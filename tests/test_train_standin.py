@@ -11,8 +11,8 @@ import grain
 import ml_collections as mlc
 import numpy as np
 
-from configs import common
 from metalm_jax import batch as batch_lib
+from metalm_jax import presets
 from metalm_jax.train import config_defaults
 
 SEQ_LEN = 32
@@ -21,10 +21,10 @@ CACHE_DIR = os.path.join(tempfile.gettempdir(), "metalm_jax_test_xla_cache")
 
 
 def tiny_model_cfg():
-  cfg = common.model_config("tiny")
+  cfg = presets.model_config("tiny")
   cfg.decoder.update(vocab_size=64, num_layers=1, emb_dim=32, num_heads=2, mlp_dim=64, max_len=64)
-  cfg.encoders = {"vision": common.vit(image_size=16, patch_size=8, num_layers=1, emb_dim=32,
-                                       num_heads=2, mlp_dim=64)}
+  cfg.encoders = {"vision": presets.vit(image_size=16, patch_size=8, num_layers=1, emb_dim=32,
+                                        num_heads=2, mlp_dim=64)}
   return mlc.ConfigDict(cfg)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from metalm_jax import presets
 from metalm_jax.convert import hf_common as hc
 
 
@@ -22,7 +23,6 @@ class _BertLike:
 
   @classmethod
   def section(cls, hf_cfg):
-    from configs import common
     c = hf_cfg
     pos_type = getattr(c, "position_embedding_type", "absolute") or "absolute"
     hc.require(pos_type == "absolute", "position_embedding_type", pos_type,
@@ -32,7 +32,7 @@ class _BertLike:
     max_pos = c.max_position_embeddings - cls._offset(c)
     hc.require(max_pos > 0, "max_position_embeddings", c.max_position_embeddings,
                f"leaves no positions after offset {cls._offset(c)}")
-    return common.bert(
+    return presets.bert(
         vocab_size=c.vocab_size, num_layers=c.num_hidden_layers, emb_dim=c.hidden_size,
         num_heads=c.num_attention_heads, mlp_dim=c.intermediate_size,
         activation=hc.activation(c.hidden_act, "hidden_act"), norm="post",

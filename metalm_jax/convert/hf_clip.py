@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from metalm_jax import presets
 from metalm_jax.convert import hf_common as hc
 
 
@@ -24,12 +25,11 @@ class ClipVision:
 
   @staticmethod
   def section(hf_cfg):
-    from configs import common
     v = _vision_cfg(hf_cfg)
     hc.require(v.hidden_size % v.num_attention_heads == 0, "num_attention_heads",
                v.num_attention_heads, f"does not divide hidden_size={v.hidden_size}")
     hc.require(v.num_channels == 3, "num_channels", v.num_channels, "only RGB (3) is supported")
-    return common.vit(
+    return presets.vit(
         image_size=v.image_size, patch_size=v.patch_size, num_layers=v.num_hidden_layers,
         emb_dim=v.hidden_size, num_heads=v.num_attention_heads, mlp_dim=v.intermediate_size,
         activation=hc.activation(v.hidden_act, "hidden_act"), ln_eps=v.layer_norm_eps,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from metalm_jax import presets
 from metalm_jax.convert import hf_common as hc
 
 
@@ -25,7 +26,6 @@ class Gpt2:
 
   @staticmethod
   def section(hf_cfg):
-    from configs import common
     c = hf_cfg
     hc.require(c.n_embd % c.n_head == 0, "n_head", c.n_head, f"does not divide n_embd={c.n_embd}")
     hc.require(c.scale_attn_weights, "scale_attn_weights", c.scale_attn_weights,
@@ -34,7 +34,7 @@ class Gpt2:
                c.scale_attn_by_inverse_layer_idx, "not supported by our decoder")
     hc.require(not getattr(c, "add_cross_attention", False), "add_cross_attention",
                c.add_cross_attention, "MetaLM docks instead of cross-attending")
-    return common.decoder(
+    return presets.decoder(
         vocab_size=c.vocab_size, num_layers=c.n_layer, emb_dim=c.n_embd, num_heads=c.n_head,
         head_dim=0, mlp_dim=c.n_inner or 4 * c.n_embd,
         activation=hc.activation(c.activation_function, "activation_function"), norm="pre",

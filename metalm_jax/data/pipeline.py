@@ -39,7 +39,6 @@ from metalm_jax.data import prepare
 from metalm_jax.data import records as records_lib
 from metalm_jax.data import sources as sources_lib
 from metalm_jax.data import tasks as tasks_lib
-from metalm_jax.data import tokenizer as tok_lib
 
 
 def split_stats(batch: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, int]]:
@@ -141,7 +140,7 @@ def make_dataset(config, split: str, *, batch_size: int, process_index: int = 0,
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index={process_index} not in [0, process_count={process_count})")
   seed = int(config.get("seed", 0) if seed is None else seed)
-  tokenizer = tok_lib.load_tokenizer(config)
+  tokenizer = prepare.load_tokenizer(config)
   ctx = make_context(config, tokenizer)
   mixture = dict(data.mixture)
   if not mixture or any(w <= 0 for w in mixture.values()):

@@ -89,6 +89,18 @@ def ensure_prepared(data_cfg, vocab_size: int) -> str:
   return path
 
 
+def load_tokenizer(config) -> tok_lib.Tokenizer:
+  """The tokenizer of a run config (`config.data.tokenizer`, or the embedded
+  one, prepared on first use). Checks its size against the decoder vocab."""
+  want = config.model.decoder.vocab_size
+  path = config.data.tokenizer or ensure_prepared(config.data, want)
+  tok = tok_lib.Tokenizer.from_file(path)
+  if tok.vocab_size != want:
+    raise ValueError(f"config.data.tokenizer={path!r} has vocab_size={tok.vocab_size}, but "
+                     f"config.model.decoder.vocab_size={want}")
+  return tok
+
+
 def ensure_manual(name: str, data_cfg) -> None:
   """Builds a real-data builder from `data_cfg.manual_dirs[name]` if missing."""
   import metalm_jax.data.builders  # noqa: F401  registers our builders with tfds

@@ -7,9 +7,9 @@ import ml_collections as mlc
 
 def test_config(kind: str, size: str, data_dir: str, seed: int = 0, **data_overrides):
   """{model, data, seed} with config.data.world='test' in `data_dir`."""
-  from configs import common, data  # the repo root must be on sys.path
-  cfg = mlc.ConfigDict(dict(model=common.model_config(size), data=data.data_config(kind, size),
-                            seed=seed))
+  from metalm_jax import presets
+  cfg = mlc.ConfigDict(dict(model=presets.model_config(size),
+                            data=presets.data_config(kind, size), seed=seed))
   cfg.data.data_dir = str(data_dir)
   cfg.data.world = "test"
   for key, value in data_overrides.items():  # replace (update() would merge dicts)

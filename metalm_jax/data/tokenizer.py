@@ -6,6 +6,10 @@ reserved `<extra_K>` tokens. After training, the model file is padded with
 further `<extra_K>` pieces so its size equals the requested vocabulary exactly
 (the decoder's vocab_size), however small the corpus.
 
+This module only reads and trains tokenizer files; it never builds data sets.
+A run's tokenizer (the embedded world's, prepared on first use) comes from
+`metalm_jax.data.prepare.load_tokenizer(config)`.
+
 Train on a corpus of your own:
     python -m metalm_jax.data.tokenizer --input=a.txt,b.txt --vocab_size=32000 \
         --output=/path/tok.model
@@ -120,20 +124,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, output: str,
   tok = Tokenizer(data)
   if tok.vocab_size != vocab_size:
     raise ValueError(f"trained tokenizer has {tok.vocab_size} pieces, wanted {vocab_size}")
-  return tok
-
-
-def load_tokenizer(config) -> Tokenizer:
-  """The tokenizer of a run config (`config.data.tokenizer`, or the embedded
-  one, prepared on first use). Checks its size against the decoder vocab."""
-  from metalm_jax.data import prepare  # local import: prepare builds data sets
-  path = config.data.tokenizer or prepare.ensure_prepared(config.data,
-                                                          config.model.decoder.vocab_size)
-  tok = Tokenizer.from_file(path)
-  want = config.model.decoder.vocab_size
-  if tok.vocab_size != want:
-    raise ValueError(f"config.data.tokenizer={path!r} has vocab_size={tok.vocab_size}, but "
-                     f"config.model.decoder.vocab_size={want}")
   return tok
 
 

@@ -650,7 +650,7 @@ def run_evals(config, model, params, step: int, workdir, names: Optional[Sequenc
   their results and predictions (process 0); returns {"<name>/<metric>": value}
   on every process. `placement`: the trainer's mesh, rules and param
   shardings (default: the config's mesh over all devices). Every process calls it."""
-  from metalm_jax.data import tokenizer as tok_lib
+  from metalm_jax.data import prepare
   evals = dict(config.get("evals") or {})
   if names is None:
     names = [n for n in sorted(evals) if step % max(int(evals[n].get("every_steps", 1)), 1) == 0]
@@ -661,7 +661,7 @@ def run_evals(config, model, params, step: int, workdir, names: Optional[Sequenc
     return {}
   placement = placement or placement_lib.Placement.from_config(config, model)
   env = Env(config, model, placement.put_params(nn.meta.unbox(params)),
-            tok_lib.load_tokenizer(config), step, placement)
+            prepare.load_tokenizer(config), step, placement)
   results, predictions = {}, {}
   for name in names:
     ev = resolve(evals[name])

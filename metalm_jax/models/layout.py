@@ -18,7 +18,7 @@ from typing import Any, List, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec
 
 STACKED = "layers"
 _UNROLLED = re.compile(r"^layers_(\d+)$")
@@ -37,7 +37,7 @@ def _stack_leaves(*xs):
   if isinstance(x0, jax.ShapeDtypeStruct):
     sh = x0.sharding
     if isinstance(sh, NamedSharding):
-      sh = NamedSharding(sh.mesh, P(None, *sh.spec))
+      sh = NamedSharding(sh.mesh, PartitionSpec(None, *sh.spec))
     return jax.ShapeDtypeStruct((len(xs),) + tuple(x0.shape), x0.dtype, sharding=sh)
   if all(isinstance(x, (np.ndarray, np.generic)) for x in xs):
     return np.stack(xs)
@@ -49,7 +49,7 @@ def _take_leaf(x, i: int):
     sh = x.sharding
     if isinstance(sh, NamedSharding):
       spec = tuple(sh.spec) + (None,) * (len(x.shape) - len(sh.spec))
-      sh = NamedSharding(sh.mesh, P(*spec[1:]))
+      sh = NamedSharding(sh.mesh, PartitionSpec(*spec[1:]))
     return jax.ShapeDtypeStruct(tuple(x.shape[1:]), x.dtype, sharding=sh)
   return x[i]
 

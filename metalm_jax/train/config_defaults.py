@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ml_collections as mlc
 
-from configs import common
+from metalm_jax import presets
 
 
 def optimizer(**kw) -> mlc.ConfigDict:
@@ -38,7 +38,7 @@ def trainer_config() -> mlc.ConfigDict:
   c.optimizer = optimizer()
   c.max_nonfinite_steps = 3       # skipped NaN/Inf steps in a row before the run stops
   c.mesh = mlc.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # -1 = infer from devices
-  c.logical_rules = common.logical_rules()
+  c.logical_rules = presets.logical_rules()
   c.sharding = mlc.ConfigDict(dict(min_fsdp_size=2 ** 14))  # start-up check threshold
   # restore_fallback: a latest step that cannot be restored falls back to the previous one.
   # gcs_request_retries: tensorstore's retry policy for gs:// checkpoints; a

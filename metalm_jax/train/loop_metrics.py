@@ -55,7 +55,7 @@ class StepMetrics:
     raises FloatingPointError naming the step if an applied step's loss is not
     finite (the jitted step skips those, so this means a broken step)."""
     host = jax.device_get([m for _, m, _ in self._pending])
-    acc, out = None, {}
+    merged, out = None, {}  # the interval's clu metrics, merged step by step
     for (s, _, skipped), m in zip(self._pending, host):
       if skipped is None:
         skipped = self._skipped(s, m)
@@ -65,10 +65,10 @@ class StepMetrics:
         raise FloatingPointError(f"loss is {m['loss']} at step {s}")
       one = metrics_lib.TrainMetrics.single_from_model_output(
           **{k: jnp.asarray(m[k]) for k in AVERAGED})
-      acc = one if acc is None else acc.merge(one)
+      merged = one if merged is None else merged.merge(one)
     if host and nonfinite.SKIPPED_KEY in host[-1]:
       out[nonfinite.SKIPPED_KEY] = float(host[-1][nonfinite.SKIPPED_KEY])
     self._pending = []
-    if acc is not None:
-      out.update({k: float(v) for k, v in acc.compute().items()})
+    if merged is not None:
+      out.update({k: float(v) for k, v in merged.compute().items()})
     return out

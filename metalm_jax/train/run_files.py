@@ -24,6 +24,17 @@ def _tokenizer_name(src: str) -> str:
   return TOKENIZER_STEM + (".json" if suffix == ".json" else suffix or ".model")
 
 
+def run_tokenizer(config, must_exist: bool = True) -> Optional[str]:
+  """config.data.tokenizer, or the embedded tokenizer's path once the pipeline
+  has prepared it (or where it will be, unless `must_exist`); None without one."""
+  tok = config.data.get("tokenizer") or None
+  if not tok and "world" in config.data:
+    from metalm_jax.data import prepare  # the data layer; only for the embedded world
+    path = prepare.tokenizer_path(config.data, config.model.decoder.vocab_size)
+    tok = path if (not must_exist or storage.exists(path)) else None
+  return tok
+
+
 def run_config_json(config, tokenizer: Optional[str]) -> Dict[str, Any]:
   """The run config as config.json holds it: the tokenizer (a file, local or
   remote) named by its file name inside the workdir."""

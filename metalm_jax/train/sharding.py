@@ -5,14 +5,15 @@ metalm_jax/models/layers.py); `config.logical_rules` maps them to mesh axes.
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Dict, Iterator, Sequence, Tuple
 
 import flax.linen as nn
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -40,11 +41,14 @@ def mesh_shape(mesh_cfg, num_devices: int) -> Tuple[int, ...]:
 
 
 def make_mesh(mesh_cfg, devices: Sequence[Any] = None) -> Mesh:
-  """Devices in jax.devices() order (grouped by process), reshaped to the mesh:
-  each process then owns a contiguous block of the data/fsdp axes."""
+  """`jax.make_mesh` over `devices` (default: all): the device order follows
+  the physical topology on TPU, device ids on GPU, the given order on CPU.
+  Axis types are Auto (jax.make_mesh defaults to Explicit), which the logical
+  axis rules need."""
   devices = list(jax.devices() if devices is None else devices)
   shape = mesh_shape(mesh_cfg, len(devices))
-  return Mesh(np.asarray(devices, dtype=object).reshape(shape), MESH_AXES)
+  return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
+                       devices=devices)
 
 
 def rules_from_config(rules) -> Tuple[Tuple[str, Any], ...]:
@@ -63,6 +67,16 @@ def rules_from_config(rules) -> Tuple[Tuple[str, Any], ...]:
   return tuple(out)
 
 
+@contextlib.contextmanager
+def mesh_rules(mesh: Mesh, rules) -> Iterator[None]:
+  """`jax.set_mesh(mesh)` plus flax logical-axis rules, as one context: wrap
+  tracing and calls of jitted model code."""
+  with contextlib.ExitStack() as stack:
+    stack.enter_context(jax.set_mesh(mesh))
+    stack.enter_context(nn.logical_axis_rules(rules))
+    yield
+
+
 def logical_shardings(boxed_abstract_tree, mesh: Mesh, rules):
   """NamedShardings for an (abstract) tree whose leaves may be boxed; the result
   has the structure of the unboxed tree. Unboxed leaves are replicated."""
@@ -70,42 +84,22 @@ def logical_shardings(boxed_abstract_tree, mesh: Mesh, rules):
   return nn.logical_to_mesh_sharding(specs, mesh, rules)
 
 
-def state_shardings(abstract_state, boxed_abstract_params, mesh: Mesh, rules):
-  """Shardings for the unboxed state {"step", "params", "opt_state", counters}.
-
-  Params take their logical specs. An optimizer-state leaf whose trailing dict
-  keys name a parameter of the same shape (Adam's mu/nu mirror the params)
-  takes that parameter's sharding; everything else is replicated.
-  """
-  from metalm_jax.train.state import path_str
-  param_sh = logical_shardings(boxed_abstract_params, mesh, rules)
-  flat = jax.tree_util.tree_flatten_with_path(nn.meta.unbox(boxed_abstract_params))[0]
-  flat_sh = jax.tree.leaves(param_sh, is_leaf=lambda x: isinstance(x, NamedSharding))
-  by_name = {path_str(p): (x.shape, s) for (p, x), s in zip(flat, flat_sh)}
-  rep = replicated(mesh)
-
-  def for_opt_leaf(path, x):
-    tail = []
-    for k in reversed(path):
-      if not isinstance(k, jax.tree_util.DictKey):
-        break
-      tail.append(str(k.key))
-    hit = by_name.get("/".join(reversed(tail)))
-    return hit[1] if hit is not None and hit[0] == x.shape else rep
-
-  out = {k: rep for k in abstract_state}  # counters ("step", ...) are replicated
-  out.update(params=param_sh, opt_state=jax.tree_util.tree_map_with_path(
-      for_opt_leaf, abstract_state["opt_state"]))
-  return out
+def state_shardings(boxed_abstract_state, mesh: Mesh, rules):
+  """Shardings for the unboxed state {"step", "params", "opt_state", counters},
+  read from the boxed abstract state (train/state.py `init_state` on boxed
+  params): the optimizer's transforms build Adam's mu / nu by mapping over the
+  params, so they carry the params' logical boxes; counters are unboxed and
+  replicated."""
+  return logical_shardings(boxed_abstract_state, mesh, rules)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Leading (batch) dimension over data x fsdp; the rest replicated."""
-  return NamedSharding(mesh, P(BATCH_AXES))
+  return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P())
+  return NamedSharding(mesh, PartitionSpec())
 
 
 def data_shards(mesh: Mesh) -> int:

@@ -44,8 +44,17 @@ def path_str(path) -> str:
   return "/".join(parts)
 
 
+def _is_box(x) -> bool:
+  return isinstance(x, nn.meta.AxisMetadata)
+
+
 def map_with_names(fn: Callable[[str, Any], Any], tree):
-  return jax.tree_util.tree_map_with_path(lambda p, x: fn(path_str(p), x), tree)
+  """fn(name, param) over a params tree. A LogicallyPartitioned box counts as
+  one leaf (fn sees its value), so labels and masks of boxed params are a
+  prefix of them: optax.masked / multi_transform then keep the boxes on
+  Adam's moments, which is where the state's sharding specs come from."""
+  return jax.tree_util.tree_map_with_path(
+      lambda p, x: fn(path_str(p), x.unbox() if _is_box(x) else x), tree, is_leaf=_is_box)
 
 
 def _groups(opt_cfg) -> Dict[str, Any]:
@@ -135,26 +144,28 @@ def decay_mask(params, opt_cfg):
   return map_with_names(lambda n, x: x.ndim >= 2 and not rx.search(n), params)
 
 
+# decay name -> (lr, end_lr_frac, decay_steps) -> optax schedule of the steps after warm-up.
 SCHEDULES = {
-    "cosine": lambda frac: 0.5 * (1.0 + jnp.cos(jnp.pi * frac)),
-    "linear": lambda frac: 1.0 - frac,
-    "constant": lambda frac: jnp.ones_like(frac),
+    "cosine": lambda lr, end, steps: optax.cosine_decay_schedule(lr, steps, alpha=end),
+    "linear": lambda lr, end, steps: optax.linear_schedule(lr, lr * end, steps),
+    "constant": lambda lr, end, steps: optax.constant_schedule(lr),
 }
 
 
-def lr_schedule(opt_cfg, total_steps: int) -> Callable[[Any], Any]:
-  """Linear warm-up to `lr`, then `decay` down to `lr * end_lr_frac` at total_steps."""
+def lr_schedule(opt_cfg, total_steps: int) -> optax.Schedule:
+  """Linear warm-up to `lr`, then `decay` down to `lr * end_lr_frac` at total_steps.
+
+  Warm-up step s (0-based) takes lr * (s + 1) / warmup_steps, so the first
+  step already trains; the decay runs over steps warmup_steps .. total_steps.
+  """
   if opt_cfg.decay not in SCHEDULES:
     raise ValueError(f"optimizer.decay={opt_cfg.decay!r}; known: {sorted(SCHEDULES)}")
   lr, warm, end = opt_cfg.lr, opt_cfg.warmup_steps, opt_cfg.end_lr_frac
-  shape = SCHEDULES[opt_cfg.decay]
-
-  def schedule(step):
-    step = jnp.asarray(step, jnp.float32)
-    warm_f = jnp.minimum(1.0, (step + 1.0) / max(warm, 1)) if warm else 1.0
-    frac = jnp.clip((step - warm) / max(total_steps - warm, 1), 0.0, 1.0)
-    return lr * warm_f * (end + (1.0 - end) * shape(frac))
-  return schedule
+  decay = SCHEDULES[opt_cfg.decay](lr, end, max(total_steps - warm, 1))
+  if not warm:
+    return decay
+  warmup = optax.linear_schedule(lr / warm, lr, max(warm - 1, 1))
+  return optax.join_schedules([warmup, decay], [warm])
 
 
 def make_optimizer(opt_cfg, total_steps: int) -> optax.GradientTransformation:

@@ -9,24 +9,27 @@
     SIGTERM / preemption: save the current step, wait for it, raise Preempted
     (train/preemption.py: the entry point exits with PREEMPTED_EXIT_CODE).
 The workdir may be local or gs:// (every file through metalm_jax/storage.py).
+
+Around the loop: config checks (train/config_checks.py), init_from /
+init_components (train/init_params.py), the evaluation hooks
+(train/eval_hooks.py), run files and the tokenizer (train/run_files.py).
 """
 from __future__ import annotations
 
 import logging
 from typing import Dict, Optional
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from orbax.checkpoint import multihost as ocp_multihost
 
 from metalm_jax import batch as batch_lib
-from metalm_jax import params_io
 from metalm_jax import storage
-from metalm_jax.data import data_dir as data_dir_lib
 from metalm_jax.models import metalm
 from metalm_jax.train import checkpoint as ckpt_lib
+from metalm_jax.train import eval_hooks
+from metalm_jax.train import init_params
 from metalm_jax.train import input as input_lib
 from metalm_jax.train import loop_metrics
 from metalm_jax.train import metrics as metrics_lib
@@ -39,119 +42,15 @@ from metalm_jax.train import sharding as shard_lib
 from metalm_jax.train import state as state_lib
 from metalm_jax.train import steps as steps_lib
 from metalm_jax.train import workdir_lock
+from metalm_jax.train.config_checks import check_config
 
 RESULTS_FILE = run_files.RESULTS_FILE
 RUN_CONFIG_FILE = run_files.RUN_CONFIG_FILE
-# Evaluator count fields (metalm_jax/evaluate) and their smallest valid value.
-EVAL_COUNT_MIN = {"num_examples": 0, "num_batches": 0, "num_baseline_examples": 0,
-                  "demo_pool": 0, "shots": 0, "batch_size": 1, "max_new_tokens": 1,
-                  "beam_size": 1, "bucket": 1}
-
-
-def _need(cond, field, value, why):
-  if not cond:
-    raise ValueError(f"config.{field}={value!r}: {why}")
-
-
-def check_config(config, num_devices: Optional[int] = None,
-                 process_count: Optional[int] = None) -> Dict[str, int]:
-  """Semantic checks before anything compiles; errors name the field.
-  Returns the mesh sizes."""
-  num_devices = jax.device_count() if num_devices is None else num_devices
-  process_count = jax.process_count() if process_count is None else process_count
-  for f in ("model", "data", "batch_size", "total_steps", "optimizer", "mesh", "checkpoint",
-            "logical_rules"):
-    _need(f in config, f, None, "missing")
-  metalm.check_model_config(config.model)
-  data_dir_lib.check_data_dir(config.data)
-  _need(config.batch_size > 0, "batch_size", config.batch_size, "must be > 0")
-  _need(config.total_steps >= 0, "total_steps", config.total_steps, "must be >= 0")
-  _need(config.total_steps > 0 or config.init_from or config.init_components,
-        "total_steps", config.total_steps, "an eval-only run (0 steps) needs init_from")
-  _need(config.log_every > 0, "log_every", config.log_every, "must be > 0")
-  _need(config.eval_every >= 0, "eval_every", config.eval_every, "must be >= 0")
-  _need(config.eval_batches >= (1 if config.eval_every else 0), "eval_batches",
-        config.eval_batches, "must be >= 1 when eval_every > 0 (eval_every=0 turns it off)")
-  sizes = dict(zip(shard_lib.MESH_AXES, shard_lib.mesh_shape(config.mesh, num_devices)))
-  shards = sizes["data"] * sizes["fsdp"]
-  _need(config.batch_size % shards == 0, "batch_size", config.batch_size,
-        f"not divisible by the data shards (mesh.data * mesh.fsdp = {shards})")
-  _need(config.batch_size % process_count == 0, "batch_size", config.batch_size,
-        f"not divisible by the process count {process_count}")
-  input_lib.num_shards(config, process_count)
-  eval_bs = config.get("eval_batch_size", 0) or config.batch_size
-  _need(eval_bs % input_lib.num_shards(config, process_count) == 0, "eval_batch_size", eval_bs,
-        "not divisible by the data shards")
-  _need(eval_bs % shards == 0, "eval_batch_size", eval_bs,
-        f"not divisible by the mesh's data shards ({shards})")
-  opt = config.optimizer
-  acc = opt.grad_accum_steps
-  _need(acc >= 1 and config.batch_size % acc == 0, "optimizer.grad_accum_steps", acc,
-        f"must be >= 1 and divide batch_size={config.batch_size}")
-  _need((config.batch_size // acc) % shards == 0, "optimizer.grad_accum_steps", acc,
-        f"micro-batch {config.batch_size // acc} not divisible by the {shards} data shards")
-  _need(opt.decay in state_lib.SCHEDULES, "optimizer.decay", opt.decay,
-        f"known: {sorted(state_lib.SCHEDULES)}")
-  _need(opt.lr > 0, "optimizer.lr", opt.lr, "must be > 0")
-  _need(0 <= opt.end_lr_frac <= 1, "optimizer.end_lr_frac", opt.end_lr_frac, "must be in [0, 1]")
-  _need(opt.warmup_steps >= 0, "optimizer.warmup_steps", opt.warmup_steps, "must be >= 0")
-  state_lib._groups(opt)  # regexes compile
-  shard_lib.rules_from_config(config.logical_rules)
-  _need(config.checkpoint.keep >= 1, "checkpoint.keep", config.checkpoint.keep, "must be >= 1")
-  _need(config.get("max_nonfinite_steps", 1) >= 1, "max_nonfinite_steps",
-        config.get("max_nonfinite_steps"), "must be >= 1")
-  _need(config.checkpoint.every_steps >= 0, "checkpoint.every_steps",
-        config.checkpoint.every_steps, "must be >= 0 (0 = save only at the end and on SIGTERM)")
-  for name, ev in (config.get("evals") or {}).items():
-    _need(ev.get("every_steps", 0) > 0, f"evals.{name}.every_steps", ev.get("every_steps"),
-          "must be > 0")
-    for field, low in EVAL_COUNT_MIN.items():
-      if field in ev:
-        values = ev[field] if field == "shots" else [ev[field]]
-        _need(all(int(v) >= low for v in values), f"evals.{name}.{field}", ev[field],
-              f"must be >= {low}")
-  for name, path in (config.get("init_components") or {}).items():
-    _need(storage.exists(storage.join(path, params_io.PARAMS_FILE)),
-          f"init_components.{name}", path, f"no {params_io.PARAMS_FILE} there")
-  return sizes
 
 
 def _default_data():
   from metalm_jax.data import pipeline
   return pipeline
-
-
-def _check_same_tree(field: str, want, got):
-  """Names, shapes and dtypes of loaded params must match the model's; no NaN/Inf."""
-  params_io.check_params(want, got, f"config.{field}", dtypes=True)
-
-
-def _put(tree, shardings):
-  return jax.tree.map(lambda x, s: jax.device_put(np.asarray(x), s), tree, shardings)
-
-
-def _load_init(config, state, shardings):
-  """Applies init_from (whole params) then init_components (subtrees)."""
-  params = state["params"]
-  if config.init_from:
-    path = config.init_from
-    if storage.exists(storage.join(path, params_io.PARAMS_FILE)):
-      loaded, _ = params_io.load_params(path, like=params)
-      _check_same_tree("init_from", params, loaded)
-      params = _put(loaded, shardings["params"])
-    else:
-      target = ckpt_lib.with_shardings(params, shardings["params"])
-      params = ckpt_lib.restore_params(path, target)
-    logging.info("params initialised from %s", path)
-  for name, path in sorted((config.init_components or {}).items()):
-    if name not in params:
-      raise ValueError(f"config.init_components.{name}: no such top-level param collection; "
-                       f"known: {sorted(params)}")
-    loaded, _ = params_io.load_params(path, like=params[name])
-    _check_same_tree(f"init_components.{name}", params[name], loaded)
-    params = {**params, name: _put(loaded, shardings["params"][name])}
-    logging.info("params[%r] initialised from %s", name, path)
-  return {**state, "params": params}
 
 
 class Trainer:
@@ -193,9 +92,12 @@ class Trainer:
   def _build_state_fns(self):
     rng = jax.random.key(self.config.seed)
     init_state = lambda r: state_lib.init_state(state_lib.unbox(self._init_params(r)), self.tx)
-    boxed = jax.eval_shape(self._init_params, rng)
-    self.abstract_state = jax.eval_shape(init_state, rng)
-    self.shardings = shard_lib.state_shardings(self.abstract_state, boxed, self.mesh, self.rules)
+    # The boxed abstract state carries every leaf's logical axes (Adam's
+    # moments mirror the params' boxes); the real state is unboxed.
+    boxed_state = jax.eval_shape(lambda r: state_lib.init_state(self._init_params(r), self.tx),
+                                 rng)
+    self.abstract_state = state_lib.unbox(boxed_state)
+    self.shardings = shard_lib.state_shardings(boxed_state, self.mesh, self.rules)
     shard_lib.check_large_params_sharded(
         self.abstract_state["params"], self.shardings["params"], self.mesh,
         self.config.sharding.min_fsdp_size)
@@ -232,6 +134,7 @@ class Trainer:
         shuffle=shuffle, num_epochs=num_epochs)
 
   def _split(self, batch):
+    """A pipeline batch -> (batch, data/* counts of this batch)."""
     if "stats" in batch:
       return self.data.split_stats(batch)
     return batch, {}
@@ -249,25 +152,15 @@ class Trainer:
 
   def mesh_context(self):
     """Mesh + logical-axis rules: wrap tracing and calls of jitted model code."""
-    return _MeshRules(self.mesh, self.rules)
+    return shard_lib.mesh_rules(self.mesh, self.rules)
 
   # ---- the run -----------------------------------------------------------
-  def _tokenizer(self, must_exist: bool = True) -> Optional[str]:
-    """data.tokenizer, or the embedded tokenizer's path once the pipeline has
-    prepared it (or where it will be, unless `must_exist`)."""
-    tok = self.config.data.get("tokenizer") or None
-    if not tok and "world" in self.config.data:
-      from metalm_jax.data import prepare
-      path = prepare.tokenizer_path(self.config.data, self.config.model.decoder.vocab_size)
-      tok = path if (not must_exist or storage.exists(path)) else None
-    return tok
-
   def write_run_config(self) -> str:
     """WORKDIR/config.json: the run config, read by export and evaluation, with
     the tokenizer copied into the workdir (train/run_files.py)."""
     with storage.errors(f"writing the run config to {self.workdir}"):
-      return run_files.write_run_config(self.config, self.workdir, self._tokenizer(),
-                                        write=self.is_main)
+      return run_files.write_run_config(self.config, self.workdir,
+                                        run_files.run_tokenizer(self.config), write=self.is_main)
 
   def run(self) -> Dict[str, float]:
     """Trains (or evaluates) holding the workdir lock."""
@@ -286,7 +179,8 @@ class Trainer:
     if resume:  # before anything compiles; config.json is kept until the restore succeeds
       try:
         changed = run_config.check_resume(
-            self.workdir, run_files.run_config_json(self.config, self._tokenizer(False)))
+            self.workdir, run_files.run_config_json(
+                self.config, run_files.run_tokenizer(self.config, must_exist=False)))
       except run_config.ConfigDriftError:
         ckpt.close()
         raise
@@ -303,7 +197,7 @@ class Trainer:
       if self.is_main:
         print(f"resumed from {ckpt.directory} at step {start}", flush=True)
     else:
-      state = _load_init(cfg, self.initial_state(), self.shardings)
+      state = init_params.load_init(cfg, self.initial_state(), self.shardings)
     # Every start: metrics after the restored step (all, without one) go, so a
     # restart never logs a step twice.
     self.writer.rewind(start if start else None)
@@ -312,13 +206,9 @@ class Trainer:
       text = metrics_lib.log_parameter_overview(state_lib.unbox(self.abstract_state["params"]),
                                                 self.trainable)
       self.writer.write_text("parameters", "```\n" + text + "\n```")
-    with self.mesh_context():
-      eval_fn = jax.jit(steps_lib.make_eval_step(self.model),
-                        in_shardings=(self.shardings["params"], shard_lib.batch_sharding(self.mesh)),
-                        out_shardings=shard_lib.replicated(self.mesh))
-    self._eval_fn = eval_fn
+    self.evals = eval_hooks.EvalHooks(self)
     if not self.total:
-      results = self._evaluate(state["params"], 0, True, bool(cfg.evals))
+      results = self.evals.evaluate(state["params"], 0, True, bool(cfg.evals))
       ckpt.close()
       return self._finish(results)
     if start >= self.total:
@@ -389,7 +279,7 @@ class Trainer:
         if stopping:
           break
         due_loss = cfg.eval_every and (step % cfg.eval_every == 0 or step == self.total)
-        ev = self._evaluate(state["params"], step, due_loss, self._evals_due(step))
+        ev = self.evals.evaluate(state["params"], step, due_loss, self.evals.evals_due(step))
         last.update(ev)
         if ev:
           progress.rates(step)  # eval time does not count as training time
@@ -399,74 +289,6 @@ class Trainer:
       self.writer.close()
       raise preemption.Preempted(step, ckpt.directory)
     return {"step": step, **last, "flops_per_example": flops_ex or 0.0, "peak_flops": peak}
-
-  # ---- evaluation ----------------------------------------------------------
-  def _evals_due(self, step: int) -> bool:
-    return any(step % ev.every_steps == 0 for ev in (self.config.evals or {}).values())
-
-  def eval_loss(self, params) -> Dict[str, float]:
-    """Token-weighted CE and accuracy over `eval_batches` validation batches."""
-    cfg = self.config
-    bs = cfg.eval_batch_size or cfg.batch_size
-    it = self._make_iter("validation", bs, False, 1)
-    tot = {"loss_sum": 0.0, "correct_sum": 0.0, "weight": 0.0}
-    for _ in range(cfg.eval_batches):
-      try:
-        local, _ = self._split(next(it))
-      except StopIteration:
-        break
-      batch = shard_lib.global_batch(local, self.mesh)
-      if hasattr(self._eval_fn, "lower"):  # still the jitted function: compile once
-        self._eval_fn = self._compile_in_step(self._eval_fn, "eval_step", params, batch)
-      with self.mesh_context():
-        out = jax.device_get(self._eval_fn(params, batch))
-      for k in tot:
-        tot[k] += float(out[k])
-    w = tot["weight"]
-    if w <= 0:  # never a perfect score from no data
-      logging.warning("eval_loss: no validation tokens in %d batches of %d rows (split smaller "
-                      "than one batch?): reporting NaN", cfg.eval_batches, bs)
-      return {"eval_loss": float("nan"), "eval_accuracy": float("nan"), "eval_tokens": 0.0}
-    return {"eval_loss": tot["loss_sum"] / w, "eval_accuracy": tot["correct_sum"] / w,
-            "eval_tokens": w}
-
-  def _evaluate(self, params, step: int, loss: bool, evals: bool) -> Dict[str, float]:
-    out = self.eval_loss(params) if loss else {}
-    if evals:
-      out.update(self._run_evals(params, step))
-    if out:
-      self.writer.write(step, out)
-      if self.is_main:
-        print(f"eval @ {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(out.items())),
-              flush=True)
-    return out
-
-  def _run_evals(self, params, step: int) -> Dict[str, float]:
-    if not self.config.evals:
-      return {}
-    from metalm_jax.evaluate import evaluators, placement  # imported only when configured
-    where = placement.Placement(self.mesh, self.rules, self.shardings["params"])
-    with self.mesh_context():
-      out = evaluators.run_evals(self.config, self.model, params, step, self.workdir,
-                                 placement=where)
-    return {k: float(v) for k, v in out.items()}
-
-
-class _MeshRules:
-  """`jax.set_mesh(mesh)` plus flax logical-axis rules, as one context."""
-
-  def __init__(self, mesh, rules):
-    self.mesh, self.rules = mesh, rules
-
-  def __enter__(self):
-    self._m = jax.set_mesh(self.mesh)
-    self._m.__enter__()
-    self._r = nn.logical_axis_rules(self.rules)
-    self._r.__enter__()
-
-  def __exit__(self, *exc):
-    self._r.__exit__(*exc)
-    self._m.__exit__(*exc)
 
 
 def train(config, workdir: str, data=None, devices=None,

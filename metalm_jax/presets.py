@@ -1,0 +1,229 @@
+"""Library presets: model components and sizes, data presets, logical axis rules.
+
+The experiment files in configs/ (the user's) build their ConfigDicts from
+these; the library never imports configs/. Every field can still be
+overridden on the command line (`--config.model.decoder.num_layers=6`).
+
+    model_config("tiny" | "bench" | "paper_vl" | "paper_lang")
+    data_config("vl" | "lang", size)   same size names (the data preset)
+    logical_rules()                    logical axis -> mesh axes
+    decoder / vit / bert / connector / stack_options: one component each
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import ml_collections as mlc
+
+from metalm_jax.data.images import CLIP_MEAN, CLIP_STD
+
+ConfigDict = mlc.ConfigDict
+
+
+# ---- model components ----------------------------------------------------------
+def stack_options(scan_layers=False, remat_policy="none", attention_impl="auto"):
+  """Compute options every layer stack (decoder, each encoder) takes:
+  scan_layers (nn.scan over the blocks, params stacked on a leading `layers`
+  axis), remat_policy (metalm_jax/models/remat.py: none, full, dots_saveable,
+  dots_with_no_batch_dims_saveable, save_qkv_proj, ...), attention_impl
+  (auto | xla | cudnn; auto = cuDNN flash attention on GPU in bf16/fp16)."""
+  return dict(scan_layers=scan_layers, remat_policy=remat_policy, attention_impl=attention_impl)
+
+
+def decoder(**kw) -> ConfigDict:
+  d = dict(vocab_size=1024, num_layers=2, emb_dim=64, num_heads=4, head_dim=0, mlp_dim=256,
+           activation="gelu", norm="pre", positions="learned", max_len=256, dropout=0.0,
+           use_bias=True, ln_eps=1e-5, tie_embeddings=True, **stack_options())
+  d.update(kw)
+  return ConfigDict(d)
+
+
+def connector(type_="mlp", **kw) -> ConfigDict:
+  d = dict(type=type_, num_layers=3 if type_ == "mlp" else 1, hidden_dim=0, activation="gelu")
+  d.update(kw)
+  return ConfigDict(d)
+
+
+def vit(**kw) -> ConfigDict:
+  """CLIP-shaped ViT (pre-LN, quick_gelu, class token, no patch bias)."""
+  d = dict(type="vit", max_items=1, image_size=64, patch_size=16, num_layers=2, emb_dim=64,
+           num_heads=4, head_dim=0, mlp_dim=256, activation="quick_gelu", norm="pre",
+           ln_eps=1e-5, class_token=True, pre_norm=True, final_norm=True, patch_bias=False,
+           dropout=0.0, use_bias=True, connector=connector("mlp"), **stack_options())
+  d.update(kw)
+  return ConfigDict(d)
+
+
+def bert(**kw) -> ConfigDict:
+  """BERT/RoBERTa-shaped bidirectional encoder (post-LN, learned positions)."""
+  d = dict(type="bert", max_items=2, max_len=16, vocab_size=1024, num_layers=2, emb_dim=64,
+           num_heads=4, head_dim=0, mlp_dim=256, activation="gelu", norm="post", ln_eps=1e-12,
+           max_positions=512, type_vocab_size=2, dropout=0.0, use_bias=True,
+           connector=connector("linear"), **stack_options())
+  d.update(kw)
+  return ConfigDict(d)
+
+
+# ---- model sizes ----------------------------------------------------------------
+def _tiny():
+  return ConfigDict(dict(
+      dtype="float32",
+      decoder=decoder(),
+      encoders=dict(vision=vit(), text=bert(max_items=2, max_len=16))))
+
+
+def _bench():
+  """The issue-5 benchmark config: decoder 4x256/4 heads, vocab 1000; ViT 4x256
+  at 64 px with 8 px patches; linear connector."""
+  return ConfigDict(dict(
+      dtype="float32",
+      decoder=decoder(vocab_size=1000, num_layers=4, emb_dim=256, num_heads=4, mlp_dim=1024,
+                      max_len=512),
+      encoders=dict(vision=vit(image_size=64, patch_size=8, num_layers=4, emb_dim=256,
+                               num_heads=4, mlp_dim=1024, connector=connector("linear")))))
+
+
+def _paper_vl():
+  """Paper VL: GPT-2-medium-sized decoder (24x1024, 16 heads, vocab ~50k),
+  ViT-B/16 at 224 px, 3-layer MLP connector. Layers scanned; the decoder
+  rematerialised ('full')."""
+  return ConfigDict(dict(
+      dtype="bfloat16",
+      decoder=decoder(vocab_size=50304, num_layers=24, emb_dim=1024, num_heads=16, mlp_dim=4096,
+                      max_len=2048, dropout=0.1, activation="gelu_new",
+                      **stack_options(scan_layers=True, remat_policy="full")),
+      encoders=dict(vision=vit(image_size=224, patch_size=16, num_layers=12, emb_dim=768,
+                               num_heads=12, mlp_dim=3072, connector=connector("mlp"),
+                               **stack_options(scan_layers=True)))))
+
+
+def _paper_lang():
+  """Paper language-only: decoder 24x2048, 32 heads, vocab 64k (~1.3B);
+  language encoder 24x1024, 16 heads (~366M); linear connector. Layers
+  scanned; the decoder rematerialised ('full')."""
+  return ConfigDict(dict(
+      dtype="bfloat16",
+      decoder=decoder(vocab_size=64000, num_layers=24, emb_dim=2048, num_heads=32, mlp_dim=8192,
+                      max_len=2048, positions="sinusoidal",
+                      **stack_options(scan_layers=True, remat_policy="full")),
+      encoders=dict(text=bert(vocab_size=64000, max_items=8, max_len=128, num_layers=24,
+                              emb_dim=1024, num_heads=16, mlp_dim=4096, max_positions=512,
+                              norm="post", connector=connector("linear"),
+                              **stack_options(scan_layers=True)))))
+
+
+MODEL_SIZES = {"tiny": _tiny, "bench": _bench, "paper_vl": _paper_vl, "paper_lang": _paper_lang}
+
+
+def model_config(size: str) -> ConfigDict:
+  if size not in MODEL_SIZES:
+    raise ValueError(f"size={size!r} is unknown; known: {sorted(MODEL_SIZES)}")
+  return MODEL_SIZES[size]()
+
+
+# ---- logical axis rules ---------------------------------------------------------
+def logical_rules():
+  """Logical axis -> mesh axes. Params: `embed` over fsdp (ZeRO-3 style),
+  heads/mlp/vocab over tensor (Megatron style). Activations use `act_*` names
+  so the batch can take fsdp without clashing with param `embed`."""
+  return [
+      ("act_batch", ("data", "fsdp")), ("act_length", None), ("act_embed", None),
+      ("act_heads", "tensor"), ("act_kv", None), ("act_mlp", "tensor"),
+      ("act_vocab", "tensor"),
+      ("embed", "fsdp"), ("embed_in", None), ("heads", "tensor"), ("kv", None),
+      ("mlp", "tensor"), ("vocab", "tensor"), ("length", None), ("norm", None),
+      ("layers", None),  # the stacked axis of scanned layers (never sharded)
+  ]
+
+
+# ---- data -----------------------------------------------------------------------
+DATA_KINDS = ("vl", "lang")
+# The real-data builders that read official files (metalm_jax/data/builders):
+# each has a manual_dirs entry ("" = not given), so the documented override
+# --config.data.manual_dirs.metalm_coco_karpathy=DIR works on the locked config.
+MANUAL_DATASETS = ("metalm_coco_karpathy", "metalm_vqav2", "metalm_text_corpus")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataPreset:
+  """What a data size changes: the embedded world, row lengths, span sampling."""
+  world: str            # embedded world builder config: "tiny" (64 px) or "paper" (224 px)
+  vl_seq_len: int       # decoder row length of kind "vl"
+  lang_seq_len: int     # decoder row length of kind "lang"
+  span_encoder: str     # text encoder for language spans ("" = none)
+  span_min: int         # shortest / longest language span
+  span_max: int
+  prefix_max: int       # longest caption prefix sent to the text encoder
+
+
+DATA_SIZES = {
+    "tiny": DataPreset(world="tiny", vl_seq_len=64, lang_seq_len=128, span_encoder="text",
+                       span_min=8, span_max=16, prefix_max=8),
+    "bench": DataPreset(world="tiny", vl_seq_len=128, lang_seq_len=128, span_encoder="",
+                        span_min=8, span_max=16, prefix_max=0),
+    "paper_vl": DataPreset(world="paper", vl_seq_len=256, lang_seq_len=1024, span_encoder="",
+                           span_min=64, span_max=128, prefix_max=0),
+    "paper_lang": DataPreset(world="paper", vl_seq_len=256, lang_seq_len=2048,
+                             span_encoder="text", span_min=64, span_max=128, prefix_max=0),
+}
+
+
+def default_data_dir() -> str:
+  return os.environ.get("METALM_DATA_DIR", os.path.join("~", ".cache", "metalm_jax", "tfds"))
+
+
+def data_config(kind: str, size: str) -> ConfigDict:
+  """config.data for kind "vl" (image-text pairs + text) or "lang" (text).
+
+  Fields:
+    data_dir        where TFDS data sets live; the embedded world and its
+                    tokenizer are prepared there on first use
+                    (env METALM_DATA_DIR, else ~/.cache/metalm_jax/tfds)
+    world           embedded world builder config: "tiny" (64 px) or "paper" (224 px)
+    manual_dirs     {tfds name: folder of official files} for real data builders
+                    (metalm_coco_karpathy, metalm_vqav2, metalm_text_corpus)
+    mixture         {source name: weight}; sources in metalm_jax/data/sources.py
+    seq_len         decoder row length
+    tokenizer       SentencePiece model path; "" = the embedded one
+    skip_corrupt_records   False: an unreadable record stops the run, naming the
+                    data set, split, shard file and record; True: skipped and
+                    counted (data/skipped_unreadable_record)
+    num_workers     Grain worker processes; 0 = in-process
+    read_threads / prefetch_buffer   per mixture entry: threads running the
+                    per-example map and rows read ahead (memory: rows x row size)
+    max_doc_tokens  documents are truncated beyond this (counted)
+    spans           encoder: text encoder for language spans ("" = none);
+                    min_len / max_len / ratio of language spans;
+                    prefix_max: longest caption prefix sent to the text encoder
+    image_mean / image_std   normalisation (CLIP)
+  """
+  if kind not in DATA_KINDS:
+    raise ValueError(f"kind={kind!r} is unknown; known: {DATA_KINDS}")
+  if size not in DATA_SIZES:
+    raise ValueError(f"size={size!r} is unknown; known: {sorted(DATA_SIZES)}")
+  p = DATA_SIZES[size]
+  seq_len = p.vl_seq_len if kind == "vl" else p.lang_seq_len
+  if kind == "vl":
+    # Image-text pairs mixed with text-only documents (paper); no VQA, so
+    # VQA on the world stays zero-shot. Finetune configs add "world_vqa".
+    mixture = {"world_caption": 0.7, "world_text": 0.3}
+  else:
+    mixture = {"world_text": 1.0}
+  return ConfigDict(dict(
+      data_dir=default_data_dir(),
+      world=p.world,
+      manual_dirs={name: "" for name in MANUAL_DATASETS},
+      mixture=mixture,
+      seq_len=seq_len,
+      tokenizer="",
+      skip_corrupt_records=False,
+      num_workers=0,
+      read_threads=2,
+      prefetch_buffer=32,
+      max_doc_tokens=8 * seq_len,
+      spans=dict(encoder=p.span_encoder, min_len=p.span_min, max_len=p.span_max, ratio=0.25,
+                 prefix_max=p.prefix_max),
+      image_mean=CLIP_MEAN,
+      image_std=CLIP_STD,
+  ))

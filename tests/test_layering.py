@@ -1,0 +1,142 @@
+"""The house's layering: the library never imports the user's experiment files
+(configs/), and loading a tokenizer never builds data sets."""
+import ast
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "metalm_jax"
+
+# Imports every metalm_jax module with `configs` blocked by a meta-path finder
+# that records each attempt; prints the attempts and the modules that failed.
+_IMPORT_ALL = r"""
+import importlib, importlib.abc, pkgutil, sys, traceback
+
+attempts = []
+
+class BlockConfigs(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path=None, target=None):
+    if name == "configs" or name.startswith("configs."):
+      attempts.append(name)
+      raise ImportError(f"the library imported the user's {name!r}")
+    return None
+
+sys.meta_path.insert(0, BlockConfigs())
+import metalm_jax
+from absl import flags
+failed, n, walked = [], 0, 0
+for info in pkgutil.walk_packages(metalm_jax.__path__, "metalm_jax."):
+  if info.name.rsplit(".", 1)[-1] == "__main__":
+    continue  # running an entry point is not importing it
+  walked += 1
+  before = set(flags.FLAGS)
+  try:
+    importlib.import_module(info.name)
+    n += 1
+  except Exception:
+    failed.append((info.name, traceback.format_exc(limit=3)))
+  for name in set(flags.FLAGS) - before:  # entry points (main, aot) define the same flags
+    delattr(flags.FLAGS, name)
+print("WALKED", walked)
+print("IMPORTED", n)
+print("ATTEMPTS", sorted(set(attempts)))
+print("CONFIGS_LOADED", sorted(m for m in sys.modules if m == "configs" or m.startswith("configs.")))
+print("FAILED", failed)
+"""
+
+
+def _env():
+  env = dict(os.environ)
+  env["PYTHONPATH"] = str(ROOT)  # this checkout's metalm_jax (configs/ is blocked, not absent)
+  return env
+
+
+def test_no_library_module_imports_configs():
+  out = subprocess.run([sys.executable, "-c", _IMPORT_ALL], capture_output=True, text=True,
+                       cwd=str(ROOT), env=_env(), timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  keys = ("WALKED", "IMPORTED", "ATTEMPTS", "CONFIGS_LOADED", "FAILED")
+  lines = dict(line.split(" ", 1) for line in out.stdout.splitlines()
+               if line.split(" ", 1)[0] in keys)
+  assert int(lines["WALKED"]) >= 70, out.stdout  # the walk really covered the package
+  assert lines["IMPORTED"] == lines["WALKED"], out.stdout
+  assert lines["ATTEMPTS"] == "[]", out.stdout
+  assert lines["CONFIGS_LOADED"] == "[]", out.stdout
+  assert lines["FAILED"] == "[]", out.stdout
+
+
+def _configs_imports(path: pathlib.Path):
+  """Names of `configs` imports anywhere in a file (function-level ones too)."""
+  for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    if isinstance(node, ast.Import):
+      names = [a.name for a in node.names]
+    elif isinstance(node, ast.ImportFrom) and node.level == 0:
+      names = [node.module or ""]
+    else:
+      continue
+    yield from (n for n in names if n == "configs" or n.startswith("configs."))
+
+
+def test_every_library_folder_is_a_package_setup_installs():
+  """find_packages (setup.py) skips a folder without __init__.py: a pip install
+  would then lack its modules, and the import walk above would miss them."""
+  import setuptools
+  seen = {}
+  cwd = os.getcwd()
+  try:  # setup.py's own `packages=` (it calls setup() at import; capture the arguments)
+    os.chdir(ROOT)
+    with pytest.MonkeyPatch.context() as m:
+      m.setattr(setuptools, "setup", lambda **kw: seen.update(kw))
+      exec(compile((ROOT / "setup.py").read_text(), "setup.py", "exec"), {"__name__": "setup"})
+  finally:
+    os.chdir(cwd)
+  installed = set(seen["packages"])
+  folders = {".".join(p.parent.relative_to(ROOT).parts) for p in PACKAGE.rglob("*.py")}
+  assert folders - installed == set()
+  assert {p for p in installed if p.split(".")[0] != "metalm_jax"} == set()  # no `configs`
+
+
+def test_no_library_source_names_configs_in_an_import():
+  """Also the lazy imports inside functions, which importing a module does not run."""
+  bad = {str(p.relative_to(ROOT)): list(_configs_imports(p)) for p in PACKAGE.rglob("*.py")}
+  assert {k: v for k, v in bad.items() if v} == {}
+  assert len(bad) >= 70
+
+
+def test_checker_sees_a_lazy_configs_import(tmp_path):
+  probe = tmp_path / "probe.py"
+  probe.write_text("def f():\n  from configs import common\n  import configs.data as d\n")
+  assert list(_configs_imports(probe)) == ["configs", "configs.data"]
+
+
+_LOAD_TOKENIZER = r"""
+import sys
+from metalm_jax.data import tokenizer as tok_lib
+path = sys.argv[1]
+tok_lib.train_tokenizer(["a red circle left of a blue square", "two green cubes"] * 50, 40, path)
+tok = tok_lib.Tokenizer.from_file(path)
+assert tok.decode(tok.encode("a red circle")) == "a red circle"
+heavy = sorted(m for m in sys.modules if m in ("metalm_jax.data.prepare", "tensorflow_datasets",
+                                               "metalm_jax.data.builders", "grain"))
+print("HEAVY", heavy)
+"""
+
+
+def test_loading_a_tokenizer_builds_no_data_set(tmp_path):
+  """tokenizer.py does not import prepare.py (no cycle): reading a tokenizer
+  file neither builds the embedded world nor imports the data set machinery."""
+  data_dir = tmp_path / "data"
+  env = {**_env(), "METALM_DATA_DIR": str(data_dir)}
+  out = subprocess.run([sys.executable, "-c", _LOAD_TOKENIZER, str(tmp_path / "t.model")],
+                       capture_output=True, text=True, cwd=str(tmp_path), env=env, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "HEAVY []" in out.stdout, out.stdout
+  assert not data_dir.exists()
+  source = (PACKAGE / "data" / "tokenizer.py").read_text()
+  assert "prepare" not in {n for node in ast.walk(ast.parse(source))
+                           if isinstance(node, ast.ImportFrom) for n in
+                           [a.name for a in node.names]}
