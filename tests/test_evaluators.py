@@ -284,11 +284,13 @@ def test_loss_evaluator_reuses_the_trainer_eval_step_compiled_once(env, monkeypa
   traces = []
   real = steps_lib.loss_sums
   monkeypatch.setattr(steps_lib, "loss_sums", lambda *a: traces.append(1) or real(*a))
-  ev = _ev(type="loss", split="validation", batch_size=5, num_batches=1)  # a shape of its own
+  ev = _ev(type="loss", split="validation", batch_size=4, num_batches=1)
+  pl = _placement(env, jax.devices()[:2], dict(data=2, fsdp=1, tensor=1))  # a mesh of its own
+  e = E.Env(env.config, env.model, pl.put_params(env.params), env.tokenizer, 0, pl)
   compiled = len(placement_lib._COMPILED)
-  first, _ = E.EVALUATORS.get("loss")(env, ev)
+  first, _ = E.EVALUATORS.get("loss")(e, ev)
   assert len(traces) == 1 and len(placement_lib._COMPILED) == compiled + 1
-  second, _ = E.EVALUATORS.get("loss")(env, ev)
+  second, _ = E.EVALUATORS.get("loss")(e, ev)
   assert len(traces) == 1 and len(placement_lib._COMPILED) == compiled + 1
   assert first == second and first["tokens"] > 0
 
