@@ -45,3 +45,8 @@ from metalm_jax.evaluate.evaluators.icl import demonstrations, items_needed, wit
 from metalm_jax.evaluate.evaluators.predict import (clean_label, generate_texts,
                                                     prompt_seq_len, rank_choices)
 from metalm_jax.evaluate.evaluators.runner import markdown_table, run_evals, write_results
+
+__all__ = ["DEFAULTS", "EVALUATORS", "Env", "Example", "clean_label", "defaults", "demonstrations",
+           "format_of", "generate_texts", "items_needed", "load_examples", "make_example",
+           "markdown_table", "mean", "prompt_seq_len", "rank_choices", "resolve", "run_evals",
+           "train_majority", "with_max_items", "write_results"]
