@@ -1,5 +1,5 @@
 """Multitask / instruction tuning: several templates per task (drawn per row,
-metalm_jax/data/tasks.py INSTRUCTION_TEMPLATES) over task clusters, with one
+metalm_jax/data/formats.py, the *_instruct formats) over task clusters, with one
 cluster held out and evaluated zero-shot.
 
     python -m metalm_jax.main --config=configs/finetune_multitask.py:size=tiny,heldout=nli,init=/tmp/vl \

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from metalm_jax import batch as batch_lib
-from metalm_jax.data import pipeline, testing
+from metalm_jax.data import formats, pipeline, testing
 from metalm_jax.data import prepare
 from metalm_jax.evaluate import evaluators as E
 from metalm_jax.evaluate import metrics as metrics_lib
@@ -156,7 +156,7 @@ def test_classify_rank_matches_float64_likelihoods(env, tmp_path):
   rows, spans = [], []
   for ex in examples:
     row = P.build_batch([ex.parts], tok, env.model.cfg)
-    for word in E.NLI_WORDS:
+    for word in formats.NLI_WORDS:
       cand = tok.encode(word) + [tok.eos]
       rows.append(_append(row, cand, tok.pad))
       spans.append((row["tokens"].shape[1], cand))
@@ -169,10 +169,10 @@ def test_classify_rank_matches_float64_likelihoods(env, tmp_path):
   want = list(np.asarray(ll).reshape(len(examples), 3).argmax(-1))
   res_rows = rows_out
   rows = res_rows
-  assert [r["ranked"] for r in rows] == [E.NLI_WORDS[i] for i in want]
+  assert [r["ranked"] for r in rows] == [formats.NLI_WORDS[i] for i in want]
   labels = np.array([e.label_id for e in examples])
   assert res["accuracy_rank"] == pytest.approx(float((np.array(want) == labels).mean()))
-  gen_ok = [E.clean_label(r["prediction"]) == E.NLI_WORDS[y] for r, y in zip(rows, labels)]
+  gen_ok = [E.clean_label(r["prediction"]) == formats.NLI_WORDS[y] for r, y in zip(rows, labels)]
   assert res["accuracy_generate"] == pytest.approx(float(np.mean(gen_ok)))
   assert res["chance"] == pytest.approx(1 / 3)
 
@@ -227,9 +227,9 @@ def test_icl_evaluator_runs_all_shots(env):
     assert r["k2"]["prompt"].count("answer:") == 3
     assert r["k0"]["prompt"].count("answer:") == 1
     assert r["k2"]["prompt"].endswith(r["k0"]["prompt"])
-  labels = np.array([E.NLI_WORDS.index(r["references"][0]) for r in rows])
+  labels = np.array([formats.NLI_WORDS.index(r["references"][0]) for r in rows])
   for k in (0, 2):
-    acc = np.mean([E.NLI_WORDS.index(r[f"k{k}"]["prediction"]) == y for r, y in zip(rows, labels)])
+    acc = np.mean([formats.NLI_WORDS.index(r[f"k{k}"]["prediction"]) == y for r, y in zip(rows, labels)])
     assert res[f"k{k}/accuracy"] == pytest.approx(acc)
 
 
@@ -261,7 +261,7 @@ def test_loss_evaluator_matches_float64_cross_entropy(env):
   res, _ = E.EVALUATORS.get("loss")(env, ev)
   it = pipeline.make_iterator(env.config, "validation", batch_size=4, shuffle=False,
                               num_epochs=1, seed=0)
-  tot = cnt = 0.0
+  tot = cnt = correct = 0.0
   for _ in range(1):
     batch, _ = pipeline.split_stats(next(it))
     lg = _logits64(env, env.model, batch)
@@ -269,9 +269,30 @@ def test_loss_evaluator_matches_float64_cross_entropy(env):
     nll = lse - np.take_along_axis(lg, batch["targets"][..., None], -1)[..., 0]
     tot += (nll * batch["loss_mask"]).sum()
     cnt += batch["loss_mask"].sum()
+    correct += ((lg.argmax(-1) == batch["targets"]) * batch["loss_mask"]).sum()
   assert res["loss"] == pytest.approx(tot / cnt, rel=1e-5)
+  assert res["accuracy"] == pytest.approx(correct / cnt, abs=1e-9)
   assert res["perplexity"] == pytest.approx(np.exp(tot / cnt), rel=1e-5)
   assert res["tokens"] == cnt
+
+
+def test_loss_evaluator_reuses_the_trainer_eval_step_compiled_once(env, monkeypatch):
+  """The loss evaluator runs train/steps.py's eval step; a second call with
+  the same shapes neither re-traces nor re-compiles it."""
+  from metalm_jax.evaluate import placement as placement_lib
+  from metalm_jax.train import steps as steps_lib
+  traces = []
+  real = steps_lib.loss_sums
+  monkeypatch.setattr(steps_lib, "loss_sums", lambda *a: traces.append(1) or real(*a))
+  ev = _ev(type="loss", split="validation", batch_size=4, num_batches=1)
+  pl = _placement(env, jax.devices()[:2], dict(data=2, fsdp=1, tensor=1))  # a mesh of its own
+  e = E.Env(env.config, env.model, pl.put_params(env.params), env.tokenizer, 0, pl)
+  compiled = len(placement_lib._COMPILED)
+  first, _ = E.EVALUATORS.get("loss")(e, ev)
+  assert len(traces) == 1 and len(placement_lib._COMPILED) == compiled + 1
+  second, _ = E.EVALUATORS.get("loss")(e, ev)
+  assert len(traces) == 1 and len(placement_lib._COMPILED) == compiled + 1
+  assert first == second and first["tokens"] > 0
 
 
 def test_config_errors_name_the_field(env, tmp_path):
@@ -343,10 +364,14 @@ def test_evaluators_keep_params_sharded_and_pad_uneven_batches(env, monkeypatch)
   compiled = [c for c in placement_lib._COMPILED.values()
               if jax.tree.leaves(c.input_shardings[0][1], is_leaf=is_sh)[0].mesh == sharded.mesh]
   assert len(compiled) >= 3  # decoding, scoring, loss
+  summed = 0  # the loss step returns sums over the batch, replicated
   for c in compiled:
     assert jax.tree.leaves(c.input_shardings[0][0], is_leaf=is_sh) == want
     assert all(s == sharded.batch for s in jax.tree.leaves(c.input_shardings[0][1], is_leaf=is_sh))
-    assert all(s == sharded.batch for s in jax.tree.leaves(c.output_shardings, is_leaf=is_sh))
+    outs = jax.tree.leaves(c.output_shardings, is_leaf=is_sh)
+    summed += all(s == sharded.replicated for s in outs)
+    assert all(s == sharded.batch for s in outs) or all(s == sharded.replicated for s in outs)
+  assert summed == 1
 
   ref = _run(env, single, evs(5))
   for name in ("vqa", "classify"):

@@ -14,9 +14,10 @@ from configs import (finetune_caption, finetune_multitask, finetune_nli, finetun
                      finetune_vqa)
 from metalm_jax import batch as batch_lib
 from metalm_jax import params_io
-from metalm_jax.data import pipeline, sources, tasks, testing
+from metalm_jax.data import formats, pipeline, sources, testing
 from metalm_jax.data import prepare
 from metalm_jax.evaluate import evaluators as E
+from metalm_jax.evaluate import prompts
 from metalm_jax.models import metalm
 from metalm_jax.train import checkpoint as ckpt_lib
 from metalm_jax.train import state as state_lib
@@ -130,7 +131,7 @@ def test_prompted_and_instruction_rows(data_dir):
     assert trained[-1] == tok.eod and not set(cap) & set(trained[:1])
   cfg, batch = _rows(data_dir, {"world_vqa_instruct": 1.0}, n=16, seq_len=80)
   texts = [tok.decode(batch["tokens"][b]) for b in range(16)]
-  used = {i for i, t in enumerate(tasks.INSTRUCTION_TEMPLATES["vqa"])
+  used = {i for i, t in enumerate(formats.VQA_TEMPLATES)
           for x in texts if t.split("{question}")[-1].strip() in x}
   assert len(used) >= 2  # several templates appear
   recs = pipeline.data_source(cfg.data, "world_vqa", "train")
@@ -156,7 +157,7 @@ def test_nli_encoded_rows_match_the_evaluator_prompt(data_dir):
   env = E.Env(cfg, model, None, tok, 0)
   ev = E.resolve(dict(type="classify", source="world_nli_encoded"))
   recs = pipeline.data_source(cfg.data, "world_nli_encoded", "validation")
-  tail = tok.encode(tasks.NLI_ENCODED_TAIL)
+  tail = tok.encode(formats.FORMATS.get("nli_encoded").templates[0])
   for b in range(4):
     seg = batch["segment_ids"][b] > 0
     toks, dock = batch["tokens"][b][seg], batch["dock_mask"][b][seg]
@@ -168,13 +169,13 @@ def test_nli_encoded_rows_match_the_evaluator_prompt(data_dir):
   # Same record through the evaluator's format (shuffle=False: record order).
   rec = recs[0]
   fields = sources.SOURCES.get("world_nli_encoded").extract(rec, np.random.default_rng(0))
-  ex = E.FORMATS.get(E.format_of(ev)).make(fields, env, ev)
-  prompt = E.P.build_batch([ex.parts], tok, cfg.model)
+  ex = E.make_example(E.format_of(ev), fields, env, ev)
+  prompt = prompts.build_batch([ex.parts], tok, cfg.model)
   seg = batch["segment_ids"][0] > 0
   n = prompt["tokens"].shape[1]
   np.testing.assert_array_equal(prompt["tokens"][0], batch["tokens"][0][seg][:n])
   np.testing.assert_array_equal(prompt["dock_mask"][0], batch["dock_mask"][0][seg][:n])
-  assert ex.label == E.NLI_WORDS[int(rec["label"])]
+  assert ex.label == formats.NLI_WORDS[int(rec["label"])]
 
 
 def test_pair_rows_dock_two_images(data_dir):
@@ -205,8 +206,8 @@ def test_pair_rows_dock_two_images(data_dir):
   rec_rng = np.random.default_rng([0, 0, 0])  # the pipeline's seed for (seed, component, index)
   fields = sources.SOURCES.get("world_pair").extract(
       pipeline.data_source(cfg.data, "world_pair", "train")[0], rec_rng)
-  ex = E.FORMATS.get(E.format_of(ev)).make(fields, env, ev)
-  prompt = E.P.build_batch([ex.parts], tok, cfg.model)
+  ex = E.make_example(E.format_of(ev), fields, env, ev)
+  prompt = prompts.build_batch([ex.parts], tok, cfg.model)
   seg = batch["segment_ids"][0] > 0
   n = prompt["tokens"].shape[1]
   np.testing.assert_array_equal(prompt["tokens"][0], batch["tokens"][0][seg][:n])

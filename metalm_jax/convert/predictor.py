@@ -19,12 +19,10 @@ import numpy as np
 from metalm_jax import params_io
 from metalm_jax import storage
 from metalm_jax.convert.serving import next_token_logits
+from metalm_jax.data.formats import CAPTION_PROMPT, VQA_TEMPLATE  # the task formats' prompts
 from metalm_jax.evaluate import decode, prompts
 from metalm_jax.models import metalm
 from metalm_jax.registry import Registry
-
-CAPTION_PROMPT = "Summarize this image:"
-VQA_TEMPLATE = "question: {question} answer:"
 
 # File extension -> loader(path) -> tokenizer object.
 TOKENIZER_FILES = Registry("tokenizer file type")

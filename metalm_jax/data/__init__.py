@@ -9,7 +9,8 @@ the Grain pipeline.
     tokenizer.py  SentencePiece `Tokenizer`, `train_tokenizer`, `load_tokenizer`
     images.py     `to_rgb`, `preprocess_image` (shared with evaluators/export)
     sources.py    named sources (mixture entries) -> tfds name + task
-    tasks.py      per-example decode / tokenise / row layout, counters
+    formats.py    each task's format (templates, label words, fields, answer)
+    tasks.py      per-example decode / tokenise / row layout (from formats), counters
     spans.py      rows, span sampling, the loss rule, batch-contract arrays
     packing.py    checkpointable Grain stages: DropFailed, PackDocuments
     pipeline.py   `make_iterator`, `split_stats`

@@ -1,2 +1,3 @@
 """Evaluation: decoding (decode), likelihood scoring (scoring), task metrics
-(metrics) and prompt builders (prompts)."""
+(metrics), prompt builders (prompts), multi-host placement (placement) and
+the evaluators package (evaluators/: one module per type over a runner)."""

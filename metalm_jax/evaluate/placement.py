@@ -125,12 +125,13 @@ class Placement:
     return shard_lib.to_host(tree)
 
   # ---- jitted functions -----------------------------------------------------
-  def jit(self, fn: Callable, replicated_args: int = 0, **static):
+  def jit(self, fn: Callable, replicated_args: int = 0, replicated_out: bool = False, **static):
     """jax.jit of fn(params, batch, *others, **static) with explicit shardings:
     params as placed, batch (a tree of [B, ...] arrays) and every output over
-    the batch axes, the `replicated_args` other arguments replicated. One jit
-    per (placement, fn, static values)."""
-    return _jit(self, fn, replicated_args, tuple(sorted(static.items())))
+    the batch axes (replicated with `replicated_out`: sums over the batch),
+    the `replicated_args` other arguments replicated. One jit per
+    (placement, fn, static values)."""
+    return _jit(self, fn, replicated_args, replicated_out, tuple(sorted(static.items())))
 
   @contextlib.contextmanager
   def context(self):
@@ -166,11 +167,11 @@ _BARRIERS = itertools.count()
 
 
 @functools.lru_cache(maxsize=None)
-def _jit(placement: Placement, fn, replicated_args: int, static):
+def _jit(placement: Placement, fn, replicated_args: int, replicated_out: bool, static):
   return jax.jit(functools.partial(fn, **dict(static)),
                  in_shardings=(placement.params, placement.batch)
                  + (placement.replicated,) * replicated_args,
-                 out_shardings=placement.batch)
+                 out_shardings=placement.replicated if replicated_out else placement.batch)
 
 
 def map_rows(placement: Placement, items: Sequence[Any], batch_size: int,

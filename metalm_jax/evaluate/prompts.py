@@ -7,7 +7,9 @@ A prompt is a list of parts:
                     item of a vision encoder, then `</image>`;
   EncodedText(str)  one decoder position per token, each docked one-to-one to
                     the same token of its own item of a language encoder
-                    (the decoder input id there is the original token).
+                    (the decoder input id there is the original token);
+                    `ids` gives the tokens when they are not `encode(text)`
+                    (a piece of a longer text cut at a token boundary).
 Encoder items are numbered in order of appearance within each example.
 
 The tokenizer is any object with `encode(str) -> list[int]`, `decode` and the
@@ -41,6 +43,7 @@ class Image:
 class EncodedText:
   text: str
   encoder: Optional[str] = None  # config name; default: the only "bert" encoder
+  ids: Optional[Tuple[int, ...]] = None  # the tokens; default: encode(text)
 
 
 Part = Any  # Text | Image | EncodedText
@@ -107,7 +110,7 @@ def _(part: Image, row, tok, model_cfg, offsets):
 def _(part: EncodedText, row, tok, model_cfg, offsets):
   name = _encoder_for(model_cfg, part.encoder, "bert", part)
   cfg = model_cfg.encoders[name]
-  ids = list(tok.encode(part.text))
+  ids = list(tok.encode(part.text) if part.ids is None else part.ids)
   t = batch_lib.slot_length(cfg)
   if not ids:
     raise ValueError(f"EncodedText.text={part.text!r} encodes to no tokens")

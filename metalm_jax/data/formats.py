@@ -1,0 +1,160 @@
+"""Task formats: the one definition of what each task's training rows and
+evaluation prompts look like. The pipeline (data/tasks.py) lays rows out from
+them, the evaluators (evaluate/evaluators/examples.py) build prompts from
+them, the Predictor takes its prompts from here. Pure Python: no model, no
+tokenizer, no training stack.
+
+A row or prompt, left to right ([..] = docked, * = trained in a row):
+
+    <s> (<image> [image] </image>)*  [encoded text]  prompt  answer* </s>*
+
+  images    image fields, each docked on its own item of the vision encoder;
+  encoded   a template of the text for the text encoder
+            (config.data.spans.encoder): split over consecutive items of
+            max_len tokens (`encoded_items="split"`; plain tokens when the
+            run has no text encoder), or one item ("one"; a text encoder is
+            required);
+  prompt    a template filled with the fields (tokenised on its own); with
+            several templates (instruction tuning) training draws one per
+            row, evaluation uses `eval_prompt` (default: the first);
+  answer    the label word (`labels`), the most frequent of `answers`, or one
+            of `captions` (drawn per row in training, the first in
+            evaluation); tokenised on its own, then `</s>`.
+
+When a row is too short, the encoded text is cut first, then the prompt
+(leaving the answer `answer_room` positions, default all of it), then the
+answer (counted as truncated_text). `caption` (pretraining) has no prompt
+and may send a caption prefix through the text encoder (tasks.caption_task);
+zero-shot evaluation prompts it with CAPTION_PROMPT (paper section 5).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from metalm_jax.registry import Registry
+
+FORMATS = Registry("task format")
+
+CAPTION_PROMPT = "Summarize this image:"  # zero-shot captioning (paper)
+VQA_TEMPLATE = "question: {question} answer:"
+NLI_TEMPLATE = "question: {hypothesis} true, false or neither? answer:"
+NLI_WORDS = ("true", "neither", "false")  # entailment, neutral, contradiction
+PAIR_WORDS = ("true", "false")
+# Lower case: the embedded world's tokenizer has no capitals.
+CAPTION_TEMPLATES = ("caption:", "summarize this image:", "describe the picture:")
+VQA_TEMPLATES = (VQA_TEMPLATE, "{question} answer briefly:", "look at the picture. {question}")
+NLI_TEMPLATES = (NLI_TEMPLATE, "does it follow that {hypothesis} true, false or neither:",
+                 "hypothesis: {hypothesis} true, false or neither?")
+
+
+def majority_answer(answers: Sequence[str]) -> str:
+  """The most frequent answer (first seen wins ties)."""
+  counts: Dict[str, int] = {}
+  for a in answers:
+    counts[a] = counts.get(a, 0) + 1
+  return max(counts, key=lambda a: counts[a])
+
+
+def _sample(refs: List[str], rng) -> str:
+  return refs[int(rng.integers(len(refs)))] if rng is not None else refs[0]
+
+
+# answer field -> pick(references, rng or None for evaluation) -> answer text
+_PICK: Dict[str, Callable[[List[str], Any], str]] = {
+    "label": lambda refs, rng: refs[0],
+    "answers": lambda refs, rng: majority_answer(refs),
+    "captions": _sample,
+}
+
+
+@dataclasses.dataclass
+class Parsed:
+  """A record's canonical fields, checked and cleaned."""
+  fields: Dict[str, Any]  # `texts` stripped
+  refs: List[str]         # the answer's references: label word, answers or captions
+  label_id: int = -1      # class index for label formats
+
+
+@dataclasses.dataclass(frozen=True)
+class Format:
+  name: str
+  templates: Tuple[str, ...]
+  answer: str = "label"              # "label" | "answers" | "captions" (the field read)
+  labels: Tuple[str, ...] = ()       # label id -> word (answer="label")
+  texts: Tuple[str, ...] = ()        # string fields that must be non-empty
+  images: Tuple[str, ...] = ()       # image fields, in row order
+  encoded: str = ""                  # template of the text-encoder text ("" none)
+  encoded_items: str = "split"       # "split" over items | "one" item
+  eval_prompt: Optional[str] = None  # evaluation template (default templates[0])
+  answer_room: Optional[int] = None  # answer positions kept when the prompt is cut
+
+  def parse(self, fields) -> Tuple[Optional[Parsed], str]:
+    """(Parsed, "") or (None, the stats counter of why the record is skipped)."""
+    label_id = -1
+    if self.answer == "label":
+      if fields["label"] not in range(len(self.labels)):
+        return None, "skipped_bad_label"
+      label_id = int(fields["label"])
+      refs = [self.labels[label_id]]
+    else:
+      refs = [a.strip() for a in fields[self.answer] if a and a.strip()]
+    clean = dict(fields)
+    for k in self.texts:
+      clean[k] = fields[k].strip()
+    if not refs or not all(clean[k] for k in self.texts):
+      return None, "skipped_empty_text"
+    return Parsed(clean, refs, label_id), ""
+
+  def template(self, rng) -> str:
+    """The training template: the only one, or one drawn with `rng`."""
+    if len(self.templates) == 1:
+      return self.templates[0]
+    return self.templates[int(rng.integers(len(self.templates)))]
+
+  def eval_template(self, override: Optional[str] = None) -> str:
+    if override is not None:
+      return override
+    return self.templates[0] if self.eval_prompt is None else self.eval_prompt
+
+  def prompt(self, parsed: Parsed, template: str) -> str:
+    return template.format(**parsed.fields)
+
+  def encoder_text(self, parsed: Parsed) -> str:
+    return self.encoded.format(**parsed.fields)
+
+  def target(self, parsed: Parsed, rng=None) -> str:
+    """The answer text a row is trained on (`rng`) or an evaluation labels with (None)."""
+    return _PICK[self.answer](parsed.refs, rng)
+
+  def encoder_items(self, enc_cfg) -> int:
+    """How many items of the text encoder the encoded text may fill."""
+    return enc_cfg.max_items if self.encoded_items == "split" else 1
+
+
+def chunks(ids: Sequence[int], size: int) -> List[List[int]]:
+  """`ids` in consecutive pieces of at most `size` (one per encoder item)."""
+  return [list(ids[i:i + size]) for i in range(0, len(ids), size)]
+
+
+def register(fmt: Format) -> Format:
+  return FORMATS.register(fmt.name)(fmt)
+
+
+_IMAGE = dict(images=("image",))
+register(Format("caption", ("",), answer="captions", eval_prompt=CAPTION_PROMPT, **_IMAGE))
+register(Format("caption_prompted", CAPTION_TEMPLATES[:1], answer="captions", answer_room=2,
+                **_IMAGE))
+register(Format("caption_instruct", CAPTION_TEMPLATES, answer="captions", answer_room=2, **_IMAGE))
+register(Format("vqa", (VQA_TEMPLATE,), answer="answers", texts=("question",), **_IMAGE))
+register(Format("vqa_instruct", VQA_TEMPLATES, answer="answers", texts=("question",), **_IMAGE))
+_NLI = dict(labels=NLI_WORDS, texts=("premise", "hypothesis"))
+register(Format("nli", (NLI_TEMPLATE,), encoded="{premise}", **_NLI))
+register(Format("nli_instruct", NLI_TEMPLATES, encoded="{premise}", **_NLI))
+# Premise and hypothesis in one text-encoder item (the bidirectional encoder
+# compares them; finetuned with the decoder frozen).
+register(Format("nli_encoded", ("true, false or neither? answer:",),
+                encoded="{premise} question: {hypothesis}", encoded_items="one", **_NLI))
+# NLVR2-style: two images, each on its own encoder item, then the statement.
+register(Format("pair", ("statement: {sentence} true or false? answer:",), labels=PAIR_WORDS,
+                texts=("sentence",), images=("image_left", "image_right")))

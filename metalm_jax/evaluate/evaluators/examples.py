@@ -1,0 +1,111 @@
+"""Evaluation examples from a data source, laid out by the task's format
+(data/formats.py, the same definition the training rows follow): images on
+their own vision-encoder items, the encoded text on the text encoder the
+pipeline uses (config.data.spans.encoder) cut and split at the same token
+boundaries as in training, then the prompt; the answer is the example's label."""
+from __future__ import annotations
+
+import collections
+import logging
+from typing import Any, List, Optional, Tuple
+
+import numpy as np
+
+from metalm_jax import batch as batch_lib
+from metalm_jax.data import formats as formats_lib
+from metalm_jax.evaluate import prompts
+from metalm_jax.evaluate.evaluators.common import Env, Example
+
+
+def format_of(ev) -> formats_lib.Format:
+  """The evaluator's `format`, or that of its source's task."""
+  if ev.format:
+    return formats_lib.FORMATS.get(ev.format)
+  from metalm_jax.data import sources
+  return formats_lib.FORMATS.get(sources.SOURCES.get(ev.source).task)
+
+
+def _pixels(env: Env, image) -> Optional[np.ndarray]:
+  from metalm_jax.data import images
+  names = [n for n in sorted(env.model.cfg.encoders) if env.model.cfg.encoders[n].type == "vit"]
+  if not names:
+    raise ValueError("image evaluation needs a 'vit' encoder in config.model.encoders")
+  rgb, _ = images.to_rgb(image)
+  if rgb is None:
+    return None
+  data = env.config.data
+  return images.preprocess_image(rgb, env.model.cfg.encoders[names[0]].image_size,
+                                 tuple(data.image_mean), tuple(data.image_std))
+
+
+def encoded_parts(env: Env, fmt: formats_lib.Format, text: str) -> List[Any]:
+  """`text` for the text encoder as the pipeline lays it out: EncodedText
+  parts of consecutive max_len-token pieces over at most
+  `fmt.encoder_items` items (the rest cut), or plain Text when the run sends
+  no text to an encoder (config.data.spans.encoder empty)."""
+  name = env.config.data.spans.encoder
+  if not name:
+    if fmt.encoded_items == "one":
+      raise ValueError(f"format {fmt.name!r} needs config.data.spans.encoder (a text encoder)")
+    return [prompts.Text(text)]
+  enc = env.model.cfg.encoders[name]
+  size = batch_lib.slot_length(enc)
+  ids = env.tokenizer.encode(text)
+  cap = size * fmt.encoder_items(enc)
+  if len(ids) > cap:
+    logging.info("evaluation: encoder text cut to %d tokens: %r", cap, text)
+  return [prompts.EncodedText(env.tokenizer.decode(c), encoder=name, ids=tuple(c))
+          for c in formats_lib.chunks(ids[:cap], size)]
+
+
+def make_example(fmt: formats_lib.Format, fields, env: Env, ev) -> Optional[Example]:
+  """The query prompt and answer of one record; None for a record the
+  pipeline would skip (bad label, empty text, unreadable image)."""
+  parsed, _ = fmt.parse(fields)
+  if parsed is None:
+    return None
+  pixels = [_pixels(env, parsed.fields[k]) for k in fmt.images]
+  if any(p is None for p in pixels):
+    return None
+  parts: List[Any] = [prompts.Image(p) for p in pixels]
+  if fmt.encoded:
+    parts += encoded_parts(env, fmt, fmt.encoder_text(parsed))
+  template = fmt.eval_template(ev.prompt)
+  if template:
+    parts.append(prompts.Text(fmt.prompt(parsed, template)))
+  return Example(0, parts, fmt.target(parsed), parsed.refs, parsed.label_id)
+
+
+def load_examples(env: Env, ev, split: str, num: int, seed: int) -> Tuple[List[Example], int]:
+  """The first `num` usable records of `ev.source`/`split` as Examples (in
+  record order; field extraction seeded per record); returns (examples, skipped)."""
+  from metalm_jax.data import pipeline, sources
+  if not ev.source:
+    raise ValueError("evals.*.source is empty; name a data source (metalm_jax/data/sources.py)")
+  fmt = format_of(ev)
+  src = sources.SOURCES.get(ev.source)
+  records = pipeline.data_source(env.config.data, ev.source, split)
+  out, skipped = [], 0
+  for i in range(len(records)):
+    if len(out) >= num:
+      break
+    ex = make_example(fmt, src.extract(records[i], np.random.default_rng([seed, i])), env, ev)
+    if ex is None:
+      skipped += 1
+      continue
+    ex.index = i
+    out.append(ex)
+  if skipped:
+    logging.warning("evaluator on %s/%s: skipped %d unusable records", ev.source, split, skipped)
+  if not out:
+    logging.warning("evaluator on %s/%s: no usable examples (num=%d); its metrics are NaN",
+                    ev.source, split, num)
+  return out, skipped
+
+
+def train_majority(env: Env, ev) -> Tuple[Optional[str], int]:
+  """The most frequent label text among the first train examples (a
+  prediction-free baseline; None without any); returns (label, examples looked at)."""
+  train, _ = load_examples(env, ev, "train", int(ev.num_baseline_examples), ev.seed + 1)
+  counts = collections.Counter(ex.label for ex in train)
+  return (counts.most_common(1)[0][0] if train else None), len(train)

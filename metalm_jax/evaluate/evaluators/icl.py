@@ -1,0 +1,103 @@
+"""`icl`: in-context learning. For k in `shots`: k demonstrations from the
+train split (each input through the encoders on its own items, its label as
+plain tokens), then the query; label formats rank the label words, VQA and
+caption formats generate (VQA accuracy; BLEU-4 / CIDEr). The encoders'
+`max_items` are raised to what k + 1 examples need on a copy of the model
+config (params do not depend on max_items)."""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Sequence
+
+import ml_collections
+import numpy as np
+
+from metalm_jax.evaluate import metrics as metrics_lib
+from metalm_jax.evaluate import prompts
+from metalm_jax.evaluate.evaluators import caption, common, examples, predict
+from metalm_jax.models import metalm
+
+
+def items_needed(parts: Sequence[Any], model_cfg) -> Dict[str, int]:
+  """Encoder items a prompt uses, per encoder name."""
+  need: Dict[str, int] = {}
+  for p in parts:
+    if isinstance(p, prompts.Image):
+      t = "vit"
+    elif isinstance(p, prompts.EncodedText):
+      t = "bert"
+    else:
+      continue
+    name = p.encoder or [n for n in sorted(model_cfg.encoders)
+                         if model_cfg.encoders[n].type == t][0]
+    need[name] = need.get(name, 0) + 1
+  return need
+
+
+def with_max_items(model, need: Dict[str, int]):
+  """`model` rebuilt with encoders' max_items raised to `need`; `model`
+  itself when nothing changes. The params stay valid: encoder parameters do
+  not depend on max_items (flax raises a shape error if a future encoder's did)."""
+  cfg = model.cfg
+  if all(cfg.encoders[n].max_items >= k for n, k in need.items()):
+    return model
+  new = ml_collections.ConfigDict(cfg.to_dict())
+  for n, k in need.items():
+    new.encoders[n].max_items = max(k, cfg.encoders[n].max_items)
+  return metalm.build_model(new)
+
+
+def demonstrations(pool: Sequence[common.Example], num_queries: int, k_max: int,
+                   seed: int) -> List[List[common.Example]]:
+  """Per query, k_max distinct pool examples in a seeded random order; a run
+  with k shots uses the first k of them (so k=1 demos are part of k=4's)."""
+  if k_max > len(pool):
+    raise ValueError(f"evals icl: shots up to {k_max} but the demonstration pool has "
+                     f"{len(pool)} examples")
+  out = []
+  for q in range(num_queries):
+    order = np.random.default_rng([seed, q]).permutation(len(pool))[:k_max]
+    out.append([pool[int(i)] for i in order])
+  return out
+
+
+def _score(env, ev, fmt, model, batch_prompts, exs, k, out) -> List[str]:
+  """Predictions for one k; adds its metrics to `out`."""
+  if fmt.labels:
+    labels = np.array([e.label_id for e in exs])
+    ranked, _ = predict.rank_choices(env, model, env.params, batch_prompts, fmt.labels, ev)
+    out[f"k{k}/accuracy"] = common.mean(ranked == labels, f"icl k={k} accuracy")
+    return [fmt.labels[i] for i in ranked]
+  preds = predict.generate_texts(env, model, env.params, batch_prompts, ev)
+  if fmt.answer == "answers":
+    out[f"k{k}/accuracy"] = common.mean(
+        [metrics_lib.vqa_accuracy(p, e.refs) for p, e in zip(preds, exs)], f"icl k={k} accuracy")
+  else:
+    s = caption.caption_scores({str(e.index): p or "." for e, p in zip(exs, preds)},
+                               {str(e.index): e.refs for e in exs}, False, ("BLEU-4", "CIDEr"))
+    out[f"k{k}/CIDEr"], out[f"k{k}/BLEU-4"] = s["CIDEr"], s["BLEU-4"]
+  return preds
+
+
+@common.register("icl", shots=(0, 1, 4), demo_split="train", demo_pool=256, max_new_tokens=8)
+def eval_icl(env: common.Env, ev):
+  fmt = examples.format_of(ev)
+  shots = sorted({int(k) for k in ev.shots})
+  if not shots or shots[0] < 0:
+    raise ValueError(f"evals icl: shots={list(ev.shots)} must be non-negative integers")
+  exs, skipped = examples.load_examples(env, ev, ev.split, int(ev.num_examples), ev.seed)
+  pool, _ = examples.load_examples(env, ev, ev.demo_split, int(ev.demo_pool), ev.seed + 1)
+  demos = demonstrations(pool, len(exs), shots[-1], ev.seed + 2)
+  out: Dict[str, float] = {"examples": len(exs), "skipped": skipped}
+  rows: List[Dict[str, Any]] = [{"index": e.index, "references": e.refs} for e in exs]
+  for k in shots:
+    batch_prompts = [prompts.icl_parts([(d.parts, d.label) for d in ds[:k]], e.parts)
+                     for ds, e in zip(demos, exs)]
+    need: Dict[str, int] = {}
+    for p in batch_prompts:
+      for n, c in items_needed(p, env.model.cfg).items():
+        need[n] = max(need.get(n, 0), c)
+    model = with_max_items(env.model, need)
+    preds = _score(env, ev, fmt, model, batch_prompts, exs, k, out)
+    for row, pr, p in zip(rows, batch_prompts, preds):
+      row[f"k{k}"] = {"prompt": common.prompt_text(pr), "prediction": p}
+  return out, rows

@@ -1,0 +1,134 @@
+"""The format-agreement test: for every task format (data/formats.py), the
+training row the pipeline's task builds for a record and the evaluation
+prompt the evaluators build for the same fields agree token for token on the
+prompt part (tokens, docking, encoder inputs), and what the row trains after
+the prompt is the evaluation's answer followed by </s>. Real records of the
+test world, and hand-made ones whose premise overflows the text encoder (cut
+and split at the same token boundaries on both sides)."""
+import copy
+
+import numpy as np
+import pytest
+
+from metalm_jax import batch as batch_lib
+from metalm_jax.data import formats, pipeline, sources, tasks, testing
+from metalm_jax.data import prepare
+from metalm_jax.evaluate import evaluators as E
+from metalm_jax.evaluate import prompts
+from metalm_jax.models import metalm
+
+SOURCE = {"caption": "world_caption", "caption_prompted": "world_caption_prompted",
+          "caption_instruct": "world_caption_instruct", "vqa": "world_vqa",
+          "vqa_instruct": "world_vqa_instruct", "nli": "world_nli",
+          "nli_instruct": "world_nli_instruct", "nli_encoded": "world_nli_encoded",
+          "pair": "world_pair"}
+RECORDS = 6
+LONG = ("the red circle is to the left of the blue square and the green triangle is above "
+        "the yellow star while the purple circle sits below the orange square and the small "
+        "blue triangle is next to the big red square near the left edge of the picture")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+  cfg = testing.test_config("vl", "tiny", str(tmp_path_factory.mktemp("tfds")), seq_len=128)
+  cfg.model.encoders.vision.max_items = 2  # pair: two images
+  cfg.model.encoders.text.max_items = 2    # nli: a long premise over two items
+  return cfg, prepare.load_tokenizer(cfg)
+
+
+def _env(cfg, tok):
+  return E.Env(cfg, metalm.build_model(cfg.model), None, tok, 0)
+
+
+def _agree(cfg, tok, name, fields, index):
+  """Builds the row (tasks.TASKS) and the prompt (evaluators) and checks them."""
+  fmt = formats.FORMATS.get(name)
+  ctx = pipeline.make_context(cfg, tok)
+  rng = np.random.default_rng([0, 0, index])
+  drawn = fmt.template(copy.deepcopy(rng))  # the template the row draws first
+  stats = tasks.new_stats()
+  out = tasks.TASKS.get(name)(ctx, copy.deepcopy(fields), rng, stats)
+  assert out["ok"], (name, {k: int(v) for k, v in stats.items()})
+  row = out["row"]
+  prompt = "" if name == "caption" else drawn  # pretraining captions have no prompt
+  ev = E.resolve(dict(type="classify" if fmt.labels else "vqa", prompt=prompt))
+  ex = E.make_example(fmt, fields, _env(cfg, tok), ev)
+  b = prompts.build_batch([ex.parts], tok, cfg.model)
+  n = b["tokens"].shape[1]
+  for key in ("tokens", "dock_mask", "dock_index", "positions"):
+    np.testing.assert_array_equal(b[key][0], row[key][:n], err_msg=f"{name} {key}")
+  for enc, arrays in b["encoders"].items():  # the items the prompt uses
+    used = arrays["valid"][0] if "valid" in arrays else arrays["mask"][0].any(-1)
+    for key, x in arrays.items():
+      np.testing.assert_allclose(x[0][used], row["encoders"][enc][key][used], atol=1e-6,
+                                 err_msg=f"{name} {enc}.{key}")
+  # After the prompt: the answer then </s>, and nothing else (up to padding).
+  real = int((row["segment_ids"] > 0).sum())
+  rest = list(row["tokens"][n:real])
+  answers = [ex.label] if fmt.answer != "captions" else ex.refs
+  assert any(rest == tok.encode(a) + [tok.eod] for a in answers), (name, tok.decode(rest))
+  trained = np.flatnonzero(row["loss_mask"])
+  assert trained[-1] == real - 2 and row["targets"][real - 2] == tok.eod
+  first = n + int(row["dock_mask"][n:real].sum())  # a caption prefix is docked, not trained
+  np.testing.assert_array_equal(trained, np.arange(first - 1, real - 1))
+  if fmt.answer != "captions":
+    assert ex.label == fmt.target(fmt.parse(fields)[0])
+  return ex, row
+
+
+@pytest.mark.parametrize("name", sorted(SOURCE))
+def test_training_rows_and_evaluation_prompts_agree(world, name):
+  cfg, tok = world
+  src = sources.SOURCES.get(SOURCE[name])
+  assert src.task == name
+  recs = pipeline.data_source(cfg.data, SOURCE[name], "train")
+  for i in range(RECORDS):
+    fields = src.extract(recs[i], np.random.default_rng([0, 0, i]))
+    _agree(cfg, tok, name, fields, i)
+  # Without a `prompt`, evaluators use the format's evaluation template.
+  fmt = formats.FORMATS.get(name)
+  ex = E.make_example(fmt, fields, _env(cfg, tok), E.resolve(dict(type="vqa")))
+  want = formats.CAPTION_PROMPT if name == "caption" else fmt.templates[0]
+  assert ex.parts[-1].text == fmt.prompt(fmt.parse(fields)[0], want)
+
+
+@pytest.mark.parametrize("name,encoder", [("nli", "text"), ("nli", ""), ("nli_instruct", "text"),
+                                          ("nli_encoded", "text")])
+def test_long_premise_is_cut_and_split_alike(world, name, encoder):
+  """A premise longer than one text-encoder item: training splits it at
+  token boundaries over the encoder's items (or keeps it as plain tokens
+  without a text encoder); the evaluation prompt is the same."""
+  cfg, tok = world
+  cfg = copy.deepcopy(cfg)
+  cfg.data.spans.encoder = encoder
+  cfg.data.seq_len = cfg.model.decoder.max_len  # room for the whole premise as plain tokens
+  size = batch_lib.slot_length(cfg.model.encoders.text)
+  assert len(tok.encode(LONG)) > 2 * size
+  fields = {"premise": "  " + LONG + " ", "hypothesis": "the red circle is left", "label": 2}
+  ex, row = _agree(cfg, tok, name, fields, 3)
+  enc = [p for p in ex.parts if isinstance(p, prompts.EncodedText)]
+  if not encoder:
+    assert not enc and not row["dock_mask"].any()
+  else:
+    items = 1 if name == "nli_encoded" else 2
+    assert [len(p.ids) for p in enc] == [size] * items  # cut to what the items hold
+    assert row["encoders"]["text"]["mask"].sum() == size * items
+
+
+def test_bad_fields_are_skipped_alike(world):
+  """What the pipeline skips (counted) the evaluators skip too."""
+  cfg, tok = world
+  ctx = pipeline.make_context(cfg, tok)
+  env = _env(cfg, tok)
+  cases = [("nli", {"premise": "a b", "hypothesis": "c", "label": 7}, "skipped_bad_label"),
+           ("nli", {"premise": " ", "hypothesis": "c", "label": 0}, "skipped_empty_text"),
+           ("vqa", {"image": None, "question": "what?", "answers": ["", " "]},
+            "skipped_empty_text"),
+           ("pair", {"image_left": None, "image_right": None, "sentence": "x", "label": 2},
+            "skipped_bad_label")]
+  for name, fields, key in cases:
+    stats = tasks.new_stats()
+    out = tasks.TASKS.get(name)(ctx, fields, np.random.default_rng(0), stats)
+    assert not out["ok"] and stats[key] == 1, (name, key)
+    fmt = formats.FORMATS.get(name)
+    assert E.make_example(fmt, fields, env, E.resolve(dict(type="vqa"))) is None
