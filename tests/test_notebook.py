@@ -5,14 +5,15 @@ the test venv's site-packages), so the notebook's install cell really runs
 `pip install -e REPO[notebook]` against this checkout while pip sees the
 compatible jax already there: it must leave jax / jaxlib alone (same versions
 before and after, no copy installed into the throwaway venv) and say that no
-restart is needed. Two cases:
-  - a workdir trained here (2 steps) whose training data dir (and so the
-    tokenizer it trained) is deleted first, with a folder of the user's images
-    (an RGBA PNG, a grayscale JPEG, a file that is no image) and questions;
-  - an export dir (tests/export_fixtures.py, a tokenizer.json) with no image
-    folder: the embedded world's scenes and their own questions.
+restart is needed. Two cases, on the tiny model of tests/export_fixtures.py (a tokenizer.json):
+  - its training workdir (Orbax checkpoints + the metrics the trainer's writer
+    writes), with a folder of the user's images (an RGBA PNG, a grayscale
+    JPEG, a file that is no image) and a question;
+  - its export dir with no image folder: the embedded world's scenes and their
+    own questions.
 The notebook's captions and answers must equal an in-process Predictor's on the
-same files (greedy ids, so exact).
+same files (greedy ids, so exact; the workdir's latest step holds the exported
+params).
 """
 import glob
 import io
@@ -29,12 +30,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import pretrain_vl
 from metalm_jax.convert.predictor import Predictor
 from metalm_jax.data import world
-from metalm_jax.train import trainer as trainer_lib
-from tests import export_fixtures
-from tests.test_finetune import _small
+from metalm_jax.train import metrics as metrics_lib
+from tests import export_fixtures as F
 
 nbclient = pytest.importorskip("nbclient")
 
@@ -66,17 +65,19 @@ def venv(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-  """A 2-step tiny VL run; its data dir (with the tokenizer trained for it) is
-  deleted, so only the workdir's own copy of the tokenizer is left."""
-  tmp = tmp_path_factory.mktemp("nbrun")
-  c = pretrain_vl.get_config("size=tiny,steps=2")
-  _small(c, str(tmp / "tfds"))
-  c.eval_every = 2
-  work = str(tmp / "run")
-  trainer_lib.train(c, work, devices=jax.devices()[:1])
-  shutil.rmtree(tmp / "tfds")
-  return work
+def model(tmp_path_factory):
+  """{export, workdir, predictor}: the shared export, a workdir of the same
+  params with 3 logged steps and one evaluation, an in-process Predictor."""
+  setup = F.exported(tmp_path_factory)
+  work = F.write_workdir(setup, str(setup["tmp"] / "notebook_run"))
+  w = metrics_lib.Writer(work)
+  w.rewind(None)
+  for step, loss in ((1, 4.0), (2, 3.5), (3, 3.25)):
+    w.write(step, {"loss": loss})
+  w.write(3, {"eval_loss": 3.5})
+  w.close()
+  return dict(export=setup["out"], workdir=work,
+              predictor=Predictor(setup["out"], max_new_tokens=NEW_TOKENS))
 
 
 def _versions(python):
@@ -118,18 +119,17 @@ def _images(code):
   return [o for c in code for o in c.outputs if "image/png" in o.get("data", {})]
 
 
-def _expected(path, items):
-  """Captions and answers of an in-process Predictor: [{image, caption, qa}]."""
-  p = Predictor(path, max_new_tokens=NEW_TOKENS)
-  caps = p.caption([data for _, data, _ in items])
+def _expected(predictor, items):
+  """Captions and answers of the in-process Predictor: [{image, caption, qa}]."""
+  caps = predictor.caption([data for _, data, _ in items])
   out = []
   for (name, data, qs), cap in zip(items, caps):
-    answers = p.vqa([data] * len(qs), qs) if qs else []
+    answers = predictor.vqa([data] * len(qs), qs) if qs else []
     out.append(dict(image=name, caption=cap, qa=[[q, a] for q, a in zip(qs, answers)]))
   return out
 
 
-def test_notebook_on_a_workdir_and_the_users_images(venv, workdir, tmp_path, monkeypatch):
+def test_notebook_on_a_workdir_and_the_users_images(venv, model, tmp_path, monkeypatch):
   folder = tmp_path / "my_images"
   folder.mkdir()
   rng = np.random.default_rng(0)
@@ -139,36 +139,36 @@ def test_notebook_on_a_workdir_and_the_users_images(venv, workdir, tmp_path, mon
   Image.fromarray(rng.integers(0, 256, (23, 17), dtype=np.uint8), "L").save(buf, "JPEG")
   (folder / "a_scan.JPG").write_bytes(buf.getvalue())
   (folder / "notes.txt").write_text("not an image")
-  questions = ["what color is the circle?", "how many objects are there?"]
+  questions = ["what colour is the cat ?"]
   code, text, work = _run(venv, monkeypatch, tmp_path, dict(
-      MODEL_DIR=workdir, IMAGE_DIR=str(folder), QUESTIONS=questions, NUM_IMAGES=5))
+      MODEL_DIR=model["workdir"], IMAGE_DIR=str(folder), QUESTIONS=questions, NUM_IMAGES=5))
 
   assert "model from the workdir" in text[2]
-  assert "tokenizer: Tokenizer tokenizer.model (stored in MODEL_DIR)" in text[2]
+  named = json.loads(open(os.path.join(model["workdir"], "config.json")).read())["data"]
+  assert f"tokenizer: HfTokenizer, the file config.json names: {named['tokenizer']}," in text[2]
   assert "2 images: a_scan.JPG, b_photo.png" in text[3]
   got = json.loads((work / "predictions.json").read_text())
   files = [(n, (folder / n).read_bytes(), questions) for n in ("a_scan.JPG", "b_photo.png")]
-  assert got == _expected(workdir, files)
+  assert got == _expected(model["predictor"], files)
   assert text[4].count("'caption':") == 2
   assert (work / "predictions.png").read_bytes()[:4] == b"\x89PNG"
-  # The curves: both training steps and the one evaluation.
-  assert "{'loss': 2, 'eval_loss': 1}" in text[5]
+  # The curves: the three logged steps and the one evaluation.
+  assert "{'loss': 3, 'eval_loss': 1}" in text[5]
   assert len(_images(code)) == 2 and (work / "curves.png").exists()
 
 
-def test_notebook_on_an_export_dir_and_the_embedded_world(venv, tmp_path_factory, tmp_path,
-                                                          monkeypatch):
-  export_dir = export_fixtures.exported(tmp_path_factory)["out"]
+def test_notebook_on_an_export_dir_and_the_embedded_world(venv, model, tmp_path, monkeypatch):
+  export_dir = model["export"]
   code, text, work = _run(venv, monkeypatch, tmp_path, dict(
       MODEL_DIR=export_dir, IMAGE_DIR="", QUESTIONS=["unused"], NUM_IMAGES=2))
 
   assert "model from the export dir" in text[2]
-  assert "tokenizer: HfTokenizer tokenizer.json (stored in MODEL_DIR)" in text[2]
+  assert "tokenizer: HfTokenizer, the file config.json names: tokenizer.json," in text[2]
   scenes = [world.scene_record(0, "validation", i, 16, doc_paragraphs=1) for i in range(2)]
   items = [(f"world validation {i}", s["image"], list(s["questions"][:2]))
            for i, s in enumerate(scenes)]
   got = json.loads((work / "predictions.json").read_text())
-  assert got == _expected(export_dir, items)
+  assert got == _expected(model["predictor"], items)
   assert all(len(r["qa"]) == 2 for r in got)
   assert "export dir: its training curves are in the workdir" in text[5]
   assert len(_images(code)) == 1 and not (work / "curves.png").exists()
