@@ -9,7 +9,7 @@
 # TPU targets run in .venv-aot (the package + jax[tpu]: libtpu, ~700 MB);
 # GPU targets (a name like h100x8 with a metalm_jax/aot_targets/<chip>_target_config.txtpb)
 # run in .venv-aot-gpu (jax[cuda12], ~5.5 GB). Each venv is created on first use
-# and reinstalled when setup.py changes. Extra arguments go to
+# and reinstalled when setup.py or constraints.txt changes (jax pinned by it). Extra arguments go to
 # `python -m metalm_jax.aot` (exit codes there: 0 fits, 3 does not fit).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -35,14 +35,15 @@ if [[ "$TOPOLOGY" =~ ^([a-z0-9]+)x[0-9]+$ ]] && \
 fi
 
 STAMP="$VENV/.metalm_installed"
-WANT="$(sha256sum "$ROOT/setup.py" | cut -d' ' -f1) $EXTRA"
+WANT="$(cat "$ROOT/setup.py" "$ROOT/constraints.txt" | sha256sum | cut -d' ' -f1) $EXTRA"
 if [[ ! -f "$STAMP" || "$(cat "$STAMP")" != "$WANT" ]]; then
   if [[ ! -x "$VENV/bin/python" ]]; then
     echo "[aot] creating $VENV" >&2
     "$PY" -m venv "$VENV"
   fi
   echo "[aot] installing metalm_jax[$EXTRA] into $VENV" >&2
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[$EXTRA]" 2>&1 \
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
+    -c "$ROOT/constraints.txt" -e "$ROOT[$EXTRA]" 2>&1 \
     | grep -v "is ignored: it is neither a file nor a directory" >&2 || true
   "$VENV/bin/python" -c "import metalm_jax, jax" >/dev/null
   echo "$WANT" > "$STAMP"

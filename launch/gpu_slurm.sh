@@ -17,7 +17,7 @@
 # ("preempted, resume me"), and the batch script then requeues the job
 # (scontrol requeue), which resumes from the workdir's latest checkpoint.
 # The code and venv must be on a file system shared by the nodes
-# (bash launch/setup_venv.sh, then pip install 'jax[cuda12]==0.10.2').
+# (bash launch/setup_venv.sh cuda12: jax[cuda12] of the tested version).
 set -euo pipefail
 
 NODES=1 GPUS=8 PARTITION="" TIME="24:00:00" CONFIG="" WORKDIR="" DRY=0 VENV="" DATA_BUCKET=""

@@ -16,7 +16,7 @@ DATA_DIR="${METALM_DATA_DIR:-$HOME/.cache/metalm_jax/tfds}"
 CONFIG="${CONFIG:-configs/pretrain_vl.py:size=tiny}"
 START=$(date +%s)
 
-bash launch/setup_venv.sh
+bash launch/setup_venv.sh plot  # plot: the run's loss_curve.png
 PY="$ROOT/.venv/bin/python"
 export JAX_PLATFORMS=cpu TF_CPP_MIN_LOG_LEVEL=3
 

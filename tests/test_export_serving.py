@@ -1,17 +1,14 @@
-"""Export for serving: params-only safetensors + config, the jax.export
-function (symbolic batch), export from an Orbax workdir, and the Predictor.
+"""Export for serving: params-only safetensors + config (with the
+normalisation constants), the jax.export function (symbolic batch) and export
+from an Orbax workdir. The Predictor is tested in test_predictor.py.
 
 Tolerances: the reloaded function vs the in-process model, rel 1e-5
 (max|diff| / max|ref|, float32, same ops); reloaded params bit-equal.
 """
 import json
 import os
-import subprocess
-import sys
 
-import flax.linen as nn
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
@@ -19,49 +16,14 @@ from metalm_jax import params_io
 from metalm_jax import presets
 from metalm_jax.convert import export, serving
 from metalm_jax.evaluate import prompts
-from metalm_jax.models import metalm
+from tests import export_fixtures as F
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SPECIALS = ["<pad>", "<unk>", "<s>", "</s>", "<image>", "</image>"]
-WORDS = ["Summarize", "this", "image", ":", "question", "answer", "what", "is", "?", "a",
-         "cat", "dog", "red", "blue", "on", "the", "mat", "colour"]
-SEQ_LEN = 24
-
-
-def _cfg():
-  return ml_collections.ConfigDict(dict(
-      dtype="float32",
-      decoder=presets.decoder(vocab_size=64, num_layers=2, emb_dim=32, num_heads=2, mlp_dim=64,
-                              max_len=48, activation="gelu_new"),
-      encoders=dict(
-          vision=presets.vit(image_size=16, patch_size=8, num_layers=1, emb_dim=24, num_heads=2,
-                             mlp_dim=48),
-          text=presets.bert(max_items=1, max_len=4, vocab_size=64, num_layers=1, emb_dim=16,
-                            num_heads=2, mlp_dim=32))))
-
-
-def _tokenizer_file(path):
-  from tokenizers import Tokenizer, models, pre_tokenizers
-  vocab = {t: i for i, t in enumerate(SPECIALS + WORDS)}
-  tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-  tok.pre_tokenizer = pre_tokenizers.Whitespace()
-  tok.add_special_tokens(SPECIALS)
-  tok.save(str(path))
-  return str(path)
+SEQ_LEN = F.SEQ_LEN
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-  tmp = tmp_path_factory.mktemp("export")
-  cfg = _cfg()
-  model = metalm.build_model(cfg)
-  boxed = metalm.init_variables(model, jax.random.key(3))["params"]
-  params = jax.tree.map(np.asarray, nn.meta.unbox(boxed))
-  tok_path = _tokenizer_file(tmp / "tokenizer.json")
-  out = str(tmp / "export")
-  written = export.export_model(cfg, params, out, seq_len=SEQ_LEN, tokenizer=tok_path)
-  return dict(cfg=cfg, model=model, boxed=boxed, params=params, out=out, written=written,
-              tok_path=tok_path, tmp=tmp)
+  return F.exported(tmp_path_factory)
 
 
 def _images(n, seed=0):
@@ -86,6 +48,8 @@ def test_params_and_names_reload_exactly(setup):
   assert names["decoder/layers_0/attn/query/kernel"]["shape"] == [32, 2, 16]
   assert meta["model"] == setup["cfg"].to_dict()
   assert meta["serving"]["seq_len"] == SEQ_LEN and meta["tokenizer"] == "tokenizer.json"
+  assert meta["preprocess"]["image_mean"] == list(F.MEAN)
+  assert meta["preprocess"]["image_std"] == list(F.STD)
   fn = serving.load_serving(os.path.join(setup["out"], export.SERVING_FILE))
   assert set(fn.platforms) == {"cpu", "cuda", "tpu"}
   assert str(fn.in_avals[-1].shape[0]) == "b"  # symbolic batch size
@@ -127,28 +91,11 @@ def test_next_token_logits_right_padding(setup):
     np.testing.assert_allclose(got[i], full[i, n - 1], rtol=0, atol=0)
 
 
-def _write_workdir(setup, workdir):
-  import optax
-  import orbax.checkpoint as ocp
-  os.makedirs(workdir)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    json.dump({"model": setup["cfg"].to_dict(), "data": {"tokenizer": setup["tok_path"]}}, f)
-  state = {"params": setup["boxed"], "step": np.int32(7),
-           "opt_state": optax.adamw(1e-3).init(setup["params"])}
-  mgr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"),
-                              item_names=("state", "data_iter"))
-  for step in (3, 7):
-    mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                           data_iter=ocp.args.JsonSave({"pos": step})))
-  mgr.wait_until_finished()
-  mgr.close()
-
-
 def test_export_from_workdir(setup, capsys):
   workdir = str(setup["tmp"] / "run")
   with pytest.raises(FileNotFoundError, match="checkpoints"):
     export.restore_checkpoint_params(workdir)
-  _write_workdir(setup, workdir)
+  F.write_workdir(setup, workdir)
   out = str(setup["tmp"] / "from_workdir")
   from metalm_jax.export import main
   assert main([f"--workdir={workdir}", f"--out={out}", f"--seq_len={SEQ_LEN}"]) == 0
@@ -166,63 +113,3 @@ def test_wrong_params_are_named(setup, tmp_path):
   bad["decoder"]["pos_embedding"] = np.zeros((3, 32), np.float32)
   with pytest.raises(ValueError, match="decoder/pos_embedding"):
     export.export_model(setup["cfg"], bad, str(tmp_path / "x"))
-
-
-def _greedy_full_forward(model, params, batch, n, eos):
-  """Reference: greedy by full forward passes (no KV cache). The prompt is
-  followed by n padding slots (segment 0, invisible to real queries) that are
-  filled one by one, so one compiled shape serves every step."""
-  b = {k: np.asarray(v) for k, v in batch.items() if k != "encoders"}
-  rows, length = b["tokens"].shape
-  grow = lambda v, fill=0: np.concatenate([v, np.full((rows, n), fill, v.dtype)], 1)
-  b = {k: grow(v) for k, v in b.items()}
-  apply = jax.jit(model.apply)
-  out = [[] for _ in range(rows)]
-  done = np.zeros(rows, bool)
-  for i in range(n):
-    t = length + i - 1  # last filled position
-    logits = np.asarray(apply({"params": params}, dict(b, encoders=batch["encoders"])))[:, t]
-    nxt = logits.argmax(-1).astype(np.int32)
-    for r in range(rows):
-      done[r] |= nxt[r] == eos
-      if not done[r]:
-        out[r].append(int(nxt[r]))
-    b["tokens"][:, t + 1] = nxt
-    b["segment_ids"][:, t + 1] = 1
-    b["positions"][:, t + 1] = b["positions"][:, t] + 1
-  return out
-
-
-PREDICT_SCRIPT = """
-import json, sys
-import numpy as np
-sys.path.insert(0, {root!r})
-from metalm_jax.convert.predictor import Predictor
-p = Predictor({out!r}, max_new_tokens=6)
-imgs = [np.random.default_rng(i).standard_normal((16, 16, 3)).astype(np.float32) for i in range(2)]
-caps = p.caption(imgs)
-ans = p.vqa(imgs, ["what colour is the cat ?", "is this a dog ?"])
-heavy = sorted(m for m in ("optax", "orbax", "grain", "tensorflow") if m in sys.modules)
-print(json.dumps(dict(caps=caps, ans=ans, heavy=heavy)))
-"""
-
-
-def test_predictor_without_training_stack(setup):
-  from metalm_jax.convert.hf_tokenizer import HfTokenizer
-  from metalm_jax.convert.predictor import CAPTION_PROMPT, VQA_TEMPLATE
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
-  res = subprocess.run([sys.executable, "-c", PREDICT_SCRIPT.format(root=ROOT, out=setup["out"])],
-                       capture_output=True, text=True, env=env, timeout=300)
-  assert res.returncode == 0, res.stderr[-3000:]
-  got = json.loads(res.stdout.strip().splitlines()[-1])
-  assert got["heavy"] == []
-  tok = HfTokenizer(setup["tok_path"])
-  imgs = _images(2)
-  qs = ["what colour is the cat ?", "is this a dog ?"]
-  for texts, key in ([[CAPTION_PROMPT] * 2, "caps"],
-                     [[VQA_TEMPLATE.format(question=q) for q in qs], "ans"]):
-    rows = [[prompts.Image(im), prompts.Text(t)] for im, t in zip(imgs, texts)]
-    batch = prompts.build_batch(rows, tok, setup["cfg"])
-    ref = _greedy_full_forward(setup["model"], setup["params"], batch, 6, tok.eos)
-    assert got[key] == [tok.decode(r).strip() for r in ref], key
-    assert all(len(r) > 0 for r in ref)  # something was generated to compare

@@ -7,7 +7,12 @@ Export dir layout (`export_model`):
                        'decoder/layers_0/attn/query/kernel' [emb, heads, head_dim],
                        'encoders_vision/vit/patch_embed/kernel' [p, p, 3, emb];
                        param_names.json lists every name with shape and dtype.
-  config.json          {"model": <model config section>, "serving": {...}}
+  config.json          {"model": <model config section>, "serving": {...},
+                       "preprocess": {"image_mean": [r, g, b], "image_std":
+                       [r, g, b], "steps": ...}}: the normalisation constants
+                       of training (the run config's data.image_mean /
+                       image_std), applied by the Predictor with the
+                       training functions (metalm_jax/data/images.py).
   next_token_logits.stablehlo
                        jax.export-serialised fn(params, batch) -> float32
                        [B, vocab]: logits after the last real position
@@ -35,11 +40,15 @@ from metalm_jax import batch as batch_lib
 from metalm_jax import params_io
 from metalm_jax import storage
 from metalm_jax.convert.serving import SERVING_KEYS, next_token_logits, serving_batch
+from metalm_jax.data import images
 from metalm_jax.models import layout, metalm
 
 SERVING_FILE = "next_token_logits.stablehlo"
 NAMES_FILE = "param_names.json"
 GPT2_SUBDIR = "hf_gpt2"
+PREPROCESS_STEPS = ("metalm_jax.data.images: to_rgb (alpha composited over white, other modes "
+                    "converted to RGB), then preprocess_image (bicubic resize of the whole image "
+                    "to the encoder's image_size, /255, (x - image_mean) / image_std)")
 
 
 def _abstract_params(model):
@@ -76,8 +85,11 @@ def check_params(model: metalm.MetaLM, params) -> None:
 
 def export_model(model_cfg, params, out: str, *, seq_len: Optional[int] = None,
                  tokenizer: Optional[str] = None, hf_gpt2: bool = True,
-                 platforms=DEFAULT_PLATFORMS) -> Dict[str, str]:
-  """Writes the export dir (see module docstring); returns {what: path}."""
+                 platforms=DEFAULT_PLATFORMS, image_mean=images.CLIP_MEAN,
+                 image_std=images.CLIP_STD) -> Dict[str, str]:
+  """Writes the export dir (see module docstring); returns {what: path}.
+  image_mean / image_std: the normalisation the model was trained with."""
+  norm = images.norm_constants(dict(image_mean=image_mean, image_std=image_std), "export_model")
   model = metalm.build_model(model_cfg)
   params = layout.match(jax.tree.map(np.asarray, nn.meta.unbox(params)), _abstract_params(model))
   check_params(model, params)
@@ -96,7 +108,8 @@ def export_model(model_cfg, params, out: str, *, seq_len: Optional[int] = None,
       indent=1, sort_keys=True))
   exported = export_serving(model, seq_len, platforms)
   written["serving"] = storage.write_bytes(storage.join(out, SERVING_FILE), exported.serialize())
-  meta = {"model": cfg_dict, "serving": serving}
+  meta = {"model": cfg_dict, "serving": serving,
+          "preprocess": {**{k: list(v) for k, v in norm.items()}, "steps": PREPROCESS_STEPS}}
   if tokenizer:
     suffix = storage.path(tokenizer).suffix
     name = "tokenizer" + (".json" if suffix == ".json" else suffix or ".model")
@@ -182,7 +195,8 @@ def export_workdir(workdir: str, out: str, *, seq_len: Optional[int] = None,
   if tok is None:
     logging.warning("export: the run config names no tokenizer (data.tokenizer); the "
                     "Predictor will need one passed in")
-  written = export_model(model_cfg, params, out, seq_len=seq_len, tokenizer=tok)
+  norm = images.norm_constants(run_cfg.get("data"), f"{workdir}/config.json data")
+  written = export_model(model_cfg, params, out, seq_len=seq_len, tokenizer=tok, **norm)
   written["step"] = str(step)
   return written
 

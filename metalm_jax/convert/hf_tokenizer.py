@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence
 
+from metalm_jax import optional
 from metalm_jax import storage
 
 # Role -> candidate token strings, in order of preference.
@@ -48,7 +49,7 @@ class HfTokenizer:
   """A tokenizer.json file; see the module docstring."""
 
   def __init__(self, path: str):
-    from tokenizers import Tokenizer as _Tok
+    _Tok = optional.require("tokenizers", f"tokenizer.json ({path})").Tokenizer
     if not storage.exists(path):
       raise FileNotFoundError(f"tokenizer file {path!r} does not exist")
     self.path = path

@@ -1,28 +1,55 @@
-"""Serving without the training stack (no optax / orbax / grain imports).
+"""Serving as a user calls it: captions and answers for raw images.
 
-`Predictor(export_dir)` loads params.safetensors + config.json of an export
-(convert/export.py) and answers caption ("Summarize this image:") and VQA
-("question: ... answer:") prompts with greedy decoding. Decoding reuses the
-project's KV-cache loop (metalm_jax.evaluate.decode.greedy: one prefill call
-that docks the image, then one cached step per token); prompts are laid out by
-metalm_jax.evaluate.prompts (left padding, `<image>` T docked positions
-`</image>`).
+    p = Predictor(path)          # an export dir or a training workdir, local or gs://
+    p.caption(images)            -> list[str]   ("Summarize this image:")
+    p.vqa(images, questions)     -> list[str]   ("question: ... answer:")
+
+Each image may be a file path (str / os.PathLike, local or gs://), encoded
+bytes (PNG, JPEG, ...), a PIL image, or a numpy array: uint8 [H, W], [H, W, 3]
+or [H, W, 4], other integer types in [0, 255], or float in [0, 1] (or
+[0, 255]); any size and mode. It is preprocessed by the training pipeline's own
+functions (metalm_jax/data/images.py): `to_rgb` (RGBA composited over white,
+grayscale / palette / CMYK made RGB), then `preprocess_image` at the encoder's
+image_size with the normalisation constants training used: an export's
+config.json `preprocess` section, a workdir's run config `data.image_mean` /
+`image_std`.
+
+`path` is detected: an export dir (params.safetensors + config.json, written
+by convert/export.py) is served without the training stack (no optax / orbax /
+grain imports); a training workdir (config.json + checkpoints/, see
+train/run_files.py) has only the params of its latest checkpoint step restored
+(Orbax, imported only then). The tokenizer is the one stored in either.
+
+Decoding is greedy with the KV cache (metalm_jax.evaluate.decode.greedy);
+prompts are laid out by metalm_jax.evaluate.prompts (left padding, `<image>`,
+T docked positions, `</image>`). Prompts are sorted by length and run in
+batches of `batch_size` rows (fewer, a power of two, when a call has fewer
+prompts); each batch is left-padded to a length bucket (`bucket_length`:
+powers of two >= 16 by default) and a short batch is filled with copies of its
+last prompt, whose answers are dropped. So a compile happens once per (bucket,
+rows, max_new_tokens), not once per new prompt length; padding changes no
+answer (pad positions are segment 0, invisible to the prompt).
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+import os
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
 import jax
 import ml_collections
 import numpy as np
+from PIL import Image as PILImage
 
 from metalm_jax import params_io
 from metalm_jax import storage
 from metalm_jax.convert.serving import next_token_logits
+from metalm_jax.data import images as images_lib
 from metalm_jax.data.formats import CAPTION_PROMPT, VQA_TEMPLATE  # the task formats' prompts
 from metalm_jax.evaluate import decode, prompts
 from metalm_jax.models import metalm
 from metalm_jax.registry import Registry
+
+MIN_BUCKET = 16  # smallest default length bucket
 
 # File extension -> loader(path) -> tokenizer object.
 TOKENIZER_FILES = Registry("tokenizer file type")
@@ -44,74 +71,219 @@ def load_tokenizer(path: str):
   return TOKENIZER_FILES.get(storage.path(path).suffix)(path)
 
 
-def load_export(export_dir: str):
-  """(model config ConfigDict, params numpy tree, config.json dict)."""
+# ------------------------------------------------------------------ loading
+
+class Served(NamedTuple):
+  """What a Predictor serves, wherever it came from."""
+  model_cfg: ml_collections.ConfigDict
+  params: Any                    # numpy tree
+  tokenizer: Optional[str]       # tokenizer file, if the source holds one
+  norm: Dict[str, tuple]         # image_mean, image_std
+  where: str                     # for error messages
+
+
+def load_export(export_dir: str) -> Served:
+  """An export dir (convert/export.py)."""
   params, meta = params_io.load_params(export_dir)
   if not meta or "model" not in meta:
     raise ValueError(f"{export_dir}/config.json has no 'model' section; not an export dir")
-  return ml_collections.ConfigDict(meta["model"]), params, meta
+  tok = storage.join(export_dir, meta["tokenizer"]) if "tokenizer" in meta else None
+  norm = images_lib.norm_constants(meta.get("preprocess"), f"{export_dir}/config.json preprocess")
+  return Served(ml_collections.ConfigDict(meta["model"]), params, tok, norm,
+                f"params dir {export_dir}")
 
+
+def load_workdir(workdir: str, step: Optional[int] = None) -> Served:
+  """A training workdir: its run config and the params of checkpoint `step`
+  (default the latest)."""
+  from metalm_jax.convert import export  # restores through Orbax
+  run_cfg = export.load_run_config(workdir)
+  params, step = export.restore_checkpoint_params(workdir, step)
+  norm = images_lib.norm_constants(run_cfg.get("data"), f"{workdir}/config.json data")
+  return Served(ml_collections.ConfigDict(run_cfg["model"]), params,
+                export.run_tokenizer(run_cfg), norm, f"workdir {workdir} step {step}")
+
+
+def load(path: str, step: Optional[int] = None) -> Served:
+  """An export dir or a training workdir, told apart by their files."""
+  if storage.exists(storage.join(path, params_io.PARAMS_FILE)):
+    if step is not None:
+      raise ValueError(f"step={step} given, but {path!r} is an export dir (one set of params)")
+    return load_export(path)
+  if storage.exists(storage.join(path, "checkpoints")):
+    return load_workdir(path, step)
+  raise FileNotFoundError(f"{path!r} is neither an export dir ({params_io.PARAMS_FILE} + "
+                          f"config.json) nor a training workdir (config.json + checkpoints/)")
+
+
+# ------------------------------------------------------------------- inputs
+
+def bucket_length(length: int, buckets: Optional[Sequence[int]] = None) -> int:
+  """The padded length for a batch whose longest prompt takes `length`
+  positions: buckets None -> the smallest power of two >= max(length, 16);
+  a list -> its smallest entry >= length; () -> `length` (no bucketing)."""
+  if buckets is None:
+    return max(MIN_BUCKET, 1 << (int(length) - 1).bit_length())
+  if not buckets:
+    return int(length)
+  fits = [b for b in buckets if b >= length]
+  if not fits:
+    raise ValueError(f"a prompt of {length} positions is longer than every bucket "
+                     f"(buckets={list(buckets)}); add a larger one")
+  return min(fits)
+
+
+def _check_buckets(buckets) -> Optional[tuple]:
+  if buckets is None:
+    return None
+  out = tuple(sorted(int(b) for b in buckets))
+  if any(b < 1 for b in out):
+    raise ValueError(f"buckets={list(buckets)} must be positive lengths")
+  return out
+
+
+def _decodable(image, where: str):
+  """A user's image as something `images.to_rgb` reads (bytes, PIL, array);
+  refuses what it would read wrongly (normalised or non-pixel arrays)."""
+  if isinstance(image, (str, os.PathLike)):
+    if not storage.exists(image):
+      raise FileNotFoundError(f"{where}: image file {os.fspath(image)!r} does not exist")
+    return storage.read_bytes(image)
+  if isinstance(image, (bytes, bytearray, PILImage.Image)):
+    return image
+  arr = np.asarray(image)
+  if arr.dtype == np.bool_ or arr.dtype.kind not in "uif":
+    raise ValueError(f"{where}: array of dtype {arr.dtype} is not an image (uint8, integer "
+                     f"or float pixels)")
+  if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (1, 2, 3, 4)):
+    raise ValueError(f"{where}: array of shape {arr.shape} is not an image ([H, W] or "
+                     f"[H, W, C] with C in 1..4)")
+  if arr.dtype != np.uint8 and arr.size:
+    lo, hi = float(arr.min()), float(arr.max())
+    if not (np.isfinite(lo) and np.isfinite(hi)) or lo < 0 or hi > 255:
+      raise ValueError(f"{where}: pixel values span [{lo}, {hi}]; pass raw pixels (uint8, or "
+                       f"float in [0, 1] or [0, 255]), not normalised ones")
+  return arr
+
+
+def _image_list(images, name: str = "images") -> List[Any]:
+  if isinstance(images, (str, bytes, bytearray, os.PathLike, PILImage.Image, np.ndarray)):
+    raise TypeError(f"{name} must be a list of images, got one {type(images).__name__}; "
+                    f"wrap a single image in a list")
+  return list(images)
+
+
+# ---------------------------------------------------------------- predictor
 
 class Predictor:
-  """Greedy captioning and VQA from an export dir.
+  """Greedy captioning and VQA on raw images (see the module docstring).
 
   tokenizer: an object with the data Tokenizer's interface; default: the
-  tokenizer file saved in the export dir.
+  tokenizer file stored in the export dir / workdir.
+  batch_size: rows per decoding call. buckets: prompt-length buckets (see
+  `bucket_length`). step: a workdir's checkpoint step (default the latest).
   """
 
-  def __init__(self, export_dir: str, tokenizer: Any = None, max_new_tokens: int = 16):
-    cfg, params, meta = load_export(export_dir)
+  def __init__(self, path: str, tokenizer: Any = None, max_new_tokens: int = 16, *,
+               batch_size: int = 8, buckets: Optional[Sequence[int]] = None,
+               step: Optional[int] = None):
+    self._setup(load(os.fspath(path), step), tokenizer, max_new_tokens, batch_size, buckets)
+
+  @classmethod
+  def from_params(cls, model_cfg, params, tokenizer, max_new_tokens: int = 16, *,
+                  image_mean=images_lib.CLIP_MEAN, image_std=images_lib.CLIP_STD,
+                  batch_size: int = 8, buckets: Optional[Sequence[int]] = None) -> "Predictor":
+    """A Predictor over params in memory (e.g. right after training)."""
+    norm = images_lib.norm_constants(dict(image_mean=image_mean, image_std=image_std),
+                                     "Predictor.from_params")
+    served = Served(ml_collections.ConfigDict(model_cfg), params, None, norm, "params")
+    self = cls.__new__(cls)
+    self._setup(served, tokenizer, max_new_tokens, batch_size, buckets)
+    return self
+
+  def _setup(self, served: Served, tokenizer, max_new_tokens, batch_size, buckets):
+    cfg = served.model_cfg
     self.model_cfg = cfg
     self.model = metalm.build_model(cfg)
-    params_io.check_params(metalm.abstract_variables(self.model)["params"], params,
-                           f"params dir {export_dir}")
-    self.params = jax.tree.map(np.asarray, params)
+    params_io.check_params(metalm.abstract_variables(self.model)["params"], served.params,
+                           served.where)
+    self.params = jax.device_put(jax.tree.map(np.asarray, served.params))
     if tokenizer is None:
-      if "tokenizer" not in meta:
-        raise ValueError(f"{export_dir} holds no tokenizer file; pass tokenizer=")
-      tokenizer = load_tokenizer(storage.join(export_dir, meta["tokenizer"]))
+      if served.tokenizer is None:
+        raise ValueError(f"{served.where} holds no tokenizer file; pass tokenizer=")
+      tokenizer = load_tokenizer(served.tokenizer)
     if tokenizer.vocab_size > cfg.decoder.vocab_size:
       raise ValueError(f"tokenizer vocab_size={tokenizer.vocab_size} > "
                        f"model.decoder.vocab_size={cfg.decoder.vocab_size}")
+    if batch_size < 1:
+      raise ValueError(f"batch_size={batch_size} must be >= 1")
     self.tokenizer = tokenizer
     self.max_new_tokens = max_new_tokens
+    self.batch_size = int(batch_size)
+    self.buckets = _check_buckets(buckets)
+    self.image_mean, self.image_std = served.norm["image_mean"], served.norm["image_std"]
     vits = [n for n in sorted(cfg.encoders) if cfg.encoders[n].type == "vit"]
     self.image_encoder = vits[0] if vits else None
 
-  def _image_part(self, image):
+  def preprocess(self, image, where: str = "image") -> np.ndarray:
+    """A raw image -> the encoder's float32 [S, S, 3] input, exactly as training."""
     if self.image_encoder is None:
-      raise ValueError("the exported model has no 'vit' encoder; it cannot read images")
+      raise ValueError("the served model has no 'vit' encoder; it cannot read images")
+    rgb, _ = images_lib.to_rgb(_decodable(image, where))
+    if rgb is None:
+      raise ValueError(f"{where}: cannot be decoded as an image ({type(image).__name__})")
+    size = self.model_cfg.encoders[self.image_encoder].image_size
+    return images_lib.preprocess_image(rgb, size, self.image_mean, self.image_std)
+
+  def _image_part(self, image, where: str):
     for role in ("image_start", "image_end"):
       if getattr(self.tokenizer, role, None) is None:
         raise ValueError(f"tokenizer has no {role} token (<image> / </image>); add it")
-    arr = np.asarray(image)
-    if not np.issubdtype(arr.dtype, np.floating):
-      raise ValueError(f"image dtype={arr.dtype}: pass float pixels normalised as in training")
-    return prompts.Image(arr.astype(np.float32), encoder=self.image_encoder)
+    return prompts.Image(self.preprocess(image, where), encoder=self.image_encoder)
 
   def generate_ids(self, prompt_parts: Sequence[Sequence[Any]],
                    max_new_tokens: Optional[int] = None) -> List[List[int]]:
-    """Greedy ids per prompt (up to, excluding, eos)."""
-    n = max_new_tokens or self.max_new_tokens
-    tok = self.tokenizer
-    batch = prompts.build_batch(prompt_parts, tok, self.model_cfg)
-    batch = jax.tree.map(np.asarray, batch)
-    res = decode.greedy(self.model, self.params, batch, max_new_tokens=n, eos_id=tok.eos,
-                        pad_id=tok.pad)
-    ids, lengths = np.asarray(res.ids), np.asarray(res.lengths)
-    return [ids[i, :lengths[i]].tolist() for i in range(len(ids))]
+    """Greedy ids per prompt (up to, excluding, eos), in the given order."""
+    n = self.max_new_tokens if max_new_tokens is None else max_new_tokens
+    tok, cfg = self.tokenizer, self.model_cfg
+    parts = list(prompt_parts)
+    if not parts:
+      return []
+    lengths = prompts.prompt_lengths(parts, tok, cfg)
+    order = sorted(range(len(parts)), key=lengths.__getitem__)
+    rows = min(self.batch_size, 1 << (len(parts) - 1).bit_length())
+    out: List[List[int]] = [[] for _ in parts]
+    for start in range(0, len(order), rows):
+      idx = order[start:start + rows]
+      chunk = [parts[i] for i in idx]
+      chunk += [chunk[-1]] * (rows - len(chunk))
+      seq_len = bucket_length(max(lengths[i] for i in idx), self.buckets)
+      batch = prompts.build_batch(chunk, tok, cfg, seq_len=seq_len)
+      res = decode.greedy(self.model, self.params, batch, max_new_tokens=n, eos_id=tok.eos,
+                          pad_id=tok.pad)
+      ids, got = np.asarray(res.ids), np.asarray(res.lengths)
+      for r, i in enumerate(idx):
+        out[i] = ids[r, :got[r]].tolist()
+    return out
 
   def _answer(self, images, texts, max_new_tokens):
-    parts = [[self._image_part(im), prompts.Text(t)] for im, t in zip(images, texts)]
+    parts = [[self._image_part(im, f"images[{i}]"), prompts.Text(t)]
+             for i, (im, t) in enumerate(zip(images, texts))]
     return [self.tokenizer.decode(ids).strip()
             for ids in self.generate_ids(parts, max_new_tokens)]
 
   def caption(self, images: Sequence[Any], max_new_tokens: Optional[int] = None) -> List[str]:
-    """Captions for float images [H, W, 3] (one string each)."""
+    """One caption per image."""
+    images = _image_list(images)
     return self._answer(images, [CAPTION_PROMPT] * len(images), max_new_tokens)
 
   def vqa(self, images: Sequence[Any], questions: Sequence[str],
           max_new_tokens: Optional[int] = None) -> List[str]:
+    """One answer per (image, question) pair."""
+    images = _image_list(images)
+    if isinstance(questions, str):
+      raise TypeError("questions must be a list of strings, got one str; wrap it in a list")
+    questions = list(questions)
     if len(images) != len(questions):
       raise ValueError(f"{len(images)} images but {len(questions)} questions")
     texts = [VQA_TEMPLATE.format(question=q.strip()) for q in questions]

@@ -1,14 +1,19 @@
 """Image decoding and the exact preprocessing the vision encoder expects.
 
-`preprocess_image` is shared by the pipeline, the evaluators and the export
-Predictor: RGB uint8 [H, W, 3] -> bicubic resize to [S, S] (the whole image,
-no crop, so no object is cut off) -> [0, 1] -> (x - mean) / std with CLIP's
-constants (the ViT is CLIP-shaped so CLIP weights import).
+`to_rgb` and `preprocess_image` are shared by the pipeline, the evaluators and
+the serving Predictor (metalm_jax/convert/predictor.py), so a served image goes
+through exactly the training steps: any image -> RGB uint8 [H, W, 3] (RGBA and
+other alpha modes composited over white, grayscale / palette / CMYK converted)
+-> bicubic resize to [S, S] (the whole image, no crop, so no object is cut off)
+-> [0, 1] -> (x - mean) / std, by default with CLIP's constants (the ViT is
+CLIP-shaped so CLIP weights import); a run's constants are
+`config.data.image_mean` / `image_std`, and an export stores them.
 """
 from __future__ import annotations
 
 import io
-from typing import Dict, Optional, Tuple
+import logging
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 from PIL import Image
@@ -18,7 +23,9 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def to_rgb(image) -> Tuple[Optional[np.ndarray], Dict[str, int]]:
-  """Encoded bytes or an array -> (uint8 [H, W, 3] or None if unreadable, counts).
+  """Encoded bytes, a PIL image or an array -> (uint8 [H, W, 3] or None if
+  unreadable, counts). Float arrays are read as [0, 1] when their maximum is
+  <= 1, else as [0, 255]; values outside [0, 255] are clipped.
 
   Counts: `skipped_bad_image` (undecodable, empty or zero-sized),
   `converted_image_mode` (grayscale / RGBA / palette / CMYK / float made RGB).
@@ -27,6 +34,9 @@ def to_rgb(image) -> Tuple[Optional[np.ndarray], Dict[str, int]]:
   try:
     if isinstance(image, (bytes, bytearray, np.bytes_)):
       pil = Image.open(io.BytesIO(bytes(image)))
+      pil.load()
+    elif isinstance(image, Image.Image):
+      pil = image
       pil.load()
     else:
       arr = np.asarray(image)
@@ -64,3 +74,28 @@ def preprocess_image(image: np.ndarray, image_size: int, mean=CLIP_MEAN,
                                                       Image.Resampling.BICUBIC))
   x = image.astype(np.float32) / 255.0
   return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+
+
+def norm_constants(section: Optional[Mapping[str, Any]], where: str
+                   ) -> Dict[str, Tuple[float, float, float]]:
+  """{'image_mean': (r, g, b), 'image_std': (r, g, b)} from a config section
+  (a run config's `data`, an export's `preprocess`). A missing entry gets
+  CLIP's constants (every shipped config's default) with a logged warning; a
+  malformed one raises naming the field."""
+  section = section or {}
+  out = {}
+  for key, default in (("image_mean", CLIP_MEAN), ("image_std", CLIP_STD)):
+    value = section.get(key)
+    if value is None:
+      logging.warning("%s has no %s; using CLIP's %s", where, key, default)
+      value = default
+    try:
+      vals = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+      vals = ()
+    positive = key == "image_std"
+    if len(vals) != 3 or not np.all(np.isfinite(vals)) or (positive and min(vals) <= 0):
+      raise ValueError(f"{where}.{key}={value!r} must be 3 finite numbers"
+                       f"{' > 0' if positive else ''} (R, G, B)")
+    out[key] = vals
+  return out

@@ -10,6 +10,8 @@ sampling settings, eos / pad ids and the length penalty are traced values.
 With `placement=` (metalm_jax/evaluate/placement.py) the loops are jitted with
 explicit shardings: params as placed (e.g. the trainer's FSDP / tensor
 shardings), prompt batch and outputs split over the mesh's batch axes.
+`trace_count()` says how many loops were traced (= compiled) so far, so
+callers that bucket prompt lengths can check that they compile once per bucket.
 
 Outputs (`DecodeResult`):
   ids      int32 [B, max_new_tokens]: generated ids; the eos id is kept where
@@ -21,6 +23,7 @@ Outputs (`DecodeResult`):
 """
 from __future__ import annotations
 
+import collections
 import functools
 from typing import Any, Mapping, NamedTuple, Optional
 
@@ -34,6 +37,13 @@ from metalm_jax.registry import Registry
 
 NEG = -1e9  # score of an impossible hypothesis; finite so sums stay NaN-free
 DECODERS = Registry("decoding method")
+_TRACES = collections.Counter()  # decoding method -> loops traced in this process
+
+
+def trace_count(method: Optional[str] = None) -> int:
+  """Decoding loops traced (each trace is one compile) in this process, for
+  one method ('greedy', 'sample', 'beam') or all of them."""
+  return _TRACES[method] if method else sum(_TRACES.values())
 
 
 class DecodeResult(NamedTuple):
@@ -121,6 +131,7 @@ def sample_logits(logits, rng, temperature, top_k, top_p):
 
 def _select_loop(params, batch, rng, settings, eos_id, pad_id, *, model, max_new_tokens,
                  sampling):
+  _TRACES["sample" if sampling else "greedy"] += 1  # runs once per trace
   b, length = batch["tokens"].shape
   n = max_new_tokens
   cache = init_cache(model, b, length + n)
@@ -206,6 +217,7 @@ def _gather_rows(tree, rows):
 
 def _beam_loop(params, batch, eos_id, pad_id, length_penalty, *, model, beam_size,
                max_new_tokens):
+  _TRACES["beam"] += 1  # runs once per trace
   b, length = batch["tokens"].shape
   k, n = beam_size, max_new_tokens
   lp_norm = lambda steps: jnp.asarray(steps, jnp.float32) ** length_penalty

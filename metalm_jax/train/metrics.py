@@ -31,6 +31,7 @@ import numpy as np
 from clu import metrics as clu_metrics
 
 from metalm_jax import batch as batch_lib
+from metalm_jax import optional
 from metalm_jax import storage
 from metalm_jax.models import layout
 from metalm_jax.train import metrics_log
@@ -227,9 +228,8 @@ def plot_losses(workdir: str, keys: Iterable[str] = ("loss", "eval_loss")) -> Op
   rows = read_metrics(workdir)
   if not rows:
     return None
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  optional.require("matplotlib", "the loss curve (plot_losses)").use("Agg")
+  plt = optional.require("matplotlib.pyplot", "the loss curve (plot_losses)")
   fig, ax = plt.subplots(figsize=(6, 4))
   drawn = False
   for k in keys:
