@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from metalm_jax import batch as batch_lib
-from metalm_jax.data import pipeline, testing
+from metalm_jax.data import pipeline, prepare, testing
 from metalm_jax.data import tokenizer as tok_lib
 from metalm_jax.data.images import CLIP_MEAN, CLIP_STD
 
