@@ -91,11 +91,10 @@ def test_next_token_logits_right_padding(setup):
     np.testing.assert_allclose(got[i], full[i, n - 1], rtol=0, atol=0)
 
 
-def test_export_from_workdir(setup, capsys):
-  workdir = str(setup["tmp"] / "run")
+def test_export_from_workdir(setup, capsys, tmp_path):
   with pytest.raises(FileNotFoundError, match="checkpoints"):
-    export.restore_checkpoint_params(workdir)
-  F.write_workdir(setup, workdir)
+    export.restore_checkpoint_params(str(tmp_path))
+  workdir = F.write_workdir(setup, str(setup["tmp"] / "run"))
   out = str(setup["tmp"] / "from_workdir")
   from metalm_jax.export import main
   assert main([f"--workdir={workdir}", f"--out={out}", f"--seq_len={SEQ_LEN}"]) == 0
@@ -106,6 +105,7 @@ def test_export_from_workdir(setup, capsys):
   for k in a:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
   assert os.path.exists(os.path.join(out, "tokenizer.json"))
+  assert meta["preprocess"]["image_mean"] == list(F.MEAN)  # from the run config
 
 
 def test_wrong_params_are_named(setup, tmp_path):

@@ -127,8 +127,11 @@ def test_gcs_workdir_sigkill_resume_export_eval_predictor(tmp_path, data_dir, re
   from metalm_jax.convert.predictor import Predictor
   pred = Predictor(out, max_new_tokens=3)
   rng = np.random.default_rng(0)
-  caps = pred.caption([rng.uniform(size=(32, 32, 3)).astype(np.float32)])
+  image = rng.uniform(size=(32, 32, 3)).astype(np.float32)  # raw pixels in [0, 1]
+  caps = pred.caption([image])
   assert len(caps) == 1 and isinstance(caps[0], str)
+  # The gs:// workdir itself serves the same (params of its latest step).
+  assert Predictor(work, max_new_tokens=3).caption([image]) == caps
 
   # An eval-only run initialised from the gs:// workdir, writing to another one.
   ev = gcs_bucket + "/eval"
