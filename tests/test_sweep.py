@@ -5,6 +5,7 @@ entry point (2 runs of 1 step on the test world)."""
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -202,6 +203,12 @@ def test_report_numbers_are_the_runs_final_metrics(tmp_path):
     assert cells[5] == f"{final['loss']:.4f}"
   assert table[3][3:] == ["failed", "-", "-", "- |"]
   assert storage.read_bytes(paths["png"])[:8] == b"\x89PNG\r\n\x1a\n"
+  # A sweep directory copied elsewhere reports from its new place.
+  moved = str(tmp_path.parent / "moved")
+  shutil.copytree(root, moved)
+  rows = storage.read_json(report_lib.write(moved, state_lib.load(moved))["json"])["rows"]
+  assert [r["workdir"] for r in rows] == [os.path.join(moved, r["name"]) for r in runs]
+  assert [r["metrics"] for r in rows] == [r["metrics"] for r in rep["rows"]]
   # --metrics picks the columns; one that no run has is named.
   only = report_lib.write(root, state_lib.load(root), ["steps_per_sec"])
   assert storage.read_json(only["json"])["metrics"] == ["steps_per_sec"]

@@ -129,7 +129,9 @@ def plot(sweep: Dict, rows: Sequence[Dict], metrics: Sequence[str]) -> Optional[
     for label, pts in lines.items():
       ax.plot(*zip(*sorted(pts)), marker="o", label=label)
       drawn = True
-    if not numeric:
+    if numeric:
+      ax.set_xticks(sorted(set(xs_all)))
+    else:
       ax.set_xticks(range(len(order)), order)
     ax.set_xlabel(first)
     ax.set_ylabel(m)

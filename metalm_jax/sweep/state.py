@@ -41,8 +41,16 @@ def workdir(root: str, name: str) -> str:
 
 
 def load(root: str) -> Optional[Dict[str, Any]]:
+  """ROOT/sweep.json (None without one), its workdirs under ROOT as given now:
+  a sweep directory copied elsewhere (gs:// -> local) reports from there."""
   path = storage.join(root, SWEEP_FILE)
-  return storage.read_json(path) if storage.exists(path) else None
+  if not storage.exists(path):
+    return None
+  sweep = storage.read_json(path)
+  sweep["root"] = storage.join(root)
+  for run in sweep["runs"]:
+    run["workdir"] = workdir(root, run["name"])
+  return sweep
 
 
 def save(root: str, sweep: Dict[str, Any]) -> str:
