@@ -13,6 +13,7 @@ from metalm_jax.data import pipeline
 from metalm_jax.models import decoder as decoder_lib
 from metalm_jax.models import metalm, stack
 from metalm_jax.train import trainer as trainer_lib
+from tests.test_train_standin import CACHE_DIR
 
 SMALL = dict(num_layers=1, emb_dim=32, num_heads=2, mlp_dim=64)
 
@@ -116,5 +117,6 @@ def test_tiny_variant_trains_one_step(data_dir, tmp_path, arg):
   c.metrics.peak_flops = 1e12
   c.checkpoint.async_save = False
   c.mesh.update(data=1, fsdp=1, tensor=1)
+  c.compilation_cache_dir = CACHE_DIR  # the same programs compile once per machine
   out = trainer_lib.train(c, str(tmp_path / "run"), devices=jax.devices()[:1])
   assert out["step"] == 1 and np.isfinite(out["loss"]) and out["loss"] > 0
