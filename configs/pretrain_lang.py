@@ -4,15 +4,29 @@ bidirectional language encoder (spans of the text go through the encoder).
     python -m metalm_jax.main --config=configs/pretrain_lang.py:size=tiny --workdir=/tmp/lang
     python -m metalm_jax.main --config=configs/pretrain_lang.py:size=paper --workdir=gs://...
 
+    python -m metalm_jax.main --config=configs/pretrain_lang.py:size=tiny,baseline=gpt \
+        --workdir=/tmp/gpt
+    python -m metalm_jax.main --config=configs/pretrain_lang.py:size=tiny,norm=deepnorm \
+        --workdir=/tmp/lang_deepnorm
+
 arg keys: size (tiny | paper), steps (0 = the size's default),
-runlocal (a 100-step smoke run on one machine).
+runlocal (a 100-step smoke run on one machine),
+norm (pre | post | deepnorm; "" = the size's: pre-LN in tiny, DeepNorm in
+paper, as the paper's language-only decoder),
+baseline (gpt: the same-size decoder-only GPT, presets.gpt_baseline: the same
+decoder and tokens, no encoder, every row plain causal LM text over the same
+token stream; "" = MetaLM).
 size=paper is the paper's recipe: 300k steps of 1024 x 2048 tokens, Adam lr
 6e-4 with warm-up; the language encoder frozen except its top 2 layers
 (optimizer group `frozen_text_encoder`, a lookahead regex).
 """
 from configs import common
 from metalm_jax import presets
+from metalm_jax.models import layers
 from metalm_jax.train import config_defaults
+
+# arg baseline= -> (model config builder, data config builder)
+BASELINES = {"gpt": (presets.gpt_baseline, presets.gpt_baseline_data)}
 
 # size -> model / data preset (metalm_jax/presets.py) and the run's settings.
 SIZES = {
@@ -30,12 +44,18 @@ def frozen_encoder_regex(num_layers: int, top: int = 2, name: str = "text") -> s
 
 
 def get_config(arg=None):
-  a = common.parse_arg(arg, size="tiny", steps=0, runlocal=False)
+  a = common.parse_arg(arg, size="tiny", steps=0, runlocal=False, norm="", baseline="")
   s = common.pick_size(a, SIZES)
+  if a.norm and a.norm not in layers.NORM_STYLES:
+    raise ValueError(f"config arg norm={a.norm!r} is unknown; known: {layers.NORM_STYLES}")
+  if a.baseline and a.baseline not in BASELINES:
+    raise ValueError(f"config arg baseline={a.baseline!r} is unknown; known: {sorted(BASELINES)}")
   c = config_defaults.trainer_config()
   c.model = presets.model_config(s.model)
   if a.size == "tiny":  # language-only: the text encoder, no vision
     c.model.encoders = {"text": c.model.encoders.text}
+  if a.norm:
+    c.model.decoder.norm = a.norm
   c.data = presets.data_config("lang", s.data)
   c.batch_size = s.batch
   c.total_steps = a.steps or s.steps
@@ -44,9 +64,14 @@ def get_config(arg=None):
   c.optimizer = config_defaults.optimizer(lr=s.lr, b1=0.9, b2=0.98, weight_decay=0.01,
                                           warmup_steps=s.warmup, decay="cosine",
                                           end_lr_frac=0.1)
-  enc_layers = c.model.encoders.text.num_layers
-  c.optimizer.groups = {"frozen_text_encoder": dict(
-      regex=frozen_encoder_regex(enc_layers, min(2, enc_layers - 1)), frozen=True, lr_mult=1.0)}
+  if a.baseline:
+    model_fn, data_fn = BASELINES[a.baseline]
+    c.model, c.data = model_fn(c.model), data_fn(c.data)
+  else:
+    enc_layers = c.model.encoders.text.num_layers
+    c.optimizer.groups = {"frozen_text_encoder": dict(
+        regex=frozen_encoder_regex(enc_layers, min(2, enc_layers - 1)), frozen=True,
+        lr_mult=1.0)}
   if a.size == "paper":
     c.mesh.update(data=1, fsdp=-1, tensor=1)
   if a.runlocal:

@@ -5,6 +5,7 @@ these; the library never imports configs/. Every field can still be
 overridden on the command line (`--config.model.decoder.num_layers=6`).
 
     model_config("tiny" | "bench" | "paper_vl" | "paper_lang")
+    gpt_baseline(model_cfg), gpt_baseline_data(data_cfg)   the same-size GPT
     data_config("vl" | "lang", size)   same size names (the data preset)
     logical_rules()                    logical axis -> mesh axes
     decoder / vit / bert / connector / stack_options: one component each
@@ -99,13 +100,14 @@ def _paper_vl():
 
 
 def _paper_lang():
-  """Paper language-only: decoder 24x2048, 32 heads, vocab 64k (~1.3B);
-  language encoder 24x1024, 16 heads (~366M); linear connector. Layers
-  scanned; the decoder rematerialised ('full')."""
+  """Paper language-only: decoder 24x2048, 32 heads, vocab 64k (~1.3B), DeepNorm
+  (the paper's; alpha = (2N)^(1/4), beta = (8N)^(-1/4) for N = 24 decoder
+  layers, models/stack.py); language encoder 24x1024, 16 heads (~366M);
+  linear connector. Layers scanned; the decoder rematerialised ('full')."""
   return ConfigDict(dict(
       dtype="bfloat16",
       decoder=decoder(vocab_size=64000, num_layers=24, emb_dim=2048, num_heads=32, mlp_dim=8192,
-                      max_len=2048, positions="sinusoidal",
+                      max_len=2048, positions="sinusoidal", norm="deepnorm",
                       **stack_options(scan_layers=True, remat_policy="full")),
       encoders=dict(text=bert(vocab_size=64000, max_items=8, max_len=128, num_layers=24,
                               emb_dim=1024, num_heads=16, mlp_dim=4096, max_positions=512,
@@ -120,6 +122,28 @@ def model_config(size: str) -> ConfigDict:
   if size not in MODEL_SIZES:
     raise ValueError(f"size={size!r} is unknown; known: {sorted(MODEL_SIZES)}")
   return MODEL_SIZES[size]()
+
+
+def gpt_baseline(model_cfg) -> ConfigDict:
+  """The same-size decoder-only GPT of a MetaLM model config: the same `decoder`
+  section (sizes, vocabulary, norm, positions, compute options) and `dtype`,
+  and no encoders (so no connectors): its params are exactly MetaLM's
+  `decoder/...` params. The baseline the paper compares MetaLM with."""
+  out = ConfigDict(model_cfg.to_dict())
+  out.encoders = {}
+  return out
+
+
+def gpt_baseline_data(data_cfg) -> ConfigDict:
+  """A data config whose rows are plain causal LM text: the same token stream
+  as `data_cfg` (packing does not depend on spans) with semi-causal spans off
+  (`spans.encoder` empty, no caption prefix), so nothing is docked and every
+  next token is trained. Mixture sources that need an encoder (images) stop
+  the pipeline with an error naming the task."""
+  out = ConfigDict(data_cfg.to_dict())
+  out.spans.encoder = ""
+  out.spans.prefix_max = 0
+  return out
 
 
 # ---- logical axis rules ---------------------------------------------------------

@@ -13,6 +13,7 @@ from tests.model_fixtures import small_model_cfg
 class FakeTokenizer:
   """Word-level tokenizer over a fixed word list (ids from 5 up)."""
   pad, bos, eos, image_start, image_end = 0, 1, 2, 3, 4
+  eod = eos  # `</s>`, as the SentencePiece tokenizer
   WORDS = ("question: answer: caption: a cat dog red blue sky is the what color yes no "
            "two 2 positive negative great awful film movie ok it was").split()
 

@@ -184,7 +184,7 @@ def test_icl_layout_docking_and_demonstration_order(env):
   demos = E.demonstrations(pool, 2, 2, 7)
   assert demos == E.demonstrations(pool, 2, 2, 7)  # seeded
   assert len({d.index for d in demos[0]}) == 2     # distinct
-  parts = P.icl_parts([(d.parts, d.label) for d in demos[0]], examples[0].parts)
+  parts = P.icl_parts([(d.parts, d.label) for d in demos[0]], examples[0].parts, env.tokenizer)
   need = E.items_needed(parts, env.model.cfg)
   assert need == {"vision": 3}
   model = E.with_max_items(env.model, need)
@@ -203,13 +203,15 @@ def test_icl_layout_docking_and_demonstration_order(env):
     pix = b["encoders"]["vision"]["pixels"][0, k]
     src = (demos[0][k] if k < 2 else examples[0]).parts[0].pixels
     np.testing.assert_array_equal(pix, src)
-  # Between images: question (plain), then the demonstration's label (plain tokens).
+  # Between images: question (plain), the demonstration's label (plain
+  # tokens), then </s> as in its training row (tests/test_formats.py compares
+  # whole demonstrations with rows).
   for k in range(2):
     seg = tokens[starts[k] + t + 2:starts[k + 1]]
     assert not dock[starts[k] + t + 2:starts[k + 1]].any()
     d = demos[0][k]
     q = d.parts[1].text
-    assert list(seg) == tok.encode(q) + tok.encode(d.label)
+    assert list(seg) == tok.encode(q) + tok.encode(d.label) + [tok.eod]
   # The raised-max_items model gives the same logits on a one-image prompt.
   one = P.build_batch([examples[0].parts], tok, env.model.cfg)
   one3 = P.build_batch([examples[0].parts], tok, model.cfg)
@@ -222,10 +224,11 @@ def test_icl_evaluator_runs_all_shots(env):
            shots=(0, 2), bucket=128)
   res, rows = E.EVALUATORS.get("icl")(env, ev)
   assert set(res) >= {"k0/accuracy", "k2/accuracy"}
-  # k=2 prompts hold two demonstrations' labels followed by the query.
+  # k=2 prompts hold two demonstrations, each ending in its label and </s>, then the query.
   for r in rows:
     assert r["k2"]["prompt"].count("answer:") == 3
     assert r["k0"]["prompt"].count("answer:") == 1
+    assert r["k2"]["prompt"].count(" </s> ") == 2 and "</s>" not in r["k0"]["prompt"]
     assert r["k2"]["prompt"].endswith(r["k0"]["prompt"])
   labels = np.array([formats.NLI_WORDS.index(r["references"][0]) for r in rows])
   for k in (0, 2):

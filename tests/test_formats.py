@@ -132,3 +132,76 @@ def test_bad_fields_are_skipped_alike(world):
     assert not out["ok"] and stats[key] == 1, (name, key)
     fmt = formats.FORMATS.get(name)
     assert E.make_example(fmt, fields, env, E.resolve(dict(type="vqa"))) is None
+
+
+def _docked(b, r, enc_cfgs):
+  """(encoder, item, element) of every docked position of row r, None elsewhere."""
+  offs = batch_lib.dock_offsets(enc_cfgs)
+  out = []
+  for m, d in zip(b["dock_mask"][r], b["dock_index"][r]):
+    name = m and max((n for n in offs if offs[n] <= d), key=lambda n: offs[n])
+    t = m and batch_lib.slot_length(enc_cfgs[name])
+    out.append((name, int(d - offs[name]) // t, int(d - offs[name]) % t) if m else None)
+  return out
+
+
+def _item_arrays(b, r, name, item):
+  return {k: v[r, item] for k, v in b["encoders"][name].items()}
+
+
+@pytest.mark.parametrize("name", ["vqa", "nli"])
+def test_icl_demonstrations_are_training_rows(world, name):
+  """An in-context prompt of 2 demonstrations and a query (prompts.icl_parts,
+  as the icl evaluator builds it): each demonstration is, token for token, its
+  record's training row (tasks.TASKS) without the row's `<s>`, the `</s>` after
+  the answer included; demonstrations in the given order; every docked
+  position (image vectors, encoded premise) of each demonstration and of the
+  query is where its row / evaluation prompt docks it, on the prompt's next
+  encoder items in order, with the same encoder inputs."""
+  cfg, tok = world
+  fmt, src = formats.FORMATS.get(name), sources.SOURCES.get(SOURCE[name])
+  recs = pipeline.data_source(cfg.data, SOURCE[name], "train")
+  ctx, env = pipeline.make_context(cfg, tok), _env(cfg, tok)
+  ev = E.resolve(dict(type="icl"))
+  fields = [src.extract(recs[i], np.random.default_rng([0, 0, i])) for i in range(3)]
+  rows = [tasks.TASKS.get(name)(ctx, copy.deepcopy(f), np.random.default_rng([0, 0, i]),
+                                tasks.new_stats())["row"] for i, f in enumerate(fields)]
+  exs = [E.make_example(fmt, f, env, ev) for f in fields]
+  order = [1, 0]  # demonstrations out of record order; record 2 is the query
+  parts = prompts.icl_parts([(exs[i].parts, exs[i].label) for i in order], exs[2].parts, tok)
+  model_cfg = E.with_max_items(env.model, E.items_needed(parts, cfg.model)).cfg
+  b = prompts.build_batch([parts], tok, model_cfg)
+  got = _docked(b, 0, model_cfg.encoders)
+  assert b["tokens"][0, 0] == tok.bos and list(b["tokens"][0]).count(tok.bos) == 1
+  query = prompts.build_batch([exs[2].parts], tok, cfg.model)
+  # (tokens, docking, batch) of each piece after the prompt's one <s>.
+  pieces = [(rows[i]["tokens"][1:int((rows[i]["segment_ids"] > 0).sum())],
+             _docked({k: v[None] for k, v in rows[i].items() if k != "encoders"}, 0,
+                     cfg.model.encoders)[1:], {"encoders": {
+                         n: {k: v[None] for k, v in e.items()}
+                         for n, e in rows[i]["encoders"].items()}}) for i in order]
+  pieces.append((query["tokens"][0, 1:], _docked(query, 0, cfg.model.encoders)[1:], query))
+  start, base = 1, {}
+  for p, (toks, docked, src_b) in enumerate(pieces):
+    n = len(toks)
+    np.testing.assert_array_equal(b["tokens"][0, start:start + n], toks, err_msg=f"piece {p}")
+    if p < 2:  # a demonstration ends with its answer, then </s>
+      assert toks[-1] == tok.eod and tok.decode(toks).endswith(exs[order[p]].label)
+    used = {}
+    for g, d in zip(got[start:start + n], docked):
+      assert (g is None) == (d is None), f"piece {p}: docked positions differ"
+      if d is not None:
+        enc, item, j = d
+        assert g == (enc, base.get(enc, 0) + item, j), (p, g, d)
+        used[enc] = max(used.get(enc, 0), item + 1)
+    assert used, f"piece {p} docks nothing"
+    for enc, k in used.items():  # the encoder inputs of each item moved along
+      for item in range(k):
+        want = _item_arrays(src_b, 0, enc, item)
+        have = _item_arrays(b, 0, enc, base.get(enc, 0) + item)
+        for key in want:
+          np.testing.assert_allclose(have[key], want[key], atol=1e-6,
+                                     err_msg=f"piece {p} {enc}.{key} item {item}")
+      base[enc] = base.get(enc, 0) + k
+    start += n
+  assert start == b["tokens"].shape[1]  # nothing else in the prompt

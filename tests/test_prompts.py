@@ -64,7 +64,8 @@ def test_icl_layout_docks_each_demonstration_to_its_own_item(cfg):
   batch_lib.validate_batch(b, cfg3, cfg3.decoder.vocab_size)
   off3 = batch_lib.dock_offsets(cfg3.encoders)
   toks, dm, di = b["tokens"][0], b["dock_mask"][0], b["dock_index"][0]
-  demo_len = 1 + t + 1 + 3 + 2  # <image> span </image> question: what color answer: label
+  # <image> span </image> question: what color | answer: label | </s>
+  demo_len = 1 + t + 1 + 3 + 2 + 1
   starts = [1, 1 + demo_len, 1 + 2 * demo_len]
   for item, s in enumerate(starts):
     assert toks[s] == tok.image_start and toks[s + t + 1] == tok.image_end
@@ -72,10 +73,14 @@ def test_icl_layout_docks_each_demonstration_to_its_own_item(cfg):
     np.testing.assert_array_equal(di[s + 1:s + 1 + t], off3["vision"] + item * t + np.arange(t))
     np.testing.assert_array_equal(toks[s + t + 2:s + t + 5], tok.encode("question: what color"))
     assert not dm[s + t + 2:s + t + 5].any()
-  # Labels are plain tokens, in demonstration order; the query ends with "answer:".
-  np.testing.assert_array_equal(toks[starts[0] + t + 5:starts[1]], tok.encode("answer: red"))
-  np.testing.assert_array_equal(toks[starts[1] + t + 5:starts[2]], tok.encode("answer: blue"))
+  # Labels are plain tokens, each followed by </s>, in demonstration order;
+  # the query ends with "answer:" (no </s>, one <s> in front of everything).
+  np.testing.assert_array_equal(toks[starts[0] + t + 5:starts[1]],
+                                tok.encode("answer: red") + [tok.eod])
+  np.testing.assert_array_equal(toks[starts[1] + t + 5:starts[2]],
+                                tok.encode("answer: blue") + [tok.eod])
   assert not dm[starts[0] + t + 5:starts[1]].any()
+  assert list(toks).count(tok.bos) == 1 and list(toks).count(tok.eod) == 2
   assert toks[-1] == tok.encode("answer:")[0] and len(toks) == starts[2] + t + 6
   pixels = b["encoders"]["vision"]["pixels"][0]
   np.testing.assert_array_equal(pixels[:, 0, 0, 0], [1.0, 2.0, 3.0])
@@ -88,17 +93,18 @@ def test_icl_text_demonstrations_go_through_the_language_encoder(cfg):
   b = prompts.build_icl_batch([(demos, [prompts.EncodedText("awful movie")]),
                                ([], [prompts.EncodedText("ok")])], tok, cfg)
   batch_lib.validate_batch(b, cfg, cfg.decoder.vocab_size)
-  # Row 0: bos [great film] positive [awful movie]
-  np.testing.assert_array_equal(b["tokens"][0], [tok.bos] + tok.encode("great film positive awful movie"))
-  np.testing.assert_array_equal(b["dock_mask"][0], [False, True, True, False, True, True])
+  # Row 0: bos [great film] positive </s> [awful movie]
+  np.testing.assert_array_equal(b["tokens"][0], [tok.bos] + tok.encode("great film positive")
+                                + [tok.eod] + tok.encode("awful movie"))
+  np.testing.assert_array_equal(b["dock_mask"][0], [False, True, True, False, False, True, True])
   t = cfg.encoders.text.max_len
-  np.testing.assert_array_equal(b["dock_index"][0], [0, off["text"], off["text"] + 1, 0,
+  np.testing.assert_array_equal(b["dock_index"][0], [0, off["text"], off["text"] + 1, 0, 0,
                                                      off["text"] + t, off["text"] + t + 1])
   np.testing.assert_array_equal(b["encoders"]["text"]["tokens"][0, 1, :2], tok.encode("awful movie"))
   # Row 1 (k=0): left padded, its one item is item 0.
-  np.testing.assert_array_equal(b["segment_ids"][1], [0, 0, 0, 0, 1, 1])
-  np.testing.assert_array_equal(b["dock_mask"][1], [False] * 5 + [True])
-  assert b["dock_index"][1, 5] == off["text"]
+  np.testing.assert_array_equal(b["segment_ids"][1], [0, 0, 0, 0, 0, 1, 1])
+  np.testing.assert_array_equal(b["dock_mask"][1], [False] * 6 + [True])
+  assert b["dock_index"][1, 6] == off["text"]
 
 
 def test_bad_inputs_name_the_field(cfg):
@@ -114,4 +120,8 @@ def test_bad_inputs_name_the_field(cfg):
   with pytest.raises(ValueError, match="not a 'vit' encoder"):
     prompts.build_batch([[prompts.Image(image(cfg, 0.0), encoder="text")]], tok, cfg)
   with pytest.raises(ValueError, match=r"demonstrations\[0\]"):
-    prompts.icl_parts([([prompts.Text("a")], "b", "c")], [])
+    prompts.icl_parts([([prompts.Text("a")], "b", "c")], [], tok)
+  with pytest.raises(ValueError, match=r"Tokens.ids has id 9999 >= model.decoder.vocab_size"):
+    prompts.build_batch([[prompts.Tokens((9999,))]], tok, cfg)
+  with pytest.raises(ValueError, match=r"Tokens.ids=\(\) must be"):
+    prompts.Tokens(())

@@ -21,6 +21,13 @@ A row or prompt, left to right ([..] = docked, * = trained in a row):
             of `captions` (drawn per row in training, the first in
             evaluation); tokenised on its own, then `</s>`.
 
+In-context prompts (evaluate/prompts.py `icl_parts`) use exactly these
+separators: `<s>`, then each demonstration laid out as its training row
+without the row's `<s>` (images, encoded text, prompt, answer, `</s>`), then
+the query as its evaluation prompt without `<s>`:
+
+    <s> (demo inputs  prompt  answer </s>)*  query inputs  prompt
+
 When a row is too short, the encoded text is cut first, then the prompt
 (leaving the answer `answer_room` positions, default all of it), then the
 answer (counted as truncated_text). `caption` (pretraining) has no prompt
@@ -46,6 +53,25 @@ CAPTION_TEMPLATES = ("caption:", "summarize this image:", "describe the picture:
 VQA_TEMPLATES = (VQA_TEMPLATE, "{question} answer briefly:", "look at the picture. {question}")
 NLI_TEMPLATES = (NLI_TEMPLATE, "does it follow that {hypothesis} true, false or neither:",
                  "hypothesis: {hypothesis} true, false or neither?")
+
+
+# The id after every answer, in training rows and in-context demonstrations:
+# the tokenizer attribute `eod` (`</s>`, end of document / answer).
+ANSWER_END = "eod"
+ANSWER_END_TEXT = "</s>"  # how prompts show it
+
+
+def answer_end_id(tokenizer) -> int:
+  """The `</s>` id that ends every answer (`ANSWER_END` of the tokenizer)."""
+  if not hasattr(tokenizer, ANSWER_END):
+    raise ValueError(f"tokenizer {type(tokenizer).__name__} has no {ANSWER_END!r} id "
+                     "(the end-of-answer token)")
+  return int(getattr(tokenizer, ANSWER_END))
+
+
+def answer_ids(tokenizer, text: str) -> List[int]:
+  """An answer as trained and demonstrated: its tokens (on their own), then `</s>`."""
+  return list(tokenizer.encode(text)) + [answer_end_id(tokenizer)]
 
 
 def majority_answer(answers: Sequence[str]) -> str:

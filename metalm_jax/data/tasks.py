@@ -144,7 +144,7 @@ def supervised_task(fmt: formats_lib.Format, ctx: Context, fields, rng, stats):
   pixels = [_image(ctx, parsed.fields[k], stats) for k in fmt.images]
   if any(p is None for p in pixels):
     return {"ok": False, "stats": stats}
-  answer = tok.encode(fmt.target(parsed, rng)) + [tok.eod]
+  answer = formats_lib.answer_ids(tok, fmt.target(parsed, rng))
   prompt = tok.encode(fmt.prompt(parsed, template)) if template else []
   row = spans_lib.Row(ctx.seq_len, tok.pad)
   _images_head(ctx, row, len(pixels))
@@ -184,7 +184,7 @@ def caption_task(ctx: Context, fields, rng, stats):
     k = int(rng.integers(0, min(ctx.prefix_max, len(ids) - 1) + 1))
   if k:
     row.add_span(k, ctx.text, 0, tokens=ids[:k])
-  row.add_tokens(ids[k:] + [ctx.tokenizer.eod], train=True)
+  row.add_tokens(ids[k:] + [formats_lib.answer_end_id(ctx.tokenizer)], train=True)
   return _finish(ctx, row, [pixels], stats)
 
 

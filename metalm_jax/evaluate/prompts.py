@@ -9,7 +9,10 @@ A prompt is a list of parts:
                     the same token of its own item of a language encoder
                     (the decoder input id there is the original token);
                     `ids` gives the tokens when they are not `encode(text)`
-                    (a piece of a longer text cut at a token boundary).
+                    (a piece of a longer text cut at a token boundary);
+  Tokens(ids)       raw decoder ids, not docked (special tokens that text
+                    cannot carry, e.g. the `</s>` after an ICL demonstration);
+                    `text` is only how the predictions file shows them.
 Encoder items are numbered in order of appearance within each example.
 
 The tokenizer is any object with `encode(str) -> list[int]`, `decode` and the
@@ -25,6 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from metalm_jax import batch as batch_lib
+from metalm_jax.data import formats as formats_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +50,17 @@ class EncodedText:
   ids: Optional[Tuple[int, ...]] = None  # the tokens; default: encode(text)
 
 
-Part = Any  # Text | Image | EncodedText
+@dataclasses.dataclass(frozen=True)
+class Tokens:
+  ids: Tuple[int, ...]
+  text: str = ""  # display only (predictions files)
+
+  def __post_init__(self):
+    if not self.ids or any(not isinstance(i, (int, np.integer)) or i < 0 for i in self.ids):
+      raise ValueError(f"Tokens.ids={self.ids!r} must be a non-empty tuple of ids >= 0")
+
+
+Part = Any  # Text | Image | EncodedText | Tokens
 
 
 @dataclasses.dataclass
@@ -81,7 +95,8 @@ def _new_item(row: _Row, model_cfg, name: str, value) -> int:
 
 @functools.singledispatch
 def _lay_out(part, row: _Row, tok, model_cfg, offsets) -> None:
-  raise TypeError(f"prompt part of type {type(part).__name__} is not Text, Image or EncodedText")
+  raise TypeError(f"prompt part of type {type(part).__name__} is not Text, Image, "
+                  "EncodedText or Tokens")
 
 
 @_lay_out.register
@@ -89,6 +104,15 @@ def _(part: Text, row, tok, model_cfg, offsets):
   ids = list(tok.encode(part.text))
   row.tokens += ids
   row.dock += [-1] * len(ids)
+
+
+@_lay_out.register
+def _(part: Tokens, row, tok, model_cfg, offsets):
+  vocab = model_cfg.decoder.vocab_size
+  if max(part.ids) >= vocab:
+    raise ValueError(f"Tokens.ids has id {max(part.ids)} >= model.decoder.vocab_size={vocab}")
+  row.tokens += [int(i) for i in part.ids]
+  row.dock += [-1] * len(part.ids)
 
 
 @_lay_out.register
@@ -185,25 +209,25 @@ def build_batch(prompts: Sequence[Sequence[Part]], tokenizer, model_cfg,
 
 
 def icl_parts(demonstrations: Sequence[Tuple[Sequence[Part], str]], query: Sequence[Part],
-              separator: str = "") -> List[Part]:
-  """In-context layout: each demonstration's input parts (docked through its
-  own encoder item), its label as plain tokens (followed by `separator` when
-  non-empty), in the given order; then the query parts."""
+              tokenizer) -> List[Part]:
+  """In-context layout, with exactly the separators of training rows
+  (data/formats.py): each demonstration's input parts (docked through its own
+  encoder items), its label as plain tokens, then `</s>`, in the given order;
+  then the query parts. `build_batch` adds the one `<s>` in front."""
+  end = Tokens((formats_lib.answer_end_id(tokenizer),), formats_lib.ANSWER_END_TEXT)
   parts: List[Part] = []
   for i, demo in enumerate(demonstrations):
     if len(demo) != 2:
       raise ValueError(f"demonstrations[{i}] must be (input_parts, label), got {len(demo)} fields")
     inputs, label = demo
     parts += list(inputs)
-    parts.append(Text(label))
-    if separator:
-      parts.append(Text(separator))
+    parts += [Text(label), end]
   return parts + list(query)
 
 
 def build_icl_batch(examples: Sequence[Tuple[Sequence[Tuple[Sequence[Part], str]], Sequence[Part]]],
                     tokenizer, model_cfg, seq_len: Optional[int] = None,
-                    separator: str = "", add_bos: bool = True) -> Dict[str, Any]:
+                    add_bos: bool = True) -> Dict[str, Any]:
   """One row per (demonstrations, query) pair, laid out by `icl_parts`."""
-  return build_batch([icl_parts(d, q, separator) for d, q in examples], tokenizer, model_cfg,
+  return build_batch([icl_parts(d, q, tokenizer) for d, q in examples], tokenizer, model_cfg,
                      seq_len=seq_len, add_bos=add_bos)

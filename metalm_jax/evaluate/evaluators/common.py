@@ -71,7 +71,7 @@ class Env:
 @dataclasses.dataclass
 class Example:
   index: int
-  parts: List[Any]            # the query prompt (prompts.Text / Image / EncodedText)
+  parts: List[Any]            # the query prompt (prompts.Text / Image / EncodedText / Tokens)
   label: str                  # the answer as plain text (ICL demonstrations, generation target)
   refs: List[str]             # references for the metric
   label_id: int = -1          # class index (classify / icl on classes)
@@ -86,7 +86,8 @@ def mean(values: Sequence[float], what: str) -> float:
 
 
 def prompt_text(parts) -> str:
-  """A prompt for the predictions file: `<image>`, [encoded text], plain text."""
+  """A prompt for the predictions file: `<image>`, [encoded text], plain text,
+  raw tokens by their display text (`</s>`)."""
   out = []
   for p in parts:
     if isinstance(p, prompts.Image):

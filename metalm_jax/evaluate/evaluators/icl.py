@@ -1,6 +1,7 @@
 """`icl`: in-context learning. For k in `shots`: k demonstrations from the
-train split (each input through the encoders on its own items, its label as
-plain tokens), then the query; label formats rank the label words, VQA and
+train split (each laid out as its training row: input through the encoders
+on its own items, prompt, label as plain tokens, `</s>`; prompts.icl_parts),
+then the query; label formats rank the label words, VQA and
 caption formats generate (VQA accuracy; BLEU-4 / CIDEr). The encoders'
 `max_items` are raised to what k + 1 examples need on a copy of the model
 config (params do not depend on max_items)."""
@@ -90,8 +91,8 @@ def eval_icl(env: common.Env, ev):
   out: Dict[str, float] = {"examples": len(exs), "skipped": skipped}
   rows: List[Dict[str, Any]] = [{"index": e.index, "references": e.refs} for e in exs]
   for k in shots:
-    batch_prompts = [prompts.icl_parts([(d.parts, d.label) for d in ds[:k]], e.parts)
-                     for ds, e in zip(demos, exs)]
+    batch_prompts = [prompts.icl_parts([(d.parts, d.label) for d in ds[:k]], e.parts,
+                                       env.tokenizer) for ds, e in zip(demos, exs)]
     need: Dict[str, int] = {}
     for p in batch_prompts:
       for n, c in items_needed(p, env.model.cfg).items():
