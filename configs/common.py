@@ -1,4 +1,5 @@
-"""Shared pieces of the experiment files: the `arg` string parser.
+"""Shared pieces of the experiment files: the `arg` string parser and the
+pretraining configs' common body.
 
 Each configs/*.py is an experiment file (big_vision style): `get_config(arg)`
 parses "size=tiny,runlocal" with `parse_arg` and builds its ConfigDict from
@@ -10,6 +11,9 @@ field can then be overridden on the command line:
 from __future__ import annotations
 
 import ml_collections as mlc
+
+from metalm_jax import presets
+from metalm_jax.train import config_defaults
 
 
 def parse_arg(arg, **defaults):
@@ -39,3 +43,21 @@ def pick_size(a, sizes) -> mlc.ConfigDict:
   if a.size not in sizes:
     raise ValueError(f"config arg size={a.size!r} is unknown; known: {sorted(sizes)}")
   return mlc.ConfigDict(sizes[a.size])
+
+
+def pretrain_config(a, s, kind: str, decay: str, end_lr_frac: float) -> mlc.ConfigDict:
+  """The body both pretraining files share: the size's model and data presets
+  (`kind`: vl | lang), batch, steps, logging and checkpoint cadence, and the
+  paper's AdamW (b = 0.9, 0.98; weight decay 0.01) with the size's lr and
+  warm-up. `a`: parsed args (steps), `s`: the picked size."""
+  c = config_defaults.trainer_config()
+  c.model = presets.model_config(s.model)
+  c.data = presets.data_config(kind, s.data)
+  c.batch_size = s.batch
+  c.total_steps = a.steps or s.steps
+  c.log_every, c.eval_every = s.log, s.eval
+  c.checkpoint.every_steps = s.ckpt
+  c.optimizer = config_defaults.optimizer(lr=s.lr, b1=0.9, b2=0.98, weight_decay=0.01,
+                                          warmup_steps=s.warmup, decay=decay,
+                                          end_lr_frac=end_lr_frac)
+  return c

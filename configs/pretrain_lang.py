@@ -50,20 +50,11 @@ def get_config(arg=None):
     raise ValueError(f"config arg norm={a.norm!r} is unknown; known: {layers.NORM_STYLES}")
   if a.baseline and a.baseline not in BASELINES:
     raise ValueError(f"config arg baseline={a.baseline!r} is unknown; known: {sorted(BASELINES)}")
-  c = config_defaults.trainer_config()
-  c.model = presets.model_config(s.model)
+  c = common.pretrain_config(a, s, "lang", decay="cosine", end_lr_frac=0.1)
   if a.size == "tiny":  # language-only: the text encoder, no vision
     c.model.encoders = {"text": c.model.encoders.text}
   if a.norm:
     c.model.decoder.norm = a.norm
-  c.data = presets.data_config("lang", s.data)
-  c.batch_size = s.batch
-  c.total_steps = a.steps or s.steps
-  c.log_every, c.eval_every = s.log, s.eval
-  c.checkpoint.every_steps = s.ckpt
-  c.optimizer = config_defaults.optimizer(lr=s.lr, b1=0.9, b2=0.98, weight_decay=0.01,
-                                          warmup_steps=s.warmup, decay="cosine",
-                                          end_lr_frac=0.1)
   if a.baseline:
     model_fn, data_fn = BASELINES[a.baseline]
     c.model, c.data = model_fn(c.model), data_fn(c.data)

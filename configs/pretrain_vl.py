@@ -10,7 +10,6 @@ b=(0.9, 0.98), wd 0.01, lr 1e-4 with 2.5k warm-up and linear decay, dropout 0.1
 (model preset), FSDP over all devices.
 """
 from configs import common
-from metalm_jax import presets
 from metalm_jax.train import config_defaults
 
 # size -> model / data preset (metalm_jax/presets.py) and the run's settings.
@@ -27,16 +26,8 @@ SIZES = {
 def get_config(arg=None):
   a = common.parse_arg(arg, size="tiny", steps=0, runlocal=False)
   s = common.pick_size(a, SIZES)
-  c = config_defaults.trainer_config()
-  c.model = presets.model_config(s.model)
-  c.data = presets.data_config("vl", s.data)
-  c.batch_size = s.batch
-  c.total_steps = a.steps or s.steps
-  c.log_every, c.eval_every = s.log, s.eval
-  c.checkpoint.every_steps = s.ckpt
-  c.optimizer = config_defaults.optimizer(lr=s.lr, b1=0.9, b2=0.98, weight_decay=0.01,
-                                          warmup_steps=s.warmup, decay=s.decay,
-                                          end_lr_frac=0.0 if s.decay == "linear" else 0.1)
+  c = common.pretrain_config(a, s, "vl", decay=s.decay,
+                             end_lr_frac=0.0 if s.decay == "linear" else 0.1)
   if a.size == "paper":
     c.mesh.update(data=1, fsdp=-1, tensor=1)
   if a.runlocal:
