@@ -141,6 +141,8 @@ def _check(config: str, overrides, where: str):
   try:
     return load_config(config, overrides)
   except (AttributeError, KeyError) as e:
+    if not overrides:  # the config file itself fails, not a field
+      raise SweepError(f"{where}: the config does not load ({_message(e)})") from e
     raise SweepError(f"{where}: no such field in {config} ({_message(e)})") from e
   except Exception as e:  # noqa: BLE001  flag parsing, the config file itself
     raise SweepError(f"{where}: {_message(e)}") from e
