@@ -248,3 +248,23 @@ def test_bfloat16_safetensors_are_read(tmp_path):
   got = hf.hf_io.read_weights(str(tmp_path))
   np.testing.assert_array_equal(got["a"], w["a"].to(torch.float32).numpy())
   np.testing.assert_array_equal(got["b"], np.arange(4))
+
+
+def test_hf_dir_on_gcs_reads_like_the_local_one(tmp_path, gcs_bucket):
+  """An HF model dir on gs:// (the emulator): the same tree as the local copy,
+  for a single safetensors file and for a sharded index."""
+  from metalm_jax import storage
+  model = _build("BertConfig", "BertModel", BERT_CFGS[0])
+  local = _save(model, tmp_path / "st", seed=7)
+  sharded = str(tmp_path / "sharded")
+  model.save_pretrained(sharded, max_shard_size="20KB")
+  assert os.path.exists(os.path.join(sharded, "model.safetensors.index.json"))
+  want = params_io.flatten(hf.load_hf(local, "text").tree)
+  for src in (local, sharded):
+    remote = f"{gcs_bucket}/{os.path.basename(src)}"
+    for name in os.listdir(src):
+      storage.copy(os.path.join(src, name), storage.join(remote, name))
+    got = params_io.flatten(hf.load_hf(remote, "text").tree)
+    assert got.keys() == want.keys()
+    for k in want:
+      np.testing.assert_array_equal(got[k], want[k])

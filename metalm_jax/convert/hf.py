@@ -43,9 +43,12 @@ class Imported:
   hf_config: Any = None
 
 
-def _hf_config(model_dir: str):
-  from transformers import AutoConfig
-  return AutoConfig.from_pretrained(model_dir)
+def _hf_config(config: dict):
+  """The transformers config object of a config.json dict (what
+  AutoConfig.from_pretrained builds, without its hub path handling, so a
+  gs:// model dir works)."""
+  from transformers import CONFIG_MAPPING
+  return CONFIG_MAPPING[config["model_type"]].from_dict(config)
 
 
 def converter_for(model_type: str, component: str):
@@ -62,9 +65,10 @@ def load_hf(model_dir: str, component: str, scan_layers: bool = False) -> Import
   """Reads config and weights of `model_dir` and maps them to ours; with
   `scan_layers` the layers are stacked (metalm_jax/models/layout.py) and the
   section says scan_layers=True."""
-  model_type = hf_io.read_config(model_dir).get("model_type")
+  config = hf_io.read_config(model_dir)
+  model_type = config.get("model_type")
   conv = converter_for(model_type, component)
-  hf_cfg = _hf_config(model_dir)
+  hf_cfg = _hf_config(config)
   section = conv.section(hf_cfg)
   weights = hf_io.read_weights(model_dir)
   reader = hf_io.WeightReader(weights, hf_io.find_prefix(weights, conv.anchor))

@@ -1,17 +1,18 @@
-"""Reading a local HF model directory without unpickling untrusted data.
+"""Reading an HF model directory (local or gs://) without unpickling untrusted data.
 
 Weights come from `model.safetensors` (or a sharded `model.safetensors.index.json`);
 a PyTorch `pytorch_model.bin` is read only through `torch.load(weights_only=True)`.
+Files are read whole through metalm_jax.storage and parsed from memory.
 """
 from __future__ import annotations
 
-import json
-# HF model dirs are read locally by intent (os, open): safetensors memory-maps
-# them and torch.load takes a local file; they are inputs the user downloaded.
-import os
-from typing import Dict, Mapping, Tuple
+import io
+from typing import Dict, Mapping
 
+import ml_dtypes
 import numpy as np
+
+from metalm_jax import storage
 
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -19,50 +20,52 @@ TORCH_BIN = "pytorch_model.bin"
 
 
 def read_config(model_dir: str) -> dict:
-  path = os.path.join(model_dir, "config.json")
-  if not os.path.exists(path):
+  path = storage.join(model_dir, "config.json")
+  if not storage.exists(path):
     raise FileNotFoundError(f"model_dir={model_dir!r} has no config.json")
-  with open(path) as f:
-    return json.load(f)
+  return storage.read_json(path)
 
 
 def _load_bin(path: str) -> Dict[str, np.ndarray]:
   import torch  # optional dependency (extra "hf")
-  state = torch.load(path, map_location="cpu", weights_only=True)
+  state = torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu",
+                     weights_only=True)
   return {k: v.detach().to(torch.float32).numpy() if v.is_floating_point() else v.numpy()
           for k, v in state.items()}
 
 
+# safetensors dtype names -> numpy (little-endian, as the format stores them).
+_ST_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": ml_dtypes.bfloat16,
+              "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?"}
+
+
 def load_safetensors(path: str) -> Dict[str, np.ndarray]:
   """numpy arrays; bfloat16 tensors (numpy has no such dtype) come back as float32."""
-  from safetensors import safe_open
-  from safetensors.numpy import load_file
-  try:
-    return dict(load_file(path))
-  except TypeError:  # a bfloat16 tensor: read through JAX, which has the dtype
-    out = {}
-    with safe_open(path, framework="flax") as f:
-      for k in f.keys():
-        x = f.get_tensor(k)
-        out[k] = np.asarray(x.astype("float32") if x.dtype.name == "bfloat16" else x)
-    return out
+  from safetensors import deserialize
+  out = {}
+  for name, t in deserialize(storage.read_bytes(path)):
+    if t["dtype"] not in _ST_DTYPES:
+      raise ValueError(f"{path}: tensor {name!r} has dtype {t['dtype']}; "
+                       f"readable: {sorted(_ST_DTYPES)}")
+    arr = np.frombuffer(bytes(t["data"]), dtype=_ST_DTYPES[t["dtype"]]).reshape(t["shape"])
+    out[name] = arr.astype(np.float32) if t["dtype"] == "BF16" else arr
+  return out
 
 
 def read_weights(model_dir: str) -> Dict[str, np.ndarray]:
   """All tensors of the checkpoint as numpy arrays, by HF name."""
-  single = os.path.join(model_dir, SAFETENSORS)
-  if os.path.exists(single):
+  single = storage.join(model_dir, SAFETENSORS)
+  if storage.exists(single):
     return load_safetensors(single)
-  index = os.path.join(model_dir, SAFETENSORS_INDEX)
-  if os.path.exists(index):
-    with open(index) as f:
-      shards = sorted(set(json.load(f)["weight_map"].values()))
+  index = storage.join(model_dir, SAFETENSORS_INDEX)
+  if storage.exists(index):
+    shards = sorted(set(storage.read_json(index)["weight_map"].values()))
     out: Dict[str, np.ndarray] = {}
     for shard in shards:
-      out.update(load_safetensors(os.path.join(model_dir, shard)))
+      out.update(load_safetensors(storage.join(model_dir, shard)))
     return out
-  binary = os.path.join(model_dir, TORCH_BIN)
-  if os.path.exists(binary):
+  binary = storage.join(model_dir, TORCH_BIN)
+  if storage.exists(binary):
     return _load_bin(binary)
   raise FileNotFoundError(
       f"model_dir={model_dir!r} has none of {SAFETENSORS}, {SAFETENSORS_INDEX}, {TORCH_BIN}")

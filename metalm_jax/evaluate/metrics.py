@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import re
 import shutil
 from typing import Dict, List, Optional, Sequence
@@ -133,9 +132,11 @@ def tokenize_captions(captions: Dict[str, List[str]], use_java: Optional[bool] =
 
 
 def _spice_models_present() -> bool:
-  import pycocoevalcap.spice as spice_pkg
-  return os.path.exists(os.path.join(os.path.dirname(spice_pkg.__file__), "lib",
-                                     "stanford-corenlp-3.6.0.jar"))
+  """SPICE's Stanford CoreNLP jar, which pycocoevalcap downloads on first use
+  (never here): a file inside the installed package."""
+  import importlib.resources
+  return (importlib.resources.files("pycocoevalcap.spice") / "lib" /
+          "stanford-corenlp-3.6.0.jar").is_file()
 
 
 def caption_metrics(predictions: Dict[str, str], references: Dict[str, List[str]], *,
