@@ -53,6 +53,9 @@ def pretrain_config(a, s, kind: str, decay: str, end_lr_frac: float) -> mlc.Conf
   c = config_defaults.trainer_config()
   c.model = presets.model_config(s.model)
   c.data = presets.data_config(kind, s.data)
+  if kind == "vl":  # a VL row may dock several images (interleaved documents)
+    vision = c.model.encoders.vision
+    vision.max_items = max(vision.max_items, presets.DATA_SIZES[s.data].vl_images)
   c.batch_size = s.batch
   c.total_steps = a.steps or s.steps
   c.log_every, c.eval_every = s.log, s.eval

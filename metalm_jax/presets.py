@@ -179,11 +179,16 @@ class DataPreset:
   span_min: int         # shortest / longest language span
   span_max: int
   prefix_max: int       # longest caption prefix sent to the text encoder
+  # Images a VL row holds (the vision encoder's max_items in VL pretraining,
+  # configs/common.py); > 1 puts interleaved documents in the VL mixture.
+  vl_images: int = 1
 
 
 DATA_SIZES = {
-    "tiny": DataPreset(world="tiny", vl_seq_len=64, lang_seq_len=128, span_encoder="text",
-                       span_min=8, span_max=16, prefix_max=8),
+    # vl_seq_len 128: an interleaved row holds 3-4 images of 19 positions with
+    # their prompts and answers (64 held one).
+    "tiny": DataPreset(world="tiny", vl_seq_len=128, lang_seq_len=128, span_encoder="text",
+                       span_min=8, span_max=16, prefix_max=8, vl_images=4),
     "bench": DataPreset(world="tiny", vl_seq_len=128, lang_seq_len=128, span_encoder="",
                         span_min=8, span_max=16, prefix_max=0),
     "paper_vl": DataPreset(world="paper", vl_seq_len=256, lang_seq_len=1024, span_encoder="",
@@ -195,6 +200,19 @@ DATA_SIZES = {
 
 def default_data_dir() -> str:
   return os.environ.get("METALM_DATA_DIR", os.path.join("~", ".cache", "metalm_jax", "tfds"))
+
+
+def vl_mixture(p: DataPreset) -> dict:
+  """The VL pretraining mixture (README, Data): image-text pairs and text-only
+  documents as in the paper, plus interleaved documents (several images with
+  their captions or Q&A laid out as in-context prompts; where a row holds more
+  than one image) and instruction-phrased text. No VQA rows: VQA on held-out
+  images is evaluated zero-shot / in context; finetune configs add
+  "world_vqa"."""
+  if p.vl_images > 1:
+    return {"world_caption": 0.45, "world_interleaved": 0.25, "world_text": 0.2,
+            "world_instructions": 0.1}
+  return {"world_caption": 0.6, "world_text": 0.3, "world_instructions": 0.1}
 
 
 def data_config(kind: str, size: str) -> ConfigDict:
@@ -229,9 +247,7 @@ def data_config(kind: str, size: str) -> ConfigDict:
   p = DATA_SIZES[size]
   seq_len = p.vl_seq_len if kind == "vl" else p.lang_seq_len
   if kind == "vl":
-    # Image-text pairs mixed with text-only documents (paper); no VQA, so
-    # VQA on the world stays zero-shot. Finetune configs add "world_vqa".
-    mixture = {"world_caption": 0.7, "world_text": 0.3}
+    mixture = vl_mixture(p)
   else:
     mixture = {"world_text": 1.0}
   return ConfigDict(dict(

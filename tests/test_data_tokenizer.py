@@ -1,6 +1,7 @@
 """Tokenizer: exact vocabulary size, special ids, round trips, pickling and
 the vocabulary check against the model config."""
 import pickle
+import re
 import subprocess
 import sys
 
@@ -77,3 +78,42 @@ def test_cli_trains_on_a_user_corpus(tmp_path):
   subprocess.run([sys.executable, "-m", "metalm_jax.data.tokenizer", f"--input={corpus},{jsonl}",
                   "--vocab_size=257", f"--output={out}"], check=True, capture_output=True)
   assert tok_lib.Tokenizer.from_file(str(out)).vocab_size == 257
+
+
+@pytest.fixture(scope="module")
+def world_tok(tmp_path_factory):
+  """The embedded world's tokenizer as a run gets it (test world, vocab 1024)."""
+  from metalm_jax.data import testing
+  cfg = testing.test_config("vl", "tiny", str(tmp_path_factory.mktemp("tfds")))
+  assert prepare.tokenizer_path(cfg.data, 1024).endswith(
+      f"_1024_v{prepare.TOKENIZER_VERSION}.model")
+  return prepare.load_tokenizer(cfg)
+
+
+def test_world_tokenizer_knows_the_prompt_vocabulary(world_tok):
+  """Every template, evaluation prompt and label word of formats.py, as written
+  and capitalised, encodes without <unk> and decodes back exactly; each label
+  word is 1 piece (measured: true, neither, false 1 each; at most 2 allowed)."""
+  from metalm_jax.data import formats
+  tok = world_tok
+  vocab = formats.prompt_vocabulary()
+  for name in formats.FORMATS:  # every template's words, fields removed
+    fmt = formats.FORMATS.get(name)
+    for t in fmt.templates + (fmt.eval_template(),):
+      words = " ".join(re.sub(r"\{\w+\}", " ", t).split())
+      assert not words or words in vocab, (name, t)
+  assert formats.CAPTION_PROMPT in vocab and {"true", "neither", "false"} <= set(vocab)
+  for text in vocab + [prepare.capitalised(v) for v in vocab]:
+    ids = tok.encode(text)
+    assert tok.unk not in ids and tok.decode(ids) == text, (text, ids)
+  labels = {w for n in formats.FORMATS for w in formats.FORMATS.get(n).labels}
+  counts = {w: len(tok.encode(w)) for w in labels}
+  assert max(counts.values()) <= 2, counts
+  assert counts == {"true": 1, "neither": 1, "false": 1}, counts
+  for text in ("Summarize this image:", "Summarize this image: A Red Circle. XYZ?"):
+    ids = tok.encode(text)
+    assert tok.unk not in ids and tok.decode(ids) == text, [tok.id_to_piece(i) for i in ids]
+  assert len(tok.encode("Summarize this image:")) <= 4
+  # A filled template round-trips too (a real question of the world).
+  q = formats.VQA_TEMPLATE.format(question="what color is the circle?")
+  assert tok.decode(tok.encode(q)) == q and tok.unk not in tok.encode(q)

@@ -131,3 +131,43 @@ def test_builder_writes_and_reads_back(tmp_path):
   assert [as_str(c) for c in got["captions"]] == want["captions"]
   assert np.array_equal(np.vectorize(as_str)(got["answers"]), want["answers"].astype(str))
   assert as_str(got["document"]) == want["document"] and got["label"] == want["label"]
+  doc = world.interleaved(0, "test_heldout", got["id"], 16, 4, 64)
+  np.testing.assert_array_equal(got["doc_ids"], doc["doc_ids"])
+  assert list(got["doc_images"]) == list(doc["doc_images"])
+  assert [as_str(q) for q in got["doc_questions"]] == doc["doc_questions"]
+  _interleaved_docs_keep_heldout_unseen(ds)
+
+
+def _interleaved_docs_keep_heldout_unseen(ds):
+  """No interleaved document of train or validation shows a held-out image or
+  colour-shape pair, and no train document shows a validation image."""
+  held = set(world.heldout_pairs())
+  images = {split: {bytes(r["image"]) for r in ds[split]} for split in ds}
+  for split, unseen in (("train", ("validation", "test_heldout")),
+                        ("validation", ("test_heldout",))):
+    for r in ds[split]:
+      assert len(r["doc_images"]) == 4 and r["doc_ids"][0] == r["id"]
+      for j, img in zip(r["doc_ids"], r["doc_images"]):
+        assert all(bytes(img) not in images[u] for u in unseen), (split, r["id"], j)
+        assert bytes(img) in images[split]  # a scene of its own split
+        assert not {(o.color, o.shape) for o in world.make_scene(0, split, int(j))} & held
+
+
+def test_interleaved_documents_are_deterministic_scenes_of_their_split():
+  a = world.interleaved(3, "train", 7, 500, 4, 32)
+  b = world.interleaved(3, "train", 7, 500, 4, 32)
+  for k in a:
+    np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]))
+  assert a["doc_ids"][0] == 7 and len(set(a["doc_ids"])) == 4 and max(a["doc_ids"]) < 500
+  assert not np.array_equal(a["doc_ids"], world.interleaved(4, "train", 7, 500, 4, 32)["doc_ids"])
+  held = set(world.heldout_pairs())
+  for i in range(100):  # train documents over a large split: never a held-out pair
+    d = world.interleaved(0, "train", i, 3000, 4, 16)
+    for j, img, caps, q, ans in zip(d["doc_ids"], d["doc_images"], d["doc_captions"],
+                                   d["doc_questions"], d["doc_answers"]):
+      r = world.scene_record(0, "train", int(j), 16, 1)
+      assert img == r["image"] and list(caps) == r["captions"] and q in r["questions"]
+      np.testing.assert_array_equal(ans, r["answers"][r["questions"].index(q)])
+      assert not {(o.color, o.shape) for o in world.make_scene(0, "train", int(j))} & held
+  with pytest.raises(ValueError, match="index=9"):
+    world.interleaved(0, "train", 9, 5, 2, 16)

@@ -205,3 +205,90 @@ def test_icl_demonstrations_are_training_rows(world, name):
       base[enc] = base.get(enc, 0) + k
     start += n
   assert start == b["tokens"].shape[1]  # nothing else in the prompt
+
+
+def _interleaved_world(world):
+  cfg, tok = world
+  cfg = copy.deepcopy(cfg)
+  cfg.model.encoders.vision.max_items = 4
+  return cfg, tok
+
+
+def test_interleaved_rows_are_icl_prompts(world):
+  """A pretraining row of an interleaved document (tasks `interleaved`) is,
+  token for token, the in-context prompt of its images (prompts.icl_parts
+  over the evaluators' examples of the drawn format): one `<s>`, per image
+  `<image>` [image on the next vision item] `</image>` prompt answer `</s>`;
+  every docked position and image is the prompt's; only the answers and their
+  `</s>` are trained. Both formats (vqa, caption), rows of 2+ images."""
+  cfg, tok = _interleaved_world(world)
+  src = sources.SOURCES.get("world_interleaved")
+  recs = pipeline.data_source(cfg.data, "world_interleaved", "train")
+  ctx, env = pipeline.make_context(cfg, tok), _env(cfg, tok)
+  ev = E.resolve(dict(type="icl"))
+  t = batch_lib.slot_length(cfg.model.encoders.vision)
+  seen = {}
+  for i in range(8):
+    fields = src.extract(recs[i], np.random.default_rng([0, 0, i]))
+    rng = np.random.default_rng([5, 1, i])
+    name = tasks.INTERLEAVED_FORMATS[int(copy.deepcopy(rng).integers(2))]  # the row's draw
+    out = tasks.TASKS.get("interleaved")(ctx, copy.deepcopy(fields), rng, tasks.new_stats())
+    assert out["ok"]
+    row = out["row"]
+    k = int(row["encoders"]["vision"]["valid"].sum())
+    seen[name] = max(seen.get(name, 0), k)
+    fmt = formats.FORMATS.get(name)
+    real = int((row["segment_ids"] > 0).sum())
+    ends = [int(j) for j in np.flatnonzero(row["tokens"][:real] == tok.eod)]
+    assert len(ends) == k
+    demos, starts = [], [1] + [e + 1 for e in ends[:-1]]
+    for item, (s, e) in enumerate(zip(starts, ends)):
+      ex = E.make_example(fmt, fields["items"][item], env, ev)
+      trained = row["tokens"][s:e + 1][row["loss_mask"][s - 1:e] > 0]
+      label = [r for r in ex.refs if tok.encode(r) + [tok.eod] == list(trained)]
+      assert label, (name, item, tok.decode(trained), ex.refs)
+      assert name == "caption" or label[0] == ex.label  # VQA: the majority answer
+      demos.append((ex.parts, label[0]))
+    b = prompts.build_batch([prompts.icl_parts(demos, [], tok)], tok, cfg.model)
+    assert b["tokens"].shape[1] == real
+    for key in ("tokens", "dock_mask", "dock_index", "positions"):
+      np.testing.assert_array_equal(b[key][0], row[key][:real], err_msg=f"{name} {key}")
+    np.testing.assert_allclose(b["encoders"]["vision"]["pixels"][0][:k],
+                               row["encoders"]["vision"]["pixels"][:k], atol=1e-6)
+    assert b["encoders"]["vision"]["valid"][0].sum() == k
+    # Image k docks its own item: dock indices run over item k's t vectors.
+    docked = row["dock_index"][:real][row["dock_mask"][:real]]
+    base = batch_lib.dock_offsets(cfg.model.encoders)["vision"]
+    np.testing.assert_array_equal(docked, base + np.arange(k * t))
+    # Trained: each answer and its </s>, nothing of the prompts or images.
+    tr = np.flatnonzero(row["loss_mask"][:real])
+    assert set(row["targets"][tr]) >= {tok.eod} and not row["dock_mask"][tr + 1].any()
+    assert sum(row["targets"][tr] == tok.eod) == k
+  assert set(seen) == {"vqa", "caption"} and min(seen.values()) >= 2, seen
+  assert max(seen.values()) >= 3, seen
+
+
+def test_interleaved_and_instruction_sources_are_deterministic(world):
+  """Same seed -> the same rows (interleaved rows; packed instruction text);
+  another seed -> other rows. Instruction text uses the formats' templates."""
+  cfg, _ = _interleaved_world(world)
+  for source in ("world_interleaved", "world_instructions"):
+    c = copy.deepcopy(cfg)
+    c.data.mixture = {source: 1.0}
+    get = lambda seed: pipeline.split_stats(next(pipeline.make_iterator(
+        c, "train", batch_size=4, seed=seed)))[0]
+    a, b, other = get(3), get(3), get(4)
+    for key in ("tokens", "dock_index", "loss_mask"):
+      np.testing.assert_array_equal(a[key], b[key], err_msg=f"{source} {key}")
+    np.testing.assert_array_equal(a["encoders"]["vision"]["pixels"],
+                                  b["encoders"]["vision"]["pixels"])
+    assert not np.array_equal(a["tokens"], other["tokens"]), source
+  src = sources.SOURCES.get("world_instructions")
+  recs = pipeline.data_source(cfg.data, "world_instructions", "train")
+  text = src.extract(recs[0], np.random.default_rng(0))["text"]
+  qs = [str(q, "utf-8") if isinstance(q, bytes) else q for q in recs[0]["questions"]]
+  paras = text.split("\n\n")
+  assert len(paras) == len(qs) + 1
+  templates = formats.VQA_TEMPLATES + (formats.CAPTION_PROMPT,) + formats.CAPTION_TEMPLATES
+  for p in paras:
+    assert any(tt.split("{")[0].strip() in p for tt in templates), p

@@ -37,6 +37,7 @@ zero-shot evaluation prompts it with CAPTION_PROMPT (paper section 5).
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from metalm_jax.registry import Registry
@@ -48,7 +49,6 @@ VQA_TEMPLATE = "question: {question} answer:"
 NLI_TEMPLATE = "question: {hypothesis} true, false or neither? answer:"
 NLI_WORDS = ("true", "neither", "false")  # entailment, neutral, contradiction
 PAIR_WORDS = ("true", "false")
-# Lower case: the embedded world's tokenizer has no capitals.
 CAPTION_TEMPLATES = ("caption:", "summarize this image:", "describe the picture:")
 VQA_TEMPLATES = (VQA_TEMPLATE, "{question} answer briefly:", "look at the picture. {question}")
 NLI_TEMPLATES = (NLI_TEMPLATE, "does it follow that {hypothesis} true, false or neither:",
@@ -156,6 +156,22 @@ class Format:
   def encoder_items(self, enc_cfg) -> int:
     """How many items of the text encoder the encoded text may fill."""
     return enc_cfg.max_items if self.encoded_items == "split" else 1
+
+
+_FIELD = re.compile(r"\{\w+\}")
+
+
+def prompt_vocabulary() -> List[str]:
+  """The words prompts are made of: every registered format's templates
+  (fields removed) and evaluation prompt, CAPTION_PROMPT, and every label
+  word, in registration order without repeats. The embedded world's tokenizer
+  trains on them (data/prepare.py), so each encodes in few pieces."""
+  out: List[str] = [CAPTION_PROMPT]
+  for name in FORMATS:
+    fmt = FORMATS.get(name)
+    texts = list(fmt.templates) + [fmt.eval_template()] + list(fmt.labels)
+    out += [" ".join(_FIELD.sub(" ", t).split()) for t in texts]
+  return list(dict.fromkeys(t for t in out if t))
 
 
 def chunks(ids: Sequence[int], size: int) -> List[List[int]]:

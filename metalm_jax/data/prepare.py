@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import string
 
 import tensorflow_datasets as tfds
 
@@ -39,19 +40,45 @@ def world_builder(data_cfg):
                            file_format="array_record")
 
 
+# Bumped whenever the tokenizer's training text changes, so a data dir never
+# serves a tokenizer trained by an older recipe (2: prompt vocabulary, capitals,
+# BPE).
+TOKENIZER_VERSION = 2
+# BPE, not unigram: on the world's small vocabulary SentencePiece's unigram
+# trainer keeps ~200 pieces of 1024 and cuts frequent words ("question" into 7
+# pieces); BPE learns ~750 and keeps every template and label word whole.
+WORLD_TOKENIZER_TYPE = "bpe"
+
+
 def tokenizer_path(data_cfg, vocab_size: int) -> str:
   return os.path.join(data_dir(data_cfg), "tokenizers",
-                      f"metalm_world_{data_cfg.world}_{vocab_size}.model")
+                      f"metalm_world_{data_cfg.world}_{vocab_size}_v{TOKENIZER_VERSION}.model")
 
 
-def _world_texts(builder):
-  """Training text for the tokenizer: every text field of the train split."""
+def capitalised(text: str) -> str:
+  return text[:1].upper() + text[1:]
+
+
+def world_texts(records):
+  """Training text for the tokenizer: every text field of the train split,
+  and the prompt vocabulary (formats.prompt_vocabulary: templates and label
+  words), as written and capitalised, once per record (so its words are as
+  frequent as the world's and come out as whole pieces), plus every capital
+  letter and digit (so capitals never encode as <unk>). The world's text stays
+  lower case; each record's first caption also comes capitalised. `records`:
+  random-access records of the world's train split (tfds or scene_record dicts)."""
+  from metalm_jax.data import formats
   from metalm_jax.data.builders.common import as_str
-  src = builder.as_data_source(split="train")
-  for i in range(len(src)):
-    r = src[i]
+  vocab = formats.prompt_vocabulary()
+  yield " ".join(string.ascii_letters + string.digits + string.punctuation)
+  yield from vocab
+  for i in range(len(records)):
+    r = records[i]
+    yield vocab[i % len(vocab)]
+    yield capitalised(vocab[(i + 1) % len(vocab)])
     for field in ("captions", "questions"):
       yield from (as_str(t) for t in r[field])
+    yield capitalised(as_str(r["captions"][0]))
     yield from (as_str(a) for a in r["answers"].reshape(-1)[:10])
     yield as_str(r["premise"])
     yield as_str(r["hypothesis"])
@@ -85,7 +112,8 @@ def ensure_prepared(data_cfg, vocab_size: int) -> str:
   if not os.path.exists(path):
     with file_lock(os.path.join(data_dir(data_cfg), ".metalm_prepare.lock")):
       if not os.path.exists(path):
-        tok_lib.train_tokenizer(_world_texts(builder), vocab_size, path)
+        tok_lib.train_tokenizer(world_texts(builder.as_data_source(split="train")), vocab_size,
+                                path, model_type=WORLD_TOKENIZER_TYPE)
   return path
 
 

@@ -8,6 +8,8 @@ Canonical fields per task:
     nli:     premise, hypothesis (str), label (0 entailment, 1 neutral,
              2 contradiction; anything else is skipped and counted)
     pair:    image_left, image_right, sentence (str), label (0 true, 1 false)
+    interleaved: items (list of {image, captions, question, answers}, in
+             document order)
 
 Finetuning variants (`*_prompted`, `*_instruct`, `world_pair`) are at the end.
 """
@@ -71,6 +73,38 @@ def _nli(r, rng):
           "label": int(r["label"])}
 
 
+def _world_interleaved(r, rng):
+  """The record's interleaved document (world.interleaved) as items."""
+  return {"items": [
+      {"image": img, "captions": [as_str(c) for c in caps], "question": as_str(q),
+       "answers": [as_str(a) for a in ans]}
+      for img, caps, q, ans in zip(r["doc_images"], np.asarray(r["doc_captions"]),
+                                   r["doc_questions"], np.asarray(r["doc_answers"]))]}
+
+
+def _world_instructions(r, rng):
+  """Instruction-phrased text about the record's scene, for the `text` task:
+  one paragraph per question (the first caption as context, a VQA template of
+  formats.py drawn per paragraph, the majority answer) and one asking for a
+  summary (the document's first paragraph, a caption template or
+  CAPTION_PROMPT, a caption). Each paragraph ends with its answer, so the
+  paragraph end (<eop>, or </s> at the end) follows an answer as `</s>`
+  follows it in rows and prompts."""
+  from metalm_jax.data import formats
+  caps = [as_str(c) for c in r["captions"]]
+  paras = []
+  for q, ans in zip(r["questions"], np.asarray(r["answers"])):
+    template = formats.VQA_TEMPLATES[int(rng.integers(len(formats.VQA_TEMPLATES)))]
+    answer = formats.majority_answer([as_str(a) for a in ans])
+    paras.append(f"{caps[0]} {template.format(question=as_str(q))} {answer}")
+  summary = (formats.CAPTION_PROMPT,) + formats.CAPTION_TEMPLATES
+  intro = as_str(r["document"]).split("\n\n")[0]
+  paras.append(f"{intro} {summary[int(rng.integers(len(summary)))]} "
+               f"{caps[int(rng.integers(len(caps)))]}")
+  order = rng.permutation(len(paras))
+  return {"text": "\n\n".join(paras[int(i)] for i in order)}
+
+
 def register(name: str, source: Source) -> None:
   SOURCES.register(name)(source)
 
@@ -79,6 +113,10 @@ register("world_caption", Source("caption", _world_name, _WORLD_SPLITS, _caption
 register("world_vqa", Source("vqa", _world_name, _WORLD_SPLITS, _world_vqa, True))
 register("world_text", Source("text", _world_name, _WORLD_SPLITS, _document("document"), True))
 register("world_nli", Source("nli", _world_name, _WORLD_SPLITS, _nli, True))
+register("world_interleaved", Source("interleaved", _world_name, _WORLD_SPLITS,
+                                     _world_interleaved, True))
+register("world_instructions", Source("text", _world_name, _WORLD_SPLITS,
+                                      _world_instructions, True))
 register("coco_caption", Source("caption", lambda c: "metalm_coco_karpathy",
                                 {"train": "train", "validation": "validation", "test": "test"},
                                 _captions))

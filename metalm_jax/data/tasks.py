@@ -5,6 +5,10 @@ Tasks (registry `TASKS`, picked by the source's `task`):
             (a random caption prefix may go through the text encoder);
   text      a document -> tokenised sentences that `packing.PackDocuments`
             packs into rows;
+  interleaved  pretraining: an interleaved document laid out as an
+            in-context prompt (formats.py): <s>, then per image the tokens of
+            an ICL demonstration of one format drawn per row (vqa or caption):
+            <image> [image k] </image> prompt answer* </s>*;
   every other task (vqa, nli, pair and the finetuning variants *_prompted,
             *_instruct, nli_encoded) is `supervised_task` over its format in
             formats.py, which defines the row: images, encoded text, prompt,
@@ -186,6 +190,53 @@ def caption_task(ctx: Context, fields, rng, stats):
     row.add_span(k, ctx.text, 0, tokens=ids[:k])
   row.add_tokens(ids[k:] + [formats_lib.answer_end_id(ctx.tokenizer)], train=True)
   return _finish(ctx, row, [pixels], stats)
+
+
+# The formats an interleaved document's items follow (one per row, drawn).
+INTERLEAVED_FORMATS = ("vqa", "caption")
+
+
+@TASKS.register("interleaved")
+def interleaved_task(ctx: Context, fields, rng, stats):
+  """`fields["items"]`: per image {image, captions, question, answers}. Each
+  item is laid out exactly as an in-context demonstration of the drawn
+  format (evaluate/prompts.py `icl_parts`): its image on the next item of the
+  vision encoder, its evaluation prompt (`Format.eval_template`), its answer
+  (trained) and `</s>`. Items follow while the vision encoder's max_items and
+  the row hold them whole; a first item too long is cut like any row
+  (counted), unusable items are skipped (counted)."""
+  fmt = formats_lib.FORMATS.get(INTERLEAVED_FORMATS[int(rng.integers(len(INTERLEAVED_FORMATS)))])
+  _check_encoders(ctx, fmt)
+  tok = ctx.tokenizer
+  cap = ctx.model_cfg.encoders[ctx.vision].max_items
+  t = batch_lib.slot_length(ctx.model_cfg.encoders[ctx.vision])
+  row = spans_lib.Row(ctx.seq_len, tok.pad)
+  row.start_segment()
+  row.add_tokens([tok.bos], train=False)
+  pixels: List[np.ndarray] = []
+  for item in fields["items"]:
+    if len(pixels) >= cap:
+      break
+    parsed, skip = fmt.parse(item)
+    if parsed is None:
+      stats[skip] += 1
+      continue
+    prompt = tok.encode(fmt.prompt(parsed, fmt.eval_template()))
+    answer = formats_lib.answer_ids(tok, fmt.target(parsed, rng))
+    if pixels and t + 2 + len(prompt) + len(answer) > row.room:
+      break
+    p = _image(ctx, parsed.fields["image"], stats)
+    if p is None:
+      continue
+    row.add_tokens([tok.image_start], train=False)
+    row.add_span(t, ctx.vision, len(pixels))
+    row.add_tokens([tok.image_end], train=False)
+    row.add_tokens(_fit(prompt, row.room - len(answer), stats), train=False)
+    row.add_tokens(_fit(answer, row.room, stats), train=True)
+    pixels.append(p)
+  if not pixels:
+    return {"ok": False, "stats": stats}
+  return _finish(ctx, row, pixels, stats)
 
 
 _PARAGRAPH = re.compile(r"\n\s*\n")

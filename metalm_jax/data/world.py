@@ -3,8 +3,9 @@
 Everything is a pure function of (seed, split, index), so a data set built on
 two machines is identical. A scene holds 1-4 objects (colour, shape, size,
 position). From it come: a PNG image, captions, VQA questions with ten
-VQAv2-style human answers (some noisy), an NLI triple and a multi-paragraph
-document.
+VQAv2-style human answers (some noisy), an NLI triple, a multi-paragraph
+document and an interleaved document (`interleaved`: several scenes of the
+same split, each image with its captions and one question).
 
 Held-out split: a fixed set of (colour, shape) pairs never appears in train or
 validation; every `test_heldout` scene contains at least one of them.
@@ -270,4 +271,31 @@ def scene_record(seed: int, split: str, index: int, image_size: int,
       "label": NLI_LABELS.index(nli["label"]),
       "document": document(objs, rng, doc_paragraphs),
       "objects": json.dumps([dataclasses.asdict(o) for o in objs]),
+  }
+
+
+def interleaved(seed: int, split: str, index: int, num_scenes: int, num_images: int,
+                image_size: int) -> Dict[str, object]:
+  """An interleaved document of `split`: scene `index`, then `num_images` - 1
+  other scenes of the same split (distinct indices below `num_scenes`, drawn
+  from (seed, split, index)), each image with its three captions and one of
+  its questions with the ten answers. Only scenes of `split` appear, so a
+  train document never shows a validation or held-out image or pair.
+
+  Fields: doc_ids [N] scene indices, doc_images [N] PNG bytes, doc_captions
+  [N, 3], doc_questions [N], doc_answers [N, 10]."""
+  if not 0 <= index < num_scenes:
+    raise ValueError(f"index={index} is not a scene of a split of num_scenes={num_scenes}")
+  if num_images < 1:
+    raise ValueError(f"num_images={num_images} must be >= 1")
+  rng = np.random.default_rng([seed, SPLITS.index(split), index, 2])
+  others = [int(j) for j in rng.permutation(num_scenes) if j != index][:num_images - 1]
+  recs = [scene_record(seed, split, j, image_size, 1) for j in [index] + others]
+  picks = [int(rng.integers(len(r["questions"]))) for r in recs]
+  return {
+      "doc_ids": np.array([r["id"] for r in recs], np.int64),
+      "doc_images": np.array([r["image"] for r in recs], dtype=object),
+      "doc_captions": np.array([r["captions"] for r in recs], dtype=object),
+      "doc_questions": [r["questions"][k] for r, k in zip(recs, picks)],
+      "doc_answers": np.array([r["answers"][k] for r, k in zip(recs, picks)], dtype=object),
   }

@@ -3,7 +3,9 @@
 Splits: train, validation, test_heldout (unseen colour-shape pairs). Each
 record: id, image (PNG bytes), captions (3), questions with question_types and
 answers [Q, 10], an NLI triple (premise, hypothesis, label), a multi-paragraph
-document and the scene's objects as JSON.
+document, the scene's objects as JSON, and an interleaved document
+(world.interleaved: doc_ids, doc_images, doc_captions, doc_questions,
+doc_answers; `doc_images` scenes of the same split, this one first).
 """
 from __future__ import annotations
 
@@ -24,12 +26,14 @@ class WorldConfig(tfds.core.BuilderConfig):
   num_validation: int = 300
   num_test_heldout: int = 300
   doc_paragraphs: int = 3
+  doc_images: int = 4  # images of each interleaved document
 
 
 class MetalmWorld(tfds.core.GeneratorBasedBuilder):
   """Procedurally generated scenes with captions, VQA, NLI and documents."""
 
-  VERSION = tfds.core.Version("1.0.0")
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.1.0": "interleaved documents (doc_* fields)"}
   BUILDER_CONFIGS = [
       WorldConfig(name="tiny", description="64 px, 3.6k scenes, short documents"),
       WorldConfig(name="paper", description="224 px, 22k scenes, long documents",
@@ -52,6 +56,11 @@ class MetalmWorld(tfds.core.GeneratorBasedBuilder):
         "label": tfds.features.ClassLabel(names=list(world_lib.NLI_LABELS)),
         "document": tfds.features.Text(),
         "objects": tfds.features.Text(),
+        "doc_ids": tfds.features.Tensor(shape=(None,), dtype=np.int64),
+        "doc_images": tfds.features.Tensor(shape=(None,), dtype=np.object_),
+        "doc_captions": tfds.features.Tensor(shape=(None, 3), dtype=np.object_),
+        "doc_questions": common.text_list(),
+        "doc_answers": tfds.features.Tensor(shape=(None, 10), dtype=np.object_),
     }))
 
   def _split_generators(self, dl_manager):
@@ -64,4 +73,6 @@ class MetalmWorld(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, split, n):
     c = self.builder_config
     for i in range(n):
-      yield i, world_lib.scene_record(c.seed, split, i, c.image_size, c.doc_paragraphs)
+      rec = world_lib.scene_record(c.seed, split, i, c.image_size, c.doc_paragraphs)
+      rec.update(world_lib.interleaved(c.seed, split, i, n, min(c.doc_images, n), c.image_size))
+      yield i, rec
