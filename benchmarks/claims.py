@@ -1,7 +1,7 @@
 """The paper-claims miniature on the embedded world (SPEC.md section 6), on CPU:
 
   1. tiny semi-causal VL pretraining (configs/pretrain_vl.py:size=tiny);
-  2. zero-shot captions ("summarize this image:" and no prompt) of the
+  2. zero-shot captions ("Summarize this image:" and no prompt) of the
      pretrained model: CIDEr vs a fixed-caption baseline (the most frequent
      training caption given for every image);
   3. NLI finetuning with the decoder frozen (configs/finetune_nli.py): accuracy
@@ -61,6 +61,7 @@ def main(argv=None):
   p.add_argument("--finetune_steps", type=int, default=300)
   args = p.parse_args(argv)
   from configs import finetune_nli, finetune_vqa, pretrain_vl
+  from metalm_jax.data import formats
 
   os.makedirs(args.workdir, exist_ok=True)
   pre = args.pretrained or os.path.join(args.workdir, "pretrain")
@@ -73,8 +74,7 @@ def main(argv=None):
   cap = dict(type="caption", source="world_caption", every_steps=1, num_examples=100,
              max_new_tokens=24)
   zs = _evals_only(pre, os.path.join(args.workdir, "zeroshot"), {
-      # Lower case: the embedded world's tokenizer has no capitals ("S" -> <unk>).
-      "caption_summarize": dict(cap, prompt="summarize this image:"),
+      "caption_summarize": dict(cap, prompt=formats.CAPTION_PROMPT),
       "caption_noprompt": dict(cap, prompt=""),
       "vqa": dict(type="vqa", source="world_vqa", every_steps=1, num_examples=200)})
 
@@ -95,7 +95,7 @@ def main(argv=None):
   vqa = _train(vqa_cfg, os.path.join(args.workdir, "vqa"))
 
   rows = [
-      ("zero-shot caption CIDEr, 'summarize this image:'", zs["caption_summarize/CIDEr"],
+      ("zero-shot caption CIDEr, 'Summarize this image:'", zs["caption_summarize/CIDEr"],
        "fixed caption", zs["caption_summarize/fixed_caption_CIDEr"]),
       ("zero-shot caption CIDEr, no prompt", zs["caption_noprompt/CIDEr"],
        "fixed caption", zs["caption_noprompt/fixed_caption_CIDEr"]),
