@@ -147,9 +147,15 @@ class Checkpointer:
     set_gcs_retries(cfg.get("gcs_request_retries"))
     set_replica_parallel(cfg.get("replica_parallel", "auto"))
     self.directory = storage.join(workdir, CKPT_SUBDIR)
+    # Step and item directories are created before save() returns (not in
+    # Orbax's background threads): when storage fails there, the error is
+    # raised at once. Created asynchronously, a failed step directory left the
+    # item handlers waiting 300 s (Orbax's coordination timeout) for a signal
+    # that never came (seen with the GCS emulator stopped mid-save).
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=1, max_to_keep=cfg.keep,
-        enable_async_checkpointing=cfg.async_save, create=True)
+        enable_async_checkpointing=cfg.async_save, create=True,
+        async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
     self.every = cfg.every_steps
     self.fallback = bool(cfg.get("restore_fallback", True))
     self.unreadable = set()  # steps found corrupt: replaced when saved again
