@@ -22,6 +22,10 @@ decoder sequence length.
     encoders     dict            one entry per configured encoder name:
         type "vit":  pixels float32 [B, N, H, W, 3] (normalised), valid bool [B, N]
         type "bert": tokens int32 [B, N, S], mask bool [B, N, S] (True = real token)
+        type "whisper": waveform float32 [B, N, S] (mono, cfg.sample_rate Hz,
+                     S = max_seconds * sample_rate, zero-padded), valid bool [B, N]
+        type "video": frames float32 [B, N, F, H, W, 3] (normalised like "vit"
+                     pixels, F = cfg.frames), valid bool [B, N]
 
 Flattened encoder outputs. Each encoder `name` with N = max_items items of T
 vectors each (T = `slot_length(cfg)`) yields N*T vectors, item-major. The
@@ -67,8 +71,28 @@ def _bert_inputs(cfg, b):
   return {"tokens": (shape, np.int32), "mask": (shape, np.bool_)}
 
 
+def _num_vectors(cfg) -> int:
+  """Audio and video dock a configured number of vectors per clip."""
+  if cfg.num_vectors < 1:
+    raise ValueError(f"{cfg.type} encoder num_vectors={cfg.num_vectors} must be >= 1")
+  return cfg.num_vectors
+
+
+def _whisper_inputs(cfg, b):
+  samples = int(round(cfg.max_seconds * cfg.sample_rate))
+  return {"waveform": ((b, cfg.max_items, samples), np.float32),
+          "valid": ((b, cfg.max_items), np.bool_)}
+
+
+def _video_inputs(cfg, b):
+  n, f, s = cfg.max_items, cfg.frames, cfg.image_size
+  return {"frames": ((b, n, f, s, s, 3), np.float32), "valid": ((b, n), np.bool_)}
+
+
 MODALITIES.register("vit")((_vit_slot_length, _vit_inputs))
 MODALITIES.register("bert")((_bert_slot_length, _bert_inputs))
+MODALITIES.register("whisper")((_num_vectors, _whisper_inputs))
+MODALITIES.register("video")((_num_vectors, _video_inputs))
 
 
 def slot_length(enc_cfg) -> int:
@@ -164,7 +188,7 @@ def validate_batch(batch: Mapping[str, Any], model_cfg, vocab_size: int) -> None
       continue
     items = (didx - lo) // t
     enc = batch["encoders"][name]
-    if cfg.type == "vit":
+    if "valid" in enc:  # whole items (images, clips)
       ok = np.take_along_axis(np.asarray(enc["valid"]), np.where(sel, items, 0), axis=1)
     else:
       m = np.asarray(enc["mask"])  # [B, N, S]
