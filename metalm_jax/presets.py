@@ -166,7 +166,8 @@ DATA_KINDS = ("vl", "lang")
 # The real-data builders that read official files (metalm_jax/data/builders):
 # each has a manual_dirs entry ("" = not given), so the documented override
 # --config.data.manual_dirs.metalm_coco_karpathy=DIR works on the locked config.
-MANUAL_DATASETS = ("metalm_coco_karpathy", "metalm_vqav2", "metalm_text_corpus")
+MANUAL_DATASETS = ("metalm_coco_karpathy", "metalm_vqav2", "metalm_text_corpus",
+                   "metalm_audio_captions", "metalm_msrvtt")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,7 +225,8 @@ def data_config(kind: str, size: str) -> ConfigDict:
                     (env METALM_DATA_DIR, else ~/.cache/metalm_jax/tfds)
     world           embedded world builder config: "tiny" (64 px) or "paper" (224 px)
     manual_dirs     {tfds name: folder of official files} for real data builders
-                    (metalm_coco_karpathy, metalm_vqav2, metalm_text_corpus)
+                    (metalm_coco_karpathy, metalm_vqav2, metalm_text_corpus,
+                    metalm_audio_captions, metalm_msrvtt)
     mixture         {source name: weight}; sources in metalm_jax/data/sources.py
     seq_len         decoder row length
     tokenizer       SentencePiece model path; "" = the embedded one

@@ -17,7 +17,9 @@ Batches follow metalm_jax/batch.py for `config.model`, plus one extra key:
            its rows, including records skipped on the way): `examples` used,
            `skipped_bad_image`, `skipped_empty_text`, `skipped_bad_label`,
            `converted_image_mode`, `resized_nonsquare_image`, `truncated_text`,
-           `skipped_unreadable_record` (with data.skip_corrupt_records).
+           `skipped_unreadable_record` (with data.skip_corrupt_records), and
+           the audio / video decoders' counters (data/audio.py, data/video.py:
+           `skipped_bad_audio`, `skipped_silent_audio`, `resampled_audio`, ...).
 
 The counts travel inside the batch, so they survive worker processes; call
 `split_stats` before feeding the model and sum the counts in the trainer.

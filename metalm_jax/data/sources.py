@@ -3,6 +3,8 @@ lays it out, and how its records map to the task's canonical fields.
 
 Canonical fields per task:
     caption: image (bytes or array), captions (list[str])
+    audio_caption: audio (encoded file bytes), captions
+    video_caption: video (encoded file bytes), captions
     vqa:     image, question (str), answers (list[str], VQAv2-style 10)
     text:    text (str; paragraphs separated by blank lines)
     nli:     premise, hypothesis (str), label (0 entailment, 1 neutral,
@@ -46,6 +48,12 @@ _WORLD_SPLITS = {"train": "train", "validation": "validation", "test": "test_hel
 
 def _captions(r, rng):
   return {"image": r["image"], "captions": [as_str(c) for c in r["captions"]]}
+
+
+def _media_captions(field):
+  def extract(r, rng):
+    return {field: r[field], "captions": [as_str(c) for c in r["captions"]]}
+  return extract
 
 
 def _world_vqa(r, rng):
@@ -125,6 +133,16 @@ register("vqav2", Source("vqa", lambda c: "metalm_vqav2",
 register("text_corpus", Source("text", lambda c: "metalm_text_corpus",
                                {"train": "train", "validation": "validation"},
                                _document("text")))
+# Real audio / video captions (data/builders/audio_captions.py, msrvtt.py):
+# encoded file bytes, decoded by data/audio.py / data/video.py in the pipeline.
+register("audio_captions", Source("audio_caption", lambda c: "metalm_audio_captions",
+                                  {"train": "train", "validation": "validation",
+                                   "test": "test"},
+                                  _media_captions("audio")))
+register("msrvtt_caption", Source("video_caption", lambda c: "metalm_msrvtt",
+                                  {"train": "train", "validation": "validation",
+                                   "test": "test"},
+                                  _media_captions("video")))
 register("mnli", Source("nli", lambda c: "glue/mnli",
                         {"train": "train", "validation": "validation_matched",
                          "test": "validation_mismatched"}, _nli,

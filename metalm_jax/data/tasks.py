@@ -28,18 +28,21 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from metalm_jax import batch as batch_lib
+from metalm_jax.data import audio as audio_lib
 from metalm_jax.data import formats as formats_lib
 from metalm_jax.data import images as images_lib
 from metalm_jax.data import records as records_lib
 from metalm_jax.data import sources as sources_lib
 from metalm_jax.data import spans as spans_lib
+from metalm_jax.data import video as video_lib
 from metalm_jax.registry import Registry
 
 TASKS = Registry("task")
 
-STAT_KEYS = ("examples", "skipped_bad_image", "skipped_empty_text", "skipped_bad_label",
-             "converted_image_mode", "resized_nonsquare_image", "truncated_text",
-             "skipped_unreadable_record")
+STAT_KEYS = tuple(dict.fromkeys((
+    "examples", "skipped_bad_image", "skipped_empty_text", "skipped_bad_label",
+    "converted_image_mode", "resized_nonsquare_image", "truncated_text",
+    "skipped_unreadable_record") + audio_lib.STAT_KEYS + video_lib.STAT_KEYS))
 
 
 def new_stats(**counts) -> Dict[str, np.ndarray]:

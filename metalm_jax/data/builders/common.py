@@ -5,6 +5,12 @@ import tensorflow_datasets as tfds
 
 def encoded_image() -> tfds.features.Tensor:
   """Encoded image file bytes (PNG/JPEG/...), decoded by the pipeline."""
+  return encoded_file()
+
+
+def encoded_file() -> tfds.features.Tensor:
+  """An encoded file's bytes (image, audio, video), decoded by the pipeline
+  (data/images.py, data/audio.py, data/video.py)."""
   return tfds.features.Tensor(shape=(), dtype=np.object_)
 
 
