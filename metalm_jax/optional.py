@@ -11,6 +11,8 @@ from types import ModuleType
 EXTRAS = {
     "matplotlib": ("plot", "notebook"),
     "tokenizers": ("hf", "notebook"),
+    "soundfile": ("media",),
+    "av": ("media",),
 }
 
 

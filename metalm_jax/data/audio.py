@@ -35,6 +35,8 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 from absl import logging
 
+from metalm_jax import optional
+
 # The counters this module reports (the pipeline's `stats`, logged as data/*).
 STAT_KEYS = ("skipped_bad_audio", "skipped_silent_audio", "converted_audio_channels",
              "resampled_audio", "truncated_audio")
@@ -65,7 +67,9 @@ def wav_is_truncated(data: bytes) -> bool:
 def read_audio(data: bytes) -> Tuple[np.ndarray, int]:
   """Encoded bytes -> (float64 [n, channels], rate). Raises ValueError naming
   what is wrong with them."""
-  import soundfile  # the libsndfile wheel; only the audio path needs it
+  soundfile = optional.require("soundfile", "decoding audio files")
+  if not isinstance(data, (bytes, bytearray, memoryview, np.bytes_)):
+    raise ValueError(f"audio data must be encoded file bytes, got {type(data).__name__}")
   data = bytes(data)
   if not data:
     raise ValueError("audio data is empty")

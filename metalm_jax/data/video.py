@@ -32,6 +32,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 from absl import logging
 
+from metalm_jax import optional
 from metalm_jax.data import images as images_lib
 
 STAT_KEYS = ("skipped_bad_video", "skipped_empty_video", "converted_variable_frame_rate",
@@ -56,7 +57,7 @@ def sample_times(times: List[int], frames: int) -> Tuple[np.ndarray, bool]:
 
 def _packet_times(data: bytes) -> Tuple[List[int], bool]:
   """(the video packets' presentation times, whether every packet had one)."""
-  import av
+  av = optional.require("av", "decoding video files")
   with av.open(io.BytesIO(data)) as container:
     if not container.streams.video:
       raise ValueError("no video stream")
@@ -73,7 +74,7 @@ def _pick_frames(data: bytes, centres: np.ndarray, timed: bool
                  ) -> Tuple[List[np.ndarray], int]:
   """(RGB uint8 frames on screen at each centre time, how many distinct
   frames they are), decoding in order and converting only those."""
-  import av
+  av = optional.require("av", "decoding video files")
   picked: List[Tuple[int, object]] = []  # (decode index, frame) per centre
   prev = None
   with av.open(io.BytesIO(data)) as container:
@@ -97,8 +98,11 @@ def _pick_frames(data: bytes, centres: np.ndarray, timed: bool
 
 def read_frames(data: bytes, frames: int) -> Tuple[Optional[List[np.ndarray]], Dict[str, int]]:
   """Encoded video -> (F RGB uint8 frames [H, W, 3] sampled by time, or None, counts)."""
-  data = bytes(data)
+  optional.require("av", "decoding video files")  # raises outside the skip below
   try:
+    if not isinstance(data, (bytes, bytearray, memoryview, np.bytes_)):
+      raise ValueError(f"video data must be encoded file bytes, got {type(data).__name__}")
+    data = bytes(data)
     times, timed = _packet_times(data)
     if not times:
       return None, {"skipped_empty_video": 1}
