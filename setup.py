@@ -25,6 +25,7 @@ CORE = [
     "tensorflow-datasets>=4.9.10,<5",
     "numpy>=2.0,<3",
     "scipy>=1.11",         # audio resampling (jax requires it too)
+    "soundfile>=0.12",     # audio files (WAV, FLAC, OGG, MP3); bundles libsndfile, ~4 MB
     "pillow>=10",
     "absl-py>=2.0",
     "etils[epath]>=1.7",
@@ -50,9 +51,8 @@ EXTRAS = {
     "notebook": ["nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6", MATPLOTLIB, TOKENIZERS],
     # gs:// workdirs, export and params dirs (etils.epath -> fsspec -> gcsfs).
     "gcs": ["gcsfs>=2024.2"],
-    # Real audio / video files (data/audio.py, data/video.py): libsndfile
-    # (WAV, FLAC, OGG, MP3) and PyAV, whose wheel bundles FFmpeg (~100 MB).
-    "media": ["soundfile>=0.12", "av>=12"],
+    # Real video files (data/video.py): PyAV, whose wheel bundles FFmpeg (~100 MB).
+    "media": ["av>=12"],
     # Accelerator jax of the same range: libtpu (~700 MB) / the CUDA 12 plugin
     # and nvidia-* wheels (~5.5 GB).
     "tpu": [f"jax[tpu]{JAX}"],

@@ -11,7 +11,6 @@ from types import ModuleType
 EXTRAS = {
     "matplotlib": ("plot", "notebook"),
     "tokenizers": ("hf", "notebook"),
-    "soundfile": ("media",),
     "av": ("media",),
 }
 

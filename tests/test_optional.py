@@ -48,12 +48,10 @@ def test_require_returns_the_module_and_passes_inner_failures_through(monkeypatc
     optional.require("numpyy", "x")
 
 
-def test_missing_media_packages_name_the_extra(monkeypatch):
-  """Without soundfile / av the decoders raise naming metalm_jax[media]; they
-  never count the files as bad."""
-  from metalm_jax.data import audio, video
-  _hide(monkeypatch, "soundfile", "av")
-  with pytest.raises(ImportError, match=r"decoding audio files .*metalm_jax\[media\]"):
-    audio.decode_audio(b"RIFF", sample_rate=16000, max_seconds=1.0)
+def test_missing_av_names_the_extra(monkeypatch):
+  """Without PyAV the video decoder raises naming metalm_jax[media]; it never
+  counts the files as bad."""
+  from metalm_jax.data import video
+  _hide(monkeypatch, "av")
   with pytest.raises(ImportError, match=r"decoding video files .*metalm_jax\[media\]"):
     video.decode_video(b"\x00", frames=2, image_size=8)

@@ -35,8 +35,6 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 from absl import logging
 
-from metalm_jax import optional
-
 # The counters this module reports (the pipeline's `stats`, logged as data/*).
 STAT_KEYS = ("skipped_bad_audio", "skipped_silent_audio", "converted_audio_channels",
              "resampled_audio", "truncated_audio")
@@ -49,17 +47,20 @@ def clip_samples(sample_rate: int, max_seconds: float) -> int:
   return int(round(max_seconds * sample_rate))
 
 
+WAV_SLACK = 16  # bytes a data chunk may miss (writers that count a pad byte or frame too many)
+
+
 def wav_is_truncated(data: bytes) -> bool:
-  """True if `data` is a RIFF/WAVE file whose `data` chunk declares more bytes
-  than the file holds (a size of 0 or 0xFFFFFFFF means 'unknown', as written
-  by streaming encoders, and is not a truncation)."""
+  """True if `data` is a RIFF/WAVE file whose `data` chunk declares more than
+  WAV_SLACK bytes beyond the end of the file (a size of 0 or 0xFFFFFFFF means
+  'unknown', as written by streaming encoders, and is not a truncation)."""
   if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
     return False
   offset = 12
   while offset + 8 <= len(data):
     chunk, size = data[offset:offset + 4], struct.unpack("<I", data[offset + 4:offset + 8])[0]
     if chunk == b"data":
-      return size not in (0, 0xFFFFFFFF) and offset + 8 + size > len(data)
+      return size not in (0, 0xFFFFFFFF) and offset + 8 + size > len(data) + WAV_SLACK
     offset += 8 + size + (size & 1)
   return True  # the header ends before any data chunk
 
@@ -67,7 +68,7 @@ def wav_is_truncated(data: bytes) -> bool:
 def read_audio(data: bytes) -> Tuple[np.ndarray, int]:
   """Encoded bytes -> (float64 [n, channels], rate). Raises ValueError naming
   what is wrong with them."""
-  soundfile = optional.require("soundfile", "decoding audio files")
+  import soundfile  # core dependency; imported here as only the audio path needs it
   if not isinstance(data, (bytes, bytearray, memoryview, np.bytes_)):
     raise ValueError(f"audio data must be encoded file bytes, got {type(data).__name__}")
   data = bytes(data)
