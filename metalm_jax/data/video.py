@@ -81,7 +81,9 @@ def _pick_frames(data: bytes, centres: np.ndarray, timed: bool
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
     for k, frame in enumerate(container.decode(stream)):
-      t = frame.pts if timed and frame.pts is not None else k
+      if timed and frame.pts is None:
+        continue  # a frame the decoder could not time: not a candidate
+      t = frame.pts if timed else k
       while len(picked) < len(centres) and t > centres[len(picked)]:
         picked.append(prev if prev is not None else (k, frame))
       if len(picked) == len(centres):
