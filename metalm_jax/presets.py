@@ -8,7 +8,8 @@ overridden on the command line (`--config.model.decoder.num_layers=6`).
     gpt_baseline(model_cfg), gpt_baseline_data(data_cfg)   the same-size GPT
     data_config("vl" | "lang", size)   same size names (the data preset)
     logical_rules()                    logical axis -> mesh axes
-    decoder / vit / bert / connector / stack_options: one component each
+    decoder / vit / bert / whisper / connector / stack_options: one component each
+    ENCODER_PRESETS                    encoder type -> its component builder
 """
 from __future__ import annotations
 
@@ -64,6 +65,25 @@ def bert(**kw) -> ConfigDict:
            connector=connector("linear"), **stack_options())
   d.update(kw)
   return ConfigDict(d)
+
+
+def whisper(**kw) -> ConfigDict:
+  """Whisper-shaped audio encoder (metalm_jax/models/audio.py): log-mel frontend
+  (sample_rate, n_fft, hop_length, num_mel_bins: Whisper's 16 kHz / 400 / 160
+  / 80), clips of max_seconds, two convs, sinusoidal positions (max_positions
+  rows, 0 = the clip's ceil(frames / 2)), pre-LN layers, final LayerNorm, then
+  `pool` ("avg" | "stride") to num_vectors docked vectors per clip."""
+  d = dict(type="whisper", max_items=1, sample_rate=16000, max_seconds=1.0, n_fft=400,
+           hop_length=160, num_mel_bins=80, max_positions=0, num_vectors=8, pool="avg",
+           num_layers=2, emb_dim=64, num_heads=4, head_dim=0, mlp_dim=256, activation="gelu",
+           norm="pre", ln_eps=1e-5, dropout=0.0, use_bias=True, connector=connector("mlp"),
+           **stack_options())
+  d.update(kw)
+  return ConfigDict(d)
+
+
+# Encoder type -> its preset builder (tiny defaults).
+ENCODER_PRESETS = {"vit": vit, "bert": bert, "whisper": whisper}
 
 
 # ---- model sizes ----------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 `import_hf` writes a params dir (metalm_jax.params_io) holding the subtree
 that goes at `params[<params_key>]` ('encoders_vision' = {'vit': ...},
-'encoders_text' = {'bert': ...}, 'decoder'), with config.json:
+'encoders_text' = {'bert': ...}, 'encoders_audio' = {'whisper': ...}, 'decoder'),
+with config.json:
 
     {"component": ..., "params_key": ..., "hf_model_type": ..., "section": {...},
      "skipped_weights": [...]}
@@ -28,7 +29,7 @@ from metalm_jax.convert import hf_common as hc
 from metalm_jax.convert import hf_io
 from metalm_jax.models import layout
 # Importing the converter modules registers them.
-from metalm_jax.convert import hf_bert, hf_clip, hf_gpt2  # noqa: F401
+from metalm_jax.convert import hf_bert, hf_clip, hf_gpt2, hf_whisper  # noqa: F401
 
 DEFAULT_RTOL = 1e-4  # float32 parity: max|ours-ref| / max|ref|
 
@@ -70,6 +71,9 @@ def load_hf(model_dir: str, component: str, scan_layers: bool = False) -> Import
   conv = converter_for(model_type, component)
   hf_cfg = _hf_config(config)
   section = conv.section(hf_cfg)
+  side = getattr(conv, "side_settings", None)  # e.g. Whisper's feature extractor
+  if side is not None:
+    section.update(side(model_dir, hf_cfg))
   weights = hf_io.read_weights(model_dir)
   reader = hf_io.WeightReader(weights, hf_io.find_prefix(weights, conv.anchor))
   tree = conv.params(reader, section, hf_cfg)

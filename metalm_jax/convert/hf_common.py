@@ -18,9 +18,10 @@ HF_ACTIVATIONS = {
 OUR_TO_HF_ACTIVATION = {"gelu": "gelu", "gelu_new": "gelu_new", "gelu_tanh": "gelu_pytorch_tanh",
                         "quick_gelu": "quick_gelu", "relu": "relu", "silu": "silu"}
 
-# HF model_type -> converter (see hf_clip.py, hf_bert.py, hf_gpt2.py).
+# HF model_type -> converter (see hf_clip.py, hf_bert.py, hf_gpt2.py, hf_whisper.py).
 CONVERTERS = Registry("HF model_type")
-COMPONENT_KEYS = {"vision": "encoders_vision", "text": "encoders_text", "decoder": "decoder"}
+COMPONENT_KEYS = {"vision": "encoders_vision", "text": "encoders_text", "audio": "encoders_audio",
+                  "decoder": "decoder"}
 
 
 def activation(hf_name: str, field: str) -> str:

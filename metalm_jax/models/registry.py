@@ -11,6 +11,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from metalm_jax.models import audio
 from metalm_jax.models.text_encoder import TextEncoder
 from metalm_jax.models.vision import VisionEncoder
 from metalm_jax.registry import Registry
@@ -44,3 +45,24 @@ class TextItems(nn.Module):
     out = TextEncoder(self.cfg, self.dtype, name="bert")(
         tokens.reshape(b * n, s), mask.reshape(b * n, s), deterministic=deterministic)
     return out.reshape(b, n, s, -1)
+
+
+@ENCODERS.register("whisper")
+class AudioItems(nn.Module):
+  """Clips [B, N, S] -> [B, N, num_vectors, width]: the Whisper-shaped encoder,
+  pooled (`cfg.pool`). Invalid items (valid False) are encoded as silence and
+  their vectors zeroed, so whatever their samples hold (NaN included) reaches
+  neither the outputs nor the gradients."""
+  cfg: Any
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, inputs, deterministic=True):
+    wave, valid = inputs["waveform"], inputs["valid"]  # [B, N, S], [B, N]
+    b, n, s = wave.shape
+    wave = jnp.where(valid[..., None], wave, 0.0)
+    out = audio.AudioEncoder(self.cfg, self.dtype, name="whisper")(
+        wave.reshape(b * n, s), deterministic)
+    out = audio.pool(out, self.cfg.num_vectors, self.cfg.pool)
+    out = out.reshape((b, n) + out.shape[1:])
+    return jnp.where(valid[..., None, None], out, jnp.zeros((), out.dtype))
