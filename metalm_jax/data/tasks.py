@@ -172,13 +172,13 @@ def supervised_task(fmt: formats_lib.Format, ctx: Context, fields, rng, stats):
   if parsed is None:
     return _fail(stats, skip)
   tok = ctx.tokenizer
-  items = [(kind, _load(ctx, kind, parsed.fields[k], stats)) for kind, k in fmt.media()]
-  if any(x is None for _, x in items):
+  docked = [(kind, _load(ctx, kind, parsed.fields[k], stats)) for kind, k in fmt.media()]
+  if any(x is None for _, x in docked):
     return {"ok": False, "stats": stats}
   answer = formats_lib.answer_ids(tok, fmt.target(parsed, rng))
   prompt = tok.encode(fmt.prompt(parsed, template)) if template else []
   row = spans_lib.Row(ctx.seq_len, tok.pad)
-  _media_head(ctx, row, [kind for kind, _ in items])
+  _media_head(ctx, row, [kind for kind, _ in docked])
   if fmt.encoded:
     items = fmt.encoder_items(ctx.model_cfg.encoders[ctx.text]) if ctx.text else 0
     _add_encoded(ctx, row, tok.encode(fmt.encoder_text(parsed)),
@@ -186,7 +186,7 @@ def supervised_task(fmt: formats_lib.Format, ctx: Context, fields, rng, stats):
   keep = len(answer) if fmt.answer_room is None else fmt.answer_room
   row.add_tokens(_fit(prompt, row.room - keep, stats), train=False)
   row.add_tokens(_fit(answer, row.room, stats), train=True)
-  return _finish(ctx, row, items, stats)
+  return _finish(ctx, row, docked, stats)
 
 
 for _name in formats_lib.FORMATS:
