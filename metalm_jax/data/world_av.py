@@ -222,8 +222,9 @@ def video_event(objs: Sequence[world.Obj], rng: np.random.Generator) -> Dict[str
   o = objs[i]
   event: Dict[str, object] = {"kind": kind, "object": i}
   if kind == "move":
+    inside = lambda v: _MARGIN <= v <= 1 - _MARGIN
     ok = [d for d, (dx, dy) in DIRECTIONS.items()
-          if _MARGIN <= o.x + dx * MOVE <= 1 - _MARGIN and _MARGIN <= o.y + dy * MOVE <= 1 - _MARGIN]
+          if inside(o.x + dx * MOVE) and inside(o.y + dy * MOVE)]
     event["direction"] = ok[int(rng.integers(len(ok)))]
   elif kind == "appear":
     event["frame"] = int(rng.integers(1, FRAMES))

@@ -86,8 +86,8 @@ def mean(values: Sequence[float], what: str) -> float:
 
 
 def prompt_text(parts) -> str:
-  """A prompt for the predictions file: `<image>` (`<audio>`, `<video>`), [encoded text], plain text,
-  raw tokens by their display text (`</s>`)."""
+  """A prompt for the predictions file: `<image>` / `<audio>` / `<video>`,
+  [encoded text], plain text, raw tokens by their display text (`</s>`)."""
   out = []
   for p in parts:
     if type(p) in prompts.MEDIA_PARTS:
