@@ -7,7 +7,6 @@ import json
 import wave
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from metalm_jax.data import media, world
