@@ -53,7 +53,9 @@ def pretrain_config(a, s, kind: str, decay: str, end_lr_frac: float) -> mlc.Conf
   c = config_defaults.trainer_config()
   c.model = presets.model_config(s.model)
   c.data = presets.data_config(kind, s.data)
-  if kind == "vl":  # a VL row may dock several images (interleaved documents)
+  if kind == "av":
+    add_av_encoders(c.model)
+  if kind in ("vl", "av"):  # a VL row may dock several images (interleaved documents)
     vision = c.model.encoders.vision
     vision.max_items = max(vision.max_items, presets.DATA_SIZES[s.data].vl_images)
   c.batch_size = s.batch
@@ -64,3 +66,18 @@ def pretrain_config(a, s, kind: str, decay: str, end_lr_frac: float) -> mlc.Conf
                                           warmup_steps=s.warmup, decay=decay,
                                           end_lr_frac=end_lr_frac)
   return c
+
+
+def add_av_encoders(model: mlc.ConfigDict) -> mlc.ConfigDict:
+  """A four-modality model: `model` (vision and text encoders) plus an audio
+  encoder `audio` (type "whisper") and a video encoder `video` (type "video"),
+  from presets.ENCODER_PRESETS, sized for the embedded world's clips (<= 1 s
+  of 16 kHz sound; 4 frames at the vision encoder's image size), each docking
+  8 vectors per clip."""
+  build = presets.ENCODER_PRESETS
+  model.encoders.audio = build["whisper"](max_items=1, sample_rate=16000, max_seconds=1.0,
+                                          num_vectors=8)
+  model.encoders.video = build["video"](max_items=1, frames=4,
+                                        image_size=model.encoders.vision.image_size,
+                                        num_vectors=8)
+  return model

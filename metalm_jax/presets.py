@@ -182,7 +182,7 @@ def logical_rules():
 
 
 # ---- data -----------------------------------------------------------------------
-DATA_KINDS = ("vl", "lang")
+DATA_KINDS = ("vl", "lang", "av")
 # The real-data builders that read official files (metalm_jax/data/builders):
 # each has a manual_dirs entry ("" = not given), so the documented override
 # --config.data.manual_dirs.metalm_coco_karpathy=DIR works on the locked config.
@@ -236,8 +236,20 @@ def vl_mixture(p: DataPreset) -> dict:
   return {"world_caption": 0.6, "world_text": 0.3, "world_instructions": 0.1}
 
 
+def av_mixture(p: DataPreset) -> dict:
+  """The four-modality pretraining mixture (kind "av"; README, Sound and
+  motion in the embedded world): the VL mixture's rows at 0.7 of the total,
+  then the world's sound-clip and video captions at 0.15 each, laid out like
+  image captions (`<audio>` / `<video>` brackets, no prompt). Their questions
+  stay for finetuning and zero-shot evaluation, as VQA does for images."""
+  out = {k: round(0.7 * w, 4) for k, w in vl_mixture(p).items()}
+  out.update(world_audio_caption=0.15, world_video_caption=0.15)
+  return out
+
+
 def data_config(kind: str, size: str) -> ConfigDict:
-  """config.data for kind "vl" (image-text pairs + text) or "lang" (text).
+  """config.data for kind "vl" (image-text pairs + text), "lang" (text) or
+  "av" (the VL mixture plus sound-clip and video captions; `av_mixture`).
 
   Fields:
     data_dir        where TFDS data sets live; the embedded world and its
@@ -267,11 +279,8 @@ def data_config(kind: str, size: str) -> ConfigDict:
   if size not in DATA_SIZES:
     raise ValueError(f"size={size!r} is unknown; known: {sorted(DATA_SIZES)}")
   p = DATA_SIZES[size]
-  seq_len = p.vl_seq_len if kind == "vl" else p.lang_seq_len
-  if kind == "vl":
-    mixture = vl_mixture(p)
-  else:
-    mixture = {"world_text": 1.0}
+  seq_len = p.lang_seq_len if kind == "lang" else p.vl_seq_len
+  mixture = {"vl": vl_mixture, "av": av_mixture}.get(kind, lambda p: {"world_text": 1.0})(p)
   return ConfigDict(dict(
       data_dir=default_data_dir(),
       world=p.world,

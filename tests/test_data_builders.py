@@ -133,8 +133,8 @@ def test_build_cli(tmp_path):
   out = subprocess.run([sys.executable, "-m", "metalm_jax.data.build", f"--data_dir={tmp_path}",
                         "--world=test", "--vocab_size=1000,1024"], capture_output=True, text=True)
   assert out.returncode == 0, out.stderr[-2000:]
-  assert (tmp_path / "tokenizers" / "metalm_world_test_1000_v2.model").exists()
-  assert (tmp_path / "tokenizers" / "metalm_world_test_1024_v2.model").exists()
+  for vocab in (1000, 1024):
+    assert (tmp_path / "tokenizers" / f"metalm_world_test_{vocab}_v3.model").exists()
   assert len(tfds.data_source("metalm_world/test", data_dir=str(tmp_path))["train"]) == 64
   from metalm_jax.data import images, prepare, world
   import ml_collections as mlc

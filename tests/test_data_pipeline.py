@@ -180,7 +180,7 @@ def test_process_shards_are_disjoint(data_dir):
 def test_config_mismatches_name_the_field(data_dir, tmp_path):
   cfg = testing.test_config("lang", "tiny", data_dir)
   prepare.load_tokenizer(cfg)  # prepares the 1024 tokenizer
-  cfg.data.tokenizer = os.path.join(data_dir, "tokenizers", "metalm_world_test_1024_v2.model")
+  cfg.data.tokenizer = prepare.tokenizer_path(cfg.data, 1024)
   cfg.model.decoder.vocab_size = 1000
   with pytest.raises(ValueError, match="config.model.decoder.vocab_size=1000"):
     pipeline.make_iterator(cfg, "train", batch_size=2)

@@ -33,8 +33,13 @@ def test_special_ids(tok):
   assert ids == list(range(4, 4 + 4 + tok_lib.NUM_RESERVED))
   assert [tok.id_to_piece(i) for i in (tok.eop, tok.image_start, tok.image_end)] == [
       "<eop>", "<image>", "</image>"]
+  # The audio and video brackets follow the reserved extras (older ids unchanged).
+  media = [getattr(tok, role) for role in tok_lib.MEDIA_SYMBOLS]
+  assert media == list(range(4 + 4 + tok_lib.NUM_RESERVED, 4 + 4 + tok_lib.NUM_RESERVED + 4))
+  assert [tok.id_to_piece(i) for i in media] == list(tok_lib.MEDIA_SYMBOLS.values())
   # Markers written in text become their single ids.
   assert tok.image_start in tok.encode("<image> a red circle")
+  assert tok.video_end in tok.encode("a red circle </video>")
 
 
 def test_round_trip_and_decode_drops_specials(tok):
@@ -117,3 +122,20 @@ def test_world_tokenizer_knows_the_prompt_vocabulary(world_tok):
   # A filled template round-trips too (a real question of the world).
   q = formats.VQA_TEMPLATE.format(question="what color is the circle?")
   assert tok.decode(tok.encode(q)) == q and tok.unk not in tok.encode(q)
+
+
+def test_a_file_without_media_brackets_loads_and_says_so(tok):
+  """A tokenizer file of an older recipe (no <audio>/<video>) still loads with
+  those ids None; docking audio with it is a clear error."""
+  from sentencepiece import sentencepiece_model_pb2 as sp_pb2
+  from metalm_jax.data import media
+  proto = sp_pb2.ModelProto()
+  proto.ParseFromString(tok.__getstate__()["proto"])
+  for p in proto.pieces:
+    if p.piece in tok_lib.MEDIA_SYMBOLS.values():
+      p.piece = "<old" + p.piece.replace("/", "_").strip("<>") + ">"
+  old = tok_lib.Tokenizer(proto.SerializeToString())
+  assert old.audio_start is None and old.video_end is None and old.image_start == tok.image_start
+  assert media.brackets(tok, "audio") == (tok.audio_start, tok.audio_end)
+  with pytest.raises(ValueError, match="audio_start / audio_end"):
+    media.brackets(old, "audio")

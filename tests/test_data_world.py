@@ -1,12 +1,13 @@
 """The embedded world: determinism, held-out split, labels that follow from
 the scene, rendering, and the TFDS builder reading back what it wrote."""
+import json
 import re
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from metalm_jax.data import world
+from metalm_jax.data import world, world_av
 from metalm_jax.data.builders.common import as_str
 
 
@@ -135,6 +136,13 @@ def test_builder_writes_and_reads_back(tmp_path):
   np.testing.assert_array_equal(got["doc_ids"], doc["doc_ids"])
   assert list(got["doc_images"]) == list(doc["doc_images"])
   assert [as_str(q) for q in got["doc_questions"]] == doc["doc_questions"]
+  av = world_av.av_record(0, "test_heldout", got["id"], 64)
+  assert got["audio"] == av["audio"] and list(got["video"]) == list(av["video"])
+  for k in ("audio_captions", "audio_questions", "video_captions", "video_questions"):
+    assert [as_str(t) for t in got[k]] == av[k], k
+  for k in ("audio_answers", "video_answers"):
+    assert np.array_equal(np.vectorize(as_str)(got[k]), av[k].astype(str)), k
+  assert json.loads(as_str(got["video_event"])) == json.loads(av["video_event"])
   _interleaved_docs_keep_heldout_unseen(ds)
 
 

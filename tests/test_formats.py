@@ -40,8 +40,9 @@ def _env(cfg, tok):
   return E.Env(cfg, metalm.build_model(cfg.model), None, tok, 0)
 
 
-def _agree(cfg, tok, name, fields, index):
-  """Builds the row (tasks.TASKS) and the prompt (evaluators) and checks them."""
+def _agree(cfg, tok, name, fields, index, env=None):
+  """Builds the row (tasks.TASKS) and the prompt (evaluators) and checks them
+  (`env`: the evaluators' Env, default one over `cfg`)."""
   fmt = formats.FORMATS.get(name)
   ctx = pipeline.make_context(cfg, tok)
   rng = np.random.default_rng([0, 0, index])
@@ -52,7 +53,7 @@ def _agree(cfg, tok, name, fields, index):
   row = out["row"]
   prompt = "" if name == "caption" else drawn  # pretraining captions have no prompt
   ev = E.resolve(dict(type="classify" if fmt.labels else "vqa", prompt=prompt))
-  ex = E.make_example(fmt, fields, _env(cfg, tok), ev)
+  ex = E.make_example(fmt, fields, env or _env(cfg, tok), ev)
   b = prompts.build_batch([ex.parts], tok, cfg.model)
   n = b["tokens"].shape[1]
   for key in ("tokens", "dock_mask", "dock_index", "positions"):

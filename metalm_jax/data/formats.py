@@ -6,9 +6,12 @@ tokenizer, no training stack.
 
 A row or prompt, left to right ([..] = docked, * = trained in a row):
 
-    <s> (<image> [image] </image>)*  [encoded text]  prompt  answer* </s>*
+    <s> (<image> [image] </image>)* (<audio> [clip] </audio>)*
+        (<video> [clip] </video>)*  [encoded text]  prompt  answer* </s>*
 
   images    image fields, each docked on its own item of the vision encoder;
+  audio, video   sound-clip / video fields, each on its own item of the
+            audio ("whisper") / video encoder (data/media.py: kinds, loaders);
   encoded   a template of the text for the text encoder
             (config.data.spans.encoder): split over consecutive items of
             max_len tokens (`encoded_items="split"`; plain tokens when the
@@ -45,6 +48,8 @@ from metalm_jax.registry import Registry
 FORMATS = Registry("task format")
 
 CAPTION_PROMPT = "Summarize this image:"  # zero-shot captioning (paper)
+AUDIO_CAPTION_PROMPT = "Describe this sound:"  # zero-shot audio captioning
+VIDEO_CAPTION_PROMPT = "Describe this video:"  # zero-shot video captioning
 VQA_TEMPLATE = "question: {question} answer:"
 NLI_TEMPLATE = "question: {hypothesis} true, false or neither? answer:"
 NLI_WORDS = ("true", "neither", "false")  # entailment, neutral, contradiction
@@ -110,6 +115,8 @@ class Format:
   labels: Tuple[str, ...] = ()       # label id -> word (answer="label")
   texts: Tuple[str, ...] = ()        # string fields that must be non-empty
   images: Tuple[str, ...] = ()       # image fields, in row order
+  audio: Tuple[str, ...] = ()        # sound-clip fields, after the images
+  video: Tuple[str, ...] = ()        # video fields, after the sound clips
   encoded: str = ""                  # template of the text-encoder text ("" none)
   encoded_items: str = "split"       # "split" over items | "one" item
   eval_prompt: Optional[str] = None  # evaluation template (default templates[0])
@@ -131,6 +138,11 @@ class Format:
     if not refs or not all(clean[k] for k in self.texts):
       return None, "skipped_empty_text"
     return Parsed(clean, refs, label_id), ""
+
+  def media(self) -> List[Tuple[str, str]]:
+    """(media kind, field) of every docked input, in row order."""
+    return ([("image", f) for f in self.images] + [("audio", f) for f in self.audio]
+            + [("video", f) for f in self.video])
 
   def template(self, rng) -> str:
     """The training template: the only one, or one drawn with `rng`."""
@@ -163,10 +175,10 @@ _FIELD = re.compile(r"\{\w+\}")
 
 def prompt_vocabulary() -> List[str]:
   """The words prompts are made of: every registered format's templates
-  (fields removed) and evaluation prompt, CAPTION_PROMPT, and every label
+  (fields removed) and evaluation prompt, the zero-shot caption prompts, and every label
   word, in registration order without repeats. The embedded world's tokenizer
   trains on them (data/prepare.py), so each encodes in few pieces."""
-  out: List[str] = [CAPTION_PROMPT]
+  out: List[str] = [CAPTION_PROMPT, AUDIO_CAPTION_PROMPT, VIDEO_CAPTION_PROMPT]
   for name in FORMATS:
     fmt = FORMATS.get(name)
     texts = list(fmt.templates) + [fmt.eval_template()] + list(fmt.labels)
@@ -200,3 +212,21 @@ register(Format("nli_encoded", ("true, false or neither? answer:",),
 # NLVR2-style: two images, each on its own encoder item, then the statement.
 register(Format("pair", ("statement: {sentence} true or false? answer:",), labels=PAIR_WORDS,
                 texts=("sentence",), images=("image_left", "image_right")))
+
+# Sound and motion (the embedded world's clips and videos, world_av.py).
+# Captioning as pretraining (no prompt; zero-shot evaluation asks with the
+# *_CAPTION_PROMPT) and finetuning ("caption:"); questions as VQA: about the
+# sound, about the video, and about a picture with a sound (both docked).
+_AUDIO, _VIDEO = dict(audio=("audio",)), dict(video=("video",))
+register(Format("audio_caption", ("",), answer="captions", eval_prompt=AUDIO_CAPTION_PROMPT,
+                **_AUDIO))
+register(Format("audio_caption_prompted", CAPTION_TEMPLATES[:1], answer="captions",
+                answer_room=2, **_AUDIO))
+register(Format("audio_qa", (VQA_TEMPLATE,), answer="answers", texts=("question",), **_AUDIO))
+register(Format("audio_image_qa", (VQA_TEMPLATE,), answer="answers", texts=("question",),
+                **_IMAGE, **_AUDIO))
+register(Format("video_caption", ("",), answer="captions", eval_prompt=VIDEO_CAPTION_PROMPT,
+                **_VIDEO))
+register(Format("video_caption_prompted", CAPTION_TEMPLATES[:1], answer="captions",
+                answer_room=2, **_VIDEO))
+register(Format("video_qa", (VQA_TEMPLATE,), answer="answers", texts=("question",), **_VIDEO))

@@ -6,7 +6,8 @@
 
 Per mixture entry (`config.data.mixture`: {source name: weight}, sources in
 `sources.SOURCES`): tfds.data_source -> this process's shard -> shuffle ->
-repeat -> per-example task (tasks.py; images decoded, resized, normalised) ->
+repeat -> per-example task (tasks.py; images decoded, resized, normalised;
+sound clips and videos decoded and docked the same way, data/media.py) ->
 DropFailed (caption / vqa / nli rows) or PackDocuments (text rows with
 language spans). Entries are mixed by weight (deterministic proportions),
 batched, and optionally produced by `config.data.num_workers` processes.
@@ -36,6 +37,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from metalm_jax import batch as batch_lib
+from metalm_jax.data import media as media_lib
 from metalm_jax.data import packing
 from metalm_jax.data import prepare
 from metalm_jax.data import records as records_lib
@@ -75,18 +77,22 @@ def make_context(config, tokenizer) -> tasks_lib.Context:
     raise ValueError(f"config.data.seq_len={data.seq_len} exceeds "
                      f"config.model.decoder.max_len={model.decoder.max_len}")
   vision = by_type.get("vit", "")
-  if vision:
-    need = batch_lib.slot_length(model.encoders[vision]) + 5
-    if data.seq_len < need:
-      raise ValueError(f"config.data.seq_len={data.seq_len} cannot hold an image span of "
-                       f"config.model.encoders.{vision} plus text (need >= {need})")
+  for kind in media_lib.MEDIA:  # each docked kind: one item of it plus text fits a row
+    name = by_type.get(media_lib.MEDIA.get(kind).encoder_type, "")
+    if name:
+      need = batch_lib.slot_length(model.encoders[name]) + 5
+      if data.seq_len < need:
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise ValueError(f"config.data.seq_len={data.seq_len} cannot hold {article} {kind} span of "
+                         f"config.model.encoders.{name} plus text (need >= {need})")
   return tasks_lib.Context(
       tokenizer=tokenizer, model_cfg=model, seq_len=int(data.seq_len),
       vision=vision, text=text, prefix_max=int(data.spans.prefix_max),
       span_min=int(data.spans.min_len), span_max=int(data.spans.max_len),
       span_ratio=float(data.spans.ratio), max_doc_tokens=int(data.max_doc_tokens),
       image_mean=tuple(data.image_mean), image_std=tuple(data.image_std),
-      read_threads=int(data.read_threads), prefetch_buffer=int(data.prefetch_buffer))
+      read_threads=int(data.read_threads), prefetch_buffer=int(data.prefetch_buffer),
+      audio=by_type.get("whisper", ""), video=by_type.get("video", ""))
 
 
 def data_source(data_cfg, source_name: str, split: str, skip_corrupt: bool = False):

@@ -42,8 +42,8 @@ def world_builder(data_cfg):
 
 # Bumped whenever the tokenizer's training text changes, so a data dir never
 # serves a tokenizer trained by an older recipe (2: prompt vocabulary, capitals,
-# BPE).
-TOKENIZER_VERSION = 2
+# BPE; 3: the <audio> / <video> brackets and the world's sound and video text).
+TOKENIZER_VERSION = 3
 # BPE, not unigram: on the world's small vocabulary SentencePiece's unigram
 # trainer keeps ~200 pieces of 1024 and cuts frequent words ("question" into 7
 # pieces); BPE learns ~750 and keeps every template and label word whole.
@@ -65,9 +65,12 @@ def world_texts(records):
   words), as written and capitalised, once per record (so its words are as
   frequent as the world's and come out as whole pieces), plus every capital
   letter and digit (so capitals never encode as <unk>). The world's text stays
-  lower case; each record's first caption also comes capitalised. `records`:
-  random-access records of the world's train split (tfds or scene_record dicts)."""
-  from metalm_jax.data import formats
+  lower case; each record's first caption also comes capitalised. The sound
+  and video text (captions, questions, answers; the audio+image questions)
+  counts as the rest. `records`:
+  random-access records of the world's train split (tfds, or dicts of
+  world.scene_record merged with world_av.av_record)."""
+  from metalm_jax.data import formats, world_av
   from metalm_jax.data.builders.common import as_str
   vocab = formats.prompt_vocabulary()
   yield " ".join(string.ascii_letters + string.digits + string.punctuation)
@@ -83,6 +86,11 @@ def world_texts(records):
     yield as_str(r["premise"])
     yield as_str(r["hypothesis"])
     yield from as_str(r["document"]).split("\n\n")
+    yield world_av.AV_QUESTIONS[i % len(world_av.AV_QUESTIONS)]
+    for kind in ("audio", "video"):
+      for field in ("captions", "questions"):
+        yield from (as_str(t) for t in r[f"{kind}_{field}"])
+      yield from (as_str(a[0]) for a in r[f"{kind}_answers"])
 
 
 def ensure_world(data_cfg):

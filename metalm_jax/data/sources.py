@@ -12,6 +12,10 @@ Canonical fields per task:
     pair:    image_left, image_right, sentence (str), label (0 true, 1 false)
     interleaved: items (list of {image, captions, question, answers}, in
              document order)
+    audio_caption / video_caption: audio (WAV bytes) / video (encoded
+             frames), captions; audio_qa / video_qa: audio / video,
+             question, answers; audio_image_qa: image, audio, question,
+             answers (data/media.py decodes audio and video)
 
 Finetuning variants (`*_prompted`, `*_instruct`, `world_pair`) are at the end.
 """
@@ -125,6 +129,44 @@ register("world_interleaved", Source("interleaved", _world_name, _WORLD_SPLITS,
                                      _world_interleaved, True))
 register("world_instructions", Source("text", _world_name, _WORLD_SPLITS,
                                       _world_instructions, True))
+# ---------------------------------------------------------------- sound and motion
+# The embedded world's clips and videos (world_av.py).
+
+def _world_av_captions(kind):
+  def extract(r, rng):
+    return {kind: r[kind], "captions": [as_str(c) for c in r[f"{kind}_captions"]]}
+  return extract
+
+
+def _world_av_qa(kind):
+  """One of the record's `kind` questions (drawn) with its ten answers."""
+  def extract(r, rng):
+    qs = list(r[f"{kind}_questions"])
+    if not qs:
+      return {kind: r[kind], "question": "", "answers": []}
+    k = int(rng.integers(len(qs)))
+    return {kind: r[kind], "question": as_str(qs[k]),
+            "answers": [as_str(a) for a in np.asarray(r[f"{kind}_answers"])[k]]}
+  return extract
+
+
+def _world_audio_image_qa(r, rng):
+  """The scene's image with the sound of an edited copy (world_av.av_item,
+  drawn with `rng`) and one of its questions, which need both."""
+  from metalm_jax.data import world_av
+  item = world_av.av_item_of(as_str(r["objects"]), rng)
+  k = int(rng.integers(len(item["questions"])))
+  return {"image": r["image"], "audio": world_av.wav_bytes(item["waveform"]),
+          "question": item["questions"][k], "answers": list(item["answers"][k])}
+
+
+for _kind in ("audio", "video"):
+  register(f"world_{_kind}_caption", Source(f"{_kind}_caption", _world_name, _WORLD_SPLITS,
+                                            _world_av_captions(_kind), True))
+  register(f"world_{_kind}_qa", Source(f"{_kind}_qa", _world_name, _WORLD_SPLITS,
+                                       _world_av_qa(_kind), True))
+register("world_audio_image_qa", Source("audio_image_qa", _world_name, _WORLD_SPLITS,
+                                        _world_audio_image_qa, True))
 register("coco_caption", Source("caption", lambda c: "metalm_coco_karpathy",
                                 {"train": "train", "validation": "validation", "test": "test"},
                                 _captions))
@@ -168,6 +210,9 @@ def _variant(name: str, base: str, task: str, extract=None) -> None:
 
 for _base in ("world_caption", "coco_caption"):
   _variant(f"{_base}_prompted", _base, "caption_prompted")
+for _kind in ("audio", "video"):
+  _variant(f"world_{_kind}_caption_prompted", f"world_{_kind}_caption",
+           f"{_kind}_caption_prompted")
 for _base, _task in (("world_caption", "caption_instruct"), ("coco_caption", "caption_instruct"),
                      ("world_vqa", "vqa_instruct"), ("vqav2", "vqa_instruct"),
                      ("world_nli", "nli_instruct"), ("mnli", "nli_instruct")):

@@ -152,8 +152,9 @@ def layout_arrays(row: Row, model_cfg) -> Dict[str, np.ndarray]:
 
 def encoder_arrays(row: Row, model_cfg, images: Mapping[Tuple[str, int], np.ndarray],
                    pad_id: int) -> Dict[str, Dict[str, np.ndarray]]:
-  """Per-encoder inputs of one row: images[(encoder, item)] are preprocessed
-  pixels; text spans give the text encoder its tokens."""
+  """Per-encoder inputs of one row: images[(encoder, item)] are the
+  preprocessed inputs of whole-item encoders (those with a `valid` array:
+  pixels, waveforms, video frames); text spans give the text encoder its tokens."""
   out = {}
   for name, enc in sorted(model_cfg.encoders.items()):
     spec = batch_lib.MODALITIES.get(enc.type)[1](enc, 1)
@@ -163,8 +164,9 @@ def encoder_arrays(row: Row, model_cfg, images: Mapping[Tuple[str, int], np.ndar
     out[name] = arrays
   for sp in row.spans:
     arrays = out[sp.encoder]
-    if "pixels" in arrays:
-      arrays["pixels"][sp.item] = images[(sp.encoder, sp.item)]
+    if "valid" in arrays:
+      key, = (k for k in arrays if k != "valid")
+      arrays[key][sp.item] = images[(sp.encoder, sp.item)]
       arrays["valid"][sp.item] = True
     else:
       arrays["tokens"][sp.item, :sp.length] = sp.tokens

@@ -1,6 +1,8 @@
 """Per-example work of the pipeline: decode, tokenise and lay out one record.
 
 Tasks (registry `TASKS`, picked by the source's `task`):
+  (images, sound clips and videos are docked as the format says, data/media.py
+  decodes them; brackets `<image>`/`<audio>`/`<video>` ... around each)
   caption   pretraining: <s> <image> [image] </image> [prefix]? caption* </s>*
             (a random caption prefix may go through the text encoder);
   text      a document -> tokenised sentences that `packing.PackDocuments`
@@ -9,10 +11,10 @@ Tasks (registry `TASKS`, picked by the source's `task`):
             in-context prompt (formats.py): <s>, then per image the tokens of
             an ICL demonstration of one format drawn per row (vqa or caption):
             <image> [image k] </image> prompt answer* </s>*;
-  every other task (vqa, nli, pair and the finetuning variants *_prompted,
-            *_instruct, nli_encoded) is `supervised_task` over its format in
-            formats.py, which defines the row: images, encoded text, prompt,
-            answer and `</s>`.
+  every other task (vqa, nli, pair, audio_*, video_* and the finetuning
+            variants *_prompted, *_instruct, nli_encoded) is `supervised_task`
+            over its format in formats.py, which defines the row: images,
+            sound clips, videos, encoded text, prompt, answer and `</s>`.
 
 Every output carries `stats`, a dict of int counters (`STAT_KEYS`) for what
 happened to its record; a record that cannot be used has `ok=False` and is
@@ -23,14 +25,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from metalm_jax import batch as batch_lib
 from metalm_jax.data import audio as audio_lib
 from metalm_jax.data import formats as formats_lib
-from metalm_jax.data import images as images_lib
+from metalm_jax.data import media as media_lib
 from metalm_jax.data import records as records_lib
 from metalm_jax.data import sources as sources_lib
 from metalm_jax.data import spans as spans_lib
@@ -42,7 +44,8 @@ TASKS = Registry("task")
 STAT_KEYS = tuple(dict.fromkeys((
     "examples", "skipped_bad_image", "skipped_empty_text", "skipped_bad_label",
     "converted_image_mode", "resized_nonsquare_image", "truncated_text",
-    "skipped_unreadable_record") + audio_lib.STAT_KEYS + video_lib.STAT_KEYS))
+    "skipped_unreadable_record") + audio_lib.STAT_KEYS + video_lib.STAT_KEYS
+    + media_lib.STAT_KEYS))
 
 
 def new_stats(**counts) -> Dict[str, np.ndarray]:
@@ -69,24 +72,35 @@ class Context:
   image_std: tuple
   read_threads: int = 2      # threads of the per-example map, per mixture entry
   prefetch_buffer: int = 32  # rows read ahead, per mixture entry
+  audio: str = ""            # name of the audio ("whisper") encoder ("" if none)
+  video: str = ""            # name of the video encoder ("" if none)
+
+  def encoder_for(self, kind: str) -> str:
+    """The encoder docking media `kind` (data/media.py), "" if none."""
+    return {"image": self.vision, "audio": self.audio, "video": self.video}[kind]
+
+
+def _load(ctx: Context, kind: str, value, stats) -> Optional[np.ndarray]:
+  """One docked input of media `kind` as its encoder takes it (None: unusable, counted)."""
+  name = ctx.encoder_for(kind)
+  return media_lib.MEDIA.get(kind).load(value, ctx.model_cfg.encoders[name],
+                                        (ctx.image_mean, ctx.image_std), stats)
 
 
 def _image(ctx: Context, image, stats) -> Optional[np.ndarray]:
-  rgb, counts = images_lib.to_rgb(image)
-  for k, v in counts.items():
-    stats[k] += v
-  if rgb is None:
-    return None
-  if rgb.shape[0] != rgb.shape[1]:
-    stats["resized_nonsquare_image"] += 1
-  size = ctx.model_cfg.encoders[ctx.vision].image_size
-  return images_lib.preprocess_image(rgb, size, ctx.image_mean, ctx.image_std)
+  return _load(ctx, "image", image, stats)
 
 
-def _finish(ctx: Context, row: spans_lib.Row, pixels: List[np.ndarray], stats) -> Dict[str, Any]:
+def _finish(ctx: Context, row: spans_lib.Row, items: List[Tuple[str, np.ndarray]],
+            stats) -> Dict[str, Any]:
+  """`items`: (media kind, encoder input) of the row's docked items, in order."""
   out = spans_lib.layout_arrays(row, ctx.model_cfg)
-  imgs = {(ctx.vision, i): p for i, p in enumerate(pixels)}
-  out["encoders"] = spans_lib.encoder_arrays(row, ctx.model_cfg, imgs, ctx.tokenizer.pad)
+  arrays, count = {}, {}
+  for kind, x in items:
+    name = ctx.encoder_for(kind)
+    arrays[(name, count.get(name, 0))] = x
+    count[name] = count.get(name, 0) + 1
+  out["encoders"] = spans_lib.encoder_arrays(row, ctx.model_cfg, arrays, ctx.tokenizer.pad)
   stats["examples"] += 1
   return {"ok": True, "row": out, "stats": stats}
 
@@ -105,27 +119,41 @@ def _fit(ids: List[int], room: int, stats) -> List[int]:
 
 
 def _check_encoders(ctx: Context, fmt: formats_lib.Format) -> None:
-  if fmt.images:
-    if not ctx.vision:
-      raise ValueError(f"task {fmt.name!r} needs an image encoder in config.model.encoders")
-    enc = ctx.model_cfg.encoders[ctx.vision]
-    if enc.max_items < len(fmt.images):
-      raise ValueError(f"task {fmt.name!r} needs config.model.encoders.{ctx.vision}.max_items "
-                       f">= {len(fmt.images)}, got {enc.max_items}")
+  need: Dict[str, int] = {}
+  for kind, _ in fmt.media():
+    need[kind] = need.get(kind, 0) + 1
+  for kind, n in need.items():
+    name = ctx.encoder_for(kind)
+    if not name:
+      raise ValueError(f"task {fmt.name!r} needs a {media_lib.MEDIA.get(kind).encoder_type!r} "
+                       f"({kind}) encoder in config.model.encoders")
+    media_lib.brackets(ctx.tokenizer, kind)
+    enc = ctx.model_cfg.encoders[name]
+    if enc.max_items < n:
+      raise ValueError(f"task {fmt.name!r} needs config.model.encoders.{name}.max_items "
+                       f">= {n}, got {enc.max_items}")
   if fmt.encoded_items == "one" and fmt.encoded and not ctx.text:
     raise ValueError(f"task {fmt.name!r} needs config.data.spans.encoder (a text encoder)")
 
 
+def _media_head(ctx: Context, row: spans_lib.Row, kinds: List[str]) -> None:
+  """<s>, then per docked input of `kinds` (in order): its opening bracket,
+  its span on the next item of its encoder, its closing bracket."""
+  row.start_segment()
+  row.add_tokens([ctx.tokenizer.bos], train=False)
+  count: Dict[str, int] = {}
+  for kind in kinds:
+    name = ctx.encoder_for(kind)
+    start, end = media_lib.brackets(ctx.tokenizer, kind)
+    row.add_tokens([start], train=False)
+    row.add_span(batch_lib.slot_length(ctx.model_cfg.encoders[name]), name, count.get(name, 0))
+    row.add_tokens([end], train=False)
+    count[name] = count.get(name, 0) + 1
+
+
 def _images_head(ctx: Context, row: spans_lib.Row, num: int) -> None:
   """<s>, then `num` times <image> [item] </image>."""
-  tok = ctx.tokenizer
-  row.start_segment()
-  row.add_tokens([tok.bos], train=False)
-  t = batch_lib.slot_length(ctx.model_cfg.encoders[ctx.vision]) if num else 0
-  for item in range(num):
-    row.add_tokens([tok.image_start], train=False)
-    row.add_span(t, ctx.vision, item)
-    row.add_tokens([tok.image_end], train=False)
+  _media_head(ctx, row, ["image"] * num)
 
 
 def _add_encoded(ctx: Context, row: spans_lib.Row, ids: List[int], room: int, items: int,
@@ -148,13 +176,13 @@ def supervised_task(fmt: formats_lib.Format, ctx: Context, fields, rng, stats):
   if parsed is None:
     return _fail(stats, skip)
   tok = ctx.tokenizer
-  pixels = [_image(ctx, parsed.fields[k], stats) for k in fmt.images]
-  if any(p is None for p in pixels):
+  docked = [(kind, _load(ctx, kind, parsed.fields[k], stats)) for kind, k in fmt.media()]
+  if any(x is None for _, x in docked):
     return {"ok": False, "stats": stats}
   answer = formats_lib.answer_ids(tok, fmt.target(parsed, rng))
   prompt = tok.encode(fmt.prompt(parsed, template)) if template else []
   row = spans_lib.Row(ctx.seq_len, tok.pad)
-  _images_head(ctx, row, len(pixels))
+  _media_head(ctx, row, [kind for kind, _ in docked])
   if fmt.encoded:
     items = fmt.encoder_items(ctx.model_cfg.encoders[ctx.text]) if ctx.text else 0
     _add_encoded(ctx, row, tok.encode(fmt.encoder_text(parsed)),
@@ -162,7 +190,7 @@ def supervised_task(fmt: formats_lib.Format, ctx: Context, fields, rng, stats):
   keep = len(answer) if fmt.answer_room is None else fmt.answer_room
   row.add_tokens(_fit(prompt, row.room - keep, stats), train=False)
   row.add_tokens(_fit(answer, row.room, stats), train=True)
-  return _finish(ctx, row, pixels, stats)
+  return _finish(ctx, row, docked, stats)
 
 
 for _name in formats_lib.FORMATS:
@@ -192,7 +220,7 @@ def caption_task(ctx: Context, fields, rng, stats):
   if k:
     row.add_span(k, ctx.text, 0, tokens=ids[:k])
   row.add_tokens(ids[k:] + [formats_lib.answer_end_id(ctx.tokenizer)], train=True)
-  return _finish(ctx, row, [pixels], stats)
+  return _finish(ctx, row, [("image", pixels)], stats)
 
 
 # The formats an interleaved document's items follow (one per row, drawn).
@@ -239,7 +267,7 @@ def interleaved_task(ctx: Context, fields, rng, stats):
     pixels.append(p)
   if not pixels:
     return {"ok": False, "stats": stats}
-  return _finish(ctx, row, pixels, stats)
+  return _finish(ctx, row, [("image", p) for p in pixels], stats)
 
 
 _PARAGRAPH = re.compile(r"\n\s*\n")

@@ -1,8 +1,11 @@
 """SentencePiece tokenizer with MetaLM's special tokens.
 
 Fixed ids: pad 0, unk 1, bos 2 (`<s>`), eod 3 (`</s>`, also eos), then the
-user symbols `<eop>` (end of paragraph), `<image>`, `</image>`, `<sep>` and
-reserved `<extra_K>` tokens. After training, the model file is padded with
+user symbols `<eop>` (end of paragraph), `<image>`, `</image>`, `<sep>`,
+reserved `<extra_0..7>` tokens, then the audio and video brackets `<audio>`,
+`</audio>`, `<video>`, `</video>` (after the extras, so the ids above stay
+those of older files; a tokenizer file without them loads with those ids None,
+and a task that docks audio or video says so). After training, the model file is padded with
 further `<extra_K>` pieces so its size equals the requested vocabulary exactly
 (the decoder's vocab_size), however small the corpus.
 
@@ -25,6 +28,9 @@ from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
 SPECIAL_SYMBOLS = ("<eop>", "<image>", "</image>", "<sep>")
 NUM_RESERVED = 8  # <extra_0> ... <extra_7> always present
+# Brackets of the docked audio and video items, after the reserved extras.
+MEDIA_SYMBOLS = {"audio_start": "<audio>", "audio_end": "</audio>",
+                 "video_start": "<video>", "video_end": "</video>"}
 
 
 class Tokenizer:
@@ -46,9 +52,16 @@ class Tokenizer:
     self.image_end = self._id("</image>")
     self.sep = self._id("<sep>")
     self.extras = [self._id(f"<extra_{k}>") for k in range(NUM_RESERVED)]
+    for role, piece in MEDIA_SYMBOLS.items():
+      setattr(self, role, self._optional_id(piece))
+    media = [getattr(self, role) for role in MEDIA_SYMBOLS]
     self.special_ids = frozenset(
         [self.pad, self.unk, self.bos, self.eod, self.eop, self.image_start, self.image_end,
-         self.sep] + self.extras)
+         self.sep] + self.extras + [i for i in media if i is not None])
+
+  def _optional_id(self, piece: str):
+    i = self._sp.PieceToId(piece)
+    return None if i == self._sp.unk_id() else int(i)
 
   def _id(self, piece: str) -> int:
     i = self._sp.PieceToId(piece)
@@ -85,7 +98,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, output: str,
 
   The trained model is padded with `<extra_K>` pieces to exactly vocab_size.
   """
-  min_size = 4 + len(SPECIAL_SYMBOLS) + NUM_RESERVED + 8
+  min_size = 4 + len(SPECIAL_SYMBOLS) + NUM_RESERVED + len(MEDIA_SYMBOLS) + 8
   if vocab_size < min_size:
     raise ValueError(f"vocab_size={vocab_size} is too small (need >= {min_size})")
   from metalm_jax import storage
@@ -106,7 +119,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, output: str,
     spm.SentencePieceTrainer.Train(
         input=corpus, model_prefix=prefix, vocab_size=vocab_size, model_type=model_type,
         hard_vocab_limit=False, character_coverage=1.0, pad_id=0, unk_id=1, bos_id=2, eos_id=3,
-        user_defined_symbols=list(SPECIAL_SYMBOLS) + [f"<extra_{k}>" for k in range(NUM_RESERVED)],
+        user_defined_symbols=list(SPECIAL_SYMBOLS) + [f"<extra_{k}>" for k in range(NUM_RESERVED)]
+        + list(MEDIA_SYMBOLS.values()),
         input_sentence_size=max_sentences, shuffle_input_sentence=True, num_threads=1,
         minloglevel=2, byte_fallback=False)
     proto = sp_pb2.ModelProto()

@@ -5,7 +5,8 @@ two machines is identical. A scene holds 1-4 objects (colour, shape, size,
 position). From it come: a PNG image, captions, VQA questions with ten
 VQAv2-style human answers (some noisy), an NLI triple, a multi-paragraph
 document and an interleaved document (`interleaved`: several scenes of the
-same split, each image with its captions and one question).
+same split, each image with its captions and one question). Its sound clip
+and video, with their captions and questions, come from world_av.py.
 
 Held-out split: a fixed set of (colour, shape) pairs never appears in train or
 validation; every `test_heldout` scene contains at least one of them.

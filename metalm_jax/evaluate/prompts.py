@@ -5,6 +5,9 @@ A prompt is a list of parts:
   Text(str)         plain decoder tokens;
   Image(pixels)     `<image>`, then `slot_length` positions docked to its own
                     item of a vision encoder, then `</image>`;
+  Audio(waveform), Video(frames)   the same with `<audio>` ... `</audio>` on
+                    an audio ("whisper") encoder, `<video>` ... `</video>` on
+                    a video encoder (data/media.py: the media kinds);
   EncodedText(str)  one decoder position per token, each docked one-to-one to
                     the same token of its own item of a language encoder
                     (the decoder input id there is the original token);
@@ -43,6 +46,32 @@ class Image:
   encoder: Optional[str] = None  # config name; default: the only "vit" encoder
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class Audio:
+  """waveform: float [S], mono at the encoder's sample_rate, S = its max_seconds."""
+  waveform: Any
+  encoder: Optional[str] = None  # config name; default: the only "whisper" encoder
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Video:
+  """frames: float [F, H, W, 3], normalised like Image pixels."""
+  frames: Any
+  encoder: Optional[str] = None  # config name; default: the only "video" encoder
+
+
+# Docked whole-item parts -> their media kind (data/media.py).
+MEDIA_PARTS = {Image: "image", Audio: "audio", Video: "video"}
+
+
+def part_encoder_type(part) -> Optional[str]:
+  """The encoder type a part docks on (None for plain text and tokens)."""
+  from metalm_jax.data import media
+  if type(part) in MEDIA_PARTS:
+    return media.MEDIA.get(MEDIA_PARTS[type(part)]).encoder_type
+  return "bert" if isinstance(part, EncodedText) else None
+
+
 @dataclasses.dataclass(frozen=True)
 class EncodedText:
   text: str
@@ -60,7 +89,7 @@ class Tokens:
       raise ValueError(f"Tokens.ids={self.ids!r} must be a non-empty tuple of ids >= 0")
 
 
-Part = Any  # Text | Image | EncodedText | Tokens
+Part = Any  # Text | Image | Audio | Video | EncodedText | Tokens
 
 
 @dataclasses.dataclass
@@ -95,8 +124,8 @@ def _new_item(row: _Row, model_cfg, name: str, value) -> int:
 
 @functools.singledispatch
 def _lay_out(part, row: _Row, tok, model_cfg, offsets) -> None:
-  raise TypeError(f"prompt part of type {type(part).__name__} is not Text, Image, "
-                  "EncodedText or Tokens")
+  raise TypeError(f"prompt part of type {type(part).__name__} is not Text, Image, Audio, "
+                  "Video, EncodedText or Tokens")
 
 
 @_lay_out.register
@@ -115,19 +144,27 @@ def _(part: Tokens, row, tok, model_cfg, offsets):
   row.dock += [-1] * len(part.ids)
 
 
-@_lay_out.register
-def _(part: Image, row, tok, model_cfg, offsets):
-  name = _encoder_for(model_cfg, part.encoder, "vit", part)
+def _lay_out_media(part, row, tok, model_cfg, offsets):
+  """A whole docked item (Image, Audio, Video): bracket, its span, bracket."""
+  from metalm_jax.data import media
+  kind = media.MEDIA.get(MEDIA_PARTS[type(part)])
+  name = _encoder_for(model_cfg, part.encoder, kind.encoder_type, part)
   cfg = model_cfg.encoders[name]
-  pixels = np.asarray(part.pixels, np.float32)
-  if pixels.shape != (cfg.image_size, cfg.image_size, 3):
-    raise ValueError(f"Image.pixels has shape {pixels.shape}, model.encoders.{name} expects "
-                     f"{(cfg.image_size, cfg.image_size, 3)}")
-  item = _new_item(row, model_cfg, name, pixels)
+  value = np.asarray(getattr(part, dataclasses.fields(part)[0].name), np.float32)
+  want = batch_lib.MODALITIES.get(cfg.type)[1](cfg, 1)[kind.key][0][2:]
+  if value.shape != tuple(want):
+    raise ValueError(f"{type(part).__name__}.{dataclasses.fields(part)[0].name} has shape "
+                     f"{value.shape}, model.encoders.{name} expects {tuple(want)}")
+  start, end = media.brackets(tok, kind.name)
+  item = _new_item(row, model_cfg, name, value)
   t = batch_lib.slot_length(cfg)
   base = offsets[name] + item * t
-  row.tokens += [tok.image_start] + [tok.pad] * t + [tok.image_end]
+  row.tokens += [start] + [tok.pad] * t + [end]
   row.dock += [-1] + list(range(base, base + t)) + [-1]
+
+
+for _cls in MEDIA_PARTS:
+  _lay_out.register(_cls)(_lay_out_media)
 
 
 @_lay_out.register
@@ -151,8 +188,9 @@ def _(part: EncodedText, row, tok, model_cfg, offsets):
 
 def _fill_encoder(enc: Dict[str, np.ndarray], cfg, b: int, items: List[Any]) -> None:
   for n, value in enumerate(items):
-    if cfg.type == "vit":
-      enc["pixels"][b, n] = value
+    if "valid" in enc:  # whole items: pixels, waveform, frames
+      key, = (k for k in enc if k != "valid")
+      enc[key][b, n] = value
       enc["valid"][b, n] = True
     else:
       enc["tokens"][b, n, :len(value)] = value

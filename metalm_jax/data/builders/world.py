@@ -5,7 +5,11 @@ record: id, image (PNG bytes), captions (3), questions with question_types and
 answers [Q, 10], an NLI triple (premise, hypothesis, label), a multi-paragraph
 document, the scene's objects as JSON, and an interleaved document
 (world.interleaved: doc_ids, doc_images, doc_captions, doc_questions,
-doc_answers; `doc_images` scenes of the same split, this one first).
+doc_answers; `doc_images` scenes of the same split, this one first), and the
+scene's sound and video (world_av.av_record: audio WAV bytes with
+audio_captions / audio_questions / audio_question_types / audio_answers;
+video PNG frames with video_event, video_captions, video_questions,
+video_question_types, video_answers).
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from metalm_jax.data import world as world_lib
+from metalm_jax.data import world_av
 from metalm_jax.data.builders import common
 
 
@@ -32,8 +37,9 @@ class WorldConfig(tfds.core.BuilderConfig):
 class MetalmWorld(tfds.core.GeneratorBasedBuilder):
   """Procedurally generated scenes with captions, VQA, NLI and documents."""
 
-  VERSION = tfds.core.Version("1.1.0")
-  RELEASE_NOTES = {"1.1.0": "interleaved documents (doc_* fields)"}
+  VERSION = tfds.core.Version("1.2.0")
+  RELEASE_NOTES = {"1.1.0": "interleaved documents (doc_* fields)",
+                   "1.2.0": "sound and motion (audio_* and video_* fields)"}
   BUILDER_CONFIGS = [
       WorldConfig(name="tiny", description="64 px, 3.6k scenes, short documents"),
       WorldConfig(name="paper", description="224 px, 22k scenes, long documents",
@@ -61,6 +67,17 @@ class MetalmWorld(tfds.core.GeneratorBasedBuilder):
         "doc_captions": tfds.features.Tensor(shape=(None, 3), dtype=np.object_),
         "doc_questions": common.text_list(),
         "doc_answers": tfds.features.Tensor(shape=(None, 10), dtype=np.object_),
+        "audio": tfds.features.Tensor(shape=(), dtype=np.object_),  # WAV bytes
+        "audio_captions": common.text_list(),
+        "audio_questions": common.text_list(),
+        "audio_question_types": common.text_list(),
+        "audio_answers": tfds.features.Tensor(shape=(None, 10), dtype=np.object_),
+        "video": tfds.features.Tensor(shape=(None,), dtype=np.object_),  # PNG frames
+        "video_event": tfds.features.Text(),
+        "video_captions": common.text_list(),
+        "video_questions": common.text_list(),
+        "video_question_types": common.text_list(),
+        "video_answers": tfds.features.Tensor(shape=(None, 10), dtype=np.object_),
     }))
 
   def _split_generators(self, dl_manager):
@@ -75,4 +92,5 @@ class MetalmWorld(tfds.core.GeneratorBasedBuilder):
     for i in range(n):
       rec = world_lib.scene_record(c.seed, split, i, c.image_size, c.doc_paragraphs)
       rec.update(world_lib.interleaved(c.seed, split, i, n, min(c.doc_images, n), c.image_size))
+      rec.update(world_av.av_record(c.seed, split, i, c.image_size))
       yield i, rec

@@ -86,12 +86,12 @@ def mean(values: Sequence[float], what: str) -> float:
 
 
 def prompt_text(parts) -> str:
-  """A prompt for the predictions file: `<image>`, [encoded text], plain text,
-  raw tokens by their display text (`</s>`)."""
+  """A prompt for the predictions file: `<image>` / `<audio>` / `<video>`,
+  [encoded text], plain text, raw tokens by their display text (`</s>`)."""
   out = []
   for p in parts:
-    if isinstance(p, prompts.Image):
-      out.append("<image>")
+    if type(p) in prompts.MEDIA_PARTS:
+      out.append(f"<{prompts.MEDIA_PARTS[type(p)]}>")
     elif isinstance(p, prompts.EncodedText):
       out.append(f"[{p.text}]")
     else:

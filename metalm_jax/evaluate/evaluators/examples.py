@@ -1,6 +1,7 @@
 """Evaluation examples from a data source, laid out by the task's format
-(data/formats.py, the same definition the training rows follow): images on
-their own vision-encoder items, the encoded text on the text encoder the
+(data/formats.py, the same definition the training rows follow): images,
+sound clips and videos on their own encoder items (loaded as the pipeline
+loads them, data/media.py), the encoded text on the text encoder the
 pipeline uses (config.data.spans.encoder) cut and split at the same token
 boundaries as in training, then the prompt; the answer is the example's label."""
 from __future__ import annotations
@@ -25,17 +26,23 @@ def format_of(ev) -> formats_lib.Format:
   return formats_lib.FORMATS.get(sources.SOURCES.get(ev.source).task)
 
 
-def _pixels(env: Env, image) -> Optional[np.ndarray]:
-  from metalm_jax.data import images
-  names = [n for n in sorted(env.model.cfg.encoders) if env.model.cfg.encoders[n].type == "vit"]
+_PARTS = {"image": prompts.Image, "audio": prompts.Audio, "video": prompts.Video}
+
+
+def _media_part(env: Env, kind: str, value):
+  """A docked input of media `kind` as the pipeline loads it (data/media.py):
+  the prompt part, or None when unusable."""
+  from metalm_jax.data import media
+  m = media.MEDIA.get(kind)
+  names = [n for n in sorted(env.model.cfg.encoders)
+           if env.model.cfg.encoders[n].type == m.encoder_type]
   if not names:
-    raise ValueError("image evaluation needs a 'vit' encoder in config.model.encoders")
-  rgb, _ = images.to_rgb(image)
-  if rgb is None:
-    return None
+    raise ValueError(f"{kind} evaluation needs a {m.encoder_type!r} encoder in "
+                     "config.model.encoders")
   data = env.config.data
-  return images.preprocess_image(rgb, env.model.cfg.encoders[names[0]].image_size,
-                                 tuple(data.image_mean), tuple(data.image_std))
+  x = m.load(value, env.model.cfg.encoders[names[0]],
+             (tuple(data.image_mean), tuple(data.image_std)), {})
+  return None if x is None else _PARTS[kind](x)
 
 
 def encoded_parts(env: Env, fmt: formats_lib.Format, text: str) -> List[Any]:
@@ -64,10 +71,9 @@ def make_example(fmt: formats_lib.Format, fields, env: Env, ev) -> Optional[Exam
   parsed, _ = fmt.parse(fields)
   if parsed is None:
     return None
-  pixels = [_pixels(env, parsed.fields[k]) for k in fmt.images]
-  if any(p is None for p in pixels):
+  parts: List[Any] = [_media_part(env, kind, parsed.fields[k]) for kind, k in fmt.media()]
+  if any(p is None for p in parts):
     return None
-  parts: List[Any] = [prompts.Image(p) for p in pixels]
   if fmt.encoded:
     parts += encoded_parts(env, fmt, fmt.encoder_text(parsed))
   template = fmt.eval_template(ev.prompt)

@@ -22,11 +22,8 @@ def items_needed(parts: Sequence[Any], model_cfg) -> Dict[str, int]:
   """Encoder items a prompt uses, per encoder name."""
   need: Dict[str, int] = {}
   for p in parts:
-    if isinstance(p, prompts.Image):
-      t = "vit"
-    elif isinstance(p, prompts.EncodedText):
-      t = "bert"
-    else:
+    t = prompts.part_encoder_type(p)
+    if t is None:
       continue
     name = p.encoder or [n for n in sorted(model_cfg.encoders)
                          if model_cfg.encoders[n].type == t][0]
