@@ -1,9 +1,19 @@
 #!/usr/bin/env bash
 # The README's test command: fresh venv if needed, install with test extras, pytest.
 # Extra arguments go to pytest (e.g. `bash launch/test.sh -k decoder`).
+# Test files run on METALM_TEST_WORKERS pytest-xdist workers (default 2: most
+# of a test's time is single-threaded XLA compilation and subprocess start-up,
+# so two workers keep both cores busy); each file stays on one worker, so its
+# module fixtures (shared compiles) are built once. METALM_TEST_WORKERS=0 runs
+# everything in this process.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash launch/setup_venv.sh test
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-exec .venv/bin/python -m pytest -q -m "not slow" "$@" tests
+WORKERS="${METALM_TEST_WORKERS:-2}"
+XDIST=()
+if [[ "$WORKERS" != "0" ]]; then
+  XDIST=(-n "$WORKERS" --dist loadfile)
+fi
+exec .venv/bin/python -m pytest -q -m "not slow" "${XDIST[@]}" "$@" tests
