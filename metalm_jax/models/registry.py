@@ -2,7 +2,9 @@
 (metalm_jax/batch.py) to vectors [B, N, T, width] for docking.
 
 Adding a modality: a module file, a MODALITIES entry in batch.py (slot length
-and input spec) and an ENCODERS entry here.
+and input spec) and an ENCODERS entry here (plus its preset builder in
+presets.ENCODER_PRESETS, which the model property tests run). An encoder class
+may define `check_config(cfg, field)`: metalm.check_model_config calls it.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from metalm_jax.models import video
 from metalm_jax.models.text_encoder import TextEncoder
 from metalm_jax.models.vision import VisionEncoder
 from metalm_jax.registry import Registry
@@ -44,3 +47,15 @@ class TextItems(nn.Module):
     out = TextEncoder(self.cfg, self.dtype, name="bert")(
         tokens.reshape(b * n, s), mask.reshape(b * n, s), deterministic=deterministic)
     return out.reshape(b, n, s, -1)
+
+
+@ENCODERS.register("video")
+class VideoItems(nn.Module):
+  cfg: Any
+  dtype: Any = jnp.float32
+  check_config = staticmethod(video.check_config)
+
+  @nn.compact
+  def __call__(self, inputs, deterministic=True):
+    # frames [B, N, F, H, W, 3] -> [B, N, num_vectors, width]
+    return video.VideoEncoder(self.cfg, self.dtype, name="video")(inputs["frames"], deterministic)
