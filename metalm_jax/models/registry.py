@@ -4,7 +4,8 @@
 Adding a modality: a module file, a MODALITIES entry in batch.py (slot length
 and input spec) and an ENCODERS entry here (plus its preset builder in
 presets.ENCODER_PRESETS, which the model property tests run). An encoder class
-may define `check_config(cfg, field)`: metalm.check_model_config calls it.
+may define `check_config(cfg, field)` (metalm.check_model_config calls it) and
+`flops_tokens(cfg)` (the FLOPs count of train/metrics.py).
 """
 from __future__ import annotations
 
@@ -54,6 +55,7 @@ class VideoItems(nn.Module):
   cfg: Any
   dtype: Any = jnp.float32
   check_config = staticmethod(video.check_config)
+  flops_tokens = staticmethod(video.flops_tokens)
 
   @nn.compact
   def __call__(self, inputs, deterministic=True):

@@ -101,6 +101,15 @@ POOLS.register("frames")(Pool(_frame_vector, lambda x: x[:, 0], lambda cfg: cfg.
 POOLS.register("tokens")(Pool(lambda x, cfg: x, lambda x: x.mean(axis=2), _vit_tokens))
 
 
+def flops_tokens(cfg):
+  """{subtree: (vectors per clip, attention context)} for the FLOPs count
+  (train/metrics.py): the ViT runs on every frame, the temporal layers on
+  each selected token's frames."""
+  t = _vit_tokens(cfg)
+  s = 1 if cfg.pool == "frames" else t
+  return {"video/vit": (cfg.frames * t, t), "video/temporal": (s * cfg.frames, cfg.frames)}
+
+
 def check_config(cfg, field: str = FIELD) -> None:
   """Video fields a ConfigDict cannot check itself; errors name the field."""
   if cfg.frames < 1:
