@@ -8,7 +8,7 @@ overridden on the command line (`--config.model.decoder.num_layers=6`).
     gpt_baseline(model_cfg), gpt_baseline_data(data_cfg)   the same-size GPT
     data_config("vl" | "lang", size)   same size names (the data preset)
     logical_rules()                    logical axis -> mesh axes
-    decoder / vit / bert / whisper / connector / stack_options: one component each
+    decoder / vit / bert / whisper / video / connector / stack_options: one component each
     ENCODER_PRESETS                    encoder type -> its component builder
 """
 from __future__ import annotations
@@ -82,8 +82,22 @@ def whisper(**kw) -> ConfigDict:
   return ConfigDict(d)
 
 
-# Encoder type -> its preset builder (tiny defaults).
-ENCODER_PRESETS = {"vit": vit, "bert": bert, "whisper": whisper}
+def video(**kw) -> ConfigDict:
+  """Video encoder (metalm_jax/models/video.py): the ViT of `vit` on every
+  frame (its fields, CLIP-shaped), learned temporal positions, `temporal_layers`
+  across frames (heads / MLP 0 = the ViT's), `pool` "frames" (one vector per
+  frame) or "tokens" (every ViT token, meaned over frames), then `num_vectors`
+  per clip (adaptive average pooling)."""
+  d = vit(max_items=1, image_size=32, patch_size=16).to_dict()
+  d.update(type="video", frames=4, temporal_layers=1, temporal_heads=0, temporal_mlp_dim=0,
+           pool="frames", num_vectors=4)
+  d.update(kw)
+  return ConfigDict(d)
+
+
+# Encoder type -> its preset builder (tiny defaults); the model property tests
+# (tests/test_model_properties.py) build one encoder of every registered type from here.
+ENCODER_PRESETS = {"vit": vit, "bert": bert, "whisper": whisper, "video": video}
 
 
 # ---- model sizes ----------------------------------------------------------------

@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from metalm_jax import params_io  # noqa: E402
+from metalm_jax import presets  # noqa: E402
 from metalm_jax.convert import __main__ as cli  # noqa: E402
 from metalm_jax.convert import hf  # noqa: E402
 
@@ -64,7 +65,10 @@ GPT2_CFGS = [
 CASES = ([("vision", "CLIPVisionConfig", "CLIPVisionModel", c) for c in CLIP_CFGS]
          + [("text", "BertConfig", "BertModel", c) for c in BERT_CFGS]
          + [("text", "RobertaConfig", "RobertaModel", c) for c in ROBERTA_CFGS]
-         + [("decoder", "GPT2Config", "GPT2LMHeadModel", c) for c in GPT2_CFGS])
+         + [("decoder", "GPT2Config", "GPT2LMHeadModel", c) for c in GPT2_CFGS]
+         # CLIP into the per-frame ViT of a video encoder: a static clip, no
+         # temporal layers, tokens meaned over frames == CLIP on the image.
+         + [("video", "CLIPVisionConfig", "CLIPVisionModel", CLIP_CFGS[1])])
 
 
 def _build(cfg_cls, model_cls, kw):
@@ -268,3 +272,48 @@ def test_hf_dir_on_gcs_reads_like_the_local_one(tmp_path, gcs_bucket):
     assert got.keys() == want.keys()
     for k in want:
       np.testing.assert_array_equal(got[k], want[k])
+
+
+def test_clip_fills_the_per_frame_vit_of_a_video_encoder(tmp_path, capsys):
+  """import-hf --component=video, then init_components at the printed '/'
+  path: the per-frame ViT of the model holds CLIP's weights and nothing else
+  changes (temporal params keep their init). With the parity case of
+  test_parity (check-hf --component=video: our video encoder with these ViT
+  params equals CLIP) the model's per-frame ViT is CLIP's."""
+  import jax
+  import flax.linen as nn
+  import ml_collections
+  from metalm_jax.models import metalm
+  from metalm_jax.train import init_params
+  d = _save(_build("CLIPVisionConfig", "CLIPVisionModel", CLIP_CFGS[0]), tmp_path / "c", 1)
+  out = str(tmp_path / "out")
+  assert cli.main(["import-hf", f"--model_dir={d}", "--component=video", f"--out={out}"]) == 0
+  assert "init_components = {'encoders_video/video/vit'" in capsys.readouterr().out
+  tree, meta = params_io.load_params(out)
+  section = ml_collections.ConfigDict(meta["section"])
+  assert section.type == "video" and section.emb_dim == 32 and section.temporal_layers == 1
+  cfg = ml_collections.ConfigDict(dict(
+      dtype="float32", decoder=presets.decoder(vocab_size=64, num_layers=1, emb_dim=32, num_heads=2,
+                                               mlp_dim=64, max_len=16),
+      encoders={"video": section}))
+  model = metalm.build_model(cfg)
+  # Random params of the model's shapes (no init compile): only the ViT may change.
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(s.dtype),
+                        nn.meta.unbox(metalm.abstract_variables(model)["params"]))
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  shardings = {"params": jax.tree.map(lambda _: sharding, params)}
+  config = ml_collections.ConfigDict(dict(init_from="", init_components={meta["params_key"]: out}))
+  loaded = init_params.load_init(config, {"params": params}, shardings)["params"]
+  video = loaded["encoders_video"]["video"]
+  jax.tree.map(np.testing.assert_array_equal, video["vit"], tree)
+  assert sorted(video) == ["temporal", "temporal_pos_embedding", "vit"]
+  for k in ("temporal", "temporal_pos_embedding"):
+    jax.tree.map(np.testing.assert_array_equal, video[k], params["encoders_video"]["video"][k])
+  for k in ("decoder", "connectors_video"):
+    jax.tree.map(np.testing.assert_array_equal, loaded[k], params[k])
+  # A path that is not in the model is refused, naming the missing key.
+  config.init_components = {"encoders_video/video/vitt": out}
+  with pytest.raises(ValueError, match="init_components.encoders_video/video/vitt: no param "
+                                       "subtree 'vitt' at encoders_video/video"):
+    init_params.load_init(config, {"params": params}, shardings)

@@ -1,6 +1,6 @@
-"""Model core: causality, bidirectionality, padding, KV cache, docking,
-sharding and paper-size parameter counts."""
-import flax.linen as nn
+"""Model core: decoder variants' causality, bidirectionality, padding, KV
+cache and paper-size parameter counts. Causality, docking, padding and
+sharding for every registered modality: tests/test_model_properties.py."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +9,6 @@ import pytest
 from metalm_jax import batch as batch_lib
 from metalm_jax import presets
 from metalm_jax.models import metalm
-from metalm_jax.models.connector import CONNECTORS
 from metalm_jax.models.decoder import Decoder
 from metalm_jax.models.text_encoder import TextEncoder
 from metalm_jax.models.vision import VisionEncoder
@@ -18,8 +17,8 @@ from tests.model_fixtures import build, forward, random_batch, small_model_cfg, 
 ATOL = 1e-5  # float32, tiny widths: observed differences are ~1e-7
 
 
-@pytest.mark.parametrize("positions,norm", [("learned", "pre"), ("sinusoidal", "deepnorm"),
-                                            ("rotary", "pre")])
+# learned positions / pre-LN (the default decoder): tests/test_model_properties.py
+@pytest.mark.parametrize("positions,norm", [("sinusoidal", "deepnorm"), ("rotary", "pre")])
 def test_decoder_is_causal(positions, norm):
   model, v = build(small_model_cfg(positions, norm))
   b = random_batch(model, dock=True)
@@ -127,55 +126,6 @@ def test_no_docking_equals_plain_decoder():
   plain = jax.jit(dec.apply)({"params": v["params"]["decoder"]}, b["tokens"], b["positions"],
                              b["segment_ids"])
   np.testing.assert_allclose(out, np.asarray(plain), atol=1e-6, rtol=0)
-
-
-def test_docked_input_equals_connector_of_encoder():
-  model, v = build(small_model_cfg())
-  b = random_batch(model, dock=True)
-  emb = forward(model, v, b, method=metalm.MetaLM.input_embeddings)
-  p = nn.meta.unbox(v["params"])
-  cfg = model.cfg
-  # Independent path: run encoder and connector modules on their own.
-  vis = VisionEncoder(cfg.encoders.vision).apply(
-      {"params": p["encoders_vision"]["vit"]}, b["encoders"]["vision"]["pixels"][:, 0])
-  vis = CONNECTORS.get("mlp")(cfg.encoders.vision.connector, cfg.decoder.emb_dim).apply(
-      {"params": p["connectors_vision"]}, vis)
-  txt = TextEncoder(cfg.encoders.text).apply(
-      {"params": p["encoders_text"]["bert"]}, b["encoders"]["text"]["tokens"][:, 0],
-      b["encoders"]["text"]["mask"][:, 0])
-  txt = CONNECTORS.get("linear")(cfg.encoders.text.connector, cfg.decoder.emb_dim).apply(
-      {"params": p["connectors_text"]}, txt)
-  tok = np.asarray(p["decoder"]["embedder"]["embedding"])[b["tokens"]]
-  start = 4  # random_batch: image at max(left_pad)+1 = 4 for 5 positions, text 2 later
-  for j in range(5):
-    np.testing.assert_allclose(emb[:, start + j], np.asarray(vis)[:, j], atol=ATOL)
-  for j in range(4):
-    np.testing.assert_allclose(emb[:, start + 7 + j], np.asarray(txt)[:, j], atol=ATOL)
-  undocked = ~b["dock_mask"]
-  np.testing.assert_allclose(emb[undocked], tok[undocked], atol=0)
-
-
-def test_sharded_forward_equals_single_device():
-  from jax.sharding import Mesh
-  cfg = small_model_cfg(vocab_size=96)  # shardable: 96 = 2 (tensor) x 48
-  cfg.encoders.text.vocab_size = 96
-  model, v = build(cfg, b=8)
-  b = random_batch(model, b=8, left_pad=(0, 3) * 4)
-  ref = np.asarray(jax.jit(model.apply)(v, to_jnp(b)))
-  mesh = Mesh(np.asarray(jax.devices()[:8]).reshape(2, 2, 2), ("data", "fsdp", "tensor"))
-  rules = presets.logical_rules()
-  abstract = metalm.abstract_variables(model)
-  shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract), mesh, rules)
-  sharded_v = jax.device_put(v, shardings)
-  emb = sharded_v["params"]["decoder"]["embedder"]["embedding"].value
-  assert emb.sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp")
-  assert len({s.data.shape for s in emb.addressable_shards}) == 1
-  assert emb.addressable_shards[0].data.shape == (48, 16)  # vocab / tensor, embed / fsdp
-  data_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
-  sharded_b = jax.device_put(to_jnp(b), data_sharding)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    out = jax.jit(model.apply)(sharded_v, sharded_b)
-  np.testing.assert_allclose(np.asarray(out), ref, atol=ATOL, rtol=1e-5)
 
 
 PAPER = {  # paper: VL decoder ~353M (GPT-2 medium); language decoder ~1.3B, encoder ~366M

@@ -149,6 +149,32 @@ def test_flops_per_example_matches_hand_count():
   assert got == pytest.approx(dec + vit + conn, rel=1e-12)
 
 
+def test_flops_per_example_counts_every_frame_of_a_video_encoder():
+  """The per-frame ViT works on frames x tokens per clip (context: one frame),
+  the temporal layers on each clip's frames (context: frames); a frozen ViT
+  counts forward only."""
+  cfg = presets.model_config("tiny")
+  d, m, V, L = 32, 64, 100, 16
+  cfg.decoder.update(vocab_size=V, num_layers=1, emb_dim=d, num_heads=2, mlp_dim=m, max_len=L)
+  e, f, s, p, F, N, K = 16, 48, 16, 8, 4, 2, 2
+  cfg.encoders = {"clip": presets.video(image_size=s, patch_size=p, num_layers=1, emb_dim=e,
+                                        num_heads=2, mlp_dim=f, frames=F, max_items=N,
+                                        temporal_layers=1, num_vectors=K,
+                                        connector=presets.connector("linear"))}
+  cfg = mlc.ConfigDict(cfg)
+  opt = config_defaults.optimizer()
+  opt.groups = {"vit": dict(regex="^encoders_clip/video/vit/", frozen=True, lr_mult=1.0)}
+  _, abstract = _abstract(cfg, opt)
+  trainable = st.trainable_mask(abstract["params"], opt)
+  got = metrics_lib.flops_per_example(cfg, abstract["params"], trainable, L)
+  T = (s // p) ** 2 + 1
+  dec = 6 * (4 * d * d + 2 * d * m + V * d) * L + 12 * L * L * d
+  vit = N * F * (2 * (4 * e * e + 2 * e * f + p * p * 3 * e) * T + 4 * T * T * e)  # frozen
+  temporal = 3 * N * (2 * (4 * e * e + 2 * e * f) * F + 4 * F * F * e)  # pool "frames": 1 per frame
+  conn = 6 * e * d * N * K
+  assert got == pytest.approx(dec + vit + temporal + conn, rel=1e-12)
+
+
 def test_fsdp_check_counts_one_layer_of_a_scanned_stack():
   # A stacked bias (layers x heads x head_dim) is as small per layer as the
   # unrolled one; only its leading `layers` axis makes it look large.

@@ -2,8 +2,9 @@
 
 `import_hf` writes a params dir (metalm_jax.params_io) holding the subtree
 that goes at `params[<params_key>]` ('encoders_vision' = {'vit': ...},
-'encoders_text' = {'bert': ...}, 'encoders_audio' = {'whisper': ...}, 'decoder'),
-with config.json:
+'encoders_text' = {'bert': ...}, 'encoders_audio' = {'whisper': ...}, 'decoder'; a '/' path for a deeper subtree:
+'encoders_video/video/vit', the per-frame ViT of a video encoder), with
+config.json:
 
     {"component": ..., "params_key": ..., "hf_model_type": ..., "section": {...},
      "skipped_weights": [...]}
@@ -11,7 +12,8 @@ with config.json:
 `section` is the model config section to copy into `model.encoders.<name>`
 or `model.decoder`; the trainer loads the params with
 `config.init_components = {params_key: OUT}` (an encoder named other than
-'vision' / 'text' in the model config takes key 'encoders_<name>'). `check_hf` runs HF (torch) and ours on the same random
+'vision' / 'text' / 'video' in the model config takes key 'encoders_<name>',
+or 'encoders_<name>/video/vit'). `check_hf` runs HF (torch) and ours on the same random
 inputs and reports max |ours - ref| and the relative difference
 max |ours - ref| / max |ref|, over real (non-padding) positions.
 """
@@ -56,6 +58,7 @@ def converter_for(model_type: str, component: str):
   if component not in hc.COMPONENT_KEYS:
     raise ValueError(f"component={component!r}; expected one of {sorted(hc.COMPONENT_KEYS)}")
   conv = hc.CONVERTERS.get(model_type)
+  conv = getattr(conv, "variants", {}).get(component, conv)
   if conv.component != component:
     raise ValueError(f"component={component!r} does not match HF model_type={model_type!r} "
                      f"(it converts to component {conv.component!r})")
@@ -128,7 +131,7 @@ def check_hf(model_dir: str, component: str, *, seed: int = 0, batch: int = 2,
   """Runs HF and ours (unrolled, or scanned with stacked params) on the same
   random inputs; returns the differences and `ok` (rel <= rtol)."""
   imp = load_hf(model_dir, component, scan_layers)
-  conv = hc.CONVERTERS.get(imp.hf_model_type)
+  conv = converter_for(imp.hf_model_type, component)
   inputs = conv.random_inputs(imp.section, np.random.default_rng(seed), batch, imp.hf_config)
   ref, valid = conv.run_hf(model_dir, inputs)
   ours = conv.run_ours(imp.section, imp.tree, inputs)

@@ -4,6 +4,12 @@ CLIP: patch conv without bias, class embedding, learned positions, pre_layrnorm,
 pre-LN layers with quick_gelu, post_layernorm. Our `final_norm` applies
 post_layernorm to every token, so parity is against
 `post_layernorm(last_hidden_state)`.
+
+Component "video" (`ClipVideo`): the same weights fill the per-frame ViT of a
+"video" encoder (`params['encoders_<name>']['video']['vit']`); its temporal
+params are not in CLIP and keep their init. Parity: with no temporal layers
+and the "tokens" pool (mean over frames), our encoder on a static clip equals
+CLIP on that image.
 """
 from __future__ import annotations
 
@@ -86,3 +92,53 @@ class ClipVision:
       tower = getattr(model, "vision_model", model)
       ref = tower.post_layernorm(out.last_hidden_state)
     return ref.numpy(), np.ones(ref.shape[:2], bool)
+
+
+class ClipVideo(ClipVision):
+  component = "video"
+
+  @staticmethod
+  def section(hf_cfg):
+    vit = ClipVision.section(hf_cfg)
+    keep = {k: vit[k] for k in vit if k not in ("type", "max_items", "connector")}
+    return presets.video(**keep)
+
+  @staticmethod
+  def params(get, section, hf_cfg):
+    return ClipVision.params(get, section, hf_cfg)["vit"]
+
+  @staticmethod
+  def random_inputs(section, rng: np.random.Generator, batch: int, hf_cfg=None):
+    """An image and the static clip of it (every frame the same)."""
+    pixels = ClipVision.random_inputs(section, rng, batch)["pixels"]
+    return {"pixels": pixels, "frames": np.repeat(pixels[:, None], section.frames, axis=1)}
+
+  @staticmethod
+  def parity_section(section):
+    """No temporal layers, every ViT token meaned over frames: on a static clip
+    these are CLIP's features of the image."""
+    from metalm_jax import batch as batch_lib
+    out = section.copy_and_resolve_references()
+    out.update(temporal_layers=0, pool="tokens",
+               num_vectors=batch_lib.MODALITIES.get("vit")[0](section))
+    return out
+
+  @staticmethod
+  def run_ours(section, tree, inputs):
+    import jax
+    import flax.linen as nn
+    import ml_collections
+    from metalm_jax.models.video import VideoEncoder
+    model = VideoEncoder(ml_collections.FrozenConfigDict(ClipVideo.parity_section(section)))
+    shapes = nn.meta.unbox(jax.eval_shape(model.init, jax.random.key(0), inputs["frames"]))
+    pos = shapes["params"]["temporal_pos_embedding"]
+    if set(shapes["params"]) != {"vit", "temporal_pos_embedding"}:
+      raise ValueError(f"parity video encoder has params {sorted(shapes['params'])}; expected "
+                       "only the ViT and the temporal positions (temporal_layers=0)")
+    # The temporal positions at their init (zeros); compiling model.init would
+    # cost seconds for the ViT's initialisers that the import replaces.
+    params = {"vit": tree, "temporal_pos_embedding": np.zeros(pos.shape, pos.dtype)}
+    return np.asarray(jax.jit(model.apply)({"params": params}, inputs["frames"]))
+
+
+ClipVision.variants = {"video": ClipVideo}

@@ -20,8 +20,12 @@ OUR_TO_HF_ACTIVATION = {"gelu": "gelu", "gelu_new": "gelu_new", "gelu_tanh": "ge
 
 # HF model_type -> converter (see hf_clip.py, hf_bert.py, hf_gpt2.py, hf_whisper.py).
 CONVERTERS = Registry("HF model_type")
+# Component -> where its params go (`config.init_components` key; a '/' path
+# names a subtree below the top level). A converter may serve other components
+# through `variants` ({component: converter}, e.g. CLIP -> "video").
 COMPONENT_KEYS = {"vision": "encoders_vision", "text": "encoders_text", "audio": "encoders_audio",
-                  "decoder": "decoder"}
+                  "decoder": "decoder",
+                  "video": "encoders_video/video/vit"}
 
 
 def activation(hf_name: str, field: str) -> str:

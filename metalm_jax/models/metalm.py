@@ -97,6 +97,9 @@ def check_model_config(cfg) -> None:
          f"does not divide emb_dim={e.emb_dim}")
     need(e.max_items >= 1, f + ".max_items", e.max_items, "must be >= 1")
     batch_lib.slot_length(e)
+    check = getattr(ENCODERS.get(e.type), "check_config", None)
+    if check is not None:
+      check(e, f)
 
 
 def build_model(model_cfg) -> MetaLM:

@@ -2,7 +2,10 @@
 (metalm_jax/batch.py) to vectors [B, N, T, width] for docking.
 
 Adding a modality: a module file, a MODALITIES entry in batch.py (slot length
-and input spec) and an ENCODERS entry here.
+and input spec) and an ENCODERS entry here (plus its preset builder in
+presets.ENCODER_PRESETS, which the model property tests run). An encoder class
+may define `check_config(cfg, field)` (metalm.check_model_config calls it) and
+`flops_tokens(cfg)` (the FLOPs count of train/metrics.py).
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from metalm_jax.models import audio
+from metalm_jax.models import video
 from metalm_jax.models.text_encoder import TextEncoder
 from metalm_jax.models.vision import VisionEncoder
 from metalm_jax.registry import Registry
@@ -66,3 +70,16 @@ class AudioItems(nn.Module):
     out = audio.pool(out, self.cfg.num_vectors, self.cfg.pool)
     out = out.reshape((b, n) + out.shape[1:])
     return jnp.where(valid[..., None, None], out, jnp.zeros((), out.dtype))
+
+
+@ENCODERS.register("video")
+class VideoItems(nn.Module):
+  cfg: Any
+  dtype: Any = jnp.float32
+  check_config = staticmethod(video.check_config)
+  flops_tokens = staticmethod(video.flops_tokens)
+
+  @nn.compact
+  def __call__(self, inputs, deterministic=True):
+    # frames [B, N, F, H, W, 3] -> [B, N, num_vectors, width]
+    return video.VideoEncoder(self.cfg, self.dtype, name="video")(inputs["frames"], deterministic)

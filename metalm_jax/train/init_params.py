@@ -1,10 +1,12 @@
 """Params of a fresh run from elsewhere: `init_from` (a params dir, or the
 latest checkpoint of a workdir / checkpoints dir: params only) and then
-`init_components` (top-level subtrees, each from a params dir). Names,
+`init_components` (subtrees, each from a params dir: a top-level name such as
+'decoder', or a '/' path such as 'encoders_video/video/vit'). Names,
 shapes and dtypes must match the model's; no NaN/Inf."""
 from __future__ import annotations
 
 import logging
+from typing import Mapping
 
 import jax
 import numpy as np
@@ -38,11 +40,28 @@ def load_init(config, state, shardings):
       params = ckpt_lib.restore_params(path, target)
     logging.info("params initialised from %s", path)
   for name, path in sorted((config.init_components or {}).items()):
-    if name not in params:
-      raise ValueError(f"config.init_components.{name}: no such top-level param collection; "
-                       f"known: {sorted(params)}")
-    loaded, _ = params_io.load_params(path, like=params[name])
-    check_same_tree(f"init_components.{name}", params[name], loaded)
-    params = {**params, name: _put(loaded, shardings["params"][name])}
+    keys = name.split("/")
+    want, shard = _subtree(params, keys, name), _subtree(shardings["params"], keys, name)
+    loaded, _ = params_io.load_params(path, like=want)
+    check_same_tree(f"init_components.{name}", want, loaded)
+    params = _replace(params, keys, _put(loaded, shard))
     logging.info("params[%r] initialised from %s", name, path)
   return {**state, "params": params}
+
+
+def _subtree(tree, keys, name):
+  for i, k in enumerate(keys):
+    if not isinstance(tree, Mapping) or k not in tree:
+      where = "/".join(keys[:i]) or "the top level"
+      known = sorted(tree) if isinstance(tree, Mapping) else []
+      raise ValueError(f"config.init_components.{name}: no param subtree {k!r} at {where}; "
+                       f"known: {known}")
+    tree = tree[k]
+  return tree
+
+
+def _replace(tree, keys, value):
+  """A copy of `tree` with the subtree at `keys` replaced (the rest shared)."""
+  if not keys:
+    return value
+  return {**tree, keys[0]: _replace(tree[keys[0]], keys[1:], value)}

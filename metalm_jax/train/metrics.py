@@ -5,7 +5,10 @@ progress line, a loss-curve PNG).
 FLOPs per example (what MFU counts), summed over the model's components:
   decoder:          n = L decoder positions
   encoder `name`:   n = max_items * slot_length (ViT patches+cls, BERT max_len),
-                    its connector the same n
+                    its connector the same n; an encoder class's
+                    `flops_tokens(cfg)` ({subtree: (n per item, c)}) sets n and c
+                    for parts of it (the video encoder's per-frame ViT sees
+                    frames * tokens per clip, its temporal layers frames)
   per component, training FLOPs = sum over matmul weights W of 2*|W|*n*k(W)
                                 + sum over attention layers of 4*c*d_attn*n*k(layer)
   with |W| the weight's size (Dense/DenseGeneral/Conv kernels, plus the tied
@@ -34,6 +37,7 @@ from metalm_jax import batch as batch_lib
 from metalm_jax import optional
 from metalm_jax import storage
 from metalm_jax.models import layout
+from metalm_jax.models.registry import ENCODERS
 from metalm_jax.train import metrics_log
 from metalm_jax.train.state import map_with_names, trained_fraction
 
@@ -57,6 +61,9 @@ def _component_tokens(model_cfg, seq_len: int) -> Dict[str, tuple]:
     t = batch_lib.slot_length(enc)
     out[f"encoders_{name}"] = (enc.max_items * t, t)
     out[f"connectors_{name}"] = (enc.max_items * t, t)
+    parts = getattr(ENCODERS.get(enc.type), "flops_tokens", None)
+    for sub, (n, ctx) in (parts(enc) if parts else {}).items():
+      out[f"encoders_{name}/{sub}"] = (enc.max_items * n, ctx)
   return out
 
 
@@ -72,7 +79,8 @@ def flops_per_example(model_cfg, params, trainable, seq_len: int) -> float:
   train = {}
   map_with_names(lambda n, t: train.__setitem__(n, np.asarray(t, bool)), trainable)
   for n, shape in names.items():
-    top, leaf = n.split("/")[0], n.split("/")[-1]
+    leaf = n.split("/")[-1]
+    top = max((c for c in comp if n.startswith(c + "/")), key=len, default=n.split("/")[0])
     if top not in comp:
       raise ValueError(f"param {n!r}: unknown component {top!r} for the FLOPs count")
     tokens, ctx = comp[top]
