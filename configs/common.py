@@ -72,12 +72,13 @@ def add_av_encoders(model: mlc.ConfigDict) -> mlc.ConfigDict:
   """A four-modality model: `model` (vision and text encoders) plus an audio
   encoder `audio` (type "whisper") and a video encoder `video` (type "video"),
   from presets.ENCODER_PRESETS, sized for the embedded world's clips (<= 1 s
-  of 16 kHz sound; 4 frames at the vision encoder's image size), each docking
-  8 vectors per clip."""
+  of 16 kHz sound; 4 frames at the vision encoder's image size): a clip docks
+  8 audio vectors, a video 4 (one per frame: the video preset's "frames"
+  pool)."""
   build = presets.ENCODER_PRESETS
   model.encoders.audio = build["whisper"](max_items=1, sample_rate=16000, max_seconds=1.0,
                                           num_vectors=8)
   model.encoders.video = build["video"](max_items=1, frames=4,
                                         image_size=model.encoders.vision.image_size,
-                                        num_vectors=8)
+                                        num_vectors=4)
   return model
