@@ -1,5 +1,5 @@
 """The serving function: next-token logits for a contract batch (docked
-images allowed). Shared by the exporter and the Predictor; imports no
+images, sound clips, videos and encoded text allowed). Shared by the exporter and the Predictor; imports no
 training code."""
 from __future__ import annotations
 
