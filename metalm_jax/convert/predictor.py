@@ -41,9 +41,9 @@ train/run_files.py) has only the params of its latest checkpoint step restored
 
 Decoding is greedy with the KV cache (metalm_jax.evaluate.decode.greedy);
 prompts are laid out by metalm_jax.evaluate.prompts (left padding, `<image>`,
-T docked positions, `</image>`; `<audio>` / `<video>` the same way). Prompts are sorted by length and run in
-batches of `batch_size` rows (fewer, a power of two, when a call has fewer
-prompts); each batch is left-padded to a length bucket (`bucket_length`:
+T docked positions, `</image>`; `<audio>` / `<video>` the same way). Prompts
+are sorted by length and run in batches of `batch_size` rows (fewer, a power
+of two, when a call has fewer prompts); each batch is left-padded to a length bucket (`bucket_length`:
 powers of two >= 16 by default) and a short batch is filled with copies of its
 last prompt, whose answers are dropped. So a compile happens once per (bucket,
 rows, max_new_tokens), not once per new prompt length; padding changes no
@@ -238,8 +238,9 @@ _DECODABLE = {"image": _decodable, "audio": _decodable_audio, "video": _decodabl
 def _input_list(values, kind: str) -> List[Any]:
   name = "images" if kind == "image" else f"{kind} inputs"
   single = (str, bytes, bytearray, os.PathLike, PILImage.Image, np.ndarray)
-  if isinstance(values, single) or (kind == "audio" and isinstance(values, tuple)
-                                    and len(values) == 2 and isinstance(values[1], (int, np.integer))):
+  one_clip = (kind == "audio" and isinstance(values, tuple) and len(values) == 2
+              and isinstance(values[1], (int, np.integer)))  # (samples, rate)
+  if isinstance(values, single) or one_clip:
     raise TypeError(f"{name} must be a list of {kind}s, got one {type(values).__name__}; "
                     f"wrap a single {kind} in a list")
   return list(values)
