@@ -34,12 +34,13 @@ def model_cfg():
                            num_heads=2, mlp_dim=32))))
 
 
-def tokenizer_file(path):
+def tokenizer_file(path, specials=(), words=()):
+  """A word-level tokenizer.json of SPECIALS + WORDS, then `specials` and `words`."""
   from tokenizers import Tokenizer, models, pre_tokenizers
-  vocab = {t: i for i, t in enumerate(SPECIALS + WORDS)}
+  vocab = {t: i for i, t in enumerate(SPECIALS + WORDS + list(specials) + list(words))}
   tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
   tok.pre_tokenizer = pre_tokenizers.Whitespace()
-  tok.add_special_tokens(SPECIALS)
+  tok.add_special_tokens(SPECIALS + list(specials))
   tok.save(str(path))
   return str(path)
 

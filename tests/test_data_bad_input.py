@@ -10,7 +10,6 @@ from PIL import Image
 from metalm_jax import batch as batch_lib
 from metalm_jax.data import audio, images, packing, pipeline, testing, video
 from metalm_jax.data import prepare
-from metalm_jax.data import media as media_lib
 from metalm_jax.data.images import CLIP_MEAN, CLIP_STD
 
 
@@ -72,7 +71,7 @@ def test_images(setup):
   ]
   rows = _rows(records, "world_caption", ctx)
   assert len(rows) == 5
-  media = {k: 0 for k in audio.STAT_KEYS + video.STAT_KEYS + media_lib.STAT_KEYS}  # none here
+  media = {k: 0 for k in audio.STAT_KEYS + video.STAT_KEYS}  # none here
   assert _total(rows) == {"examples": 5, "skipped_bad_image": 3, "skipped_empty_text": 0,
                           "skipped_bad_label": 0, "converted_image_mode": 3,
                           "resized_nonsquare_image": 1, "truncated_text": 0,

@@ -161,12 +161,13 @@ def _decoded(records, source, decode):
   return outs, total
 
 
-def test_audio_captions(tmp_path, data_dir):
-  """Clotho layout for train, AudioCaps layout for validation; bad files are
-  stored and then counted by the decoder, missing files skipped at build."""
-  from metalm_jax.data import audio, prepare
+@pytest.fixture(scope="module")
+def audio_set(tmp_path_factory, data_dir):
+  """metalm_audio_captions built in data_dir from a Clotho-layout train split
+  and an AudioCaps-layout validation split: (manual dir, file name -> bytes)."""
+  from metalm_jax.data import prepare
   from tests import media_fixtures as mf
-  root = tmp_path / "clotho"
+  root = tmp_path_factory.mktemp("clotho")
   (root / "development").mkdir(parents=True)
   (root / "val").mkdir()
   tone = mf.sine(440, 44100, 0.5)
@@ -190,6 +191,15 @@ def test_audio_captions(tmp_path, data_dir):
   cfg = testing.test_config("vl", "tiny", data_dir,
                             manual_dirs={"metalm_audio_captions": str(root)})
   prepare.ensure_manual("metalm_audio_captions", cfg.data)
+  return str(root), files
+
+
+def test_audio_captions(audio_set, data_dir):
+  """Clotho layout for train, AudioCaps layout for validation; bad files are
+  stored and then counted by the decoder, missing files skipped at build."""
+  from metalm_jax.data import audio
+  from tests import media_fixtures as mf
+  _, files = audio_set
   ds = tfds.data_source("metalm_audio_captions", data_dir=data_dir)
   assert {k: len(v) for k, v in ds.items()} == {"train": 3, "validation": 2}
   val = {as_str(ds["validation"][i]["clip_id"]): ds["validation"][i] for i in range(2)}
@@ -208,10 +218,13 @@ def test_audio_captions(tmp_path, data_dir):
   assert total == {"skipped_silent_audio": 1}
 
 
-def test_msrvtt(tmp_path, data_dir):
-  from metalm_jax.data import prepare, video
+@pytest.fixture(scope="module")
+def video_set(tmp_path_factory, data_dir):
+  """metalm_msrvtt built in data_dir from an MSR-VTT layout: (manual dir,
+  file name -> bytes)."""
+  from metalm_jax.data import prepare
   from tests import media_fixtures as mf
-  root = tmp_path / "msrvtt"
+  root = tmp_path_factory.mktemp("msrvtt")
   (root / "TrainValVideo").mkdir(parents=True)
   (root / "TestVideo").mkdir()
   files = {
@@ -235,6 +248,11 @@ def test_msrvtt(tmp_path, data_dir):
       "videos": info(["video9"], "test"), "sentences": sentences[8:]}))
   cfg = testing.test_config("vl", "tiny", data_dir, manual_dirs={"metalm_msrvtt": str(root)})
   prepare.ensure_manual("metalm_msrvtt", cfg.data)
+  return str(root), files
+
+
+def test_msrvtt(video_set, data_dir):
+  from metalm_jax.data import video
   ds = tfds.data_source("metalm_msrvtt", data_dir=data_dir)
   assert {k: len(v) for k, v in ds.items()} == {"train": 2, "validation": 1, "test": 1}
   rec = ds["test"][0]
@@ -266,3 +284,51 @@ def test_media_builders_through_mock_data(data_dir):
     _, total = _decoded(vids, "msrvtt_caption", lambda f: video.decode_video(
         f["video"], frames=2, image_size=16))
     assert total == {"skipped_bad_video": 3}
+
+
+def test_real_audio_and_video_through_the_pipeline(audio_set, video_set, data_dir):
+  """Both real-data sets, mixed, through pipeline.make_iterator for the
+  four-modality model: batches keep the contract; every docked clip is the
+  training decoder's output for one of the files (44.1 kHz stereo WAV, 3 s
+  FLAC, 64x48 mp4), its row trained on one of that file's captions; the
+  corrupt files are skipped and every conversion counted under one name."""
+  from metalm_jax.data import audio, prepare, video
+  from tests import av_fixtures
+  (audio_root, afiles), (video_root, vfiles) = audio_set, video_set
+  cfg = av_fixtures.av_test_config(
+      data_dir, manual_dirs={"metalm_audio_captions": audio_root, "metalm_msrvtt": video_root},
+      mixture={"audio_captions": 0.5, "msrvtt_caption": 0.5})
+  tok = prepare.load_tokenizer(cfg)
+  aud, vid = cfg.model.encoders.audio, cfg.model.encoders.video
+  norm = dict(mean=tuple(cfg.data.image_mean), std=tuple(cfg.data.image_std))
+  want = {  # docked input -> the captions of its file
+      "audio": [(audio.decode_audio(afiles[f"development/{n}"], sample_rate=aud.sample_rate,
+                                    max_seconds=aud.max_seconds)[0],
+                 [f"{n} caption {i}" for i in range(5)]) for n in ("a, tone.wav", "b.flac")],
+      "video": [(video.decode_video(vfiles["TrainValVideo/video0.mp4"], frames=vid.frames,
+                                    image_size=vid.image_size, **norm)[0],
+                 [f"clip 0 number {j}" for j in range(2)])]}
+  keys = {"audio": "waveform", "video": "frames"}
+  it = pipeline.make_iterator(cfg, "train", batch_size=4)
+  seen, total = set(), {}
+  for _ in range(4):
+    batch, stats = pipeline.split_stats(next(it))
+    batch_lib.validate_batch(batch, cfg.model, cfg.model.decoder.vocab_size)
+    for k, v in stats.items():
+      total[k] = total.get(k, 0) + v
+    for r in range(4):
+      kinds = [n for n in keys if batch["encoders"][n]["valid"][r, 0]]
+      assert len(kinds) == 1, kinds  # one clip per row, of one kind
+      x = batch["encoders"][kinds[0]][keys[kinds[0]]][r, 0]
+      match = [i for i, (ref, _) in enumerate(want[kinds[0]]) if np.array_equal(x, ref)]
+      assert len(match) == 1, kinds[0]
+      seen.add((kinds[0], match[0]))
+      trained = batch["targets"][r][batch["loss_mask"][r] > 0].tolist()
+      assert trained[-1] == tok.eod
+      assert trained[:-1] in [tok.encode(c) for c in want[kinds[0]][match[0]][1]]
+  assert seen == {("audio", 0), ("audio", 1), ("video", 0)}
+  assert total["examples"] == 16
+  assert total["skipped_bad_audio"] >= 1 and total["skipped_bad_video"] >= 1
+  assert total["converted_audio_channels"] == total["resampled_audio"] >= 1  # the 44.1k file
+  assert total["truncated_audio"] >= 1 and total["resized_nonsquare_video"] >= 1
+  assert total["skipped_silent_audio"] == total["skipped_empty_video"] == 0

@@ -148,7 +148,7 @@ def test_bad_clips_are_skipped_and_counted(world):
   cases = [("audio_caption", {"audio": b"RIFFxxxxWAVE", "captions": ["a sound."]},
             "skipped_bad_audio"),
            ("video_qa", {"video": [], "question": "which object moved?", "answers": ["none"]},
-            "skipped_bad_video")]
+            "skipped_empty_video")]
   env = E.Env(cfg, types.SimpleNamespace(cfg=cfg.model), None, tok, 0)
   for name, fields, key in cases:
     stats = tasks.new_stats()

@@ -9,15 +9,22 @@ Export dir layout (`export_model`):
                        param_names.json lists every name with shape and dtype.
   config.json          {"model": <model config section>, "serving": {...},
                        "preprocess": {"image_mean": [r, g, b], "image_std":
-                       [r, g, b], "steps": ...}}: the normalisation constants
-                       of training (the run config's data.image_mean /
-                       image_std), applied by the Predictor with the
-                       training functions (metalm_jax/data/images.py).
+                       [r, g, b], "steps": ..., "encoders": {name: {...}}}}:
+                       the normalisation constants of training (the run
+                       config's data.image_mean / image_std), applied by the
+                       Predictor with the training functions
+                       (metalm_jax/data/images.py); per audio / video encoder
+                       the constants its inputs are decoded with (audio:
+                       sample_rate, max_seconds, samples, silence_peak;
+                       video: frames, image_size) and the decoding steps
+                       (data/audio.py, data/video.py, data/media.py).
   next_token_logits.stablehlo
                        jax.export-serialised fn(params, batch) -> float32
                        [B, vocab]: logits after the last real position
                        (segment_ids > 0) of each row. `batch` holds the
-                       contract arrays SERVING_KEYS plus `encoders`; the batch
+                       contract arrays SERVING_KEYS plus `encoders` (every
+                       encoder's inputs: pixels, waveform, frames, tokens;
+                       batch.py); the batch
                        size is symbolic, the sequence length fixed
                        (config.json serving.seq_len); lowered for
                        cpu, cuda and tpu (serving.platforms).
@@ -40,6 +47,7 @@ from metalm_jax import batch as batch_lib
 from metalm_jax import params_io
 from metalm_jax import storage
 from metalm_jax.convert.serving import SERVING_KEYS, next_token_logits, serving_batch
+from metalm_jax.data import audio as audio_lib
 from metalm_jax.data import images
 from metalm_jax.models import layout, metalm
 
@@ -49,6 +57,35 @@ GPT2_SUBDIR = "hf_gpt2"
 PREPROCESS_STEPS = ("metalm_jax.data.images: to_rgb (alpha composited over white, other modes "
                     "converted to RGB), then preprocess_image (bicubic resize of the whole image "
                     "to the encoder's image_size, /255, (x - image_mean) / image_std)")
+
+AUDIO_STEPS = ("metalm_jax.data.audio: decode_audio (WAV / FLAC / OGG / MP3 via libsndfile; "
+               "channels averaged to mono, polyphase resampling to sample_rate, cut to "
+               "max_seconds, zero-padded to samples; clips with peak < silence_peak refused)")
+VIDEO_STEPS = ("metalm_jax.data.video: decode_video (PyAV / FFmpeg) or decode_frame_list "
+               "(pictures at times 0, 1, ...): `frames` frames sampled uniformly in time "
+               "(bin centres), each preprocessed like an image (image_mean / image_std)")
+
+
+def _audio_constants(enc) -> Dict[str, Any]:
+  return {"kind": "audio", "sample_rate": int(enc.sample_rate),
+          "max_seconds": float(enc.max_seconds),
+          "samples": audio_lib.clip_samples(int(enc.sample_rate), float(enc.max_seconds)),
+          "silence_peak": audio_lib.SILENCE_PEAK, "steps": AUDIO_STEPS}
+
+
+def _video_constants(enc) -> Dict[str, Any]:
+  return {"kind": "video", "frames": int(enc.frames), "image_size": int(enc.image_size),
+          "steps": VIDEO_STEPS}
+
+
+# Encoder type -> the input constants an export stores for it.
+MEDIA_CONSTANTS = {"whisper": _audio_constants, "video": _video_constants}
+
+
+def media_preprocess(model_cfg) -> Dict[str, Dict[str, Any]]:
+  """{encoder name: its input constants} for the audio / video encoders."""
+  return {name: MEDIA_CONSTANTS[enc.type](enc) for name, enc in sorted(model_cfg.encoders.items())
+          if enc.type in MEDIA_CONSTANTS}
 
 
 def _abstract_params(model):
@@ -109,7 +146,8 @@ def export_model(model_cfg, params, out: str, *, seq_len: Optional[int] = None,
   exported = export_serving(model, seq_len, platforms)
   written["serving"] = storage.write_bytes(storage.join(out, SERVING_FILE), exported.serialize())
   meta = {"model": cfg_dict, "serving": serving,
-          "preprocess": {**{k: list(v) for k, v in norm.items()}, "steps": PREPROCESS_STEPS}}
+          "preprocess": {**{k: list(v) for k, v in norm.items()}, "steps": PREPROCESS_STEPS,
+                         "encoders": media_preprocess(model_cfg)}}
   if tokenizer:
     suffix = storage.path(tokenizer).suffix
     name = "tokenizer" + (".json" if suffix == ".json" else suffix or ".model")

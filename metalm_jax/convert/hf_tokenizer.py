@@ -1,8 +1,8 @@
 """HF tokenizer.json (via the `tokenizers` package) behind the same small
 interface as metalm_jax.data.tokenizer.Tokenizer: encode(str) -> list[int],
 decode(list[int]) -> str, vocab_size, and the special ids as attributes
-(pad, unk, bos, eos, eod, image_start, image_end; None where the vocabulary
-has no such token).
+(pad, unk, bos, eos, eod, image_start, image_end, audio_start, audio_end,
+video_start, video_end; None where the vocabulary has no such token).
 
 Special tokens are found from `tokenizer_config.json` / `special_tokens_map.json`
 next to the file when present (HF convention), else by common names. GPT-2's
@@ -24,6 +24,10 @@ CANDIDATES = {
     "unk": ("<unk>", "[UNK]"),
     "image_start": ("<image>",),
     "image_end": ("</image>",),
+    "audio_start": ("<audio>",),
+    "audio_end": ("</audio>",),
+    "video_start": ("<video>",),
+    "video_end": ("</video>",),
 }
 _HF_KEYS = {"bos": "bos_token", "eos": "eos_token", "pad": "pad_token", "unk": "unk_token"}
 
@@ -63,8 +67,8 @@ class HfTokenizer:
       self.pad = self.eos if self.eos is not None else 0
     self.eod = self.eos
     self.special_ids = frozenset(
-        int(i) for i in (self.pad, self.unk, self.bos, self.eos, self.image_start,
-                         self.image_end) if i is not None)
+        int(getattr(self, role)) for role in ("pad", "eod", *CANDIDATES)
+        if getattr(self, role) is not None)
 
   def encode(self, text: str) -> List[int]:
     return list(self._tok.encode(text, add_special_tokens=False).ids)

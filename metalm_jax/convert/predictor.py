@@ -1,18 +1,37 @@
-"""Serving as a user calls it: captions and answers for raw images.
+"""Serving as a user calls it: captions and answers for raw images, sound
+clips and videos.
 
     p = Predictor(path)          # an export dir or a training workdir, local or gs://
     p.caption(images)            -> list[str]   ("Summarize this image:")
     p.vqa(images, questions)     -> list[str]   ("question: ... answer:")
+    p.caption(clips, kind="audio")              ("Describe this sound:")
+    p.vqa(videos, questions, kind="video")      (the video_qa format's prompt)
+    p.generate_ids([[p.part(image, "image"), p.part(clip, "audio"),
+                     prompts.Text("question: does the sound match the picture? answer:")]])
 
-Each image may be a file path (str / os.PathLike, local or gs://), encoded
-bytes (PNG, JPEG, ...), a PIL image, or a numpy array: uint8 [H, W], [H, W, 3]
-or [H, W, 4], other integer types in [0, 255], or float in [0, 1] (or
-[0, 255]); any size and mode. It is preprocessed by the training pipeline's own
-functions (metalm_jax/data/images.py): `to_rgb` (RGBA composited over white,
-grayscale / palette / CMYK made RGB), then `preprocess_image` at the encoder's
-image_size with the normalisation constants training used: an export's
-config.json `preprocess` section, a workdir's run config `data.image_mean` /
-`image_std`.
+The prompts are the evaluation prompts of the task formats (data/formats.py,
+`KIND_FORMATS`), so a served answer is asked exactly as the evaluators ask.
+Every input goes through the training pipeline's own loader of its kind
+(data/media.py), with the encoder's constants from the served model config
+and the normalisation training used (an export's config.json `preprocess`
+section, a workdir's run config `data.image_mean` / `image_std`):
+
+  image  a file path (str / os.PathLike, local or gs://), encoded bytes (PNG,
+         JPEG, ...), a PIL image, or a numpy array: uint8 [H, W], [H, W, 3] or
+         [H, W, 4], other integer types in [0, 255], or float in [0, 1] (or
+         [0, 255]); any size and mode: `images.to_rgb` (RGBA composited over
+         white, grayscale / palette / CMYK made RGB), then `preprocess_image`
+         at the encoder's image_size;
+  audio  a file path or encoded bytes (WAV, FLAC, OGG, MP3: data/audio.py
+         decode_audio: downmix, resampling to the encoder's sample_rate, cut
+         to max_seconds, zero-padding), (samples, rate), or a float waveform
+         [n] or [n, channels] in [-1, 1] at the encoder's sample_rate; a clip
+         the pipeline would skip (undecodable, silent) is refused by name;
+  video  a file path or encoded bytes (mp4, webm, ...: data/video.py
+         decode_video, frames sampled uniformly in time), or the pictures of
+         a clip: a list of images (any of the image forms above) or one array
+         [n, H, W, 3] of raw pixels, sampled by the same rule to the
+         encoder's frame count, each preprocessed like an image.
 
 `path` is detected: an export dir (params.safetensors + config.json, written
 by convert/export.py) is served without the training stack (no optax / orbax /
@@ -22,9 +41,9 @@ train/run_files.py) has only the params of its latest checkpoint step restored
 
 Decoding is greedy with the KV cache (metalm_jax.evaluate.decode.greedy);
 prompts are laid out by metalm_jax.evaluate.prompts (left padding, `<image>`,
-T docked positions, `</image>`). Prompts are sorted by length and run in
-batches of `batch_size` rows (fewer, a power of two, when a call has fewer
-prompts); each batch is left-padded to a length bucket (`bucket_length`:
+T docked positions, `</image>`; `<audio>` / `<video>` the same way). Prompts
+are sorted by length and run in batches of `batch_size` rows (fewer, a power
+of two, when a call has fewer prompts); each batch is left-padded to a length bucket (`bucket_length`:
 powers of two >= 16 by default) and a short batch is filled with copies of its
 last prompt, whose answers are dropped. So a compile happens once per (bucket,
 rows, max_new_tokens), not once per new prompt length; padding changes no
@@ -43,13 +62,26 @@ from PIL import Image as PILImage
 from metalm_jax import params_io
 from metalm_jax import storage
 from metalm_jax.convert.serving import next_token_logits
+from metalm_jax.data import formats as formats_lib
 from metalm_jax.data import images as images_lib
+from metalm_jax.data import media as media_lib
 from metalm_jax.data.formats import CAPTION_PROMPT, VQA_TEMPLATE  # the task formats' prompts
 from metalm_jax.evaluate import decode, prompts
 from metalm_jax.models import metalm
 from metalm_jax.registry import Registry
 
 MIN_BUCKET = 16  # smallest default length bucket
+
+# Media kind -> (caption format, question format): their evaluation prompts.
+KIND_FORMATS = {"image": ("caption", "vqa"), "audio": ("audio_caption", "audio_qa"),
+                "video": ("video_caption", "video_qa")}
+# Why a loader gave None (its skip counter) -> what the user is told.
+_REFUSALS = {"skipped_bad_image": "cannot be decoded as an image",
+             "skipped_bad_audio": "cannot be decoded as audio",
+             "skipped_silent_audio": "is silent (the pipeline skips clips whose peak is below "
+                                     "data/audio.py SILENCE_PEAK)",
+             "skipped_bad_video": "cannot be decoded as a video",
+             "skipped_empty_video": "holds no frame"}
 
 # File extension -> loader(path) -> tokenizer object.
 TOKENIZER_FILES = Registry("tokenizer file type")
@@ -142,13 +174,17 @@ def _check_buckets(buckets) -> Optional[tuple]:
   return out
 
 
+def _read_file(value, where: str, what: str) -> bytes:
+  if not storage.exists(value):
+    raise FileNotFoundError(f"{where}: {what} file {os.fspath(value)!r} does not exist")
+  return storage.read_bytes(value)
+
+
 def _decodable(image, where: str):
   """A user's image as something `images.to_rgb` reads (bytes, PIL, array);
   refuses what it would read wrongly (normalised or non-pixel arrays)."""
   if isinstance(image, (str, os.PathLike)):
-    if not storage.exists(image):
-      raise FileNotFoundError(f"{where}: image file {os.fspath(image)!r} does not exist")
-    return storage.read_bytes(image)
+    return _read_file(image, where, "image")
   if isinstance(image, (bytes, bytearray, PILImage.Image)):
     return image
   arr = np.asarray(image)
@@ -166,11 +202,48 @@ def _decodable(image, where: str):
   return arr
 
 
-def _image_list(images, name: str = "images") -> List[Any]:
-  if isinstance(images, (str, bytes, bytearray, os.PathLike, PILImage.Image, np.ndarray)):
-    raise TypeError(f"{name} must be a list of images, got one {type(images).__name__}; "
-                    f"wrap a single image in a list")
-  return list(images)
+def _decodable_audio(clip, where: str):
+  """A user's clip as data/audio.py reads it: file bytes, (samples, rate) or
+  a float waveform; refuses integer or non-numeric arrays (their scale is
+  unknown) and arrays of more than two dimensions."""
+  if isinstance(clip, (str, os.PathLike)):
+    return _read_file(clip, where, "audio")
+  if isinstance(clip, (bytes, bytearray)):
+    return clip
+  samples, rate = clip if isinstance(clip, tuple) and len(clip) == 2 else (clip, None)
+  arr = np.asarray(samples)
+  if arr.dtype.kind != "f" or arr.ndim not in (1, 2):
+    raise ValueError(f"{where}: array of dtype {arr.dtype} and shape {arr.shape} is not a "
+                     f"waveform; pass float samples [n] or [n, channels] in [-1, 1], "
+                     f"(samples, rate), or encoded file bytes / a path")
+  return arr if rate is None else (arr, int(rate))
+
+
+def _decodable_video(video, where: str):
+  """A user's video as data/video.py reads it: file bytes, or its pictures
+  (each checked as an image)."""
+  if isinstance(video, (str, os.PathLike)):
+    return _read_file(video, where, "video")
+  if isinstance(video, (bytes, bytearray)):
+    return video
+  if isinstance(video, np.ndarray) and video.ndim != 4:
+    raise ValueError(f"{where}: array of shape {video.shape} is not a video ([frames, H, W, C])")
+  return [_decodable(f, f"{where}[{i}]") for i, f in enumerate(video)]
+
+
+# Media kind -> the check that turns a user's value into a loader input.
+_DECODABLE = {"image": _decodable, "audio": _decodable_audio, "video": _decodable_video}
+
+
+def _input_list(values, kind: str) -> List[Any]:
+  name = "images" if kind == "image" else f"{kind} inputs"
+  single = (str, bytes, bytearray, os.PathLike, PILImage.Image, np.ndarray)
+  one_clip = (kind == "audio" and isinstance(values, tuple) and len(values) == 2
+              and isinstance(values[1], (int, np.integer)))  # (samples, rate)
+  if isinstance(values, single) or one_clip:
+    raise TypeError(f"{name} must be a list of {kind}s, got one {type(values).__name__}; "
+                    f"wrap a single {kind} in a list")
+  return list(values)
 
 
 # ---------------------------------------------------------------- predictor
@@ -222,24 +295,43 @@ class Predictor:
     self.batch_size = int(batch_size)
     self.buckets = _check_buckets(buckets)
     self.image_mean, self.image_std = served.norm["image_mean"], served.norm["image_std"]
-    vits = [n for n in sorted(cfg.encoders) if cfg.encoders[n].type == "vit"]
-    self.image_encoder = vits[0] if vits else None
+    self.encoders = {}  # media kind -> the (first) encoder docking it
+    for name in sorted(cfg.encoders):
+      kind = media_lib.kind_of_encoder(cfg.encoders[name].type)
+      if kind is not None:
+        self.encoders.setdefault(kind, name)
+    self.image_encoder = self.encoders.get("image")
 
-  def preprocess(self, image, where: str = "image") -> np.ndarray:
-    """A raw image -> the encoder's float32 [S, S, 3] input, exactly as training."""
-    if self.image_encoder is None:
-      raise ValueError("the served model has no 'vit' encoder; it cannot read images")
-    rgb, _ = images_lib.to_rgb(_decodable(image, where))
-    if rgb is None:
-      raise ValueError(f"{where}: cannot be decoded as an image ({type(image).__name__})")
-    size = self.model_cfg.encoders[self.image_encoder].image_size
-    return images_lib.preprocess_image(rgb, size, self.image_mean, self.image_std)
+  def _kind(self, kind: str) -> str:
+    if kind not in KIND_FORMATS:
+      raise ValueError(f"kind={kind!r} is unknown; known: {sorted(KIND_FORMATS)}")
+    if kind not in self.encoders:
+      enc_type = media_lib.MEDIA.get(kind).encoder_type
+      raise ValueError(f"the served model has no {enc_type!r} encoder; it cannot read "
+                       f"{kind} (kind={kind!r})")
+    return self.encoders[kind]
 
-  def _image_part(self, image, where: str):
-    for role in ("image_start", "image_end"):
-      if getattr(self.tokenizer, role, None) is None:
-        raise ValueError(f"tokenizer has no {role} token (<image> / </image>); add it")
-    return prompts.Image(self.preprocess(image, where), encoder=self.image_encoder)
+  def preprocess(self, value, kind: str = "image", where: Optional[str] = None) -> np.ndarray:
+    """A raw input of media `kind` -> its encoder's float32 input (image [S,
+    S, 3], audio [samples], video [frames, S, S, 3]), exactly as training
+    (data/media.py); what training would skip is refused naming why."""
+    name = self._kind(kind)
+    where = where or kind
+    stats: Dict[str, int] = {}
+    x = media_lib.MEDIA.get(kind).load(_DECODABLE[kind](value, where),
+                                       self.model_cfg.encoders[name],
+                                       (self.image_mean, self.image_std), stats)
+    if x is None:
+      why = next((_REFUSALS[k] for k in stats if k in _REFUSALS), f"is unusable ({stats})")
+      raise ValueError(f"{where}: {why} ({type(value).__name__})")
+    return x
+
+  def part(self, value, kind: str = "image", where: Optional[str] = None):
+    """A raw input as a prompt part (prompts.Image / Audio / Video) on its encoder."""
+    name = self._kind(kind)
+    media_lib.brackets(self.tokenizer, kind)  # names the missing bracket tokens
+    cls = next(c for c, k in prompts.MEDIA_PARTS.items() if k == kind)
+    return cls(self.preprocess(value, kind, where), encoder=name)
 
   def generate_ids(self, prompt_parts: Sequence[Sequence[Any]],
                    max_new_tokens: Optional[int] = None) -> List[List[int]]:
@@ -266,28 +358,37 @@ class Predictor:
         out[i] = ids[r, :got[r]].tolist()
     return out
 
-  def _answer(self, images, texts, max_new_tokens):
-    parts = [[self._image_part(im, f"images[{i}]"), prompts.Text(t)]
-             for i, (im, t) in enumerate(zip(images, texts))]
+  def _answer(self, inputs, kind, texts, max_new_tokens):
+    name = "images" if kind == "image" else kind
+    parts = [[self.part(x, kind, f"{name}[{i}]"), prompts.Text(t)]
+             for i, (x, t) in enumerate(zip(inputs, texts))]
     return [self.tokenizer.decode(ids).strip()
             for ids in self.generate_ids(parts, max_new_tokens)]
 
-  def caption(self, images: Sequence[Any], max_new_tokens: Optional[int] = None) -> List[str]:
-    """One caption per image."""
-    images = _image_list(images)
-    return self._answer(images, [CAPTION_PROMPT] * len(images), max_new_tokens)
+  def caption(self, inputs: Sequence[Any], max_new_tokens: Optional[int] = None, *,
+              kind: str = "image") -> List[str]:
+    """One caption per input of media `kind`, asked with its caption format's
+    evaluation prompt ("Summarize this image:", "Describe this sound:", ...)."""
+    self._kind(kind)
+    inputs = _input_list(inputs, kind)
+    prompt = formats_lib.FORMATS.get(KIND_FORMATS[kind][0]).eval_template()
+    return self._answer(inputs, kind, [prompt] * len(inputs), max_new_tokens)
 
-  def vqa(self, images: Sequence[Any], questions: Sequence[str],
-          max_new_tokens: Optional[int] = None) -> List[str]:
-    """One answer per (image, question) pair."""
-    images = _image_list(images)
+  def vqa(self, inputs: Sequence[Any], questions: Sequence[str],
+          max_new_tokens: Optional[int] = None, *, kind: str = "image") -> List[str]:
+    """One answer per (input, question) pair, asked with the question format's
+    evaluation prompt ("question: ... answer:")."""
+    self._kind(kind)
+    inputs = _input_list(inputs, kind)
     if isinstance(questions, str):
       raise TypeError("questions must be a list of strings, got one str; wrap it in a list")
     questions = list(questions)
-    if len(images) != len(questions):
-      raise ValueError(f"{len(images)} images but {len(questions)} questions")
-    texts = [VQA_TEMPLATE.format(question=q.strip()) for q in questions]
-    return self._answer(images, texts, max_new_tokens)
+    if len(inputs) != len(questions):
+      raise ValueError(f"{len(inputs)} {'images' if kind == 'image' else kind + ' inputs'} "
+                       f"but {len(questions)} questions")
+    template = formats_lib.FORMATS.get(KIND_FORMATS[kind][1]).eval_template()
+    texts = [template.format(question=q.strip()) for q in questions]
+    return self._answer(inputs, kind, texts, max_new_tokens)
 
   def next_token_logits(self, batch: Dict[str, Any]) -> np.ndarray:
     """In-process counterpart of the exported serving function."""

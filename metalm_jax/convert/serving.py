@@ -1,6 +1,6 @@
 """The serving function: next-token logits for a contract batch (docked
-images allowed). Shared by the exporter and the Predictor; imports no
-training code."""
+images, sound clips, videos and encoded text allowed). Shared by the
+exporter and the Predictor; imports no training code."""
 from __future__ import annotations
 
 from typing import Any, Dict, Mapping

@@ -30,22 +30,28 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from metalm_jax import batch as batch_lib
-from metalm_jax.data import audio as audio_lib
 from metalm_jax.data import formats as formats_lib
 from metalm_jax.data import media as media_lib
 from metalm_jax.data import records as records_lib
 from metalm_jax.data import sources as sources_lib
 from metalm_jax.data import spans as spans_lib
-from metalm_jax.data import video as video_lib
 from metalm_jax.registry import Registry
 
 TASKS = Registry("task")
 
-STAT_KEYS = tuple(dict.fromkeys((
-    "examples", "skipped_bad_image", "skipped_empty_text", "skipped_bad_label",
-    "converted_image_mode", "resized_nonsquare_image", "truncated_text",
-    "skipped_unreadable_record") + audio_lib.STAT_KEYS + video_lib.STAT_KEYS
-    + media_lib.STAT_KEYS))
+# Every data/* counter, one name per event (the decoders' own names:
+# images.to_rgb, audio.STAT_KEYS, video.STAT_KEYS).
+STAT_KEYS = (
+    "examples", "skipped_empty_text", "skipped_bad_label", "truncated_text",
+    "skipped_unreadable_record",
+    # images (and pictures of a video stored as pictures)
+    "skipped_bad_image", "converted_image_mode", "resized_nonsquare_image",
+    # sound clips (data/audio.py)
+    "skipped_bad_audio", "skipped_silent_audio", "converted_audio_channels",
+    "resampled_audio", "truncated_audio",
+    # videos (data/video.py)
+    "skipped_bad_video", "skipped_empty_video", "converted_variable_frame_rate",
+    "repeated_video_frames", "resized_nonsquare_video")
 
 
 def new_stats(**counts) -> Dict[str, np.ndarray]:

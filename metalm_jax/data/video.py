@@ -15,10 +15,17 @@ frames. Only those F frames are converted to RGB: a first pass reads the
 packets' timestamps (no decoding), a second decodes. A stream without
 timestamps is taken as constant-rate (frame k at time k).
 
+`decode_frame_list(images, frames=F, image_size=S)` is the same for a clip
+stored as a list of pictures (the embedded world's PNG frames; encoded bytes,
+PIL images or arrays, or one array [n, H, W, 3]): picture k is shown at time
+k, sampled by the same rule, and each picked picture is read like an image
+(`images.to_rgb`; a mode conversion counts `converted_image_mode`).
+
 Counted (keys of the returned counts, the pipeline's data/* counters):
   skipped_bad_video              unreadable / not a video / no video stream /
-                                 a decoding error -> None
-  skipped_empty_video            a video stream without a single frame -> None
+                                 a decoding error / an unreadable picture -> None
+  skipped_empty_video            a video stream without a single frame, or an
+                                 empty picture list -> None
   converted_variable_frame_rate  frame intervals differ by more than 10 %
   repeated_video_frames          fewer distinct frames than F (a short clip, or a
                                  frame held over several bins)
@@ -134,5 +141,37 @@ def decode_video(data, *, frames: int, image_size: int, mean=images_lib.CLIP_MEA
   rgb, counts = read_frames(data, frames)
   if rgb is None:
     return None, counts
-  clip = np.stack([images_lib.preprocess_image(f, image_size, mean, std) for f in rgb])
-  return clip.astype(np.float32), counts
+  return _normalise(rgb, image_size, mean, std), counts
+
+
+def _normalise(rgb: List[np.ndarray], image_size: int, mean, std) -> np.ndarray:
+  return np.stack([images_lib.preprocess_image(f, image_size, mean, std)
+                   for f in rgb]).astype(np.float32)
+
+
+def decode_frame_list(pictures, *, frames: int, image_size: int, mean=images_lib.CLIP_MEAN,
+                      std=images_lib.CLIP_STD) -> Tuple[Optional[np.ndarray], Dict[str, int]]:
+  """A clip as a sequence of pictures (see the module docstring) -> (float32
+  [F, S, S, 3] normalised, or None, counts)."""
+  if frames < 1:
+    raise ValueError(f"decode_frame_list: frames={frames} must be >= 1")
+  pictures = [] if pictures is None else list(pictures)
+  if not pictures:
+    return None, {"skipped_empty_video": 1}
+  centres, _ = sample_times(list(range(len(pictures))), frames)
+  picked = np.clip(np.floor(centres).astype(np.int64), 0, len(pictures) - 1)
+  counts: Dict[str, int] = {}
+  rgb = {}
+  for k in dict.fromkeys(picked.tolist()):
+    rgb[k], more = images_lib.to_rgb(pictures[k])
+    if rgb[k] is None:
+      logging.log_every_n_seconds(logging.WARNING, "skipped a video: picture %d of %d is "
+                                  "unreadable (counted skipped_bad_video)", 10, k, len(pictures))
+      return None, {"skipped_bad_video": 1}
+    if more.get("converted_image_mode"):
+      counts["converted_image_mode"] = 1
+  if len(rgb) < frames:
+    counts["repeated_video_frames"] = 1
+  if any(f.shape[0] != f.shape[1] for f in rgb.values()):
+    counts["resized_nonsquare_video"] = 1
+  return _normalise([rgb[k] for k in picked.tolist()], image_size, mean, std), counts

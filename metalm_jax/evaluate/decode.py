@@ -2,7 +2,8 @@
 top-k, top-p) and beam search with a length penalty.
 
 Inputs are a LEFT-padded prompt batch in the contract of metalm_jax/batch.py
-(docked images / encoded text allowed). The prompt is prefilled in one decode
+(docked images, sound clips, videos and encoded text allowed: every
+encoder's inputs ride in `batch["encoders"]`). The prompt is prefilled in one decode
 call (docking happens there), then one token per step is fed through
 `MetaLM.decode_tokens` inside a `jax.lax.while_loop`. Everything is jitted;
 compiled code is cached per (model, shapes, max_new_tokens, beam size);

@@ -6,8 +6,10 @@ and by eval-only runs (`total_steps=0` with `init_from`).
                             split="validation", num_examples=64)
 
 Types (modules; other fields and defaults: common.DEFAULTS, `defaults(type)`):
-  vqa       image and question, generated answer; VQAv2 accuracy.
-  caption   image and prompt, generated caption; BLEU-4, CIDEr, METEOR, SPICE.
+  vqa       image / sound clip / video (or several: the format's inputs) and
+            question, generated answer; VQAv2 accuracy.
+  caption   image / sound clip / video and prompt, generated caption; BLEU-4,
+            CIDEr, METEOR, SPICE.
   classify  label words generated and ranked by log-likelihood (NLI, pairs).
   icl       k demonstrations from the train split, then the query, per k.
   loss      the trainer's eval step over the pipeline rows of a split.
@@ -17,6 +19,15 @@ Layout:
                (data/formats.py: the same definition as the training rows)
   predict.py   generation and label ranking over the mesh
   runner.py    `run_evals`: the due evaluators, results files
+
+The types are the same for every modality: the source's format says what
+is docked (data/formats.py), e.g.
+
+    config.evals.audio_caption = dict(type="caption", source="world_audio_caption")
+    config.evals.video_qa = dict(type="vqa", source="world_video_qa")
+
+asks "<audio> Describe this sound:" (the audio_caption format's evaluation
+prompt) and "<video> question: ... answer:".
 
 An example follows its source's task format (or the evaluator's `format`);
 the `prompt` field, when set, replaces the format's evaluation template

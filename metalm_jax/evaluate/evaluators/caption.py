@@ -1,8 +1,10 @@
-"""`caption`: image and prompt (default: the format's evaluation prompt,
-"Summarize this image:" zero-shot after pretraining, "caption:" for the
-finetuning formats), generated caption; BLEU-4, CIDEr (pycocoevalcap),
-METEOR / SPICE when `meteor` is None (auto: Java present) or True, and the
-scores of always giving the most frequent training caption."""
+"""`caption`: the format's docked input (an image, a sound clip, a video)
+and prompt (default: the format's evaluation prompt, "Summarize this image:"
+/ "Describe this sound:" / "Describe this video:" zero-shot after
+pretraining, "caption:" for the finetuning formats), generated caption;
+BLEU-4, CIDEr (pycocoevalcap), METEOR / SPICE when `meteor` is None (auto:
+Java present) or True, and the scores of always giving the most frequent
+training caption."""
 from __future__ import annotations
 
 import logging

@@ -29,9 +29,9 @@ def format_of(ev) -> formats_lib.Format:
 _PARTS = {"image": prompts.Image, "audio": prompts.Audio, "video": prompts.Video}
 
 
-def _media_part(env: Env, kind: str, value):
+def _media_part(env: Env, kind: str, value, stats: Optional[dict] = None):
   """A docked input of media `kind` as the pipeline loads it (data/media.py):
-  the prompt part, or None when unusable."""
+  the prompt part, or None when unusable (`stats`: the loader's counters)."""
   from metalm_jax.data import media
   m = media.MEDIA.get(kind)
   names = [n for n in sorted(env.model.cfg.encoders)
@@ -41,7 +41,7 @@ def _media_part(env: Env, kind: str, value):
                      "config.model.encoders")
   data = env.config.data
   x = m.load(value, env.model.cfg.encoders[names[0]],
-             (tuple(data.image_mean), tuple(data.image_std)), {})
+             (tuple(data.image_mean), tuple(data.image_std)), {} if stats is None else stats)
   return None if x is None else _PARTS[kind](x)
 
 
@@ -65,13 +65,18 @@ def encoded_parts(env: Env, fmt: formats_lib.Format, text: str) -> List[Any]:
           for c in formats_lib.chunks(ids[:cap], size)]
 
 
-def make_example(fmt: formats_lib.Format, fields, env: Env, ev) -> Optional[Example]:
+def make_example(fmt: formats_lib.Format, fields, env: Env, ev,
+                 stats: Optional[dict] = None) -> Optional[Example]:
   """The query prompt and answer of one record; None for a record the
-  pipeline would skip (bad label, empty text, unreadable image)."""
-  parsed, _ = fmt.parse(fields)
+  pipeline would skip (bad label, empty text, unreadable image, sound clip
+  or video), counted in `stats` under the pipeline's names (data/tasks.py)."""
+  stats = {} if stats is None else stats
+  parsed, why = fmt.parse(fields)
   if parsed is None:
+    stats[why] = stats.get(why, 0) + 1
     return None
-  parts: List[Any] = [_media_part(env, kind, parsed.fields[k]) for kind, k in fmt.media()]
+  parts: List[Any] = [_media_part(env, kind, parsed.fields[k], stats)
+                      for kind, k in fmt.media()]
   if any(p is None for p in parts):
     return None
   if fmt.encoded:
@@ -91,18 +96,21 @@ def load_examples(env: Env, ev, split: str, num: int, seed: int) -> Tuple[List[E
   fmt = format_of(ev)
   src = sources.SOURCES.get(ev.source)
   records = pipeline.data_source(env.config.data, ev.source, split)
-  out, skipped = [], 0
+  out, skipped, counts = [], 0, {}  # counts: why records were skipped
   for i in range(len(records)):
     if len(out) >= num:
       break
-    ex = make_example(fmt, src.extract(records[i], np.random.default_rng([seed, i])), env, ev)
+    ex = make_example(fmt, src.extract(records[i], np.random.default_rng([seed, i])), env, ev,
+                      counts)
     if ex is None:
       skipped += 1
       continue
     ex.index = i
     out.append(ex)
   if skipped:
-    logging.warning("evaluator on %s/%s: skipped %d unusable records", ev.source, split, skipped)
+    logging.warning("evaluator on %s/%s: skipped %d unusable records (data counters: %s)",
+                    ev.source, split, skipped,
+                    ", ".join(f"{k}={v}" for k, v in sorted(counts.items()) if v))
   if not out:
     logging.warning("evaluator on %s/%s: no usable examples (num=%d); its metrics are NaN",
                     ev.source, split, num)

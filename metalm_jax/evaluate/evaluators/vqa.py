@@ -1,4 +1,5 @@
-"""`vqa`: image and question prompt (the format's template), generated
+"""`vqa`: the format's docked inputs (an image, a sound clip, a video, or an
+image with a sound) and question prompt (the format's template), generated
 answer; VQAv2 accuracy, and the accuracy of always answering the most
 frequent training answer."""
 from __future__ import annotations
