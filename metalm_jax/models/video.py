@@ -137,7 +137,7 @@ class VideoEncoder(nn.Module):
       raise ValueError(f"video frames have shape {frames.shape}; expected [..., F={f}, H, W, 3] "
                        f"({FIELD}.frames={f})")
     lead = frames.shape[:-4]
-    c = int(np.prod(lead))
+    c = math.prod(lead)
     x = VisionEncoder(cfg, self.dtype, name="vit")(
         frames.reshape((c * f,) + frames.shape[-3:]), deterministic)
     x = x.reshape(c, f, x.shape[1], cfg.emb_dim)
