@@ -11,16 +11,20 @@
 # run in .venv-aot-gpu (jax[cuda12], ~5.5 GB). Each venv is created on first use
 # and reinstalled when setup.py or constraints.txt changes (jax pinned by it). Extra arguments go to
 # `python -m metalm_jax.aot` (exit codes there: 0 fits, 3 does not fit).
+# `bash launch/aot.sh --setup_only [--topology=T]` only creates/updates the
+# venv (launch/test.sh does so for the TPU one before pytest starts).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PY="${PYTHON:-python3}"
 
 TOPOLOGY=""
+SETUP_ONLY=0
 prev=""
 for a in "$@"; do
   case "$a" in
     --topology=*) TOPOLOGY="${a#--topology=}" ;;
+    --setup_only) SETUP_ONLY=1 ;;
   esac
   [[ "$prev" == "--topology" ]] && TOPOLOGY="$a"
   prev="$a"
@@ -47,6 +51,10 @@ if [[ ! -f "$STAMP" || "$(cat "$STAMP")" != "$WANT" ]]; then
     | grep -v "is ignored: it is neither a file nor a directory" >&2 || true
   "$VENV/bin/python" -c "import metalm_jax, jax" >/dev/null
   echo "$WANT" > "$STAMP"
+fi
+if [[ "$SETUP_ONLY" == "1" ]]; then
+  echo "[aot] $VENV is ready" >&2
+  exit 0
 fi
 
 # Compile only, on the CPU: no accelerator is opened and nothing is asked of a

@@ -10,6 +10,9 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash launch/setup_venv.sh test
+# The AOT test compiles for a real TPU topology in .venv-aot (jax[tpu]: libtpu);
+# it is set up here with the test venv, not inside the timed test run.
+bash launch/aot.sh --setup_only
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 WORKERS="${METALM_TEST_WORKERS:-2}"
 XDIST=()
