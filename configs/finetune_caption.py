@@ -38,13 +38,7 @@ SIZES = {  # every: eval and checkpoint interval; examples: evaluated examples
 def get_config(arg=None):
   a, s = F.parse(arg, SIZES, modality="image")
   source, every, n, beam = s.source, s.every, s.examples, s.beam
-  if a.modality not in MODALITIES:
-    raise ValueError(f"config arg modality={a.modality!r} is unknown; known: {sorted(MODALITIES)}")
-  if a.modality != "image":
-    if a.size != "tiny":
-      raise ValueError(f"config arg modality={a.modality!r} has only size=tiny (the embedded "
-                       f"world), got size={a.size!r}")
-    source = MODALITIES[a.modality][0]
+  source, prompt = F.modality_choice(a, MODALITIES, (source, formats.CAPTION_PROMPT))
   c = F.base(a, model=s.model, kind="vl", data=s.data, mixture={source + "_prompted": 1.0},
              batch=s.batch, steps=s.steps, lr=s.lr, warmup=s.warmup, eval_every=every,
              ckpt=every)
@@ -56,7 +50,7 @@ def get_config(arg=None):
   c.evals = {
       "caption": F.evaluator("caption", source, every, prompt="caption:", split=split,
                              num_examples=n, max_new_tokens=32, **decoding),
-      "zeroshot": F.evaluator("caption", source, every, prompt=MODALITIES[a.modality][1],
+      "zeroshot": F.evaluator("caption", source, every, prompt=prompt,
                               split=split, num_examples=n, max_new_tokens=32, **decoding),
   }
   return c

@@ -50,5 +50,20 @@ def parse(arg, sizes, **extra):
   return a, common.pick_size(a, sizes)
 
 
+def modality_choice(a, modalities: dict, default):
+  """modalities[a.modality] (the world's source for that modality), checked:
+  an unknown modality, or one other than image at a size other than tiny
+  (only the embedded world has sound and video), is refused naming the arg.
+  `default` is the image entry at a.size (the size's own source)."""
+  if a.modality not in modalities:
+    raise ValueError(f"config arg modality={a.modality!r} is unknown; known: {sorted(modalities)}")
+  if a.modality == "image":
+    return default
+  if a.size != "tiny":
+    raise ValueError(f"config arg modality={a.modality!r} has only size=tiny (the embedded "
+                     f"world), got size={a.size!r}")
+  return modalities[a.modality]
+
+
 def evaluator(type_: str, source: str, every: int, **kw) -> dict:
   return dict(type=type_, source=source, every_steps=every, **kw)

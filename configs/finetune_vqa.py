@@ -37,14 +37,7 @@ SIZES = {  # every: eval and checkpoint interval; examples: evaluated examples
 
 def get_config(arg=None):
   a, s = F.parse(arg, SIZES, modality="image")
-  source = s.source
-  if a.modality not in MODALITIES:
-    raise ValueError(f"config arg modality={a.modality!r} is unknown; known: {sorted(MODALITIES)}")
-  if a.modality != "image":
-    if a.size != "tiny":
-      raise ValueError(f"config arg modality={a.modality!r} has only size=tiny (the embedded "
-                       f"world), got size={a.size!r}")
-    source = MODALITIES[a.modality]
+  source = F.modality_choice(a, MODALITIES, s.source)
   c = F.base(a, model=s.model, kind="vl", data=s.data, mixture={source: 1.0}, batch=s.batch,
              steps=s.steps, lr=s.lr, warmup=s.warmup, eval_every=s.every, ckpt=s.every)
   if a.modality != "image":
