@@ -69,6 +69,7 @@ def nli_metalm(a):
   c.model = _lang_model()
   c.model.encoders.text.max_len = 64  # premise + hypothesis in one item (no new params)
   c.optimizer.groups = {"frozen": F.frozen("decoder")}
+  c.optimizer.encoder_top_layers = {"text": -1}  # all; a sweep axis (README, ablations)
   c.evals.nli.num_examples = EXAMPLES["nli"]
   return c
 
@@ -113,7 +114,7 @@ def _vl(c):
 
 
 def vl_pretrain(a):
-  return _vl(pretrain_vl.get_config(f"size=tiny,steps={a.steps or 1500}"))
+  return _vl(pretrain_vl.get_config(f"size=tiny,steps={a.steps or 1200}"))
 
 
 def _icl(every: int) -> dict:
