@@ -14,7 +14,8 @@ by side with --parallel=2; each run's console goes to WORKDIR/<stage>/<run>.log.
   language-only   lang_metalm, lang_gpt (pretraining on the same text, same
                   tokens) -> nli_metalm (decoder frozen), nli_gpt (in full),
                   mt_metalm, mt_gpt (NLI cluster held out)
-  vision-language vl_pretrain -> vl_zeroshot, vl_zeroshot_blind (blank images),
+  vision-language vl_pretrain -> vl_zeroshot, vl_icl_bare (in-context VQA with
+                  the bare question as prompt), vl_zeroshot_blind (blank images),
                   vqa_ft, vqa_ft_blind (finetuned with images blanked)
 
 Writes WORKDIR/claims.json, claims.md (each claim: MetaLM, baseline, the
@@ -63,6 +64,7 @@ LANG_CHAIN = (
 VL_CHAIN = (
     Stage("vl_pretrain", "vl_pretrain", steps="vl"),
     Stage("vl_zeroshot", "vl_zeroshot", init="vl_pretrain"),
+    Stage("vl_icl_bare", "vl_icl_bare", init="vl_pretrain"),
     Stage("vl_zeroshot_blind", "vl_zeroshot", init="vl_pretrain", blank=True),
     Stage("vqa_ft", "vqa_ft", init="vl_pretrain", seeds=True, steps="finetune"),
     Stage("vqa_ft_blind", "vqa_ft", init="vl_pretrain", blank=True, seeds=True,
@@ -87,11 +89,15 @@ class Claim:
   direction: str = "MetaLM > baseline"
 
 
-def _icl(stage: str, when: str, lo: int, hi: int) -> Claim:
-  return Claim(f"icl_{when}_k{hi}_vs_k{lo}", "in-context learning improves with shots",
+def _icl(stage: str, when: str, lo: int, hi: int, key: str = "", evaluator: str = "icl"
+         ) -> Claim:
+  return Claim(f"icl_{key or when}_k{hi}_vs_k{lo}", "in-context learning improves with shots",
                f"in-context VQA accuracy, {when}: k={hi} vs k={lo}",
-               Ref(stage, f"icl/k{hi}/accuracy"), Ref(stage, f"icl/k{lo}/accuracy"),
+               Ref(stage, f"{evaluator}/k{hi}/accuracy"), Ref(stage, f"{evaluator}/k{lo}/accuracy"),
                f"the same model, k={lo}", f"rises from k={lo} to k={hi}")
+
+
+_BARE = dict(key="pretrained_bare", evaluator="icl_bare")
 
 
 CLAIMS = (
@@ -110,6 +116,8 @@ CLAIMS = (
           "GPT, tuned the same way"),
     _icl("vl_zeroshot", "pretrained", 0, 1),
     _icl("vl_zeroshot", "pretrained", 1, 4),
+    _icl("vl_icl_bare", "pretrained, bare question as prompt", 0, 1, **_BARE),
+    _icl("vl_icl_bare", "pretrained, bare question as prompt", 1, 4, **_BARE),
     _icl("vqa_ft", "after VQA finetuning", 0, 1),
     _icl("vqa_ft", "after VQA finetuning", 1, 4),
     Claim("caption_vs_blind", "zero-shot captioning (COCO CIDEr 82.2)",
@@ -176,9 +184,10 @@ def markdown(rows: Sequence[Dict]) -> str:
 
 def icl_curves(results: Dict[str, List[Dict[str, float]]]) -> Dict[str, List[Optional[float]]]:
   """Mean in-context VQA accuracy per k, pretrained and after finetuning."""
-  return {label: [_mean(_values(results, Ref(stage, f"icl/k{k}/accuracy"))) for k in ICL_SHOTS]
-          for label, stage in (("pretrained", "vl_zeroshot"),
-                               ("after VQA finetuning", "vqa_ft"))}
+  return {label: [_mean(_values(results, Ref(stage, f"{ev}/k{k}/accuracy"))) for k in ICL_SHOTS]
+          for label, stage, ev in (("pretrained", "vl_zeroshot", "icl"),
+                                   ("pretrained, bare question", "vl_icl_bare", "icl_bare"),
+                                   ("after VQA finetuning", "vqa_ft", "icl"))}
 
 
 def icl_plot(results, path: str) -> bool:

@@ -25,6 +25,7 @@ finetune_nli, finetune_vqa) and change only what the claim needs:
                 so k = 4 in-context prompts (5 images, ~170 positions) stay
                 on trained positions
   vl_zeroshot   eval-only: zero-shot captions and VQA, in-context VQA k = 0..4
+  vl_icl_bare   eval-only: in-context VQA with the bare question as prompt
   vqa_ft        VQA finetuning (+ in-context VQA after it)
 
 One device (mesh 1x1x1), peak FLOPs given (no start-up matmul measurement).
@@ -41,6 +42,7 @@ from metalm_jax.data import formats
 
 VL_SEQ_LEN = 192          # k = 4 in-context VQA prompts need ~170 positions
 ICL_SHOTS = (0, 1, 2, 4)
+BARE_PROMPT = "{question}"  # in-context VQA without the prompt template
 BLANK_STD = (1e9, 1e9, 1e9)
 EXAMPLES = dict(nli=200, vqa=200, caption=100, icl=100)
 
@@ -134,6 +136,17 @@ def vl_zeroshot(a):
   return c
 
 
+def vl_icl_bare(a):
+  """In-context VQA of the pretrained model with the bare question as the
+  prompt ("{question}", no "question: ... answer:"), demonstrations laid
+  out the same way: what the model must take from the demonstrations is
+  the answer format itself."""
+  c = _vl(pretrain_vl.get_config("size=tiny"))
+  c.total_steps, c.init_from = 0, a.init
+  c.evals = {"icl_bare": dict(_icl(1), prompt=BARE_PROMPT)}
+  return c
+
+
 def vqa_ft(a):
   c = finetune_vqa.get_config(f"size=tiny,steps={a.steps},init={a.init}")
   c.evals.vqa.num_examples = EXAMPLES["vqa"]
@@ -144,7 +157,7 @@ def vqa_ft(a):
 
 # stage -> builder(parsed arg) -> ConfigDict
 STAGES = {f.__name__: f for f in (lang_metalm, lang_gpt, nli_metalm, nli_gpt, mt_metalm,
-                                   mt_gpt, vl_pretrain, vl_zeroshot, vqa_ft)}
+                                   mt_gpt, vl_pretrain, vl_zeroshot, vl_icl_bare, vqa_ft)}
 
 
 def get_config(arg=None):
