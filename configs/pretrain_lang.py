@@ -18,7 +18,8 @@ decoder and tokens, no encoder, every row plain causal LM text over the same
 token stream; "" = MetaLM).
 size=paper is the paper's recipe: 300k steps of 1024 x 2048 tokens, Adam lr
 6e-4 with warm-up; the language encoder frozen except its top 2 layers
-(optimizer group `frozen_text_encoder`, a lookahead regex).
+(`optimizer.encoder_top_layers.text=2`; tiny: the top 1 of 2 layers;
+sweep it with --grid='optimizer.encoder_top_layers.text=0,1,2').
 """
 from configs import common
 from metalm_jax import presets
@@ -35,12 +36,6 @@ SIZES = {
     "paper": dict(model="paper_lang", data="paper_lang", batch=1024, steps=300_000, lr=6e-4,
                   warmup=3750, log=100, eval=5000, ckpt=5000),
 }
-
-
-def frozen_encoder_regex(num_layers: int, top: int = 2, name: str = "text") -> str:
-  """Every param of encoder `name` except its top `top` layers."""
-  keep = "|".join(str(i) for i in range(num_layers - top, num_layers))
-  return rf"^encoders_{name}/bert/(?!layers_({keep})/)"
 
 
 def get_config(arg=None):
@@ -60,9 +55,7 @@ def get_config(arg=None):
     c.model, c.data = model_fn(c.model), data_fn(c.data)
   else:
     enc_layers = c.model.encoders.text.num_layers
-    c.optimizer.groups = {"frozen_text_encoder": dict(
-        regex=frozen_encoder_regex(enc_layers, min(2, enc_layers - 1)), frozen=True,
-        lr_mult=1.0)}
+    c.optimizer.encoder_top_layers = {"text": min(2, enc_layers - 1)}
   if a.size == "paper":
     c.mesh.update(data=1, fsdp=-1, tensor=1)
   if a.runlocal:

@@ -8,7 +8,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import pretrain_lang
 from metalm_jax import presets
 from metalm_jax.models import layout, metalm
 from metalm_jax.train import config_defaults, metrics as metrics_lib, state as st
@@ -33,7 +32,7 @@ def _opt_cfg():
   c = config_defaults.optimizer(lr=0.05, b1=0.9, b2=0.98, weight_decay=0.1, warmup_steps=0,
                                 decay="constant", clip_norm=1.0)
   c.groups = {"frozen_text_encoder": dict(
-      regex=pretrain_lang.frozen_encoder_regex(ENC_LAYERS, 2), frozen=True, lr_mult=1.0)}
+      regex=st.below_top_regex("text", ENC_LAYERS, 2), frozen=True, lr_mult=1.0)}
   return c
 
 
@@ -106,3 +105,55 @@ def test_flops_and_counts_do_not_depend_on_the_layout():
     got[scan] = (flops, counts, metalm.count_params(params))
   assert got[True] == got[False]
   assert "frozen: 0" not in got[True][1]
+
+
+@pytest.mark.parametrize("top", [0, 1])
+def test_encoder_top_layers_trains_only_the_top_layers(top):
+  """optimizer.encoder_top_layers.text=k (the sweep axis of the paper's
+  'how many top encoder layers train'): after updates, exactly the top k
+  layers of the (stacked) text encoder moved; its embeddings and lower
+  layers did not; the connector and the decoder did."""
+  rng = np.random.default_rng(1)
+  abstract = _abstract_params(scan=True)
+  rand = lambda s: jnp.asarray(rng.normal(size=s.shape).astype(np.float32))
+  params = jax.tree.map(rand, abstract)
+  grads_seq = [jax.tree.map(rand, abstract) for _ in range(2)]
+  c = config_defaults.optimizer(lr=0.05, warmup_steps=0, decay="constant")
+  c.encoder_top_layers = {"text": top}
+  c = st.resolve_groups(c, _model_cfg(scan=True))
+  p, _ = _run(params, grads_seq, c)
+  before, after = params["encoders_text"]["bert"], p["encoders_text"]["bert"]
+  moved = lambda a, b: bool(np.abs(np.asarray(a) - np.asarray(b)).max() > 0)
+  for path, x0 in jax.tree_util.tree_leaves_with_path(before["layers"]):
+    x1 = np.asarray(dict(jax.tree_util.tree_leaves_with_path(after["layers"]))[path])
+    x0 = np.asarray(x0)
+    for i in range(ENC_LAYERS):
+      assert moved(x1[i], x0[i]) == (i >= ENC_LAYERS - top), (path, i)
+  for name in ("word_embeddings", "embed_norm"):
+    for a, b in zip(jax.tree.leaves(before[name]), jax.tree.leaves(after[name])):
+      np.testing.assert_array_equal(a, b)
+  assert all(moved(a, b) for a, b in zip(jax.tree.leaves(params["connectors_text"]),
+                                         jax.tree.leaves(p["connectors_text"])))
+  assert moved(p["decoder"]["embedder"]["embedding"], params["decoder"]["embedder"]["embedding"])
+
+
+def test_encoder_top_layers_values():
+  model = presets.model_config("tiny")  # vision: 2 layers, final_norm after them
+  c = config_defaults.optimizer()
+  for k in (-1, 2):  # every layer trains: no group
+    c.encoder_top_layers = {"vision": k}
+    assert not st.resolve_groups(c, model).groups
+  c.encoder_top_layers = {"vision": 1}
+  names = {"encoders_vision/vit/layers_0/mlp/wi/kernel": False,
+           "encoders_vision/vit/patch_embed/kernel": False,
+           "encoders_vision/vit/layers_1/mlp/wi/kernel": True,
+           "encoders_vision/vit/final_norm/scale": True,
+           "connectors_vision/layers_0/kernel": True, "encoders_text/bert/layers_0/x": True}
+  groups = st.resolve_groups(c, model).groups
+  assert list(groups) == ["frozen_below_top_vision"]
+  assert {n: st.group_of(n, groups) == st.DEFAULT_GROUP for n in names} == names
+  for bad, msg in (({"audio": 1}, r"encoder_top_layers.audio: no such encoder"),
+                   ({"vision": 3}, r"encoder_top_layers.vision=3 must be an integer in \[-1, 2\]")):
+    c.encoder_top_layers = bad
+    with pytest.raises(ValueError, match=msg):
+      st.resolve_groups(c, model)

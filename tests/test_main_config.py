@@ -56,7 +56,7 @@ def test_paper_configs_are_consistent():
   lang = pretrain_lang.get_config("size=paper")
   assert (lang.batch_size, lang.total_steps, lang.optimizer.lr, lang.data.seq_len) == (
       1024, 300_000, 6e-4, 2048)
-  assert "layers_(22|23)" in lang.optimizer.groups.frozen_text_encoder.regex
+  assert dict(lang.optimizer.encoder_top_layers) == {"text": 2}
   # Both check out against a 256-device pod (fsdp inferred).
   trainer_lib.check_config(vl, num_devices=256, process_count=64)
   trainer_lib.check_config(lang, num_devices=256, process_count=64)

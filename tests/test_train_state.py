@@ -142,9 +142,8 @@ def test_overlapping_groups_and_bad_regex_are_errors():
 
 
 def test_paper_lang_freezes_all_but_top_two_encoder_layers():
-  from configs import pretrain_lang
   import re
-  rx = pretrain_lang.frozen_encoder_regex(24)
+  rx = st.below_top_regex("text", 24, 2)
   assert re.search(rx, "encoders_text/bert/layers_0/mlp/wi/kernel")
   assert re.search(rx, "encoders_text/bert/word_embeddings/embedding")
   assert re.search(rx, "encoders_text/bert/layers_21/attn/query/kernel")

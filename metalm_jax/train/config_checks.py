@@ -68,7 +68,7 @@ def check_config(config, num_devices: Optional[int] = None,
   _need(opt.lr > 0, "optimizer.lr", opt.lr, "must be > 0")
   _need(0 <= opt.end_lr_frac <= 1, "optimizer.end_lr_frac", opt.end_lr_frac, "must be in [0, 1]")
   _need(opt.warmup_steps >= 0, "optimizer.warmup_steps", opt.warmup_steps, "must be >= 0")
-  state_lib._groups(opt)  # regexes compile
+  state_lib._groups(state_lib.resolve_groups(opt, config.model))  # regexes compile
   shard_lib.rules_from_config(config.logical_rules)
   _need(config.checkpoint.keep >= 1, "checkpoint.keep", config.checkpoint.keep, "must be >= 1")
   _need(config.get("max_nonfinite_steps", 1) >= 1, "max_nonfinite_steps",

@@ -16,11 +16,17 @@ def optimizer(**kw) -> mlc.ConfigDict:
   groups: {name: {regex, frozen, lr_mult}}; a param (name like
   'encoders_text/bert/layers_3/attn/query/kernel') joins the group whose regex
   matches (re.search; at most one may match), else the default group.
+  encoder_top_layers: {encoder name: k}: only the top k layers of that
+  encoder train (and a final norm after them); its embeddings and lower
+  layers are frozen; 0 freezes the encoder, -1 (or its num_layers) trains
+  it all (train/state.py resolve_groups). The paper's language-only
+  pretraining trains the top 2 of 24.
   """
   d = dict(lr=1e-3, b1=0.9, b2=0.98, eps=1e-8, weight_decay=0.01, warmup_steps=100,
            decay="cosine", end_lr_frac=0.1, clip_norm=1.0,
            no_decay_regex=r"(^|/)(bias|scale)$", grad_accum_steps=1,
-           groups=mlc.ConfigDict({}, type_safe=False))
+           groups=mlc.ConfigDict({}, type_safe=False),
+           encoder_top_layers=mlc.ConfigDict({}, type_safe=False))
   d.update(kw)
   return mlc.ConfigDict(d)
 

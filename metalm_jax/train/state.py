@@ -70,6 +70,52 @@ def _groups(opt_cfg) -> Dict[str, Any]:
   return groups
 
 
+# Group name of the frozen lower part of encoder <name> (optimizer.encoder_top_layers).
+BELOW_TOP_GROUP = "frozen_below_top_{}"
+
+
+def below_top_regex(encoder: str, num_layers: int, top: int) -> str:
+  """Params of encoder `encoder` that stay frozen when only its top `top`
+  of `num_layers` layers train: its embeddings and lower layers; the top
+  layers and a final norm after them (ViT `final_norm`) train. top = 0
+  freezes the whole encoder (its connector still trains)."""
+  if not 0 <= top < num_layers:
+    raise ValueError(f"below_top_regex: top={top} must be in [0, num_layers={num_layers})")
+  if top == 0:
+    return rf"^encoders_{encoder}/"
+  keep = "|".join(str(i) for i in range(num_layers - top, num_layers))
+  return rf"^encoders_{encoder}/(?!(.*/)?(layers_({keep})|final_norm)/)"
+
+
+def resolve_groups(opt_cfg, model_cfg):
+  """`opt_cfg` with `encoder_top_layers` ({encoder name: k}: only the top k
+  layers of that encoder train, -1 = all) turned into frozen groups
+  (BELOW_TOP_GROUP) next to `groups`; `opt_cfg` itself when there is none.
+  An unknown encoder or k out of [-1, num_layers] is an error naming it."""
+  tops = dict(opt_cfg.get("encoder_top_layers", {}) or {})
+  if not tops:
+    return opt_cfg
+  groups = dict(opt_cfg.get("groups", {}) or {})
+  for name, k in sorted(tops.items()):
+    field = f"optimizer.encoder_top_layers.{name}"
+    if name not in model_cfg.encoders:
+      raise ValueError(f"{field}: no such encoder in config.model.encoders "
+                       f"({sorted(model_cfg.encoders)})")
+    num = int(model_cfg.encoders[name].num_layers)
+    if isinstance(k, bool) or not isinstance(k, int) or not -1 <= k <= num:
+      raise ValueError(f"{field}={k!r} must be an integer in [-1, {num}] (-1 or {num}: "
+                       "every layer trains)")
+    if k in (-1, num):
+      continue
+    group = BELOW_TOP_GROUP.format(name)
+    if group in groups:
+      raise ValueError(f"optimizer.groups.{group}: the name is reserved for {field}")
+    groups[group] = dict(regex=below_top_regex(name, num, k), frozen=True, lr_mult=1.0)
+  out = opt_cfg.to_dict() if hasattr(opt_cfg, "to_dict") else dict(opt_cfg)
+  out.update(groups=groups, encoder_top_layers={})
+  return type(opt_cfg)(out) if hasattr(opt_cfg, "to_dict") else out
+
+
 def group_of(name: str, groups: Mapping[str, Any]) -> str:
   """The group whose regex matches the param name (re.search); one at most."""
   hits = [g for g, c in sorted(groups.items()) if re.search(c["regex"], name)]

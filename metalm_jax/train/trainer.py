@@ -77,8 +77,10 @@ class Trainer:
     self.rules = shard_lib.rules_from_config(config.logical_rules)
     self.model = metalm.build_model(config.model)
     self.total = config.total_steps
-    self.lr_fn = state_lib.lr_schedule(config.optimizer, max(self.total, 1))
-    self.tx = state_lib.make_optimizer(config.optimizer, max(self.total, 1))
+    # optimizer.encoder_top_layers resolved into frozen groups (train/state.py)
+    self.opt_cfg = state_lib.resolve_groups(config.optimizer, config.model)
+    self.lr_fn = state_lib.lr_schedule(self.opt_cfg, max(self.total, 1))
+    self.tx = state_lib.make_optimizer(self.opt_cfg, max(self.total, 1))
     self.is_main = jax.process_index() == 0
     self.writer = (metrics_lib.Writer(self.workdir, enabled=self.is_main)
                    if self.workdir is not None else None)
@@ -101,7 +103,7 @@ class Trainer:
     shard_lib.check_large_params_sharded(
         self.abstract_state["params"], self.shardings["params"], self.mesh,
         self.config.sharding.min_fsdp_size)
-    self.trainable = state_lib.trainable_mask(self.abstract_state["params"], self.config.optimizer)
+    self.trainable = state_lib.trainable_mask(self.abstract_state["params"], self.opt_cfg)
     self._init_jit = jax.jit(init_state, out_shardings=self.shardings,
                              compiler_options=metalm.FAST_COMPILE)
     self._rng = rng
@@ -121,7 +123,7 @@ class Trainer:
     """The jitted train step: (state, global batch) -> (state, metrics); state donated."""
     cfg = self.config
     step_fn = steps_lib.make_train_step(
-        self.model, self.tx, cfg.optimizer, self.lr_fn, cfg.seed,
+        self.model, self.tx, self.opt_cfg, self.lr_fn, cfg.seed,
         accum_steps=cfg.optimizer.grad_accum_steps)
     with self.mesh_context():
       return jax.jit(step_fn, in_shardings=(self.shardings, shard_lib.batch_sharding(self.mesh)),
