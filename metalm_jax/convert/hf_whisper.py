@@ -123,9 +123,8 @@ class Whisper:
   def features_hf(model_dir, num_mel_bins, waveform):
     """HF's features [B, n_mels, frames]: the dir's WhisperFeatureExtractor, or
     HF's default one with the model's mel bins when the dir has none."""
-    import os
     from transformers import WhisperFeatureExtractor
-    if os.path.exists(os.path.join(model_dir, PREPROCESSOR)):
+    if storage.exists(storage.join(model_dir, PREPROCESSOR)):
       fe = WhisperFeatureExtractor.from_pretrained(model_dir)
     else:
       fe = WhisperFeatureExtractor(feature_size=num_mel_bins)
