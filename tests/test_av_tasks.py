@@ -13,21 +13,25 @@ from metalm_jax.evaluate.evaluators import examples
 def test_rows_compare_each_task_with_its_baselines():
   results = {
       "audio caption": {"caption/CIDEr": 1.2, "caption/fixed_caption_CIDEr": 0.4,
-                        "blind/CIDEr": 1.5, "caption/examples": 64},
+                        "blind/CIDEr": 1.5, "caption/BLEU-4": 0.3,
+                        "caption/fixed_caption_BLEU-4": 0.1, "blind/BLEU-4": 0.2,
+                        "caption/examples": 64},
       "video QA": {"vqa/accuracy": 0.5, "vqa/majority_answer_accuracy": 0.5,
                    "blind/accuracy": 0.25, "vqa/examples": 32},
   }
   rows = av_tasks.rows_of(results)
   assert [(r["task"], r["metric"], r["value"], r["examples"]) for r in rows] == [
-      ("audio caption", "CIDEr", 1.2, 64), ("video QA", "accuracy", 0.5, 32)]
+      ("audio caption", "CIDEr", 1.2, 64), ("audio caption", "BLEU-4", 0.3, 64),
+      ("video QA", "accuracy", 0.5, 32)]
   assert [[(b["baseline"], b["value"], b["beaten"]) for b in r["baselines"]] for r in rows] == [
       [("most frequent training caption", 0.4, True), ("same model, silent clip", 1.5, False)],
+      [("most frequent training caption", 0.1, True), ("same model, silent clip", 0.2, True)],
       [("majority answer", 0.5, False), ("same model, blank video", 0.25, True)]]  # a tie loses
   md = av_tasks.markdown(rows).splitlines()
-  assert len(md) == 2 + 4
+  assert len(md) == 2 + 6
   assert md[2] == ("| audio caption (64 clips) | CIDEr | 1.200 | most frequent training caption "
                    "| 0.400 | yes |")
-  assert md[5] == "|  |  |  | same model, blank video | 0.250 | yes |"
+  assert md[7] == "|  |  |  | same model, blank video | 0.250 | yes |"
   with pytest.raises(KeyError):  # a missing result is an error, never a silent row
     av_tasks.rows_of({"video QA": {"vqa/accuracy": 0.5, "vqa/examples": 1}})
 
