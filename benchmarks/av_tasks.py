@@ -156,7 +156,8 @@ def main(argv=None):
   rows = rows_of(results)
   table = markdown(rows)
   print(table, flush=True)
-  summary = dict(pretrained=pre, pretrain_steps=args.pretrain_steps if not args.pretrained else None,
+  summary = dict(pretrained=pre,
+                 pretrain_steps=None if args.pretrained else args.pretrain_steps,
                  pretrain_loss=pretrain.get("loss"), finetune_steps=steps,
                  finetune_lr=args.finetune_lr or "config",
                  audio_qa_steps=args.audio_qa_steps, examples=args.examples,
@@ -168,7 +169,7 @@ def main(argv=None):
   with open(os.path.join(args.workdir, "av_tasks.md"), "w") as f:
     f.write(table + "\n\nstage seconds (wall / CPU): "
             + ", ".join(f"{k} {v:.0f} / {cpu[k]:.0f}" for k, v in times.items())
-            + f"; 1-min load average at the start and after each stage: "
+            + "; 1-min load average at the start and after each stage: "
             + ", ".join(f"{x:.1f}" for x in load) + f" on {os.cpu_count()} cores\n")
   return summary
 
