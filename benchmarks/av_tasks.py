@@ -18,8 +18,10 @@ benchmarks/claims.py):
 The embedded world must be built first (`python -m metalm_jax.data.build
 --world=tiny`, into --data_dir, default $METALM_DATA_DIR or
 ~/.cache/metalm_jax/tfds). Writes <workdir>/av_tasks.json and av_tasks.md
-(the table, each stage's wall time and the machine's load average). Runs on
-one device (mesh 1x1x1); the defaults fit ~15 minutes on 2 idle CPU cores.
+(the table, each stage's wall and CPU time and the machine's load average).
+Runs on one device (mesh 1x1x1). Measured with the defaults: 15.9 min wall,
+15.5 min of process CPU time, on 2 CPU cores shared with other jobs (load
+average 3-5.6); benchmarks/results/av_tasks.md.
 """
 from __future__ import annotations
 
