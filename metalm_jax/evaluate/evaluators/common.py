@@ -15,10 +15,13 @@ from metalm_jax.evaluate import prompts
 from metalm_jax.registry import Registry
 
 EVALUATORS = Registry("evaluator")
-# Fields of every type; `prompt` None: the format's evaluation template.
+# Fields of every type; `prompt` None: the format's evaluation template;
+# `blind` True: every docked image / sound clip / video is replaced by a blank
+# one (all zeros: silence, a flat frame at the normalisation mean), the
+# modality-blind baseline of the same model on the same prompts.
 DEFAULTS = dict(source="", split="validation", num_examples=64, batch_size=16, seed=0,
                 max_new_tokens=8, method="greedy", beam_size=4, length_penalty=0.0,
-                prompt=None, format="", num_baseline_examples=256, bucket=16)
+                prompt=None, format="", num_baseline_examples=256, bucket=16, blind=False)
 _TYPE_DEFAULTS: Dict[str, Dict[str, Any]] = {}
 
 

@@ -7,6 +7,7 @@ boundaries as in training, then the prompt; the answer is the example's label.""
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 from typing import Any, List, Optional, Tuple
 
@@ -87,9 +88,19 @@ def make_example(fmt: formats_lib.Format, fields, env: Env, ev,
   return Example(0, parts, fmt.target(parsed), parsed.refs, parsed.label_id)
 
 
+def blank(part):
+  """A docked media part (prompts.Image / Audio / Video) with its array all
+  zeros (silence; a flat frame at the normalisation mean); other parts as they are."""
+  if type(part) not in prompts.MEDIA_PARTS:
+    return part
+  name = dataclasses.fields(part)[0].name  # pixels / waveform / frames
+  return dataclasses.replace(part, **{name: np.zeros_like(np.asarray(getattr(part, name)))})
+
+
 def load_examples(env: Env, ev, split: str, num: int, seed: int) -> Tuple[List[Example], int]:
   """The first `num` usable records of `ev.source`/`split` as Examples (in
-  record order; field extraction seeded per record); returns (examples, skipped)."""
+  record order; field extraction seeded per record); returns (examples,
+  skipped). `ev.blind`: media parts blanked (`blank`), records chosen as without."""
   from metalm_jax.data import pipeline, sources
   if not ev.source:
     raise ValueError("evals.*.source is empty; name a data source (metalm_jax/data/sources.py)")
@@ -106,6 +117,8 @@ def load_examples(env: Env, ev, split: str, num: int, seed: int) -> Tuple[List[E
       skipped += 1
       continue
     ex.index = i
+    if ev.get("blind", False):
+      ex.parts = [blank(p) for p in ex.parts]
     out.append(ex)
   if skipped:
     logging.warning("evaluator on %s/%s: skipped %d unusable records (data counters: %s)",
