@@ -37,7 +37,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
-from benchmarks.claims import _one_device, _train  # noqa: E402  (shared helpers)
 
 def _caption(metric):
   return ("caption", metric, (("most frequent training caption",
@@ -79,6 +78,24 @@ def markdown(rows: List[dict]) -> str:
       lines.append("| " + " | ".join(head + (b["baseline"], f"{b['value']:.3f}",
                                             "yes" if b["beaten"] else "no")) + " |")
   return "\n".join(lines)
+
+
+def _one_device(c):
+  c.mesh.update(data=1, fsdp=1, tensor=1)
+  c.metrics.peak_flops = 1e12  # skip the start-up matmul measurement
+  return c
+
+
+def _train(config, workdir, resume=False):
+  """Trains in `workdir`; a finetuning dir must be fresh (the trainer would
+  resume from a checkpoint left there by another run)."""
+  from metalm_jax.train import trainer
+  if not resume and os.path.exists(workdir):
+    raise SystemExit(f"{workdir} exists; pass a fresh --workdir (or remove it)")
+  t0 = time.time()
+  out = trainer.train(config, workdir)
+  print(f"  {workdir}: {time.time() - t0:.0f} s", flush=True)
+  return out
 
 
 def _finetune(cfg, steps: int, examples: int, evaluator: str, data_dir: str, lr: float):
