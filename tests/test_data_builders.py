@@ -12,7 +12,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from metalm_jax import batch as batch_lib
-from metalm_jax.data import pipeline, testing
+from metalm_jax.data import pipeline, prepare, testing
 from metalm_jax.data.builders.common import as_str
 
 
@@ -77,7 +77,6 @@ def test_vqav2(tmp_path, data_dir):
   (root / "v2_mscoco_train2014_annotations.json").write_text(json.dumps({"annotations": anns}))
   cfg = testing.test_config("vl", "tiny", data_dir, mixture={"vqav2": 1.0},
                             manual_dirs={"metalm_vqav2": str(root)})
-  from metalm_jax.data import prepare
   tok = prepare.load_tokenizer(cfg)
   (batch, _), _ = _check(cfg)
   for r in range(2):
@@ -116,7 +115,6 @@ def test_missing_manual_dir_is_a_clear_error(tmp_path):
 
 def test_glue_mnli_through_mock_data(data_dir):
   cfg = testing.test_config("lang", "tiny", data_dir, mixture={"mnli": 1.0}, seq_len=64)
-  from metalm_jax.data import prepare
   tok = prepare.load_tokenizer(cfg)  # prepare before mocking
   with tfds.testing.mock_data(num_examples=12):
     batches = _check(cfg, n=3, batch_size=4)
@@ -134,9 +132,9 @@ def test_build_cli(tmp_path):
                         "--world=test", "--vocab_size=1000,1024"], capture_output=True, text=True)
   assert out.returncode == 0, out.stderr[-2000:]
   for vocab in (1000, 1024):
-    assert (tmp_path / "tokenizers" / f"metalm_world_test_{vocab}_v3.model").exists()
+    assert (tmp_path / "tokenizers" / f"metalm_world_test_{vocab}_v{prepare.TOKENIZER_VERSION}.model").exists()
   assert len(tfds.data_source("metalm_world/test", data_dir=str(tmp_path))["train"]) == 64
-  from metalm_jax.data import images, prepare, world
+  from metalm_jax.data import images, world
   import ml_collections as mlc
   recs = prepare.world_records(mlc.ConfigDict(dict(data_dir=str(tmp_path), world="test")),
                                "test_heldout")
@@ -165,7 +163,6 @@ def _decoded(records, source, decode):
 def audio_set(tmp_path_factory, data_dir):
   """metalm_audio_captions built in data_dir from a Clotho-layout train split
   and an AudioCaps-layout validation split: (manual dir, file name -> bytes)."""
-  from metalm_jax.data import prepare
   from tests import media_fixtures as mf
   root = tmp_path_factory.mktemp("clotho")
   (root / "development").mkdir(parents=True)
@@ -222,7 +219,6 @@ def test_audio_captions(audio_set, data_dir):
 def video_set(tmp_path_factory, data_dir):
   """metalm_msrvtt built in data_dir from an MSR-VTT layout: (manual dir,
   file name -> bytes)."""
-  from metalm_jax.data import prepare
   from tests import media_fixtures as mf
   root = tmp_path_factory.mktemp("msrvtt")
   (root / "TrainValVideo").mkdir(parents=True)
@@ -292,7 +288,7 @@ def test_real_audio_and_video_through_the_pipeline(audio_set, video_set, data_di
   training decoder's output for one of the files (44.1 kHz stereo WAV, 3 s
   FLAC, 64x48 mp4), its row trained on one of that file's captions; the
   corrupt files are skipped and every conversion counted under one name."""
-  from metalm_jax.data import audio, prepare, video
+  from metalm_jax.data import audio, video
   from tests import av_fixtures
   (audio_root, afiles), (video_root, vfiles) = audio_set, video_set
   cfg = av_fixtures.av_test_config(

@@ -196,30 +196,60 @@ def questions(objs: Sequence[Obj], rng: np.random.Generator) -> List[Dict[str, o
 
 
 def nli_triple(objs: Sequence[Obj], rng: np.random.Generator) -> Dict[str, object]:
-  """Premise: some of the objects; hypothesis entailed, contradicted or
-  undecidable (about an object the premise does not mention)."""
+  """An NLI triple whose label needs premise and hypothesis together.
+
+  Premise: some of the objects ("the picture shows ...": others may be there
+  too) or all of them ("the picture shows only ..."). Hypothesis, one of three
+  templates:
+    "there is a C S."  entailment if the premise names a C S; else
+                       contradiction after "only", neutral without it;
+    "there is no C S." contradiction if the premise names a C S; else
+                       entailment after "only", neutral without it;
+    "the Z S is C."    about the one Z S the premise names: entailment if it
+                       is C, contradiction if not; about a Z S the premise
+                       does not name (no "only"): neutral.
+  The label is drawn first (uniform), then the premise kind (neutral needs
+  one without "only") and a template that yields the label, so every template
+  carries every label: the hypothesis alone does not tell it."""
   n = len(objs)
-  k = int(rng.integers(1, n + 1))
-  mentioned = list(objs[:k])
-  premise = f"the picture shows {_join([o.phrase() for o in mentioned])}."
   label = NLI_LABELS[int(rng.integers(3))]
-  o = mentioned[int(rng.integers(k))]
-  if label == "entailment":
-    hyp = f"there is a {o.color} {o.shape}." if rng.integers(2) else f"there is a {o.size} {o.shape}."
-  elif label == "contradiction":
-    other = [c for c in COLORS if c != o.color][int(rng.integers(len(COLORS) - 1))]
-    if rng.integers(2):
-      hyp = f"there is no {o.color} {o.shape}."
-    else:
-      hyp = f"the {o.size} {o.shape} is {other}." if sum(
-          p.shape == o.shape and p.size == o.size for p in mentioned) == 1 else \
-          f"there is no {o.color} {o.shape}."
-  else:
-    named = {(p.color, p.shape) for p in mentioned}
-    cands = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in named]
-    c, s = cands[int(rng.integers(len(cands)))]
-    hyp = f"there is also a {c} {s}."
-  return dict(premise=premise, hypothesis=hyp, label=label)
+  only = label != "neutral" and bool(rng.integers(2))
+  mentioned = list(objs) if only else list(objs[:int(rng.integers(1, n + 1))])
+  premise = (f"the picture shows {'only ' if only else ''}"
+             f"{_join([o.phrase() for o in mentioned])}.")
+  named = {(o.color, o.shape) for o in mentioned}
+  unnamed = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in named]
+  sized = {}
+  for o in mentioned:
+    sized.setdefault((o.size, o.shape), []).append(o)
+  unique = [v[0] for v in sized.values() if len(v) == 1]
+
+  def pick(seq):
+    return seq[int(rng.integers(len(seq)))]
+
+  def named_pair():
+    o = pick(mentioned)
+    return o.color, o.shape
+
+  def about(o, same):  # "the Z S is C." with C its colour (same) or another
+    color = o.color if same else pick([c for c in COLORS if c != o.color])
+    return f"the {o.size} {o.shape} is {color}."
+
+  def unnamed_size_shape():
+    z, s = pick([(z, s) for z in SIZES for s in SHAPES if (z, s) not in sized])
+    return f"the {z} {s} is {pick(_COLOR_NAMES)}."
+
+  options = {  # label -> hypothesis makers available for this premise
+      "entailment": [lambda: "there is a %s %s." % named_pair()]
+                    + ([lambda: "there is no %s %s." % pick(unnamed)] if only else [])
+                    + ([lambda: about(pick(unique), True)] if unique else []),
+      "contradiction": [lambda: "there is no %s %s." % named_pair()]
+                       + ([lambda: "there is a %s %s." % pick(unnamed)] if only else [])
+                       + ([lambda: about(pick(unique), False)] if unique else []),
+      "neutral": [lambda: "there is a %s %s." % pick(unnamed),
+                  lambda: "there is no %s %s." % pick(unnamed), unnamed_size_shape],
+  }[label]
+  return dict(premise=premise, hypothesis=pick(options)(), label=label)
 
 
 def document(objs: Sequence[Obj], rng: np.random.Generator, paragraphs: int) -> str:

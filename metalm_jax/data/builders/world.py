@@ -37,9 +37,12 @@ class WorldConfig(tfds.core.BuilderConfig):
 class MetalmWorld(tfds.core.GeneratorBasedBuilder):
   """Procedurally generated scenes with captions, VQA, NLI and documents."""
 
-  VERSION = tfds.core.Version("1.2.0")
+  VERSION = tfds.core.Version("1.3.0")
   RELEASE_NOTES = {"1.1.0": "interleaved documents (doc_* fields)",
-                   "1.2.0": "sound and motion (audio_* and video_* fields)"}
+                   "1.2.0": "sound and motion (audio_* and video_* fields)",
+                   "1.3.0": "NLI labels need premise and hypothesis together (premises "
+                            "with 'only', every hypothesis template with every label); "
+                            "captions and documents redrawn, images unchanged"}
   BUILDER_CONFIGS = [
       WorldConfig(name="tiny", description="64 px, 3.6k scenes, short documents"),
       WorldConfig(name="paper", description="224 px, 22k scenes, long documents",
