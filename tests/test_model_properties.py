@@ -16,6 +16,8 @@ parametrized by modality, so registering a modality adds its cases:
   padding    invalid items, padded elements, token ids under docked positions,
              padding positions and dock_index where nothing is docked change
              no real position's logits
+  nonfinite  NaN in every padded float input leaves the loss and every
+             gradient finite
   sharded    a data x fsdp x tensor (2x2x2) mesh of 8 fake CPU devices gives
              the single-device logits and embeddings; every encoder and
              connector param carries logical axis names, some are on fsdp
@@ -169,6 +171,7 @@ class World:
     self._fn = self._forward_fn()
     self._run = jax.jit(self._fn, compiler_options=metalm.FAST_COMPILE)
     self._sharded = None
+    self._grad = None
 
   def _forward_fn(self):
     """One forward returning the logits and the decoder's input embeddings
@@ -184,6 +187,18 @@ class World:
   def run(self, batch):
     """(logits [B, L, V], input embeddings [B, L, D]) as numpy."""
     return tuple(np.asarray(x) for x in self._run(self.variables, to_jnp(batch)))
+
+  def loss_and_grads(self, batch):
+    """(mean cross-entropy over loss_mask, its gradients w.r.t. the params)."""
+    if self._grad is None:
+      model = self.model
+      def loss_fn(params, b):
+        logits = model.apply({"params": params}, b)
+        ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), b["targets"][..., None], -1)[..., 0]
+        return (ce * b["loss_mask"]).sum() / b["loss_mask"].sum()
+      self._grad = jax.jit(jax.value_and_grad(loss_fn), compiler_options=metalm.FAST_COMPILE)
+    loss, grads = self._grad(self.params, to_jnp(batch))
+    return float(loss), grads
 
   def sharded(self):
     """(logits, embeddings, param shardings) on the 2x2x2 mesh (computed once)."""
@@ -306,6 +321,24 @@ def test_padding_changes_nothing(world, modality):
   out, out_emb = world.run(batch)
   np.testing.assert_allclose(out[world.real], logits[world.real], atol=ATOL)
   np.testing.assert_allclose(out_emb[world.real], emb[world.real], atol=ATOL)
+
+
+def test_nonfinite_padding_stays_out_of_loss_and_gradients(world, modality):
+  """NaN in every padded float input (invalid items, masked elements): the
+  loss and every gradient stay finite, so a bad slot cannot poison a step."""
+  batch = jax.tree.map(np.copy, world.batch)
+  inputs = batch["encoders"][modality]
+  floats = [k for k, x in inputs.items() if np.issubdtype(x.dtype, np.floating)]
+  if not floats:
+    pytest.skip(f"{modality}: no float inputs to hold NaN")
+  for k in floats:
+    inputs[k] = np.where(padding_of(inputs, k), np.nan, inputs[k]).astype(inputs[k].dtype)
+  assert any(np.isnan(inputs[k]).any() for k in floats)
+  loss, grads = world.loss_and_grads(batch)
+  assert np.isfinite(loss)
+  bad = [jax.tree_util.keystr(p) for p, g in jax.tree_util.tree_leaves_with_path(grads)
+         if not np.isfinite(np.asarray(g)).all()]
+  assert not bad, bad
 
 
 def test_sharded_equals_single_device(world, modality):

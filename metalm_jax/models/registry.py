@@ -23,14 +23,26 @@ from metalm_jax.registry import Registry
 ENCODERS = Registry("encoder")
 
 
+def valid_only(x, inputs):
+  """`x` [B, N, ...] with the items that `inputs["valid"]` [B, N] marks
+  invalid set to 0, so whatever they hold (NaN included) reaches neither the
+  encoder's outputs nor the gradients (no `valid`: every item is used)."""
+  valid = inputs.get("valid")
+  if valid is None:
+    return x
+  return jnp.where(valid.reshape(valid.shape + (1,) * (x.ndim - 2)), x, jnp.zeros((), x.dtype))
+
+
 @ENCODERS.register("vit")
 class VitItems(nn.Module):
+  """Images [B, N, H, W, 3] -> [B, N, tokens, width]; invalid items are
+  encoded as zeros (never docked)."""
   cfg: Any
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, inputs, deterministic=True):
-    pixels = inputs["pixels"]  # [B, N, H, W, 3]
+    pixels = valid_only(inputs["pixels"], inputs)  # [B, N, H, W, 3]
     b, n = pixels.shape[:2]
     out = VisionEncoder(self.cfg, self.dtype, name="vit")(
         pixels.reshape((b * n,) + pixels.shape[2:]), deterministic)
@@ -62,9 +74,8 @@ class AudioItems(nn.Module):
 
   @nn.compact
   def __call__(self, inputs, deterministic=True):
-    wave, valid = inputs["waveform"], inputs["valid"]  # [B, N, S], [B, N]
+    wave, valid = valid_only(inputs["waveform"], inputs), inputs["valid"]  # [B, N, S], [B, N]
     b, n, s = wave.shape
-    wave = jnp.where(valid[..., None], wave, 0.0)
     out = audio.AudioEncoder(self.cfg, self.dtype, name="whisper")(
         wave.reshape(b * n, s), deterministic)
     out = audio.pool(out, self.cfg.num_vectors, self.cfg.pool)
@@ -81,5 +92,6 @@ class VideoItems(nn.Module):
 
   @nn.compact
   def __call__(self, inputs, deterministic=True):
-    # frames [B, N, F, H, W, 3] -> [B, N, num_vectors, width]
-    return video.VideoEncoder(self.cfg, self.dtype, name="video")(inputs["frames"], deterministic)
+    # frames [B, N, F, H, W, 3] -> [B, N, num_vectors, width]; invalid clips as zeros
+    return video.VideoEncoder(self.cfg, self.dtype, name="video")(
+        valid_only(inputs["frames"], inputs), deterministic)
