@@ -1,26 +1,34 @@
-"""The paper's claims in miniature, each against its baseline (SPEC.md section 6,
-issue 13), on the embedded world, on CPU, in one command:
+"""The paper's claims in miniature, each row MetaLM - baseline with a 95%
+paired bootstrap interval (issue 20; protocol: configs/experiments/claims.py),
+on the embedded world, on CPU, in one command:
 
-    python benchmarks/claims.py --workdir=/tmp/claims [--parallel=2] [--seeds=2]
-        [--lang_steps=500] [--vl_steps=1200] [--finetune_steps=300]
+    python benchmarks/claims.py --workdir=/tmp/claims [--quick]
+        [--seeds=3] [--lang_steps=600] [--vl_steps=1200] [--finetune_steps=300]
 
 Every stage is a sweep (metalm_jax.sweep: WORKDIR/<stage>/sweep.json, one
 workdir per run, report.md) of a config of configs/experiments/claims.py;
-the decisive finetunings are a grid over `seed`. Start the same command again
-to resume: finished runs are skipped, interrupted ones resume from their
-checkpoints. Two chains of stages (language-only, vision-language) run side
-by side with --parallel=2; each run's console goes to WORKDIR/<stage>/<run>.log.
+the finetunings are a grid over `seed`. Start the same command again to
+resume: finished runs are skipped, interrupted ones resume from their
+checkpoints. The language-only and the vision-language chains run side by
+side (--parallel=2); each run's console goes to WORKDIR/<stage>/<run>.log.
 
-  language-only   lang_metalm, lang_gpt (pretraining on the same text, same
-                  tokens) -> nli_metalm (decoder frozen), nli_gpt (in full),
-                  mt_metalm, mt_gpt (NLI cluster held out)
-  vision-language vl_pretrain -> vl_zeroshot, vl_icl_bare (in-context VQA with
-                  the bare question as prompt), vl_zeroshot_blind (blank images),
-                  vqa_ft, vqa_ft_blind (finetuned with images blanked)
+  language-only    lang_metalm, lang_gpt (same text, same tokens; the text
+                   binding episodes evaluated in context at the end) ->
+                   nli_metalm (decoder frozen), nli_gpt (in full),
+                   mt_metalm, mt_gpt (NLI cluster held out)
+  vision-language  vl_pretrain (no VQA, no caption prompt) -> vl_zeroshot
+                   (captions, VQA, each also blind; image binding episodes
+                   and VQA in context) -> vqa_ft (decoder frozen),
+                   vqa_ft_blind (the same with images blanked)
 
-Writes WORKDIR/claims.json, claims.md (each claim: MetaLM, baseline, the
-paper's direction, holds yes/no; values are means over seeds, each seed
-listed) and icl_vs_k.png. Seeds fixed.
+--quick: one seed, QUICK_EXAMPLES evaluation examples, short runs (a smoke
+run, not evidence). --world=test and --stages=a,b run a part on the unit-test
+world (tests/test_claims.py).
+
+Writes WORKDIR/claims.json (one record per row: name, paper, metalm,
+baseline, diff, ci95, n, seeds, holds, flags, and the protocol's fields),
+claims.md and icl_vs_k.png (accuracy per k with 95% intervals). Refresh the
+table of docs/claims.md from a claims.json with --docs=docs/claims.md.
 """
 from __future__ import annotations
 
@@ -28,19 +36,23 @@ import argparse
 import dataclasses
 import json
 import os
-import statistics
+import re
 import subprocess
 import sys
 import threading
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
+from configs.experiments import claims as protocol  # noqa: E402
+from metalm_jax.evaluate import stats  # noqa: E402
+
 CONFIG = "configs/experiments/claims.py"
-ICL_SHOTS = (0, 1, 2, 4)  # configs/experiments/claims.py ICL_SHOTS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +61,7 @@ class Stage:
   stage: str                 # the config's stage
   init: str = ""             # the stage whose (single) run it starts from
   blank: bool = False
-  seeds: bool = False        # a grid over seed (the decisive comparisons)
+  seeds: bool = False        # a grid over seed (the finetunings)
   steps: str = ""            # which --*_steps flag sets its steps ("" = eval-only)
 
 
@@ -58,159 +70,170 @@ LANG_CHAIN = (
     Stage("lang_gpt", "lang_gpt", steps="lang"),
     Stage("nli_metalm", "nli_metalm", init="lang_metalm", seeds=True, steps="finetune"),
     Stage("nli_gpt", "nli_gpt", init="lang_gpt", seeds=True, steps="finetune"),
-    Stage("mt_metalm", "mt_metalm", init="lang_metalm", steps="finetune"),
-    Stage("mt_gpt", "mt_gpt", init="lang_gpt", steps="finetune"),
+    Stage("mt_metalm", "mt_metalm", init="lang_metalm", seeds=True, steps="finetune"),
+    Stage("mt_gpt", "mt_gpt", init="lang_gpt", seeds=True, steps="finetune"),
 )
 VL_CHAIN = (
     Stage("vl_pretrain", "vl_pretrain", steps="vl"),
     Stage("vl_zeroshot", "vl_zeroshot", init="vl_pretrain"),
-    Stage("vl_icl_bare", "vl_icl_bare", init="vl_pretrain"),
-    Stage("vl_zeroshot_blind", "vl_zeroshot", init="vl_pretrain", blank=True),
     Stage("vqa_ft", "vqa_ft", init="vl_pretrain", seeds=True, steps="finetune"),
     Stage("vqa_ft_blind", "vqa_ft", init="vl_pretrain", blank=True, seeds=True,
           steps="finetune"),
 )
+STAGES = {s.name: s for s in LANG_CHAIN + VL_CHAIN}
+QUICK = dict(seeds=1, lang_steps=200, vl_steps=400, finetune_steps=100)
 
 
-@dataclasses.dataclass(frozen=True)
-class Ref:
-  stage: str
-  metric: str   # "<evaluator>/<metric>" of the stage's runs
+# ---- per-example values of a run ------------------------------------------------------
+def _get(row: Dict[str, Any], column: str):
+  for part in column.split("."):
+    row = row[part]
+  return row
 
 
-@dataclasses.dataclass(frozen=True)
-class Claim:
-  key: str
-  paper: str       # the paper's row
-  what: str
-  metalm: Ref
-  baseline: Ref
-  baseline_name: str
-  direction: str = "MetaLM > baseline"
+def eval_rows(run_workdir: str, evaluator: str, step: Optional[int]) -> List[Dict[str, Any]]:
+  """The predictions rows evaluator `evaluator` wrote at `step` in a run
+  (evaluate/evaluators/runner.py: evals/<name>_step_<step>.jsonl)."""
+  path = os.path.join(run_workdir, "evals", f"{evaluator}_step_{step}.jsonl")
+  if step is None or not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
 
 
-def _icl(stage: str, when: str, lo: int, hi: int, key: str = "", evaluator: str = "icl"
-         ) -> Claim:
-  return Claim(f"icl_{key or when}_k{hi}_vs_k{lo}", "in-context learning improves with shots",
-               f"in-context VQA accuracy, {when}: k={hi} vs k={lo}",
-               Ref(stage, f"{evaluator}/k{hi}/accuracy"), Ref(stage, f"{evaluator}/k{lo}/accuracy"),
-               f"the same model, k={lo}", f"rises from k={lo} to k={hi}")
+def gather(workdir: str) -> Dict[str, List[Dict[str, Any]]]:
+  """{stage: [{"seed", "workdir", "evals_step"} of each finished run, by seed]}."""
+  from metalm_jax.sweep import report as report_lib
+  from metalm_jax.sweep import state as state_lib
+  out = {}
+  for st in STAGES.values():
+    sweep = state_lib.load(os.path.join(workdir, st.name))
+    if sweep is None:
+      continue
+    runs = [dict(seed=int(r["values"].get("seed", 0)), workdir=r["workdir"],
+                 evals_step=r["evals_step"])
+            for r in report_lib.gather(sweep) if r["status"] == state_lib.DONE]
+    out[st.name] = sorted(runs, key=lambda r: r["seed"])
+  return out
 
 
-_BARE = dict(key="pretrained_bare", evaluator="icl_bare")
+def _pairs(runs, row) -> List[tuple]:
+  """[(metalm rows, baseline rows)] aligned by example, one pair per seed:
+  the same run when both refer to one stage, seed with seed across stages,
+  one baseline run against each MetaLM seed when the baseline has one."""
+  m, b = row["metalm"], row["baseline"]
+  mr, br = runs.get(m["stage"], []), runs.get(b["stage"], [])
+  if not mr or not br:
+    return []
+  if len(br) == 1:
+    br = br * len(mr)
+  if len(br) != len(mr):
+    raise ValueError(f"row {row['name']}: {len(mr)} runs of {m['stage']} vs {len(br)} of "
+                     f"{b['stage']}")
+  out = []
+  for x, y in zip(mr, br):
+    a = eval_rows(x["workdir"], m["evaluator"], x["evals_step"])
+    c = eval_rows(y["workdir"], b["evaluator"], y["evals_step"])
+    if not a or not c:
+      return []
+    out.append(stats.align(a, c))
+  return out
 
 
-CLAIMS = (
-    Claim("nli_generate", "finetuning, decoder frozen (MNLI 91.1 vs GPT 87.7)",
-          "world NLI accuracy, label generated: language-only MetaLM (decoder frozen, encoder "
-          "+ connector trained) vs the same-size GPT finetuned in full",
-          Ref("nli_metalm", "nli/accuracy_generate"), Ref("nli_gpt", "nli/accuracy_generate"),
-          "GPT, finetuned in full"),
-    Claim("nli_rank", "finetuning, decoder frozen (MNLI 91.1 vs GPT 87.7)",
-          "world NLI accuracy, label ranked by likelihood (same runs)",
-          Ref("nli_metalm", "nli/accuracy_rank"), Ref("nli_gpt", "nli/accuracy_rank"),
-          "GPT, finetuned in full"),
-    Claim("heldout_nli", "multitask tuning, held-out cluster (79.1 vs 65.0)",
-          "held-out NLI accuracy (ranked) after tuning on the instruction cluster",
-          Ref("mt_metalm", "heldout_nli/accuracy_rank"), Ref("mt_gpt", "heldout_nli/accuracy_rank"),
-          "GPT, tuned the same way"),
-    _icl("vl_zeroshot", "pretrained", 0, 1),
-    _icl("vl_zeroshot", "pretrained", 1, 4),
-    _icl("vl_icl_bare", "pretrained, bare question as prompt", 0, 1, **_BARE),
-    _icl("vl_icl_bare", "pretrained, bare question as prompt", 1, 4, **_BARE),
-    _icl("vqa_ft", "after VQA finetuning", 0, 1),
-    _icl("vqa_ft", "after VQA finetuning", 1, 4),
-    Claim("caption_vs_blind", "zero-shot captioning (COCO CIDEr 82.2)",
-          "zero-shot caption CIDEr ('Summarize this image:')",
-          Ref("vl_zeroshot", "caption/CIDEr"), Ref("vl_zeroshot_blind", "caption/CIDEr"),
-          "the same model, blank image"),
-    Claim("caption_vs_fixed", "zero-shot captioning (COCO CIDEr 82.2)",
-          "zero-shot caption CIDEr ('Summarize this image:')",
-          Ref("vl_zeroshot", "caption/CIDEr"), Ref("vl_zeroshot", "caption/fixed_caption_CIDEr"),
-          "the most frequent training caption"),
-    Claim("vqa_zeroshot_vs_blind", "zero-shot VQA (VQAv2 41.1 vs Frozen 29.5)",
-          "zero-shot VQA accuracy", Ref("vl_zeroshot", "vqa/accuracy"),
-          Ref("vl_zeroshot_blind", "vqa/accuracy"), "the same model, blank image"),
-    Claim("vqa_zeroshot_vs_majority", "zero-shot VQA (VQAv2 41.1 vs Frozen 29.5)",
-          "zero-shot VQA accuracy", Ref("vl_zeroshot", "vqa/accuracy"),
-          Ref("vl_zeroshot", "vqa/majority_answer_accuracy"), "the majority answer"),
-    Claim("vqa_ft_vs_blind", "vision-language finetuning uses the image",
-          "finetuned VQA accuracy", Ref("vqa_ft", "vqa/accuracy"),
-          Ref("vqa_ft_blind", "vqa/accuracy"), "the same finetuning, images blanked"),
-)
+def claim_record(row: Dict[str, Any], runs, num_samples: int = 2000) -> Dict[str, Any]:
+  """One claims.json record: the protocol's fields, MetaLM, baseline, diff,
+  ci95, n, seeds, holds, flags. Not measured (a stage missing): values None,
+  holds None. Holds only when ci95 lies above 0 and MetaLM's most frequent
+  prediction covers at most stats.SINGLE_CLASS_SHARE of the examples."""
+  rec = {k: row[k] for k in ("name", "paper", "what", "model", "trains", "baseline_what",
+                             "eval")}
+  rec.update(metalm=None, baseline=None, diff=None, ci95=None, n=0, seeds=0, holds=None,
+             flags=[])
+  pairs = _pairs(runs, row)
+  if not pairs:
+    rec["flags"] = ["not measured"]
+    return rec
+  ma = [np.array([float(_get(r, row["metalm"]["column"])) for r in a]) for a, _ in pairs]
+  ba = [np.array([float(_get(r, row["baseline"]["column"])) for r in b]) for _, b in pairs]
+  res = stats.paired_bootstrap(ma, ba, num_samples=num_samples, seed=0)
+  rec.update(metalm=res["metalm"], baseline=res["baseline"], diff=res["diff"],
+             ci95=list(res["ci95"]), n=res["n"], seeds=res["seeds"])
+  flags = []
+  if row["prediction"]:
+    preds = [str(_get(r, row["prediction"])) for a, _ in pairs for r in a]
+    share = stats.majority_share(preds)
+    rec["majority_prediction_share"] = share
+    if share > stats.SINGLE_CLASS_SHARE:
+      flags.append(f"single class: one prediction for {share:.0%} of examples")
+  rec["flags"] = flags
+  rec["holds"] = bool(rec["ci95"][0] > 0 and not flags)
+  return rec
 
 
-# ---- the table (pure: results in, rows out) -------------------------------------
-def _values(results: Dict[str, List[Dict[str, float]]], ref: Ref) -> List[float]:
-  return [float(r[ref.metric]) for r in results.get(ref.stage, []) if ref.metric in r]
+def icl_curves(runs) -> Dict[str, Dict[str, List]]:
+  """label -> {"mean": [per k], "ci95": [[low, high] per k]}: accuracy in
+  context per k (bootstrap over examples pooled over seeds), None where missing."""
+  out = {}
+  for label, (stage, ev) in protocol.ICL_CURVES.items():
+    means, cis = [], []
+    for k in protocol.ICL_SHOTS:
+      vals = [np.array([float(r[f"k{k}"]["score"]) for r in eval_rows(x["workdir"], ev,
+                                                                         x["evals_step"])])
+              for x in runs.get(stage, [])]
+      vals = [v for v in vals if len(v)]
+      if not vals:
+        means.append(None)
+        cis.append(None)
+        continue
+      res = stats.paired_bootstrap(vals, [np.zeros_like(v) for v in vals], seed=0)
+      means.append(res["metalm"])
+      cis.append(list(res["ci95"]))
+    out[label] = {"mean": means, "ci95": cis}
+  return out
 
 
-def _mean(xs: Sequence[float]) -> Optional[float]:
-  return statistics.fmean(xs) if xs else None
+# ---- tables and the figure ---------------------------------------------------------------
+def _num(x) -> str:
+  return "n/a" if x is None else f"{x:.3f}"
 
 
-def claim_rows(results: Dict[str, List[Dict[str, float]]],
-               claims: Sequence[Claim] = CLAIMS) -> List[Dict]:
-  """One row per claim from {stage: [metrics of each of its runs]}: MetaLM
-  and baseline means (and per-run values), holds = mean MetaLM > mean
-  baseline; a claim missing a value is `holds: None` (not measured)."""
-  rows = []
-  for c in claims:
-    m, b = _values(results, c.metalm), _values(results, c.baseline)
-    mm, bm = _mean(m), _mean(b)
-    holds = None if mm is None or bm is None else bool(mm > bm)
-    rows.append(dict(key=c.key, paper=c.paper, claim=c.what, direction=c.direction,
-                     metalm=mm, metalm_runs=m, baseline_name=c.baseline_name, baseline=bm,
-                     baseline_runs=b, holds=holds))
-  return rows
-
-
-def _fmt(mean: Optional[float], runs: Sequence[float]) -> str:
-  if mean is None:
-    return "not measured"
-  return f"{mean:.3f}" + (f" ({' / '.join(f'{x:.3f}' for x in runs)})" if len(runs) > 1 else "")
-
-
-def markdown(rows: Sequence[Dict]) -> str:
-  out = ["| paper | claim | MetaLM | baseline | paper's direction | holds |",
-         "|---|---|---|---|---|---|"]
-  for r in rows:
+def markdown(records: Sequence[Dict[str, Any]]) -> str:
+  out = ["| row | paper | MetaLM | baseline | diff [95% CI] | n x seeds | holds |",
+         "|---|---|---|---|---|---|---|"]
+  for r in records:
+    ci = "n/a" if r["ci95"] is None else f"[{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}]"
+    diff = "n/a" if r["diff"] is None else f"{r['diff']:+.3f} {ci}"
     holds = {True: "yes", False: "**no**", None: "not measured"}[r["holds"]]
-    out.append(f"| {r['paper']} | {r['claim']} | {_fmt(r['metalm'], r['metalm_runs'])} | "
-               f"{r['baseline_name']}: {_fmt(r['baseline'], r['baseline_runs'])} | "
-               f"{r['direction']} | {holds} |")
+    if r["flags"]:
+      holds += " (" + "; ".join(r["flags"]) + ")"
+    out.append(f"| `{r['name']}`: {r['what']} | {r['paper']} | {_num(r['metalm'])} | "
+               f"{r['baseline_what']}: {_num(r['baseline'])} | {diff} | "
+               f"{r['n']} x {r['seeds']} | {holds} |")
   return "\n".join(out) + "\n"
 
 
-def icl_curves(results: Dict[str, List[Dict[str, float]]]) -> Dict[str, List[Optional[float]]]:
-  """Mean in-context VQA accuracy per k, pretrained and after finetuning."""
-  return {label: [_mean(_values(results, Ref(stage, f"{ev}/k{k}/accuracy"))) for k in ICL_SHOTS]
-          for label, stage, ev in (("pretrained", "vl_zeroshot", "icl"),
-                                   ("pretrained, bare question", "vl_icl_bare", "icl_bare"),
-                                   ("after VQA finetuning", "vqa_ft", "icl"))}
-
-
-def icl_plot(results, path: str) -> bool:
+def icl_plot(curves, path: str) -> bool:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  curves = icl_curves(results)
-  fig, ax = plt.subplots(figsize=(5, 3.6))
+  fig, ax = plt.subplots(figsize=(6, 4))
   drawn = False
-  for label, ys in curves.items():
-    pts = [(k, y) for k, y in zip(ICL_SHOTS, ys) if y is not None]
-    if pts:
-      ax.plot(*zip(*pts), marker="o", label=label)
-      drawn = True
-  majority = _mean(_values(results, Ref("vl_zeroshot", "vqa/majority_answer_accuracy")))
-  if majority is not None:
-    ax.axhline(majority, ls="--", c="gray", label="majority answer")
-  ax.set_xticks(ICL_SHOTS)
+  for i, (label, c) in enumerate(curves.items()):
+    pts = [(k + 0.04 * (i - 2), m, ci) for k, m, ci in zip(protocol.ICL_SHOTS, c["mean"],
+                                                           c["ci95"]) if m is not None]
+    if not pts:
+      continue
+    ks, ms, cis = zip(*pts)
+    err = np.array([[m - lo for m, (lo, _) in zip(ms, cis)], [hi - m for m, (_, hi) in
+                                                              zip(ms, cis)]])
+    ax.errorbar(ks, ms, yerr=err, marker="o", capsize=3, label=label)
+    drawn = True
+  ax.set_xticks(protocol.ICL_SHOTS)
   ax.set_xlabel("demonstrations k")
-  ax.set_ylabel("VQA accuracy (world, validation)")
-  ax.set_title("in-context VQA, tiny MetaLM")
+  ax.set_ylabel("accuracy (world validation), 95% CI")
+  ax.set_title("in context, tiny MetaLM")
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
+  ax.legend(fontsize=7)
   fig.tight_layout()
   if drawn:
     fig.savefig(path, dpi=100)
@@ -218,8 +241,29 @@ def icl_plot(results, path: str) -> bool:
   return drawn
 
 
+DOCS_BEGIN = "<!-- claims table: benchmarks/claims.py --docs (from claims.json) -->"
+DOCS_END = "<!-- end of claims table -->"
+
+
+def write_docs_table(claims_json: str, docs_path: str) -> None:
+  """Replaces the table between DOCS_BEGIN and DOCS_END in `docs_path` with
+  the one of `claims_json` (the docs read their figures from the result file)."""
+  with open(claims_json) as f:
+    records = json.load(f)["claims"]
+  with open(docs_path) as f:
+    text = f.read()
+  pat = re.compile(re.escape(DOCS_BEGIN) + r".*?" + re.escape(DOCS_END), re.S)
+  if not pat.search(text):
+    raise ValueError(f"{docs_path}: no {DOCS_BEGIN!r} ... {DOCS_END!r} block")
+  held = sum(r["holds"] is True for r in records)
+  table = (f"{DOCS_BEGIN}\n{held} of {len(records)} rows hold.\n\n{markdown(records)}"
+           f"{DOCS_END}")
+  with open(docs_path, "w") as f:
+    f.write(pat.sub(lambda m: table, text))
+
+
 # ---- running the stages as sweeps ------------------------------------------------
-def _config(st: Stage, workdir: str, steps: Dict[str, int]) -> str:
+def _config(st: Stage, workdir: str, steps: Dict[str, int], examples: int) -> str:
   arg = [f"stage={st.stage}"]
   if st.init:
     arg.append(f"init={os.path.join(workdir, st.init, 'base')}")
@@ -227,6 +271,8 @@ def _config(st: Stage, workdir: str, steps: Dict[str, int]) -> str:
     arg.append(f"steps={steps[st.steps]}")
   if st.blank:
     arg.append("blank=1")
+  if examples:
+    arg.append(f"examples={examples}")
   return f"{CONFIG}:{','.join(arg)}"
 
 
@@ -237,82 +283,106 @@ def run_logged(cmd: List[str]) -> int:
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT).wait()
 
 
-def run_stage(st: Stage, workdir: str, steps: Dict[str, int], seeds: int) -> Dict:
+def run_stage(st: Stage, workdir: str, steps, seeds: int, examples: int, fixed) -> int:
   from metalm_jax.sweep import report as report_lib
   from metalm_jax.sweep import runner as runner_lib
   from metalm_jax.sweep import state as state_lib
   root = os.path.join(workdir, st.name)
-  grid = f"seed={','.join(str(s) for s in range(seeds))}" if st.seeds and seeds > 1 else ""
-  sweep = state_lib.plan(root, _config(st, workdir, steps), grid, [])
+  grid = f"seed={','.join(str(s) for s in range(seeds))}" if st.seeds else ""
+  sweep = state_lib.plan(root, _config(st, workdir, steps, examples), grid, fixed)
   state_lib.save(root, sweep)
   t0 = time.time()
   rc = runner_lib.run_all(root, sweep, run_logged)
   report_lib.write(root, sweep)
   print(f"[claims] {st.name}: exit {rc}, {time.time() - t0:.0f} s", flush=True)
-  return sweep
+  return rc
 
 
-def run_chain(chain: Sequence[Stage], workdir, steps, seeds, timing: Dict[str, float]):
+def run_chain(chain: Sequence[Stage], workdir, steps, seeds, examples, fixed,
+              timing: Dict[str, float]):
   for st in chain:
     t0 = time.time()
-    run_stage(st, workdir, steps, seeds)
+    rc = run_stage(st, workdir, steps, seeds, examples, fixed)
     timing[st.name] = round(time.time() - t0, 1)
+    if rc:
+      print(f"[claims] {st.name} failed (exit {rc}): the rest of its chain is skipped; "
+            f"see {os.path.join(workdir, st.name)}/*.log", flush=True)
+      return
 
 
-def gather(workdir: str) -> Dict[str, List[Dict[str, float]]]:
-  """{stage: [metrics of each finished run]} from the stages' sweep.json."""
-  from metalm_jax.sweep import report as report_lib
-  from metalm_jax.sweep import state as state_lib
-  out = {}
-  for st in LANG_CHAIN + VL_CHAIN:
-    sweep = state_lib.load(os.path.join(workdir, st.name))
-    if sweep is None:
-      continue
-    out[st.name] = [r["metrics"] for r in report_lib.gather(sweep)
-                    if r["status"] == state_lib.DONE]
-  return out
+def report(workdir: str, meta: Dict[str, Any]) -> List[Dict[str, Any]]:
+  runs = gather(workdir)
+  records = [claim_record(r, runs) for r in protocol.ROWS]
+  curves = icl_curves(runs)
+  md = markdown(records)
+  with open(os.path.join(workdir, "claims.md"), "w") as f:
+    f.write(md)
+  with open(os.path.join(workdir, "claims.json"), "w") as f:
+    json.dump({**meta, "claims": records, "icl": {"shots": list(protocol.ICL_SHOTS),
+                                                  **curves}}, f, indent=2)
+  icl_plot(curves, os.path.join(workdir, "icl_vs_k.png"))
+  print(md, flush=True)
+  return records
 
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--workdir", required=True)
-  p.add_argument("--lang_steps", type=int, default=500)
+  p.add_argument("--workdir")
+  p.add_argument("--quick", action="store_true", help="smoke run: " + json.dumps(QUICK))
+  p.add_argument("--lang_steps", type=int, default=600)
   p.add_argument("--vl_steps", type=int, default=1200)
   p.add_argument("--finetune_steps", type=int, default=300)
-  p.add_argument("--seeds", type=int, default=2, help="seeds of the decisive finetunings")
+  p.add_argument("--seeds", type=int, default=3, help="seeds of the finetunings")
+  p.add_argument("--examples", type=int, default=0,
+                 help=f"evaluation examples (0: {protocol.EXAMPLES}, --quick "
+                      f"{protocol.QUICK_EXAMPLES})")
   p.add_argument("--parallel", type=int, choices=(1, 2), default=2,
                  help="2: the language-only and vision-language chains side by side")
+  p.add_argument("--world", default="", help="embedded world config (default: the presets')")
+  p.add_argument("--stages", default="", help="comma-separated subset of " + ",".join(STAGES))
+  p.add_argument("--docs", default="", help="write the table of WORKDIR/claims.json (or "
+                 "--claims_json) into this docs page and exit")
+  p.add_argument("--claims_json", default="")
   args = p.parse_args(argv)
+  if args.docs:
+    write_docs_table(args.claims_json or os.path.join(args.workdir, "claims.json"), args.docs)
+    return []
+  if not args.workdir:
+    p.error("--workdir is required")
+  if args.quick:
+    for k, v in QUICK.items():
+      if getattr(args, k) == p.get_default(k):
+        setattr(args, k, v)
+    args.examples = args.examples or protocol.QUICK_EXAMPLES
   workdir = os.path.abspath(args.workdir)
   if "," in workdir or ":" in workdir:
     raise SystemExit(f"--workdir={workdir}: no ',' or ':' (it goes into config args)")
+  chosen = [s for s in args.stages.split(",") if s]
+  unknown = sorted(set(chosen) - set(STAGES))
+  if unknown:
+    raise SystemExit(f"--stages: unknown {unknown}; known: {sorted(STAGES)}")
   os.makedirs(workdir, exist_ok=True)
-  # Runs of the same shapes (seeds, blanked images, the two zero-shot
-  # evaluations) share compiles through JAX's persistent cache.
+  # Runs of the same shapes (seeds, blanked images) share compiles.
   os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(workdir, "xla_cache"))
   steps = dict(lang=args.lang_steps, vl=args.vl_steps, finetune=args.finetune_steps)
+  fixed = [f"data.world={args.world}"] if args.world else []
+  chains = [tuple(s for s in c if not chosen or s.name in chosen) for c in (LANG_CHAIN, VL_CHAIN)]
   timing: Dict[str, float] = {}
   t0 = time.time()
+  common = (workdir, steps, args.seeds, args.examples, fixed, timing)
   if args.parallel == 2:
-    lang = threading.Thread(target=run_chain, args=(LANG_CHAIN, workdir, steps, args.seeds,
-                                                    timing))
+    lang = threading.Thread(target=run_chain, args=(chains[0],) + common)
     lang.start()
-    run_chain(VL_CHAIN, workdir, steps, args.seeds, timing)
+    run_chain(chains[1], *common)
     lang.join()
   else:
-    run_chain(LANG_CHAIN + VL_CHAIN, workdir, steps, args.seeds, timing)
+    run_chain(chains[0] + chains[1], *common)
   total = round(time.time() - t0, 1)
-  results = gather(workdir)
-  rows = claim_rows(results)
-  md = markdown(rows)
-  with open(os.path.join(workdir, "claims.md"), "w") as f:
-    f.write(md)
-  with open(os.path.join(workdir, "claims.json"), "w") as f:
-    json.dump({"args": vars(args), "seconds": total, "stage_seconds": timing, "claims": rows,
-               "icl": {"shots": list(ICL_SHOTS), **icl_curves(results)}}, f, indent=2)
-  icl_plot(results, os.path.join(workdir, "icl_vs_k.png"))
-  print(md + f"\n[claims] {total:.0f} s; stages: {timing}", flush=True)
-  return rows
+  records = report(workdir, {"args": vars(args), "seconds": total, "stage_seconds": timing})
+  held = sum(r["holds"] is True for r in records)
+  print(f"[claims] {held} of {len(records)} rows hold; {total:.0f} s; stages: {timing}",
+        flush=True)
+  return records
 
 
 if __name__ == "__main__":

@@ -58,6 +58,14 @@ CAPTION_TEMPLATES = ("caption:", "summarize this image:", "describe the picture:
 VQA_TEMPLATES = (VQA_TEMPLATE, "{question} answer briefly:", "look at the picture. {question}")
 NLI_TEMPLATES = (NLI_TEMPLATE, "does it follow that {hypothesis} true, false or neither:",
                  "hypothesis: {hypothesis} true, false or neither?")
+# Binding episodes (world.bind_episode): each episode gives two shapes two of
+# these invented names; only its demonstrations tell which is which.
+BIND_PROMPT = "this is a"
+BIND_NAMES = ("dax", "blicket", "wug", "zup", "fep", "toma", "kiki", "gazzer")
+# Question answering over a text (the multitask clusters world_text_qa,
+# world_count, world_attribute; NLI held out).
+TEXT_QA_TEMPLATES = (VQA_TEMPLATE, "read the text. {question} answer:",
+                     "{question} answer in one word:")
 
 
 # The id after every answer, in training rows and in-context demonstrations:
@@ -230,3 +238,18 @@ register(Format("video_caption", ("",), answer="captions", eval_prompt=VIDEO_CAP
 register(Format("video_caption_prompted", CAPTION_TEMPLATES[:1], answer="captions",
                 answer_room=2, **_VIDEO))
 register(Format("video_qa", (VQA_TEMPLATE,), answer="answers", texts=("question",), **_VIDEO))
+
+# Binding episodes: one item = an object (its picture, or its phrase through
+# the text encoder: plain tokens without one), BIND_PROMPT, its name. An
+# episode task (tasks.episode_task) lays out all its items as one in-context
+# prompt; the evaluators build the same from the item format.
+_BIND = dict(answer="label", labels=BIND_NAMES)
+register(Format("bind_image", (BIND_PROMPT,), **_BIND, **_IMAGE))
+register(Format("bind_text", (BIND_PROMPT,), encoded="{text}", texts=("text",), **_BIND))
+EPISODE_ITEM_FORMATS = {"episode_image": "bind_image", "episode_text": "bind_text"}
+
+# Questions about a text (no image), answered from it: the context through
+# the text encoder (plain tokens without one), an instruction template drawn
+# per row, the one answer.
+register(Format("text_qa", TEXT_QA_TEMPLATES, answer="answers", texts=("context", "question"),
+                encoded="{context}"))

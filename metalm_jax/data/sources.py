@@ -12,16 +12,23 @@ Canonical fields per task:
     pair:    image_left, image_right, sentence (str), label (0 true, 1 false)
     interleaved: items (list of {image, captions, question, answers}, in
              document order)
+    episode_image / episode_text: items (list of {image, text, label}:
+             demonstrations, then the query; label indexes formats.BIND_NAMES)
+    text_qa: context, question (str), answers (list with the one answer)
     audio_caption / video_caption: audio (WAV bytes) / video (encoded
              frames), captions; audio_qa / video_qa: audio / video,
              question, answers; audio_image_qa: image, audio, question,
              answers (data/media.py decodes audio and video)
 
-Finetuning variants (`*_prompted`, `*_instruct`, `world_pair`) are at the end.
+Finetuning variants (`*_prompted`, `*_instruct`, `world_pair`) and the
+multitask text clusters (`world_text_qa`, `world_count`, `world_attribute`)
+are at the end. The source sets of the claims' measurements (SPEC section 6)
+are named here: ZERO_SHOT_VL_SOURCES, LANGUAGE_SOURCES, MULTITASK_SOURCES.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any, Callable, Dict, Mapping
 
 import numpy as np
@@ -129,6 +136,25 @@ register("world_interleaved", Source("interleaved", _world_name, _WORLD_SPLITS,
                                      _world_interleaved, True))
 register("world_instructions", Source("text", _world_name, _WORLD_SPLITS,
                                       _world_instructions, True))
+
+
+def _world_bind(r, rng):
+  """The record's binding episode (world.bind_episode) as items."""
+  return {"items": [{"image": img, "text": as_str(p), "label": int(lab)}
+                    for img, p, lab in zip(r["bind_images"], r["bind_phrases"],
+                                           np.asarray(r["bind_labels"]))]}
+
+
+register("world_bind", Source("episode_image", _world_name, _WORLD_SPLITS, _world_bind, True))
+register("world_bind_text", Source("episode_text", _world_name, _WORLD_SPLITS, _world_bind, True))
+
+# Pretraining mixtures whose models are measured zero-shot (SPEC section 6):
+# none of their text holds a VQA or caption prompt (world_instructions and
+# world_interleaved do); and the language sources of a model tuned on
+# MULTITASK_SOURCES with NLI held out: no NLI example, template or label answer.
+ZERO_SHOT_VL_SOURCES = ("world_caption", "world_text", "world_bind")
+LANGUAGE_SOURCES = ("world_text", "world_bind_text")
+MULTITASK_SOURCES = ("world_text_qa", "world_count", "world_attribute")
 # ---------------------------------------------------------------- sound and motion
 # The embedded world's clips and videos (world_av.py).
 
@@ -260,6 +286,76 @@ def _world_pair(r, rng):
 
 
 register("world_pair", Source("pair", _world_name, _WORLD_SPLITS, _world_pair, True))
+
+
+# ---------------------------------------------------------------- multitask text
+# Three clusters of questions about a text (task text_qa), for multitask
+# tuning with NLI held out: each answer is in its context; no context or
+# answer is an NLI premise, hypothesis or label word.
+
+def _objects(r):
+  from metalm_jax.data import world
+  return [world.Obj(**o) for o in json.loads(as_str(r["objects"]))]
+
+
+def _pick(seq, rng):
+  return seq[int(rng.integers(len(seq)))]
+
+
+def _qa(context, question, answer):
+  return {"context": context, "question": question, "answers": [answer]}
+
+
+def _world_text_qa(r, rng):
+  """Colour, shape or relation, read off the document's first paragraph (all
+  the objects) or, for a relation, a caption of two of them."""
+  from metalm_jax.data import world
+  objs = _objects(r)
+  o = _pick(objs, rng)
+  kind = int(rng.integers(3))
+  if kind == 2 and len(objs) > 1:
+    a, b = (objs[int(i)] for i in rng.choice(len(objs), size=2, replace=False))
+    return _qa(f"{a.phrase()} {world.relation(a, b)} {b.phrase('the')}.",
+               f"which object is {world.relation(a, b)} the {b.color} {b.shape}?",
+               f"{a.color} {a.shape}")
+  context = as_str(r["document"]).split("\n\n")[0]
+  if kind == 1 and sum(p.color == o.color for p in objs) == 1:
+    return _qa(context, f"what shape is the {o.color} object?", o.shape)
+  if sum(p.shape == o.shape for p in objs) == 1:
+    return _qa(context, f"what color is the {o.shape}?", o.color)
+  return _qa(context, f"what shape is the {o.size} {o.color} object?", o.shape)
+
+
+def _world_count(r, rng):
+  """How many objects / of a shape / of a colour, from a list of the objects."""
+  from metalm_jax.data import world
+  objs = [_objects(r)[int(i)] for i in rng.permutation(len(_objects(r)))]
+  context = f"here we have {world._join([o.phrase() for o in objs])}."
+  kind = int(rng.integers(3))
+  if kind == 0:
+    return _qa(context, "how many objects are there?", str(len(objs)))
+  if kind == 1:
+    shape = _pick(world.SHAPES, rng)
+    return _qa(context, f"how many {world._plural(shape)} are there?",
+               str(sum(o.shape == shape for o in objs)))
+  color = _pick(tuple(world.COLORS), rng)
+  return _qa(context, f"how many {color} shapes are there?",
+             str(sum(o.color == color for o in objs)))
+
+
+def _world_attribute(r, rng):
+  """The size of an object named by colour and shape, from sentences that
+  give each object's size."""
+  objs = _objects(r)
+  order = [objs[int(i)] for i in rng.permutation(len(objs))]
+  context = " ".join(f"the {o.color} {o.shape} is {o.size}." for o in order)
+  o = _pick(objs, rng)
+  return _qa(context, f"what size is the {o.color} {o.shape}?", o.size)
+
+
+for _name, _extract in (("world_text_qa", _world_text_qa), ("world_count", _world_count),
+                        ("world_attribute", _world_attribute)):
+  register(_name, Source("text_qa", _world_name, _WORLD_SPLITS, _extract, True))
 
 for _base in ("world_nli", "mnli"):
   _variant(f"{_base}_encoded", _base, "nli_encoded")

@@ -6,7 +6,14 @@ position). From it come: a PNG image, captions, VQA questions with ten
 VQAv2-style human answers (some noisy), an NLI triple, a multi-paragraph
 document and an interleaved document (`interleaved`: several scenes of the
 same split, each image with its captions and one question). Its sound clip
-and video, with their captions and questions, come from world_av.py.
+and video, with their captions and questions, come from world_av.py. Each
+index also has a binding episode (`bind_episode`: five one-object pictures
+whose invented names only the episode's first items tell).
+
+Documents use, in ordinary true sentences about the scene, the words that
+prompts and labels are made of (true, false, neither, question, answer,
+only), but never a prompt format nor an NLI premise or hypothesis: a model
+pretrained on them knows the words without having seen the tasks.
 
 Held-out split: a fixed set of (colour, shape) pairs never appears in train or
 validation; every `test_heldout` scene contains at least one of them.
@@ -20,6 +27,8 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from metalm_jax.data.formats import BIND_NAMES  # noqa: F401  (pure Python, no cycle)
 
 COLORS = {
     "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),
@@ -252,8 +261,44 @@ def nli_triple(objs: Sequence[Obj], rng: np.random.Generator) -> Dict[str, objec
   return dict(premise=premise, hypothesis=pick(options)(), label=label)
 
 
+def _plural(shape: str) -> str:
+  return shape + ("es" if shape.endswith("s") else "s")
+
+
+def vocabulary_sentence(objs: Sequence[Obj], rng: np.random.Generator) -> str:
+  """A true sentence about the scene with one of the words true, false,
+  neither, only, question, answer (kind drawn with `rng`). Never an NLI
+  hypothesis ("there is (no) a C S.", "the Z S is C.") nor a prompt."""
+  n = len(objs)
+  o = objs[int(rng.integers(n))]
+  name = f"{o.color} {o.shape}"
+  pick = lambda seq: seq[int(rng.integers(len(seq)))]
+  kind = int(rng.integers(6))
+  if kind == 0:
+    return f"it is true that the {name} is {o.size}."
+  if kind == 1:
+    present = {(p.color, p.shape) for p in objs}
+    c, s = pick([(c, s) for c in COLORS for s in SHAPES
+                 if (c, s) not in present and (c, s) not in _HELDOUT])
+    return f"it is false that the scene has a {c} {s}."
+  if kind == 2:
+    if n == 1:
+      a, b = rng.choice([c for c in COLORS if c != o.color], size=2, replace=False)
+      return f"the {o.shape} is neither {a} nor {b}."
+    p = pick([p for p in objs if p is not o])
+    color = pick([c for c in COLORS if c not in (o.color, p.color)])
+    return f"neither the {name} nor the {p.color} {p.shape} is {color}."
+  if kind == 3:
+    k = sum(p.color == o.color for p in objs)
+    return f"only {NUMBER_WORDS[k]} of the shapes {'is' if k == 1 else 'are'} {o.color}."
+  if kind == 4 and sum(p.shape == o.shape for p in objs) == 1:
+    return f"if you ask what color the {o.shape} is, the answer is {o.color}."
+  return f"a question about the number of shapes has the answer {NUMBER_WORDS[n]}."
+
+
 def document(objs: Sequence[Obj], rng: np.random.Generator, paragraphs: int) -> str:
-  """Several paragraphs (blank-line separated) of sentences about the scene."""
+  """Several paragraphs (blank-line separated) of sentences about the scene;
+  each paragraph after the first holds two `vocabulary_sentence`s."""
   n = len(objs)
   paras = []
   intro = [f"this picture has {NUMBER_WORDS[n]} object{'s' if n > 1 else ''}.",
@@ -279,6 +324,8 @@ def document(objs: Sequence[Obj], rng: np.random.Generator, paragraphs: int) -> 
           sents.append(f"the {o.color} {o.shape} is {relation(o, other)} the {other.color} "
                        f"{other.shape}.")
     sents.append(f"in total there are {NUMBER_WORDS[n]} shapes in this scene.")
+    for _ in range(2):
+      sents.insert(int(rng.integers(len(sents) + 1)), vocabulary_sentence(objs, rng))
     paras.append(sents)
   return "\n\n".join(" ".join(s) for s in paras)
 
@@ -330,3 +377,38 @@ def interleaved(seed: int, split: str, index: int, num_scenes: int, num_images: 
       "doc_questions": [r["questions"][k] for r, k in zip(recs, picks)],
       "doc_answers": np.array([r["answers"][k] for r, k in zip(recs, picks)], dtype=object),
   }
+
+
+BIND_ITEMS = 5  # four demonstrations, then the query
+
+
+def bind_episode(seed: int, split: str, index: int, image_size: int) -> Dict[str, object]:
+  """A binding episode of `split`: two shapes (its categories) get two of
+  BIND_NAMES, drawn per episode, so only the episode tells which is which.
+  Five one-object pictures (colour, size, position drawn; held-out
+  colour-shape pairs never in train or validation, the query's always one
+  in test_heldout): items 0-3 demonstrate (0 and 1 one of each category, in
+  random order; 2 and 3 drawn), item 4 is the query (category drawn).
+
+  Fields: bind_images [5] PNG bytes, bind_phrases [5] ("a large red
+  circle."), bind_labels [5] (index into BIND_NAMES of each item's name)."""
+  if split not in SPLITS:
+    raise ValueError(f"split={split!r}: expected one of {SPLITS}")
+  rng = np.random.default_rng([seed, SPLITS.index(split), index, 4])
+  shapes = [SHAPES[int(k)] for k in rng.choice(len(SHAPES), size=2, replace=False)]
+  names = [int(k) for k in rng.choice(len(BIND_NAMES), size=2, replace=False)]
+  cats = [int(c) for c in rng.permutation(2)] + [int(c) for c in rng.integers(2, size=3)]
+  images, phrases = [], []
+  for k, cat in enumerate(cats):
+    shape = shapes[cat]
+    if split == "test_heldout" and k == BIND_ITEMS - 1:
+      color = dict((s, c) for c, s in heldout_pairs())[shape]
+    else:
+      colors = [c for c in _COLOR_NAMES if split == "test_heldout" or (c, shape) not in _HELDOUT]
+      color = colors[int(rng.integers(len(colors)))]
+    x, y = rng.uniform(0.25, 0.75, size=2)
+    o = Obj(color, shape, SIZES[int(rng.integers(2))], float(x), float(y))
+    images.append(png_bytes(render([o], image_size)))
+    phrases.append(o.phrase() + ".")
+  return {"bind_images": np.array(images, dtype=object), "bind_phrases": phrases,
+          "bind_labels": np.array([names[c] for c in cats], np.int64)}

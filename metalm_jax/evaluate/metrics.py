@@ -14,7 +14,7 @@ import itertools
 import logging
 import re
 import shutil
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-",
                ">", "<", "@", "`", ",", "?", "!")
@@ -147,6 +147,21 @@ def caption_metrics(predictions: Dict[str, str], references: Dict[str, List[str]
   METEOR and SPICE need Java (default: on when Java is present); SPICE also
   needs the Stanford CoreNLP jar already installed (it is never downloaded
   here) and is skipped with a log line otherwise."""
+  return caption_metrics_per_example(predictions, references, meteor=meteor, spice=spice,
+                                     use_java=use_java)[0]
+
+
+def caption_metrics_per_example(
+    predictions: Dict[str, str], references: Dict[str, List[str]], *,
+    meteor: Optional[bool] = None, spice: Optional[bool] = None,
+    use_java: Optional[bool] = None) -> Tuple[Dict[str, float], Dict[str, Dict[str, float]]]:
+  """(`caption_metrics`' corpus scores, {"CIDEr": {id: that id's CIDEr}}).
+
+  The per-id CIDEr scores come from the same pycocoevalcap call as the corpus
+  score (their document frequencies are the corpus'), and the corpus CIDEr
+  is their mean, so paired comparisons of two runs over the same ids
+  (evaluate/stats.py) measure the reported number. BLEU has no such
+  per-id decomposition (its corpus score is not a mean) and is not split."""
   from pycocoevalcap.bleu.bleu import Bleu
   from pycocoevalcap.cider.cider import Cider
 
@@ -168,7 +183,10 @@ def caption_metrics(predictions: Dict[str, str], references: Dict[str, List[str]
   bleu, _ = Bleu(4).compute_score(gts, res)
   for n, value in enumerate(bleu, 1):
     out[f"BLEU-{n}"] = float(value)
-  out["CIDEr"] = float(Cider().compute_score(gts, res)[0])
+  cider, per_image = Cider().compute_score(gts, res)
+  out["CIDEr"] = float(cider)
+  # Cider scores the ids in the order of gts' keys.
+  per_example = {"CIDEr": {k: float(v) for k, v in zip(gts.keys(), per_image)}}
   if java and (meteor is None or meteor):
     from pycocoevalcap.meteor.meteor import Meteor
     scorer = Meteor()
@@ -186,4 +204,4 @@ def caption_metrics(predictions: Dict[str, str], references: Dict[str, List[str]
       raise ValueError("spice=True needs Java and pycocoevalcap/spice/lib/stanford-corenlp-3.6.0.jar")
     else:
       logging.info("caption_metrics: SPICE skipped (needs Java and the CoreNLP jar, not downloaded)")
-  return out
+  return out, per_example

@@ -4,7 +4,9 @@ on its own items, prompt, label as plain tokens, `</s>`; prompts.icl_parts),
 then the query; label formats rank the label words, VQA and
 caption formats generate (VQA accuracy; BLEU-4 / CIDEr). The encoders'
 `max_items` are raised to what k + 1 examples need on a copy of the model
-config (params do not depend on max_items)."""
+config (params do not depend on max_items). Each row's per-k entry carries
+the example's `score` (1.0 / 0.0 ranked label, VQA accuracy, or CIDEr) and,
+for label formats, the gold `label`: the pairing data of evaluate/stats.py."""
 from __future__ import annotations
 
 from typing import Any, Dict, List, Sequence
@@ -58,22 +60,36 @@ def demonstrations(pool: Sequence[common.Example], num_queries: int, k_max: int,
   return out
 
 
-def _score(env, ev, fmt, model, batch_prompts, exs, k, out) -> List[str]:
-  """Predictions for one k; adds its metrics to `out`."""
+def model_for(model, batch_prompts: Sequence[Sequence[Any]]):
+  """`model` with its encoders' max_items raised to what the longest of
+  `batch_prompts` needs (`with_max_items`)."""
+  need: Dict[str, int] = {}
+  for p in batch_prompts:
+    for n, c in items_needed(p, model.cfg).items():
+      need[n] = max(need.get(n, 0), c)
+  return with_max_items(model, need)
+
+
+def _score(env, ev, fmt, model, batch_prompts, exs, k, out):
+  """(predictions, per-example scores) for one k; adds its metrics to `out`.
+  Scores: 1.0 / 0.0 for a ranked label, VQA accuracy, or the example's
+  CIDEr (its mean is the corpus CIDEr)."""
   if fmt.labels:
-    labels = np.array([e.label_id for e in exs])
     ranked, _ = predict.rank_choices(env, model, env.params, batch_prompts, fmt.labels, ev)
-    out[f"k{k}/accuracy"] = common.mean(ranked == labels, f"icl k={k} accuracy")
-    return [fmt.labels[i] for i in ranked]
+    scores = [float(r == e.label_id) for r, e in zip(ranked, exs)]
+    out[f"k{k}/accuracy"] = common.mean(scores, f"icl k={k} accuracy")
+    return [fmt.labels[i] for i in ranked], scores
   preds = predict.generate_texts(env, model, env.params, batch_prompts, ev)
   if fmt.answer == "answers":
-    out[f"k{k}/accuracy"] = common.mean(
-        [metrics_lib.vqa_accuracy(p, e.refs) for p, e in zip(preds, exs)], f"icl k={k} accuracy")
-  else:
-    s = caption.caption_scores({str(e.index): p or "." for e, p in zip(exs, preds)},
-                               {str(e.index): e.refs for e in exs}, False, ("BLEU-4", "CIDEr"))
-    out[f"k{k}/CIDEr"], out[f"k{k}/BLEU-4"] = s["CIDEr"], s["BLEU-4"]
-  return preds
+    scores = [metrics_lib.vqa_accuracy(p, e.refs) for p, e in zip(preds, exs)]
+    out[f"k{k}/accuracy"] = common.mean(scores, f"icl k={k} accuracy")
+    return preds, scores
+  keys = [str(e.index) for e in exs]
+  s, cider = caption.caption_scores({key: p or "." for key, p in zip(keys, preds)},
+                                    {key: e.refs for key, e in zip(keys, exs)}, False,
+                                    ("BLEU-4", "CIDEr"))
+  out[f"k{k}/CIDEr"], out[f"k{k}/BLEU-4"] = s["CIDEr"], s["BLEU-4"]
+  return preds, [cider[key] for key in keys]
 
 
 @common.register("icl", shots=(0, 1, 4), demo_split="train", demo_pool=256, max_new_tokens=8)
@@ -90,12 +106,10 @@ def eval_icl(env: common.Env, ev):
   for k in shots:
     batch_prompts = [prompts.icl_parts([(d.parts, d.label) for d in ds[:k]], e.parts,
                                        env.tokenizer) for ds, e in zip(demos, exs)]
-    need: Dict[str, int] = {}
-    for p in batch_prompts:
-      for n, c in items_needed(p, env.model.cfg).items():
-        need[n] = max(need.get(n, 0), c)
-    model = with_max_items(env.model, need)
-    preds = _score(env, ev, fmt, model, batch_prompts, exs, k, out)
-    for row, pr, p in zip(rows, batch_prompts, preds):
-      row[f"k{k}"] = {"prompt": common.prompt_text(pr), "prediction": p}
+    model = model_for(env.model, batch_prompts)
+    preds, scores = _score(env, ev, fmt, model, batch_prompts, exs, k, out)
+    for row, pr, p, sc, e in zip(rows, batch_prompts, preds, scores, exs):
+      row[f"k{k}"] = {"prompt": common.prompt_text(pr), "prediction": p, "score": sc}
+      if fmt.labels:
+        row[f"k{k}"]["label"] = fmt.labels[e.label_id]
   return out, rows
