@@ -98,7 +98,8 @@ def world_tok(tmp_path_factory):
 def test_world_tokenizer_knows_the_prompt_vocabulary(world_tok):
   """Every template, evaluation prompt and label word of formats.py, as written
   and capitalised, encodes without <unk> and decodes back exactly; each label
-  word is 1 piece (measured: true, neither, false 1 each; at most 2 allowed)."""
+  word is 1 piece (measured: true, neither, false and the binding names 1
+  each; at most 2 allowed)."""
   from metalm_jax.data import formats
   tok = world_tok
   vocab = formats.prompt_vocabulary()
@@ -114,7 +115,8 @@ def test_world_tokenizer_knows_the_prompt_vocabulary(world_tok):
   labels = {w for n in formats.FORMATS for w in formats.FORMATS.get(n).labels}
   counts = {w: len(tok.encode(w)) for w in labels}
   assert max(counts.values()) <= 2, counts
-  assert counts == {"true": 1, "neither": 1, "false": 1}, counts
+  assert {w: counts[w] for w in formats.NLI_WORDS} == {"true": 1, "neither": 1, "false": 1}
+  assert all(counts[w] == 1 for w in formats.BIND_NAMES), counts  # measured: 1 piece each
   for text in ("Summarize this image:", "Summarize this image: A Red Circle. XYZ?"):
     ids = tok.encode(text)
     assert tok.unk not in ids and tok.decode(ids) == text, [tok.id_to_piece(i) for i in ids]

@@ -1,11 +1,14 @@
 """The embedded world: determinism, held-out split, labels that follow from
-the scene, rendering, and the TFDS builder reading back what it wrote."""
+the scene, rendering, documents that use the prompt words but hold no
+prompt, binding episodes, and the TFDS builder reading back what it wrote."""
+import io
 import json
 import re
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from PIL import Image
 
 from metalm_jax.data import world, world_av
 from metalm_jax.data.builders.common import as_str
@@ -157,6 +160,10 @@ def test_builder_writes_and_reads_back(tmp_path):
   for k in ("audio_answers", "video_answers"):
     assert np.array_equal(np.vectorize(as_str)(got[k]), av[k].astype(str)), k
   assert json.loads(as_str(got["video_event"])) == json.loads(av["video_event"])
+  bind = world.bind_episode(0, "test_heldout", got["id"], 64)
+  assert list(got["bind_images"]) == list(bind["bind_images"])
+  assert [as_str(p) for p in got["bind_phrases"]] == bind["bind_phrases"]
+  np.testing.assert_array_equal(got["bind_labels"], bind["bind_labels"])
   _interleaved_docs_keep_heldout_unseen(ds)
 
 
@@ -193,3 +200,94 @@ def test_interleaved_documents_are_deterministic_scenes_of_their_split():
       assert not {(o.color, o.shape) for o in world.make_scene(0, "train", int(j))} & held
   with pytest.raises(ValueError, match="index=9"):
     world.interleaved(0, "train", 9, 5, 2, 16)
+
+
+# ---------------------------------------------------------------- world 1.4.0
+PROMPT_WORDS = ("true", "false", "neither", "question", "answer", "only")
+# Written out here, not taken from formats.py: every prompt of a format with
+# its fields removed, and the NLI premise.
+NOT_IN_DOCUMENTS = [re.compile(p) for p in (
+    r"true, false or neither", r"true or false", r"question:", r"answer:", r"answer briefly",
+    r"look at the picture", r"summarize this image", r"caption:", r"describe (the|this)",
+    r"hypothesis:", r"statement:", r"does it follow", r"this is a", r"the picture shows")]
+
+
+def _sentence_is_true(s, objs):
+  """A sentence with a prompt word, checked against the scene (None: no known form)."""
+  has = lambda c, sh: [o for o in objs if (o.color, o.shape) == (c, sh)]
+  if m := re.fullmatch(r"it is true that the (\w+) (\w+) is (small|large)\.", s):
+    return [o.size for o in has(m[1], m[2])] == [m[3]]
+  if m := re.fullmatch(r"it is false that the scene has a (\w+) (\w+)\.", s):
+    return not has(m[1], m[2]) and (m[1], m[2]) not in world.heldout_pairs()
+  if m := re.fullmatch(r"the (\w+) is neither (\w+) nor (\w+)\.", s):
+    return len(objs) == 1 and objs[0].shape == m[1] and objs[0].color not in (m[2], m[3])
+  if m := re.fullmatch(r"neither the (\w+) (\w+) nor the (\w+) (\w+) is (\w+)\.", s):
+    return bool(has(m[1], m[2]) and has(m[3], m[4])) and m[5] not in (m[1], m[3])
+  if m := re.fullmatch(r"only (\w+) of the shapes (is|are) (\w+)\.", s):
+    k = sum(o.color == m[3] for o in objs)
+    return k >= 1 and m[1] == world.NUMBER_WORDS[k] and (m[2] == "is") == (k == 1)
+  if m := re.fullmatch(r"if you ask what color the (\w+) is, the answer is (\w+)\.", s):
+    return [o.color for o in objs if o.shape == m[1]] == [m[2]]
+  if m := re.fullmatch(r"a question about the number of shapes has the answer (\w+)\.", s):
+    return m[1] == world.NUMBER_WORDS[len(objs)]
+  return None
+
+
+def test_documents_use_prompt_words_in_true_sentences_but_no_prompt():
+  """Documents hold true, false, neither, question, answer and only (each in
+  some documents), every such sentence true of the scene, and never a prompt
+  of a format (fields removed) nor an NLI premise."""
+  seen = dict.fromkeys(PROMPT_WORDS, 0)
+  for i in range(200):
+    objs = world.make_scene(0, "train", i)
+    doc = world.scene_record(0, "train", i, 16, 3)["document"]
+    for p in NOT_IN_DOCUMENTS:
+      assert not p.search(doc), (p.pattern, doc)
+    for s in re.split(r"(?<=\.)\s+", doc.replace("\n\n", " ")):
+      words = set(re.findall(r"\w+", s)) & set(PROMPT_WORDS)
+      for w in words:
+        seen[w] += 1
+      if words:
+        assert _sentence_is_true(s, objs), (s, objs)
+  assert all(k >= 20 for k in seen.values()), seen
+
+
+def test_binding_episodes():
+  """Deterministic; two shapes under two names drawn per episode (several
+  pairs over 100 episodes); items 0 and 1 show both; every item's name is its
+  shape's, so the query's is that of the demonstrations of its shape; the
+  phrase and picture show the one object; held-out pairs only in
+  test_heldout, where the query is one."""
+  a, b = world.bind_episode(3, "train", 7, 32), world.bind_episode(3, "train", 7, 32)
+  for k in a:
+    np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]))
+  assert a["bind_phrases"] != world.bind_episode(3, "train", 8, 32)["bind_phrases"]
+  held = set(world.heldout_pairs())
+  pairs, query_cats = set(), []
+  for split in ("train", "validation", "test_heldout"):
+    for i in range(100):
+      e = world.bind_episode(0, split, i, 32)
+      assert len(e["bind_images"]) == len(e["bind_phrases"]) == len(e["bind_labels"]) == 5
+      objs = []
+      for img, phrase in zip(e["bind_images"], e["bind_phrases"]):
+        m = re.fullmatch(r"a (small|large) (\w+) (\w+)\.", phrase)
+        assert m and m[2] in world.COLORS and m[3] in world.SHAPES, phrase
+        objs.append((m[2], m[3]))
+        px = np.asarray(Image.open(io.BytesIO(img)).convert("RGB"))
+        colours = {tuple(int(v) for v in p) for p in px.reshape(-1, 3)} - {world.BACKGROUND}
+        assert colours == {world.COLORS[m[2]]}, (phrase, colours)
+      shapes = [s for _, s in objs]
+      names = [world.BIND_NAMES[int(k)] for k in e["bind_labels"]]
+      name_of = dict(zip(shapes, names))
+      assert len(name_of) == 2 and len(set(name_of.values())) == 2, (shapes, names)
+      assert [name_of[s] for s in shapes] == names  # one name per shape
+      assert set(shapes[:2]) == set(shapes)  # the first two show both
+      assert names[4] in names[:4]
+      pairs.add(tuple(sorted(name_of.values())))
+      query_cats.append(shapes[4] == shapes[0])
+      if split == "test_heldout":
+        assert objs[4] in held
+      else:
+        assert not set(objs) & held, (split, i, objs)
+  assert len(pairs) >= 10, pairs
+  assert 0.35 < np.mean(query_cats) < 0.65  # the query's shape is drawn

@@ -119,8 +119,14 @@ def test_vqa_evaluator_metrics_and_files(env, tmp_path):
   train, _ = E.load_examples(env, ev_c, "train", 40, 1)
   labels = [e.label for e in train]
   answer = max(set(labels), key=labels.count)
-  base = np.mean([metrics_lib.vqa_accuracy(answer, r["references"]) for r in rows])
-  assert out["v/majority_answer_accuracy"] == pytest.approx(base, abs=1e-9)
+  base = [metrics_lib.vqa_accuracy(answer, r["references"]) for r in rows]
+  assert out["v/majority_answer_accuracy"] == pytest.approx(np.mean(base), abs=1e-9)
+  # Per-example columns (the pairing data of evaluate/stats.py), indexed by record.
+  assert [r["majority_accuracy"] for r in rows] == pytest.approx(base, abs=1e-12)
+  assert [r["accuracy"] for r in rows] == pytest.approx(
+      [metrics_lib.vqa_accuracy(r["prediction"], r["references"]) for r in rows], abs=1e-12)
+  assert [r["index"] for r in rows] == [e.index for e in E.load_examples(
+      env, ev_c, "validation", 5, 0)[0]]
   saved = json.load(open(tmp_path / "evals" / "step_20.json"))
   assert saved["results"]["v"]["accuracy"] == pytest.approx(acc)
   md = open(tmp_path / "evals" / "step_20.md").read()
@@ -143,6 +149,56 @@ def test_caption_evaluator_equals_pycocoevalcap_on_its_predictions(env, tmp_path
   assert out["c/CIDEr"] == pytest.approx(ref["CIDEr"], abs=1e-9)
   assert out["c/BLEU-4"] == pytest.approx(ref["BLEU-4"], abs=1e-9)
   assert out["c/fixed_caption_CIDEr"] > 0  # a world caption shares words with the refs
+  # Per-example CIDEr: their mean is the corpus CIDEr, and each is the score
+  # pycocoevalcap gives that id when called directly (ids in another order);
+  # the fixed caption's scores differ between examples, so the order is tested.
+  for column, pred in (("CIDEr", lambda r: r["prediction"] or "."),
+                       ("fixed_CIDEr", lambda r: _fixed_caption(env, r))):
+    got = {str(r["index"]): r[column] for r in rows}
+    want = _cider_by_id({str(r["index"]): pred(r) for r in rows},
+                        {str(r["index"]): r["references"] for r in rows})
+    assert got == pytest.approx(want, rel=1e-12, abs=1e-15)
+  assert np.mean([r["CIDEr"] for r in rows]) == pytest.approx(out["c/CIDEr"], rel=1e-9, abs=1e-12)
+  fixed = np.array([r["fixed_CIDEr"] for r in rows], np.float64)
+  assert fixed.mean() == pytest.approx(out["c/fixed_caption_CIDEr"], rel=1e-9)
+  assert len(set(fixed.round(9))) > 1
+
+
+def _fixed_caption(env, row):
+  ev = E.resolve(dict(type="caption", source="world_caption", num_baseline_examples=30))
+  return E.train_majority(env, ev)[0]
+
+
+def _cider_by_id(preds, refs, java=None):
+  """{id: CIDEr} from pycocoevalcap called directly, ids in reverse order."""
+  from pycocoevalcap.cider.cider import Cider
+  java = metrics_lib.java_available() if java is None else java
+  ids = list(preds)[::-1]
+  res = metrics_lib.tokenize_captions({k: [preds[k]] for k in ids}, java)
+  gts = metrics_lib.tokenize_captions({k: refs[k] for k in ids}, java)
+  _, scores = Cider().compute_score({k: gts[k] for k in ids}, {k: res[k] for k in ids})
+  return dict(zip(ids, (float(x) for x in scores)))
+
+
+@pytest.mark.parametrize("use_java", [False, True])
+def test_per_example_cider_averages_to_the_corpus_cider(use_java):
+  if use_java and not metrics_lib.java_available():
+    pytest.skip("no Java")
+  preds = {"7": "a red square next to a blue circle", "3": "a green triangle",
+           "5": "two blue circles on the left", "1": "nothing at all"}
+  refs = {"7": ["a red square and a blue circle", "red square beside blue circle"],
+          "3": ["a small green triangle", "one green triangle"],
+          "5": ["two blue circles", "blue circles on the left side"],
+          "1": ["a yellow star", "one star"]}
+  corpus, per = metrics_lib.caption_metrics_per_example(preds, refs, meteor=False,
+                                                        spice=False, use_java=use_java)
+  assert corpus == metrics_lib.caption_metrics(preds, refs, meteor=False, spice=False,
+                                               use_java=use_java)
+  cider = per["CIDEr"]
+  assert sorted(cider) == sorted(preds)
+  assert np.mean(list(cider.values())) == pytest.approx(corpus["CIDEr"], rel=1e-9)
+  assert cider == pytest.approx(_cider_by_id(preds, refs, use_java), rel=1e-12, abs=1e-15)
+  assert cider["1"] == 0.0 and len(set(cider.values())) == 4
 
 
 def test_classify_rank_matches_float64_likelihoods(env, tmp_path):
@@ -175,6 +231,9 @@ def test_classify_rank_matches_float64_likelihoods(env, tmp_path):
   gen_ok = [E.clean_label(r["prediction"]) == formats.NLI_WORDS[y] for r, y in zip(rows, labels)]
   assert res["accuracy_generate"] == pytest.approx(float(np.mean(gen_ok)))
   assert res["chance"] == pytest.approx(1 / 3)
+  assert [r["label"] for r in rows] == [formats.NLI_WORDS[y] for y in labels]
+  assert [r["correct_rank"] for r in rows] == [bool(w == y) for w, y in zip(want, labels)]
+  assert [r["correct_generate"] for r in rows] == gen_ok == [r["generated_correct"] for r in rows]
 
 
 def test_icl_layout_docking_and_demonstration_order(env):
@@ -232,8 +291,10 @@ def test_icl_evaluator_runs_all_shots(env):
     assert r["k2"]["prompt"].endswith(r["k0"]["prompt"])
   labels = np.array([formats.NLI_WORDS.index(r["references"][0]) for r in rows])
   for k in (0, 2):
-    acc = np.mean([formats.NLI_WORDS.index(r[f"k{k}"]["prediction"]) == y for r, y in zip(rows, labels)])
-    assert res[f"k{k}/accuracy"] == pytest.approx(acc)
+    ok = [formats.NLI_WORDS.index(r[f"k{k}"]["prediction"]) == y for r, y in zip(rows, labels)]
+    assert res[f"k{k}/accuracy"] == pytest.approx(np.mean(ok))
+    assert [r[f"k{k}"]["score"] for r in rows] == [float(x) for x in ok]
+    assert [r[f"k{k}"]["label"] for r in rows] == [formats.NLI_WORDS[y] for y in labels]
 
 
 def test_icl_vqa_generates_with_extra_image_items(env):
@@ -248,9 +309,10 @@ def test_icl_vqa_generates_with_extra_image_items(env):
       shard_lib.rules_from_config(env.config.get("logical_rules") or _rules())):
     res, rows = E.EVALUATORS.get("icl")(env, ev)
   for k in (0, 1):
-    acc = np.mean([metrics_lib.vqa_accuracy(r[f"k{k}"]["prediction"], r["references"])
-                   for r in rows])
-    assert res[f"k{k}/accuracy"] == pytest.approx(acc)
+    acc = [metrics_lib.vqa_accuracy(r[f"k{k}"]["prediction"], r["references"]) for r in rows]
+    assert res[f"k{k}/accuracy"] == pytest.approx(np.mean(acc))
+    assert [r[f"k{k}"]["score"] for r in rows] == pytest.approx(acc, abs=1e-12)
+    assert all("label" not in r[f"k{k}"] for r in rows)
   assert all(r["k1"]["prompt"].count("<image>") == 2 for r in rows)
 
 
@@ -397,3 +459,16 @@ def test_empty_evaluation_is_nan_with_a_warning(env, caplog):
                                                  num_examples=0))
   assert np.isnan(res["accuracy_rank"]) and np.isnan(res["accuracy_generate"])
   assert "over no examples" in caplog.text
+
+
+def test_icl_caption_rows_carry_per_example_cider(env):
+  ev = _ev(type="icl", source="world_caption", num_examples=3, batch_size=3, demo_pool=3,
+           shots=(0, 1), max_new_tokens=4, bucket=96)
+  res, rows = E.EVALUATORS.get("icl")(env, ev)
+  for k in (0, 1):
+    preds = {str(r["index"]): r[f"k{k}"]["prediction"] or "." for r in rows}
+    ref = metrics_lib.caption_metrics(preds, {str(r["index"]): r["references"] for r in rows},
+                                      meteor=False, spice=False)
+    cider = np.array([r[f"k{k}"]["score"] for r in rows], np.float64)
+    assert res[f"k{k}/CIDEr"] == pytest.approx(ref["CIDEr"], abs=1e-12)
+    assert cider.mean() == pytest.approx(ref["CIDEr"], rel=1e-9, abs=1e-12)

@@ -139,10 +139,10 @@ def test_align_pairs_by_index_and_says_what_is_missing():
 def test_column_reads_per_k_entries_and_booleans():
   rows = [{"k4": {"score": 0.5}, "correct_rank": True}, {"k4": {"score": 0.25},
                                                          "correct_rank": False}]
-  np.testing.assert_array_equal(stats.column(rows, "k4/score"), [0.5, 0.25])
+  np.testing.assert_array_equal(stats.column(rows, "k4.score"), [0.5, 0.25])
   np.testing.assert_array_equal(stats.column(rows, "correct_rank"), [1.0, 0.0])
-  with pytest.raises(ValueError, match=r"rows\[0\] has no 'k2/score'"):
-    stats.column(rows, "k2/score")
+  with pytest.raises(ValueError, match=r"rows\[0\] has no 'k2.score'"):
+    stats.column(rows, "k2.score")
 
 
 def test_majority_share():

@@ -31,6 +31,10 @@ the query as its evaluation prompt without `<s>`:
 
     <s> (demo inputs  prompt  answer </s>)*  query inputs  prompt
 
+Binding episodes (tasks episode_image / episode_text, item formats in
+EPISODE_ITEM_FORMATS) are trained as such prompts of all their items, the
+query's answer trained too.
+
 When a row is too short, the encoded text is cut first, then the prompt
 (leaving the answer `answer_room` positions, default all of it), then the
 answer (counted as truncated_text). `caption` (pretraining) has no prompt

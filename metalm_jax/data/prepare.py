@@ -43,8 +43,9 @@ def world_builder(data_cfg):
 # Bumped whenever the tokenizer's training text changes, so a data dir never
 # serves a tokenizer trained by an older recipe (2: prompt vocabulary, capitals,
 # BPE; 3: the <audio> / <video> brackets and the world's sound and video text;
-# 4: world 1.3.0's NLI text, "only" premises and "the Z S is C." hypotheses).
-TOKENIZER_VERSION = 4
+# 4: world 1.3.0's NLI text, "only" premises and "the Z S is C." hypotheses;
+# 5: world 1.4.0's documents, the binding names and prompt, the text_qa templates).
+TOKENIZER_VERSION = 5
 # BPE, not unigram: on the world's small vocabulary SentencePiece's unigram
 # trainer keeps ~200 pieces of 1024 and cuts frequent words ("question" into 7
 # pieces); BPE learns ~750 and keeps every template and label word whole.

@@ -307,50 +307,70 @@ def _qa(context, question, answer):
 
 
 def _world_text_qa(r, rng):
-  """Colour, shape or relation, read off the document's first paragraph (all
-  the objects) or, for a relation, a caption of two of them."""
+  """Colour or shape of an object its colour or shape names alone (or, if
+  none is, its size), read off the document's first paragraph (all the
+  objects); or a relation, read off a caption of two of them."""
   from metalm_jax.data import world
   objs = _objects(r)
-  o = _pick(objs, rng)
   kind = int(rng.integers(3))
   if kind == 2 and len(objs) > 1:
     a, b = (objs[int(i)] for i in rng.choice(len(objs), size=2, replace=False))
-    return _qa(f"{a.phrase()} {world.relation(a, b)} {b.phrase('the')}.",
-               f"which object is {world.relation(a, b)} the {b.color} {b.shape}?",
-               f"{a.color} {a.shape}")
+    rel = world.relation(a, b)
+    return _qa(f"{a.phrase()} {rel} {b.phrase('the')}.",
+               f"which object is {rel} the {b.color} {b.shape}?", f"{a.color} {a.shape}")
   context = as_str(r["document"]).split("\n\n")[0]
-  if kind == 1 and sum(p.color == o.color for p in objs) == 1:
+  by_shape = [o for o in objs if sum(p.shape == o.shape for p in objs) == 1]
+  by_color = [o for o in objs if sum(p.color == o.color for p in objs) == 1]
+  if by_color and (kind == 1 or not by_shape):
+    o = _pick(by_color, rng)
     return _qa(context, f"what shape is the {o.color} object?", o.shape)
-  if sum(p.shape == o.shape for p in objs) == 1:
+  if by_shape:
+    o = _pick(by_shape, rng)
     return _qa(context, f"what color is the {o.shape}?", o.color)
-  return _qa(context, f"what shape is the {o.size} {o.color} object?", o.shape)
+  o = _pick(objs, rng)
+  question = _pick(("what size is the {}?", "is the {} large or small?", "how big is the {}?"),
+                   rng)
+  return _qa(context, question.format(f"{o.color} {o.shape}"), o.size)
+
+
+def _plural(shape: str) -> str:
+  return shape + ("es" if shape.endswith("s") else "s")
 
 
 def _world_count(r, rng):
-  """How many objects / of a shape / of a colour, from a list of the objects."""
+  """How many objects / of a shape, colour or size, from a list of the objects
+  in words (in a drawn order); the answer in digits, as VQA counts are."""
   from metalm_jax.data import world
-  objs = [_objects(r)[int(i)] for i in rng.permutation(len(_objects(r)))]
+  objs = _objects(r)
+  objs = [objs[int(i)] for i in rng.permutation(len(objs))]
   context = f"here we have {world._join([o.phrase() for o in objs])}."
-  kind = int(rng.integers(3))
+  kind = int(rng.integers(4))
   if kind == 0:
     return _qa(context, "how many objects are there?", str(len(objs)))
+  if kind == 3:
+    size = _pick(world.SIZES, rng)
+    return _qa(context, f"how many {size} shapes are there?",
+               str(sum(o.size == size for o in objs)))
+  seen = bool(rng.integers(2))  # half the time an attribute the scene has
   if kind == 1:
-    shape = _pick(world.SHAPES, rng)
-    return _qa(context, f"how many {world._plural(shape)} are there?",
+    shape = _pick([o.shape for o in objs] if seen else world.SHAPES, rng)
+    return _qa(context, f"how many {_plural(shape)} are there?",
                str(sum(o.shape == shape for o in objs)))
-  color = _pick(tuple(world.COLORS), rng)
+  color = _pick([o.color for o in objs] if seen else tuple(world.COLORS), rng)
   return _qa(context, f"how many {color} shapes are there?",
              str(sum(o.color == color for o in objs)))
 
 
 def _world_attribute(r, rng):
-  """The size of an object named by colour and shape, from sentences that
-  give each object's size."""
+  """The size of an object named by colour and shape (three phrasings), from
+  sentences that give each object's size."""
   objs = _objects(r)
   order = [objs[int(i)] for i in rng.permutation(len(objs))]
   context = " ".join(f"the {o.color} {o.shape} is {o.size}." for o in order)
   o = _pick(objs, rng)
-  return _qa(context, f"what size is the {o.color} {o.shape}?", o.size)
+  question = _pick(("what size is the {}?", "is the {} large or small?", "how big is the {}?"),
+                   rng)
+  return _qa(context, question.format(f"{o.color} {o.shape}"), o.size)
 
 
 for _name, _extract in (("world_text_qa", _world_text_qa), ("world_count", _world_count),

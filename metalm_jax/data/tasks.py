@@ -11,10 +11,15 @@ Tasks (registry `TASKS`, picked by the source's `task`):
             in-context prompt (formats.py): <s>, then per image the tokens of
             an ICL demonstration of one format drawn per row (vqa or caption):
             <image> [image k] </image> prompt answer* </s>*;
-  every other task (vqa, nli, pair, audio_*, video_* and the finetuning
-            variants *_prompted, *_instruct, nli_encoded) is `supervised_task`
-            over its format in formats.py, which defines the row: images,
-            sound clips, videos, encoded text, prompt, answer and `</s>`.
+  episode_image, episode_text   a binding episode laid out as an
+            in-context prompt of its items (formats.EPISODE_ITEM_FORMATS):
+            <s>, then per item its picture or encoded phrase, `this is a`,
+            its name* </s>*;
+  every other task (vqa, nli, pair, text_qa, bind_*, audio_*, video_* and
+            the finetuning variants *_prompted, *_instruct, nli_encoded) is
+            `supervised_task` over its format in formats.py, which defines
+            the row: images, sound clips, videos, encoded text, prompt,
+            answer and `</s>`.
 
 Every output carries `stats`, a dict of int counters (`STAT_KEYS`) for what
 happened to its record; a record that cannot be used has `ok=False` and is
@@ -142,18 +147,25 @@ def _check_encoders(ctx: Context, fmt: formats_lib.Format) -> None:
     raise ValueError(f"task {fmt.name!r} needs config.data.spans.encoder (a text encoder)")
 
 
+def _add_media(ctx: Context, row: spans_lib.Row, kind: str, item: int) -> None:
+  """A docked input of media `kind`: its opening bracket, its span on item
+  `item` of its encoder, its closing bracket."""
+  name = ctx.encoder_for(kind)
+  start, end = media_lib.brackets(ctx.tokenizer, kind)
+  row.add_tokens([start], train=False)
+  row.add_span(batch_lib.slot_length(ctx.model_cfg.encoders[name]), name, item)
+  row.add_tokens([end], train=False)
+
+
 def _media_head(ctx: Context, row: spans_lib.Row, kinds: List[str]) -> None:
-  """<s>, then per docked input of `kinds` (in order): its opening bracket,
-  its span on the next item of its encoder, its closing bracket."""
+  """<s>, then each docked input of `kinds` (in order) on the next item of
+  its encoder."""
   row.start_segment()
   row.add_tokens([ctx.tokenizer.bos], train=False)
   count: Dict[str, int] = {}
   for kind in kinds:
     name = ctx.encoder_for(kind)
-    start, end = media_lib.brackets(ctx.tokenizer, kind)
-    row.add_tokens([start], train=False)
-    row.add_span(batch_lib.slot_length(ctx.model_cfg.encoders[name]), name, count.get(name, 0))
-    row.add_tokens([end], train=False)
+    _add_media(ctx, row, kind, count.get(name, 0))
     count[name] = count.get(name, 0) + 1
 
 
@@ -163,15 +175,18 @@ def _images_head(ctx: Context, row: spans_lib.Row, num: int) -> None:
 
 
 def _add_encoded(ctx: Context, row: spans_lib.Row, ids: List[int], room: int, items: int,
-                 stats) -> None:
-  """Encoder text on consecutive text-encoder items, or plain tokens without one."""
+                 stats, first: int = 0) -> int:
+  """Encoder text on consecutive text-encoder items from item `first`, or
+  plain tokens without one. Returns the number of items used."""
   if not ctx.text:
     row.add_tokens(_fit(ids, max(1, room), stats), train=False)
-    return
+    return 0
   size = batch_lib.slot_length(ctx.model_cfg.encoders[ctx.text])
   ids = _fit(ids, max(1, min(size * items, room)), stats)
-  for item, chunk in enumerate(formats_lib.chunks(ids, size)):
-    row.add_span(len(chunk), ctx.text, item, tokens=chunk)
+  pieces = formats_lib.chunks(ids, size)
+  for k, chunk in enumerate(pieces):
+    row.add_span(len(chunk), ctx.text, first + k, tokens=chunk)
+  return len(pieces)
 
 
 def supervised_task(fmt: formats_lib.Format, ctx: Context, fields, rng, stats):
@@ -274,6 +289,71 @@ def interleaved_task(ctx: Context, fields, rng, stats):
   if not pixels:
     return {"ok": False, "stats": stats}
   return _finish(ctx, row, [("image", p) for p in pixels], stats)
+
+
+def episode_task(fmt: formats_lib.Format, ctx: Context, fields, rng, stats):
+  """`fields["items"]`: a binding episode's items ({image, text, label}:
+  demonstrations, then the query), laid out exactly as an in-context prompt
+  of `fmt` (evaluate/prompts.py `icl_parts`): <s>, then per item its inputs
+  (its picture on the next vision-encoder item; its encoded phrase on the
+  next text-encoder items, plain tokens without a text encoder), its
+  evaluation prompt, its name (trained) and `</s>`. Items follow while the
+  encoders' max_items and the row hold them whole (the rest counted once as
+  truncated_text); a first item too long is cut like any row; unusable items
+  are skipped (counted)."""
+  del rng  # nothing is drawn: the episode is the record's
+  _check_encoders(ctx, fmt)
+  tok, encoders = ctx.tokenizer, ctx.model_cfg.encoders
+  text_size = batch_lib.slot_length(encoders[ctx.text]) if ctx.text else 0
+  row = spans_lib.Row(ctx.seq_len, tok.pad)
+  row.start_segment()
+  row.add_tokens([tok.bos], train=False)
+  used: Dict[str, int] = {}  # encoder name -> items of the row so far
+  docked: List[Tuple[str, np.ndarray]] = []
+  for item in fields["items"]:
+    parsed, skip = fmt.parse(item)
+    if parsed is None:
+      stats[skip] += 1
+      continue
+    media = [(kind, parsed.fields[f]) for kind, f in fmt.media()]
+    encoded = tok.encode(fmt.encoder_text(parsed)) if fmt.encoded else []
+    prompt = tok.encode(fmt.prompt(parsed, fmt.eval_template()))
+    answer = formats_lib.answer_ids(tok, fmt.target(parsed))
+    want: Dict[str, int] = {}  # encoder name -> items this one needs
+    for kind, _ in media:
+      want[ctx.encoder_for(kind)] = want.get(ctx.encoder_for(kind), 0) + 1
+    if encoded and ctx.text:
+      want[ctx.text] = want.get(ctx.text, 0) + len(formats_lib.chunks(encoded, text_size))
+    length = (sum(batch_lib.slot_length(encoders[ctx.encoder_for(kind)]) + 2 for kind, _ in media)
+              + len(encoded) + len(prompt) + len(answer))
+    if row.length > 1 and (length > row.room or any(
+        used.get(n, 0) + k > encoders[n].max_items for n, k in want.items())):
+      stats["truncated_text"] += 1
+      break
+    loaded = [(kind, _load(ctx, kind, value, stats)) for kind, value in media]
+    if any(x is None for _, x in loaded):
+      continue
+    for kind, x in loaded:
+      name = ctx.encoder_for(kind)
+      _add_media(ctx, row, kind, used.get(name, 0))
+      used[name] = used.get(name, 0) + 1
+      docked.append((kind, x))
+    if encoded:
+      first = used.get(ctx.text, 0)
+      items = fmt.encoder_items(encoders[ctx.text]) - first if ctx.text else 0
+      n = _add_encoded(ctx, row, encoded, row.room - len(prompt) - len(answer), items, stats,
+                       first=first)
+      if ctx.text:
+        used[ctx.text] = first + n
+    row.add_tokens(_fit(prompt, row.room - len(answer), stats), train=False)
+    row.add_tokens(_fit(answer, row.room, stats), train=True)
+  if row.length == 1:
+    return {"ok": False, "stats": stats}
+  return _finish(ctx, row, docked, stats)
+
+
+for _task, _item in formats_lib.EPISODE_ITEM_FORMATS.items():
+  TASKS.register(_task)(functools.partial(episode_task, formats_lib.FORMATS.get(_item)))
 
 
 _PARAGRAPH = re.compile(r"\n\s*\n")

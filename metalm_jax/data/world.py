@@ -261,14 +261,11 @@ def nli_triple(objs: Sequence[Obj], rng: np.random.Generator) -> Dict[str, objec
   return dict(premise=premise, hypothesis=pick(options)(), label=label)
 
 
-def _plural(shape: str) -> str:
-  return shape + ("es" if shape.endswith("s") else "s")
-
-
 def vocabulary_sentence(objs: Sequence[Obj], rng: np.random.Generator) -> str:
   """A true sentence about the scene with one of the words true, false,
   neither, only, question, answer (kind drawn with `rng`). Never an NLI
-  hypothesis ("there is (no) a C S.", "the Z S is C.") nor a prompt."""
+  hypothesis ("there is a C S.", "there is no C S.", "the Z S is C.") nor a
+  prompt."""
   n = len(objs)
   o = objs[int(rng.integers(n))]
   name = f"{o.color} {o.shape}"

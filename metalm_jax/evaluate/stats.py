@@ -115,12 +115,12 @@ def align(rows_a: Sequence[Mapping[str, Any]], rows_b: Sequence[Mapping[str, Any
 
 
 def column(rows: Sequence[Mapping[str, Any]], name: str) -> np.ndarray:
-  """The float64 scores of `name` in every row; "k4/score" reads a per-k
+  """The float64 scores of `name` in every row; "k4.score" reads a per-k
   entry (icl / episode rows). Booleans count 1 / 0. A missing column is an error."""
   out = []
   for i, r in enumerate(rows):
     v: Any = r
-    for part in name.split("/"):
+    for part in name.split("."):
       if not isinstance(v, Mapping) or part not in v:
         raise ValueError(f"rows[{i}] has no {name!r} column")
       v = v[part]

@@ -9,7 +9,8 @@ doc_answers; `doc_images` scenes of the same split, this one first), and the
 scene's sound and video (world_av.av_record: audio WAV bytes with
 audio_captions / audio_questions / audio_question_types / audio_answers;
 video PNG frames with video_event, video_captions, video_questions,
-video_question_types, video_answers).
+video_question_types, video_answers), and a binding episode
+(world.bind_episode: bind_images, bind_phrases, bind_labels).
 """
 from __future__ import annotations
 
@@ -37,12 +38,16 @@ class WorldConfig(tfds.core.BuilderConfig):
 class MetalmWorld(tfds.core.GeneratorBasedBuilder):
   """Procedurally generated scenes with captions, VQA, NLI and documents."""
 
-  VERSION = tfds.core.Version("1.3.0")
+  VERSION = tfds.core.Version("1.4.0")
   RELEASE_NOTES = {"1.1.0": "interleaved documents (doc_* fields)",
                    "1.2.0": "sound and motion (audio_* and video_* fields)",
                    "1.3.0": "NLI labels need premise and hypothesis together (premises "
                             "with 'only', every hypothesis template with every label); "
-                            "captions and documents redrawn, images unchanged"}
+                            "captions and documents redrawn, images unchanged",
+                   "1.4.0": "binding episodes (bind_* fields); documents hold true "
+                            "sentences with true / false / neither / only / question / "
+                            "answer; 'which object moved?' balanced (asked of a quarter of "
+                            "the videos without a move); images unchanged"}
   BUILDER_CONFIGS = [
       WorldConfig(name="tiny", description="64 px, 3.6k scenes, short documents"),
       WorldConfig(name="paper", description="224 px, 22k scenes, long documents",
@@ -81,6 +86,9 @@ class MetalmWorld(tfds.core.GeneratorBasedBuilder):
         "video_questions": common.text_list(),
         "video_question_types": common.text_list(),
         "video_answers": tfds.features.Tensor(shape=(None, 10), dtype=np.object_),
+        "bind_images": tfds.features.Tensor(shape=(None,), dtype=np.object_),  # PNG bytes
+        "bind_phrases": common.text_list(),
+        "bind_labels": tfds.features.Tensor(shape=(None,), dtype=np.int64),
     }))
 
   def _split_generators(self, dl_manager):
@@ -96,4 +104,5 @@ class MetalmWorld(tfds.core.GeneratorBasedBuilder):
       rec = world_lib.scene_record(c.seed, split, i, c.image_size, c.doc_paragraphs)
       rec.update(world_lib.interleaved(c.seed, split, i, n, min(c.doc_images, n), c.image_size))
       rec.update(world_av.av_record(c.seed, split, i, c.image_size))
+      rec.update(world_lib.bind_episode(c.seed, split, i, c.image_size))
       yield i, rec

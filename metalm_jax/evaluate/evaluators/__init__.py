@@ -12,6 +12,9 @@ Types (modules; other fields and defaults: common.DEFAULTS, `defaults(type)`):
             CIDEr, METEOR, SPICE.
   classify  label words generated and ranked by log-likelihood (NLI, pairs).
   icl       k demonstrations from the train split, then the query, per k.
+  episode   k demonstrations from the query's own record (invented label
+            names bound within it), then the query, per k; accuracy and
+            the share of the most frequent predicted label.
   loss      the trainer's eval step over the pipeline rows of a split.
 Layout:
   common.py    the type registry, Env, Example, `resolve`, result helpers
@@ -44,20 +47,31 @@ evaluation over no examples / tokens reports NaN and logs a warning.
 Outputs, in <workdir>/evals/ (process 0 only; a workdir may be gs://):
   step_<step>.json          {name: {metric: value}} for the evaluators run
   step_<step>.md            the same as a markdown table
-  <name>_step_<step>.jsonl  one line per example: prompt, prediction, references
+  <name>_step_<step>.jsonl  one line per example: index (the record's: the
+                            key pairing two runs), prompt, prediction,
+                            references, and the example's scores, whose
+                            means are the metrics (evaluate/stats.py):
+      classify  label, ranked, correct_rank, correct_generate (= generated_correct)
+      vqa       accuracy; majority_accuracy (with num_baseline_examples)
+      caption   CIDEr; fixed_CIDEr (with num_baseline_examples)
+      icl       per k, k<k>: prompt, prediction, score; label (label formats)
+      episode   per k, k<k>: prompt, prediction, score, label
 `run_evals` returns {"<name>/<metric>": value} for the trainer's logs.
 """
-from metalm_jax.evaluate.evaluators import caption, classify, icl, loss, vqa  # noqa: F401
+from metalm_jax.evaluate.evaluators import caption, classify, episode, icl, loss, vqa  # noqa: F401
 from metalm_jax.evaluate.evaluators.common import (DEFAULTS, EVALUATORS, Env, Example, defaults,
                                                    mean, resolve)
 from metalm_jax.evaluate.evaluators.examples import (format_of, load_examples, make_example,
                                                      train_majority)
-from metalm_jax.evaluate.evaluators.icl import demonstrations, items_needed, with_max_items
+from metalm_jax.evaluate.evaluators.episode import episode_prompts, item_format, load_episodes
+from metalm_jax.evaluate.evaluators.icl import (demonstrations, items_needed, model_for,
+                                                with_max_items)
 from metalm_jax.evaluate.evaluators.predict import (clean_label, generate_texts,
                                                     prompt_seq_len, rank_choices)
 from metalm_jax.evaluate.evaluators.runner import markdown_table, run_evals, write_results
 
 __all__ = ["DEFAULTS", "EVALUATORS", "Env", "Example", "clean_label", "defaults", "demonstrations",
-           "format_of", "generate_texts", "items_needed", "load_examples", "make_example",
-           "markdown_table", "mean", "prompt_seq_len", "rank_choices", "resolve", "run_evals",
+           "episode_prompts", "format_of", "generate_texts", "item_format", "items_needed",
+           "load_episodes", "load_examples", "make_example", "markdown_table", "mean",
+           "model_for", "prompt_seq_len", "rank_choices", "resolve", "run_evals",
            "train_majority", "with_max_items", "write_results"]
