@@ -299,12 +299,13 @@ def run_stage(st: Stage, workdir: str, steps, seeds: int, examples: int, fixed) 
 
 
 def run_chain(chain: Sequence[Stage], workdir, steps, seeds, examples, fixed,
-              timing: Dict[str, float]):
+              timing: Dict[str, Any]):
   for st in chain:
     t0 = time.time()
     rc = run_stage(st, workdir, steps, seeds, examples, fixed)
     timing[st.name] = round(time.time() - t0, 1)
     if rc:
+      timing.setdefault("failed", []).append(st.name)
       print(f"[claims] {st.name} failed (exit {rc}): the rest of its chain is skipped; "
             f"see {os.path.join(workdir, st.name)}/*.log", flush=True)
       return
@@ -367,7 +368,7 @@ def main(argv=None):
   steps = dict(lang=args.lang_steps, vl=args.vl_steps, finetune=args.finetune_steps)
   fixed = [f"data.world={args.world}"] if args.world else []
   chains = [tuple(s for s in c if not chosen or s.name in chosen) for c in (LANG_CHAIN, VL_CHAIN)]
-  timing: Dict[str, float] = {}
+  timing: Dict[str, Any] = {}
   t0 = time.time()
   common = (workdir, steps, args.seeds, args.examples, fixed, timing)
   if args.parallel == 2:
@@ -378,10 +379,13 @@ def main(argv=None):
   else:
     run_chain(chains[0] + chains[1], *common)
   total = round(time.time() - t0, 1)
+  failed = timing.pop("failed", [])
   records = report(workdir, {"args": vars(args), "seconds": total, "stage_seconds": timing})
   held = sum(r["holds"] is True for r in records)
   print(f"[claims] {held} of {len(records)} rows hold; {total:.0f} s; stages: {timing}",
         flush=True)
+  if failed:
+    raise SystemExit(f"[claims] stages failed: {failed} (the table holds what finished)")
   return records
 
 
