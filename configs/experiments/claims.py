@@ -200,7 +200,9 @@ def vl_zeroshot(a):
 def vqa_ft(a):
   """VQA finetuning with the decoder frozen (the paper's interface): the
   vision encoder and its connector train; then VQA and VQA in context."""
-  c = _vl(finetune_vqa.get_config(f"size=tiny,steps={a.steps},init={a.init}"))
+  c = finetune_vqa.get_config(f"size=tiny,steps={a.steps},init={a.init}")
+  # Rows of one image: the finetuning keeps the tiny recipe's row length and
+  # one vision item; the in-context evaluator docks up to 5 (icl.with_max_items).
   c.optimizer.groups = {"frozen": F.frozen("decoder", "encoders_text", "connectors_text")}
   c.evals = {"vqa": _ev("vqa", "world_vqa", c.total_steps, a)}
   if not a.blank:
