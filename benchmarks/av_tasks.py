@@ -1,27 +1,45 @@
 """Audio captioning and video QA on the embedded world against trivial
 baselines, on CPU (the audio / video half of the paper-claims miniature,
-benchmarks/claims.py):
+benchmarks/claims.py), each row MetaLM - baseline with a 95% paired
+bootstrap interval over the evaluation examples, as claims.py reports:
 
   1. tiny four-modality semi-causal pretraining
      (configs/pretrain_av.py:size=tiny: text, images, sound clips, videos);
   2. audio-caption finetuning (configs/finetune_caption.py:modality=audio):
      CIDEr of the generated captions ("caption:") vs the most frequent
      training caption given for every clip, and vs the same model given a
-     silent clip (evaluator field `blind`: modality-blind);
+     silent clip (a second evaluator `blind` of the same run: media blanked);
   3. video-QA finetuning (configs/finetune_vqa.py:modality=video): VQA
      accuracy vs the majority answer and vs the same model given a blank video;
-  4. (--audio_qa_steps > 0) audio-QA finetuning, the same three numbers.
+  4. (--audio_qa_steps > 0) audio-QA finetuning, the same two rows.
 
     python benchmarks/av_tasks.py --workdir=/tmp/av_tasks [--pretrained=/tmp/av_tasks/pretrain]
-        [--pretrain_steps=300] [--finetune_steps=150] [--audio_qa_steps=0]
+        [--pretrain_steps=600] [--finetune_steps=300] [--audio_qa_steps=150]
+        [--finetune_lr=0] [--examples=300] [--data_dir=...]
+
+Each finetuning is evaluated once, at its last step, on the first
+--examples validation clips (default 300: the tiny world's whole validation
+split). The rows read the evaluators' per-example columns
+(<run>/evals/<evaluator>_step_<step>.jsonl, metalm_jax/evaluate/stats.py):
+MetaLM's `CIDEr` / `accuracy` against the same rows' `fixed_CIDEr` /
+`majority_accuracy`, or against the `blind` evaluator's rows paired by
+example `index`. Per row: metalm, baseline, diff (their mean difference),
+ci95 (stats.paired_bootstrap, 2000 resamples, seed 0), n, holds, flags. A row
+holds only when ci95 lies above 0 and MetaLM's most frequent prediction
+covers at most stats.SINGLE_CLASS_SHARE (90%) of the examples (else a
+"single class" flag). Per-image CIDEr's mean is the corpus CIDEr; BLEU-4 is a
+corpus score with no per-example column, so it is no row (it stays in
+av_tasks.json's `scalars`, with every evaluator's final scalars).
 
 The embedded world must be built first (`python -m metalm_jax.data.build
 --world=tiny`, into --data_dir, default $METALM_DATA_DIR or
 ~/.cache/metalm_jax/tfds). Writes <workdir>/av_tasks.json and av_tasks.md
 (the table, each stage's wall and CPU time and the machine's load average).
-Runs on one device (mesh 1x1x1). Measured with the defaults: 15.9 min wall,
-15.5 min of process CPU time, on 2 CPU cores shared with other jobs (load
-average 3-5.6); benchmarks/results/av_tasks.md.
+Runs on one device (mesh 1x1x1). Measured before the intervals, with 64
+evaluation examples and otherwise today's defaults: 15.9 min wall, 15.5 min
+of process CPU time, on 2 CPU cores shared with other jobs (load average
+3-5.6; benchmarks/results/av_tasks.md, the old table without intervals).
+300 examples are 4.7 times as many clips per evaluation: not yet timed.
 """
 from __future__ import annotations
 
@@ -31,52 +49,99 @@ import os
 import resource
 import sys
 import time
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
+from metalm_jax.evaluate import stats  # noqa: E402
 
-def _caption(metric):
-  return ("caption", metric, (("most frequent training caption",
-                               f"caption/fixed_caption_{metric}"),
-                              ("same model, silent clip", f"blind/{metric}")))
+BLIND = "blind"        # the evaluator of the same run on blanked media
+NUM_SAMPLES = 2000     # bootstrap resamples per row
+EXAMPLES = 300         # evaluation examples per task: the tiny world's validation split
 
-
-# task -> its rows: (evaluator name, metric, baselines: (label, result key))
+# task -> (its evaluator, MetaLM's per-example column,
+#          baselines: (label, evaluator whose rows hold it, its column))
 TASKS = {
-    "audio caption": (_caption("CIDEr"), _caption("BLEU-4")),
-    "video QA": (("vqa", "accuracy", (("majority answer", "vqa/majority_answer_accuracy"),
-                                      ("same model, blank video", "blind/accuracy"))),),
-    "audio QA": (("vqa", "accuracy", (("majority answer", "vqa/majority_answer_accuracy"),
-                                      ("same model, silent clip", "blind/accuracy"))),),
+    "audio caption": ("caption", "CIDEr", (
+        ("most frequent training caption", "caption", "fixed_CIDEr"),
+        ("same model, silent clip", BLIND, "CIDEr"))),
+    "video QA": ("vqa", "accuracy", (
+        ("majority answer", "vqa", "majority_accuracy"),
+        ("same model, blank video", BLIND, "accuracy"))),
+    "audio QA": ("vqa", "accuracy", (
+        ("majority answer", "vqa", "majority_accuracy"),
+        ("same model, silent clip", BLIND, "accuracy"))),
 }
 
 
-def rows_of(results: Dict[str, Dict[str, float]]) -> List[dict]:
-  """Table rows from each finetuned task's final scalars (`results[task]`):
-  the model's metric, each baseline's value and whether the model beats it."""
-  rows = []
-  for task, out in results.items():
-    for ev, metric, baselines in TASKS[task]:
-      value = float(out[f"{ev}/{metric}"])
-      base = [dict(baseline=label, value=float(out[key]), beaten=value > float(out[key]))
-              for label, key in baselines]
-      rows.append(dict(task=task, metric=metric, value=value, baselines=base,
-                       examples=int(out[f"{ev}/examples"])))
+def eval_rows(run_workdir: str, evaluator: str, step: int) -> List[Dict[str, Any]]:
+  """The predictions rows `evaluator` wrote at `step` in a run
+  (evaluate/evaluators/runner.py); a missing or empty file is an error."""
+  path = os.path.join(run_workdir, "evals", f"{evaluator}_step_{step}.jsonl")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: no predictions of evaluator {evaluator!r} at step {step}")
+  with open(path) as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  if not rows:
+    raise ValueError(f"{path} holds no rows")
   return rows
 
 
-def markdown(rows: List[dict]) -> str:
-  lines = ["| task | metric | MetaLM tiny | baseline | baseline value | beaten |",
-           "|---|---|---|---|---|---|"]
+def task_rows(task: str, evals: Mapping[str, Sequence[Mapping[str, Any]]],
+              num_samples: int = NUM_SAMPLES) -> List[Dict[str, Any]]:
+  """The table rows of one finetuned task from its evaluators' predictions
+  rows (`evals`: {evaluator name: rows}, e.g. {"vqa": .., "blind": ..}), one
+  per baseline: task, metric, baseline (its label), metalm, baseline_value,
+  diff, ci95, n, holds, flags, majority_prediction_share. A missing
+  evaluator or column, or rows that do not pair by index, are errors."""
+  ev, metric, baselines = TASKS[task]
+  own = list(evals[ev])
+  share = stats.majority_share([str(r["prediction"]) for r in own])
+  flags = []
+  if share > stats.SINGLE_CLASS_SHARE:
+    flags.append(f"single class: one prediction for {share:.0%} of examples")
+  out = []
+  for label, source, column in baselines:
+    a, b = (own, own) if source == ev else stats.align(own, evals[source])
+    res = stats.paired_bootstrap([stats.column(a, metric)], [stats.column(b, column)],
+                                 num_samples=num_samples, seed=0)
+    ci95 = [float(x) for x in res["ci95"]]
+    out.append(dict(task=task, metric=metric, baseline=label,
+                    baseline_source=f"{source}/{column}", metalm=res["metalm"],
+                    baseline_value=res["baseline"], diff=res["diff"], ci95=ci95, n=res["n"],
+                    holds=bool(ci95[0] > 0 and not flags), flags=list(flags),
+                    majority_prediction_share=share))
+  return out
+
+
+def rows_of(evals: Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]],
+            num_samples: int = NUM_SAMPLES) -> List[Dict[str, Any]]:
+  """Table rows of every finetuned task (`evals[task]`: {evaluator: rows})."""
+  return [row for task, ev in evals.items() for row in task_rows(task, ev, num_samples)]
+
+
+LEGEND = (f"diff: MetaLM - baseline on the same clips, with its 95% paired bootstrap "
+          f"interval ({NUM_SAMPLES} resamples over the clips); holds: the interval lies "
+          f"above 0 and MetaLM's most frequent prediction covers at most "
+          f"{stats.SINGLE_CLASS_SHARE:.0%} of the clips.")
+
+
+def markdown(rows: Sequence[Dict[str, Any]]) -> str:
+  lines = ["| task | metric | MetaLM tiny | baseline | baseline value | diff [95% CI] | holds |",
+           "|---|---|---|---|---|---|---|"]
+  prev = None
   for r in rows:
-    for i, b in enumerate(r["baselines"]):
-      head = (f"{r['task']} ({r['examples']} clips)", r["metric"], f"{r['value']:.3f}") if i == 0 \
-          else ("", "", "")
-      lines.append("| " + " | ".join(head + (b["baseline"], f"{b['value']:.3f}",
-                                            "yes" if b["beaten"] else "no")) + " |")
+    head = f"{r['task']} ({r['n']} clips)" if r["task"] != prev else ""
+    prev = r["task"]
+    holds = "yes" if r["holds"] else "**no**"
+    if r["flags"]:
+      holds += " (" + "; ".join(r["flags"]) + ")"
+    lo, hi = r["ci95"]
+    lines.append(f"| {head} | {r['metric']} | {r['metalm']:.3f} | {r['baseline']} | "
+                 f"{r['baseline_value']:.3f} | {r['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}] | "
+                 f"{holds} |")
   return "\n".join(lines)
 
 
@@ -112,7 +177,7 @@ def _finetune(cfg, steps: int, examples: int, evaluator: str, data_dir: str, lr:
   ev.update(every_steps=steps, num_examples=examples)
   if ev["type"] == "caption":
     ev["meteor"] = False  # BLEU-4 and CIDEr only (METEOR / SPICE start Java)
-  cfg.evals = {evaluator: ev, "blind": dict(ev, blind=True, num_baseline_examples=0)}
+  cfg.evals = {evaluator: ev, BLIND: dict(ev, blind=True, num_baseline_examples=0)}
   return cfg
 
 
@@ -124,7 +189,8 @@ def main(argv=None):
   p.add_argument("--finetune_steps", type=int, default=300)
   p.add_argument("--audio_qa_steps", type=int, default=150, help="0: no audio QA stage")
   p.add_argument("--finetune_lr", type=float, default=0.0, help="0: each config's lr")
-  p.add_argument("--examples", type=int, default=64, help="evaluated clips per task")
+  p.add_argument("--examples", type=int, default=EXAMPLES,
+                 help=f"evaluated clips per task ({EXAMPLES}: the tiny world's validation split)")
   p.add_argument("--data_dir", default="")
   args = p.parse_args(argv)
   from configs import finetune_caption, finetune_vqa, pretrain_av
@@ -166,13 +232,16 @@ def main(argv=None):
     plan.append(("audio QA", finetune_vqa.get_config(
         f"size=tiny,modality=audio,init={pre},steps={args.audio_qa_steps}"),
         args.audio_qa_steps, "vqa"))
-  results = {}
+  scalars, evals = {}, {}
   for i, (task, cfg, n, ev) in enumerate(plan, start=2):
     print(f"{i}. {task} finetuning ({n} steps)", flush=True)
-    results[task] = stage(task, _finetune(cfg, n, args.examples, ev, data_dir, args.finetune_lr),
-                          os.path.join(args.workdir, task.replace(" ", "_")))
+    run = os.path.join(args.workdir, task.replace(" ", "_"))
+    out = stage(task, _finetune(cfg, n, args.examples, ev, data_dir, args.finetune_lr), run)
+    scalars[task] = {k: v for k, v in out.items() if k.startswith((f"{ev}/", f"{BLIND}/"))}
+    step = int(out.get("step", n))
+    evals[task] = {name: eval_rows(run, name, step) for name in (ev, BLIND)}
 
-  rows = rows_of(results)
+  rows = rows_of(evals)
   table = markdown(rows)
   print(table, flush=True)
   summary = dict(pretrained=pre,
@@ -182,11 +251,14 @@ def main(argv=None):
                  audio_qa_steps=args.audio_qa_steps, examples=args.examples,
                  stage_seconds=times, total_seconds=round(sum(times.values()), 1),
                  stage_cpu_seconds=cpu,
-                 load_average_1min=load, cpu_count=os.cpu_count(), rows=rows)
+                 load_average_1min=load, cpu_count=os.cpu_count(),
+                 bootstrap=dict(samples=NUM_SAMPLES, seed=0, level=0.95,
+                                single_class_share=stats.SINGLE_CLASS_SHARE),
+                 rows=rows, scalars=scalars)
   with open(os.path.join(args.workdir, "av_tasks.json"), "w") as f:
     json.dump(summary, f, indent=2)
   with open(os.path.join(args.workdir, "av_tasks.md"), "w") as f:
-    f.write(table + "\n\nstage seconds (wall / CPU): "
+    f.write(table + "\n\n" + LEGEND + "\n\nstage seconds (wall / CPU): "
             + ", ".join(f"{k} {v:.0f} / {cpu[k]:.0f}" for k, v in times.items())
             + "; 1-min load average at the start and after each stage: "
             + ", ".join(f"{x:.1f}" for x in load) + f" on {os.cpu_count()} cores\n")

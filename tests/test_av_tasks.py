@@ -1,39 +1,115 @@
-"""The audio/video benchmark's table (benchmarks/av_tasks.py) from fake
-final scalars, and the evaluators' modality-blind inputs (`blind`: media
-parts blanked, text parts kept). No model, no data: well under a second."""
+"""The audio/video benchmark's rows (benchmarks/av_tasks.py: MetaLM -
+baseline with a paired bootstrap interval) from fake per-example evaluator
+rows, checked against a direct numpy computation, and the evaluators'
+modality-blind inputs (`blind`: media parts blanked, text parts kept). No
+model, no data: well under a second."""
+import json
+
 import numpy as np
 import pytest
 
 from benchmarks import av_tasks
 from metalm_jax.evaluate import evaluators as E
 from metalm_jax.evaluate import prompts as P
-from metalm_jax.evaluate.evaluators import examples
+from metalm_jax.evaluate.evaluators import examples, runner
 
 
-def test_rows_compare_each_task_with_its_baselines():
-  results = {
-      "audio caption": {"caption/CIDEr": 1.2, "caption/fixed_caption_CIDEr": 0.4,
-                        "blind/CIDEr": 1.5, "caption/BLEU-4": 0.3,
-                        "caption/fixed_caption_BLEU-4": 0.1, "blind/BLEU-4": 0.2,
-                        "caption/examples": 64},
-      "video QA": {"vqa/accuracy": 0.5, "vqa/majority_answer_accuracy": 0.5,
-                   "blind/accuracy": 0.25, "vqa/examples": 32},
-  }
-  rows = av_tasks.rows_of(results)
-  assert [(r["task"], r["metric"], r["value"], r["examples"]) for r in rows] == [
-      ("audio caption", "CIDEr", 1.2, 64), ("audio caption", "BLEU-4", 0.3, 64),
-      ("video QA", "accuracy", 0.5, 32)]
-  assert [[(b["baseline"], b["value"], b["beaten"]) for b in r["baselines"]] for r in rows] == [
-      [("most frequent training caption", 0.4, True), ("same model, silent clip", 1.5, False)],
-      [("most frequent training caption", 0.1, True), ("same model, silent clip", 0.2, True)],
-      [("majority answer", 0.5, False), ("same model, blank video", 0.25, True)]]  # a tie loses
+def _direct(m, b, num_samples=av_tasks.NUM_SAMPLES, seed=0):
+  """(mean m, mean b, mean diff, [2.5, 97.5] percentiles of the resampled
+  mean diff): the bootstrap spelled out, one index draw per resample."""
+  d = np.asarray(m, np.float64) - np.asarray(b, np.float64)
+  rng = np.random.default_rng(seed)
+  means = [d[rng.integers(0, len(d), size=len(d))].mean() for _ in range(num_samples)]
+  return np.mean(m), np.mean(b), d.mean(), np.percentile(means, [2.5, 97.5])
+
+
+def _check(row, m, b):
+  mm, bm, diff, (lo, hi) = _direct(m, b)
+  assert row["metalm"] == pytest.approx(mm, abs=1e-12)
+  assert row["baseline_value"] == pytest.approx(bm, abs=1e-12)
+  assert row["diff"] == pytest.approx(diff, abs=1e-12)
+  assert row["ci95"] == pytest.approx([lo, hi], abs=1e-12)
+  assert row["n"] == len(m)
+
+
+def _fake_evals(n=60):
+  rng = np.random.default_rng(1)
+  # video QA: varied answers, MetaLM well above the majority answer, close to blind.
+  acc = rng.choice([0.0, 0.3, 0.6, 1.0], size=n, p=[0.2, 0.1, 0.2, 0.5])
+  maj = rng.choice([0.0, 1.0], size=n, p=[0.7, 0.3])
+  blind = np.clip(acc + rng.choice([-0.3, 0.0, 0.3], size=n), 0.0, 1.0)
+  answers = ["left", "right", "up", "down", "red", "blue"]
+  vqa = [dict(index=10 + i, prediction=answers[i % 6], accuracy=float(acc[i]),
+              majority_accuracy=float(maj[i])) for i in range(n)]
+  order = rng.permutation(n)  # the blind evaluator's rows in another order
+  vqa_blind = [dict(index=10 + int(i), prediction="left", accuracy=float(blind[i]))
+               for i in order]
+  # audio caption: MetaLM scores above both baselines on every clip, but one
+  # caption for 95% of the clips: flagged single class, never holding.
+  cider = rng.uniform(0.8, 1.5, size=n)
+  fixed = rng.uniform(0.0, 0.4, size=n)
+  silent = rng.uniform(0.2, 0.6, size=n)
+  k = int(0.95 * n)
+  caps = ["a loud red circle."] * k + [f"a quiet blue square {i}." for i in range(n - k)]
+  cap = [dict(index=i, prediction=caps[i], CIDEr=float(cider[i]), fixed_CIDEr=float(fixed[i]))
+         for i in range(n)]
+  cap_blind = [dict(index=i, prediction="a sound.", CIDEr=float(silent[i]))
+               for i in reversed(range(n))]
+  evals = {"audio caption": {"caption": cap, "blind": cap_blind},
+           "video QA": {"vqa": vqa, "blind": vqa_blind}}
+  return evals, dict(acc=acc, maj=maj, blind=blind, cider=cider, fixed=fixed, silent=silent)
+
+
+def test_rows_are_paired_bootstrap_differences():
+  evals, v = _fake_evals()
+  rows = av_tasks.rows_of(evals)
+  assert [(r["task"], r["metric"], r["baseline"]) for r in rows] == [
+      ("audio caption", "CIDEr", "most frequent training caption"),
+      ("audio caption", "CIDEr", "same model, silent clip"),
+      ("video QA", "accuracy", "majority answer"),
+      ("video QA", "accuracy", "same model, blank video")]
+  _check(rows[0], v["cider"], v["fixed"])
+  _check(rows[1], v["cider"], v["silent"])  # blind rows paired by index, not by position
+  _check(rows[2], v["acc"], v["maj"])
+  _check(rows[3], v["acc"], v["blind"])
+  # Single class: every caption row is flagged and fails although its interval is above 0.
+  for r in rows[:2]:
+    assert r["ci95"][0] > 0 and r["holds"] is False
+    assert r["majority_prediction_share"] == pytest.approx(0.95)
+    assert r["flags"] == ["single class: one prediction for 95% of examples"]
+  # Varied answers: holds exactly when the interval lies above 0.
+  assert rows[2]["flags"] == [] and rows[2]["ci95"][0] > 0 and rows[2]["holds"] is True
+  assert rows[3]["ci95"][0] <= 0 and rows[3]["holds"] is False
+  assert rows[2]["majority_prediction_share"] == pytest.approx(1 / 6, abs=0.01)
+  json.dumps(rows)  # av_tasks.json
+
   md = av_tasks.markdown(rows).splitlines()
-  assert len(md) == 2 + 6
-  assert md[2] == ("| audio caption (64 clips) | CIDEr | 1.200 | most frequent training caption "
-                   "| 0.400 | yes |")
-  assert md[7] == "|  |  |  | same model, blank video | 0.250 | yes |"
-  with pytest.raises(KeyError):  # a missing result is an error, never a silent row
-    av_tasks.rows_of({"video QA": {"vqa/accuracy": 0.5, "vqa/examples": 1}})
+  assert len(md) == 2 + 4 and "diff [95% CI]" in md[0]
+  lo, hi = rows[0]["ci95"]
+  assert md[2] == ("| audio caption (60 clips) | CIDEr | {:.3f} | most frequent training caption "
+                   "| {:.3f} | {:+.3f} [{:+.3f}, {:+.3f}] | **no** (single class: one "
+                   "prediction for 95% of examples) |").format(
+                       rows[0]["metalm"], rows[0]["baseline_value"], rows[0]["diff"], lo, hi)
+  assert md[3].startswith("|  | CIDEr | ")
+  assert md[4].startswith("| video QA (60 clips) | accuracy | ") and md[4].endswith("| yes |")
+  assert md[5].endswith("| **no** |")
+
+
+def test_rows_refuse_missing_or_unpaired_examples(tmp_path):
+  evals, _ = _fake_evals(8)
+  vqa = evals["video QA"]
+  with pytest.raises(KeyError):  # no blind evaluator: an error, never a silent row
+    av_tasks.rows_of({"video QA": {"vqa": vqa["vqa"]}})
+  with pytest.raises(ValueError, match="pair"):  # the blind run scored other clips
+    av_tasks.rows_of({"video QA": {"vqa": vqa["vqa"], "blind": vqa["blind"][1:]}})
+  no_majority = [{k: x for k, x in r.items() if k != "majority_accuracy"} for r in vqa["vqa"]]
+  with pytest.raises(ValueError, match="majority_accuracy"):  # no training answer
+    av_tasks.rows_of({"video QA": {"vqa": no_majority, "blind": vqa["blind"]}})
+  # The predictions files the runner writes are what the benchmark reads back.
+  runner.write_results(str(tmp_path), 7, {"vqa": {}}, {"vqa": vqa["vqa"]})
+  assert av_tasks.eval_rows(str(tmp_path), "vqa", 7) == vqa["vqa"]
+  with pytest.raises(FileNotFoundError):
+    av_tasks.eval_rows(str(tmp_path), "blind", 7)
 
 
 def test_blank_zeroes_media_and_keeps_text():
