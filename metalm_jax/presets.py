@@ -241,9 +241,11 @@ def vl_mixture(p: DataPreset) -> dict:
   """The VL pretraining mixture (README, Data): image-text pairs and text-only
   documents as in the paper, plus interleaved documents (several images with
   their captions or Q&A laid out as in-context prompts; where a row holds more
-  than one image) and instruction-phrased text. No VQA rows: VQA on held-out
-  images is evaluated zero-shot / in context; finetune configs add
-  "world_vqa"."""
+  than one image) and instruction-phrased text. Interleaved documents and
+  instruction text carry VQA question / answer pairs and caption prompts, so
+  a model pretrained on this mixture has seen the VQA and captioning formats:
+  the zero-shot claims (configs/experiments/claims.py) pretrain on
+  `ZERO_SHOT_VL_MIXTURE` instead. Finetune configs add "world_vqa"."""
   if p.vl_images > 1:
     return {"world_caption": 0.45, "world_interleaved": 0.25, "world_text": 0.2,
             "world_instructions": 0.1}
