@@ -80,6 +80,11 @@ VL_CHAIN = (
     Stage("vqa_ft_blind", "vqa_ft", init="vl_pretrain", blank=True, seeds=True,
           steps="finetune"),
 )
+# Eval-only experiments that explain rows (protocol.EXPLANATIONS), run last.
+EXPLAIN = (Stage("explain_lang", "explain_lang", init="lang_metalm"),
+           Stage("explain_vl", "explain_vl", init="vl_pretrain"))
+LANG_CHAIN += EXPLAIN[:1]
+VL_CHAIN += EXPLAIN[1:]
 STAGES = {s.name: s for s in LANG_CHAIN + VL_CHAIN}
 QUICK = dict(seeds=1, lang_steps=200, vl_steps=400, finetune_steps=100)
 
@@ -249,14 +254,16 @@ def write_docs_table(claims_json: str, docs_path: str) -> None:
   """Replaces the table between DOCS_BEGIN and DOCS_END in `docs_path` with
   the one of `claims_json` (the docs read their figures from the result file)."""
   with open(claims_json) as f:
-    records = json.load(f)["claims"]
+    result = json.load(f)
+  records = result["claims"]
   with open(docs_path) as f:
     text = f.read()
   pat = re.compile(re.escape(DOCS_BEGIN) + r".*?" + re.escape(DOCS_END), re.S)
   if not pat.search(text):
     raise ValueError(f"{docs_path}: no {DOCS_BEGIN!r} ... {DOCS_END!r} block")
   held = sum(r["holds"] is True for r in records)
-  table = (f"{DOCS_BEGIN}\n{held} of {len(records)} rows hold.\n\n{markdown(records)}"
+  table = (f"{DOCS_BEGIN}\n{held} of {len(records)} rows hold.\n\n{markdown(records)}\n"
+           f"Experiments that explain rows:\n\n{markdown(result.get('explanations', []))}"
            f"{DOCS_END}")
   with open(docs_path, "w") as f:
     f.write(pat.sub(lambda m: table, text))
@@ -314,12 +321,13 @@ def run_chain(chain: Sequence[Stage], workdir, steps, seeds, examples, fixed,
 def report(workdir: str, meta: Dict[str, Any]) -> List[Dict[str, Any]]:
   runs = gather(workdir)
   records = [claim_record(r, runs) for r in protocol.ROWS]
+  explanations = [claim_record(r, runs) for r in protocol.EXPLANATIONS]
   curves = icl_curves(runs)
   md = markdown(records)
   with open(os.path.join(workdir, "claims.md"), "w") as f:
-    f.write(md)
+    f.write(md + "\nExperiments that explain rows:\n\n" + markdown(explanations))
   with open(os.path.join(workdir, "claims.json"), "w") as f:
-    json.dump({**meta, "claims": records, "icl": {"shots": list(protocol.ICL_SHOTS),
+    json.dump({**meta, "claims": records, "explanations": explanations, "icl": {"shots": list(protocol.ICL_SHOTS),
                                                   **curves}}, f, indent=2)
   icl_plot(curves, os.path.join(workdir, "icl_vs_k.png"))
   print(md, flush=True)

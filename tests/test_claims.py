@@ -110,10 +110,12 @@ def test_committed_docs_table_matches_committed_claims_json():
   cj = os.path.join(ROOT, "benchmarks", "results", "claims", "claims.json")
   doc = os.path.join(ROOT, "docs", "claims.md")
   with open(cj) as f:
-    records = json.load(f)["claims"]
+    result = json.load(f)
+  records = result["claims"]
   with open(doc) as f:
     text = f.read()
   assert claims.markdown(records) in text
+  assert claims.markdown(result["explanations"]) in text
   held = sum(r["holds"] is True for r in records)
   assert f"{held} of {len(records)} rows hold." in text
   assert {r["name"] for r in records} == {r["name"] for r in protocol.ROWS}

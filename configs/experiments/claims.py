@@ -210,9 +210,32 @@ def vqa_ft(a):
   return c
 
 
+# ---- experiments that explain rows (eval-only, after the rows' stages) ----------------
+def explain_vl(a):
+  """The pretrained VL model captioning with no prompt at all (the layout of
+  its caption pretraining rows), with and without the image: is the image
+  grounded when the unseen prompt is left out?"""
+  c = vl_zeroshot(a)
+  cap = dict(max_new_tokens=24, prompt="")
+  c.evals = {"caption_noprompt": _ev("caption", "world_caption", 1, a, **cap),
+             "caption_noprompt_blind": _ev("caption", "world_caption", 1, a, blind=True,
+                                           **cap)}
+  return c
+
+
+def explain_lang(a):
+  """Language-only MetaLM's text binding episodes with the phrases as plain
+  tokens to the decoder (nothing docked): can its decoder bind at all?"""
+  c = _lang(a)
+  c.total_steps, c.init_from = 0, a.init
+  c.data.spans.encoder = ""
+  return c
+
+
 # stage -> builder(parsed arg) -> ConfigDict
 STAGES = {f.__name__: f for f in (lang_metalm, lang_gpt, nli_metalm, nli_gpt, mt_metalm,
-                                   mt_gpt, vl_pretrain, vl_zeroshot, vqa_ft)}
+                                   mt_gpt, vl_pretrain, vl_zeroshot, vqa_ft, explain_vl,
+                                   explain_lang)}
 
 
 # ---- the protocol: one row per claim, fixed before the run ---------------------------
@@ -304,9 +327,23 @@ ROWS = (
          prediction="prediction"),
 )
 
+# Experiments that read rows which may not hold (claims.json "explanations"),
+# fixed with the protocol; each is a record like a row.
+EXPLANATIONS = (
+    _row("caption_noprompt_vs_blind", "explains caption_* and vqa_zeroshot_*",
+         "caption CIDEr with no prompt (as in caption pretraining)", _VL_MODEL,
+         "pretraining only", _ref("explain_vl", "caption_noprompt", "CIDEr"),
+         _ref("explain_vl", "caption_noprompt_blind", "CIDEr"),
+         "the same model, no prompt, every image blanked", _CAP_EVAL, prediction="prediction"),
+    _icl_row("icl_lang_plain_k4_vs_k0", "explain_lang", "icl", 4, 0,
+             "language-only MetaLM's decoder on text episodes as plain tokens",
+             _LANG_MODEL, "pretraining only", f"{EXAMPLES} validation episodes, 8 names ranked"),
+)
+
 # The in-context curves of the figure: label -> (stage, evaluator).
 ICL_CURVES = {"text episodes, MetaLM": ("lang_metalm", "icl"),
               "text episodes, GPT": ("lang_gpt", "icl"),
+              "text episodes, MetaLM's decoder, plain text": ("explain_lang", "icl"),
               "image episodes": ("vl_zeroshot", "bind"),
               "VQA, pretrained": ("vl_zeroshot", "icl"),
               "VQA, finetuned (decoder frozen)": ("vqa_ft", "icl")}

@@ -3,10 +3,15 @@
 last K. Restores onto whatever shardings the caller's abstract target carries,
 so a checkpoint written on one mesh loads onto another.
 
-A step that cannot be restored (truncated or missing files) is reported in
-one line naming the step and the file; with `restore_fallback` (default on)
-the restore falls back to the previous step, saying so, and the unreadable
-step is replaced when the run saves that step again.
+A step that cannot be restored (truncated or missing files, or data that no
+longer matches the digests saved with it: train/digests.py) is reported in
+one line naming the step and the file or array; with `restore_fallback`
+(default on) the restore falls back to the previous step, saying so, and the
+unreadable step is replaced when the run saves that step again.
+
+Eviction: the latest `keep` steps are kept, and any step in `protected`
+(the trainer protects the last good step while a divergence is under way:
+train/divergence.py) whatever its age.
 
 The directory may be local or gs:// (Orbax gets the path as is). Arrays go
 through tensorstore, whose default GCS retry policy (32 tries, up to 32 s
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -35,54 +41,93 @@ from orbax.checkpoint._src.serialization import tensorstore_utils as _ts_utils
 
 from metalm_jax import storage
 
+from metalm_jax.train import digests as digests_lib
 from metalm_jax.train import nonfinite
 
 CKPT_SUBDIR = "checkpoints"
 # Files every saved step holds (Orbax 0.12 layout); checked before a restore so
 # that a missing one is named instead of surfacing as a tree-structure error.
 REQUIRED_FILES = ("state/_METADATA", "data_iter")
-ITEMS = ("state", "data_iter", "counters")
+ITEMS = ("state", "data_iter", "counters", "digests")
+TMP_MARK = ".orbax-checkpoint-tmp"  # Orbax's suffix of a step directory being written
 
 
 class CheckpointRestoreError(RuntimeError):
   """A checkpoint step could not be restored."""
 
 
+def _chain(e: BaseException):
+  """The exception and its causes, outermost first."""
+  out = []
+  while e is not None and e not in out:
+    out.append(e)
+    e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+  return out
+
+
+def _short_file(step_dir: str, text: str) -> Optional[str]:
+  """A local file under `step_dir` whose size is the one a read error reports
+  ("... is not valid for value of size N": tensorstore names the key and the
+  database, not the data file that is too short)."""
+  m = re.search(r"value of size (\d+)", text)
+  if not m or storage.is_remote(step_dir):
+    return None
+  size = int(m.group(1))
+  hits = [os.path.join(d, f) for d, _, fs in os.walk(step_dir) for f in fs
+          if os.path.getsize(os.path.join(d, f)) == size]
+  return hits[0] if len(hits) == 1 else None
+
+
 def _restore_error(step_dir: str, step: int, e: Exception) -> CheckpointRestoreError:
-  """One line: the step, the file the error names (if any) and the reason."""
-  text = str(e)
+  """One line: the step, the file the error names (if any) and the reason
+  (the innermost cause: Orbax wraps tensorstore's error in a spec dump)."""
+  chain = _chain(e)
+  text = " ".join(str(x) for x in chain)
   paths = [f.rstrip(":,.") for f in re.findall(r"[^\s\"'\[\]\\]+", text)]
   paths = [f for f in paths if f.startswith(step_dir + "/")]
-  files = [f for f in paths if not f.endswith("/")] or paths  # a file over its folder
-  where = files[-1] if files else step_dir
-  reason = " ".join(text.split())[:300] or type(e).__name__
+  files = [f for f in paths if not f.endswith("/")]
+  where = (files[-1] if files else _short_file(step_dir, text)) or (
+      paths[-1] if paths else step_dir)  # a file over its folder
+  inner = chain[-1]
+  reason = " ".join(str(inner).split())
+  if reason.startswith(where + ": "):  # the error names its file first: once is enough
+    reason = reason[len(where) + 2:]
+  reason = reason[:300] or type(inner).__name__
   return CheckpointRestoreError(f"checkpoint step {step} cannot be restored from {where}: "
-                                f"{type(e).__name__}: {reason}")
+                                f"{type(inner).__name__}: {reason}")
 
 
 class _IterSnapshot:
   """The iterator position captured when the save is requested, so an async
-  save does not see later batches (Grain's handler calls get_state on save)."""
+  save does not see later batches (Grain's handler calls get_state on save);
+  written with its digest (train/digests.py)."""
 
   def __init__(self, iterator):
     state = iterator.get_state()
-    self._bytes = state if isinstance(state, bytes) else json.dumps(state).encode()
+    if isinstance(state, bytes):
+      state = json.loads(state.decode())
+    self._bytes = digests_lib.wrap_iterator_state(state)
 
   def get_state(self) -> bytes:
     return self._bytes
 
 
 class _IterRestoreTarget:
-  """Feeds a saved position (bytes) back into a live iterator."""
+  """Feeds a saved position (bytes) back into a live iterator after checking
+  its digest; `checked` tells whether the file had one."""
 
-  def __init__(self, iterator):
-    self.iterator = iterator
+  def __init__(self, iterator, where: str):
+    self.iterator, self.where, self.checked = iterator, where, None
 
   def set_state(self, state: bytes) -> None:
+    try:
+      state, self.checked = digests_lib.unwrap_iterator_state(state)
+    except digests_lib.DigestMismatch as e:
+      raise digests_lib.DigestMismatch(f"{self.where}: {e}") from None
     if isinstance(self.iterator.get_state(), bytes):
-      self.iterator.set_state(state)
+      self.iterator.set_state(json.dumps(state).encode())
     else:
-      self.iterator.set_state(json.loads(state.decode()))
+      self.iterator.set_state(state)
 
   def start_prefetch(self) -> None:
     start = getattr(self.iterator, "start_prefetch", None)
@@ -127,6 +172,17 @@ def replica_parallel_on(mode, backend: Optional[str] = None) -> bool:
   return (backend or jax.default_backend()) == "tpu" if choice is None else choice
 
 
+class _Protected:
+  """Orbax preservation policy: keeps the steps in a (mutable) set."""
+
+  def __init__(self, steps):
+    self.steps = steps
+
+  def should_preserve(self, checkpoints, *, context):
+    del context
+    return [c.step in self.steps for c in checkpoints]
+
+
 def set_replica_parallel(mode) -> bool:
   """Registers Orbax's jax.Array handler with replica-parallel saving on or
   off (Orbax keeps one process-wide handler registry; the handler is
@@ -152,9 +208,14 @@ class Checkpointer:
     # raised at once. Created asynchronously, a failed step directory left the
     # item handlers waiting 300 s (Orbax's coordination timeout) for a signal
     # that never came (seen with the GCS emulator stopped mid-save).
+    # Leftover temporary step directories (a save cut short) are removed at start.
+    self.protected = set()  # steps kept whatever their age (see the module docstring)
+    policies = ocp.checkpoint_managers
     options = ocp.CheckpointManagerOptions(
-        save_interval_steps=1, max_to_keep=cfg.keep,
-        enable_async_checkpointing=cfg.async_save, create=True,
+        save_interval_steps=1, enable_async_checkpointing=cfg.async_save, create=True,
+        cleanup_tmp_directories=True,
+        preservation_policy=policies.AnyPreservationPolicy(
+            [policies.LatestN(n=cfg.keep), _Protected(self.protected)]),
         async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
     self.every = cfg.every_steps
     self.fallback = bool(cfg.get("restore_fallback", True))
@@ -164,6 +225,13 @@ class Checkpointer:
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
+
+  def all_steps(self):
+    return sorted(self.manager.all_steps())
+
+  def delete(self, step: int) -> None:
+    with self._storage(f"deleting step {step}"):
+      self.manager.delete(step)
 
   def should_save(self, step: int) -> bool:
     return self.every > 0 and step % self.every == 0
@@ -178,10 +246,11 @@ class Checkpointer:
       self.manager.delete(step)
       self.unreadable.discard(step)
     nonfinite.check_finite(state, step)  # never write a NaN/Inf checkpoint
+    counts = {k: int(v) for k, v in (counters or {}).items()}
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                               data_iter=grain.checkpoint.CheckpointSave(_IterSnapshot(data_iter)),
-                              counters=ocp.args.JsonSave({k: int(v) for k, v in
-                                                          (counters or {}).items()}))
+                              counters=ocp.args.JsonSave(counts),
+                              digests=ocp.args.JsonSave(digests_lib.for_save(state, counts)))
     with self._storage(f"saving step {step}"):
       return self.manager.save(step, args=args, force=force)
 
@@ -214,17 +283,33 @@ class Checkpointer:
       if not storage.exists(storage.join(step_dir, name)):
         raise CheckpointRestoreError(f"checkpoint step {step} cannot be restored: "
                                      f"{storage.join(step_dir, name)} is missing")
+    iter_file = storage.join(step_dir, "data_iter",
+                             f"process_{jax.process_index()}-of-{jax.process_count()}.json")
+    target = _IterRestoreTarget(data_iter, iter_file)
     items = dict(state=ocp.args.StandardRestore(abstract_state),
-                 data_iter=grain.checkpoint.CheckpointRestore(_IterRestoreTarget(data_iter)))
-    has_counters = storage.exists(storage.join(step_dir, "counters"))
-    if has_counters:  # absent in checkpoints written before the counters were saved
-      items["counters"] = ocp.args.JsonRestore()
+                 data_iter=grain.checkpoint.CheckpointRestore(target))
+    # Absent in checkpoints written before the counters (digests) were saved.
+    has = {k: storage.exists(storage.join(step_dir, k)) for k in ("counters", "digests")}
+    items.update({k: ocp.args.JsonRestore() for k, there in has.items() if there})
     try:
       out = self.manager.restore(step, args=ocp.args.Composite(**items))
+      counters = {k: int(v) for k, v in (out["counters"] or {}).items()} if has["counters"] else {}
+      saved = out["digests"] if has["digests"] else None
+      if saved is not None:
+        try:
+          digests_lib.check_arrays(saved["arrays"], out["state"])
+        except digests_lib.DigestMismatch as e:
+          raise digests_lib.DigestMismatch(f"{storage.join(step_dir, 'state')}: {e}") from None
+        digests_lib.check_counters(saved, counters)
     except Exception as e:  # noqa: BLE001  any failure becomes one line naming the file
       raise _restore_error(step_dir, step, e) from None
-    self.restored_counters = ({k: int(v) for k, v in (out["counters"] or {}).items()}
-                              if has_counters else {})
+    unchecked = [what for what, ok in (("arrays", saved is not None),
+                                       ("data-iterator state", target.checked)) if not ok]
+    if unchecked:
+      logging.warning("checkpoint step %d has no digests of its %s (saved before checkpoints "
+                      "carried them): restored without checking them", step,
+                      " and ".join(unchecked))
+    self.restored_counters = counters
     return out["state"]
 
   def wait(self) -> None:
@@ -235,6 +320,24 @@ class Checkpointer:
     with self._storage("save"):
       self.manager.wait_until_finished()
     self.manager.close()
+
+  def abandon(self) -> None:
+    """On the way out after an error: waits for the save in flight (a second
+    Ctrl-C aborts the wait), closes, and removes temporary step directories
+    of saves that did not finish (one process only: with several, the next
+    start removes them). A failure here is logged, not raised, so the error
+    that stopped the run stays the one reported."""
+    try:
+      self.close()
+    except Exception as e:  # noqa: BLE001
+      logging.error("while stopping, the checkpoint save in flight failed: %s", e)
+    if jax.process_count() > 1 or storage.is_remote(self.directory):
+      return
+    root = storage.path(self.directory)
+    for d in (root.iterdir() if root.exists() else []):
+      if TMP_MARK in d.name:
+        logging.warning("removing %s, a checkpoint save that did not finish", d)
+        d.rmtree(missing_ok=True)
 
 
 def restore_params(path: str, abstract_params):

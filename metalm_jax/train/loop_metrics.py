@@ -49,6 +49,17 @@ class StepMetrics:
       skipped = self._skipped(step, m)
     self._pending.append((step, m, skipped))
 
+  def last_skipped(self) -> bool:
+    """Whether the latest step's update was skipped; the guard sees every
+    pending step first (on accelerators: a device round trip, made only at
+    save steps)."""
+    need = [i for i, (_, _, sk) in enumerate(self._pending) if sk is None]
+    host = jax.device_get([self._pending[i][1] for i in need])
+    for i, m in zip(need, host):
+      s, dev, _ = self._pending[i]
+      self._pending[i] = (s, dev, self._skipped(s, m))
+    return bool(self._pending and self._pending[-1][2])
+
   def fetch(self, step: int) -> Dict[str, float]:
     """The interval's averages (loss, accuracy, grad_norm; last learning rate)
     over the steps whose update was applied, and the run's skipped-step count;

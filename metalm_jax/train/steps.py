@@ -1,8 +1,10 @@
 """The jitted pieces: masked cross-entropy, the train step (with gradient
 accumulation over micro-batches) and the eval step.
 
-Non-finite steps: when the loss or the gradient norm (over trained params) is
-NaN or Inf, the step applies nothing: params, optimizer state and
+Skipped steps: when the loss or the gradient norm (over trained params) is
+NaN or Inf, or (with `spike=True`) the loss is above the step's `max_loss`
+argument (a loss spike; the host sets the bound: train/nonfinite.py), the
+step applies nothing: params, optimizer state and
 `state["step"]` stay as they were and `state["skipped_nonfinite_steps"]`
 grows by one. `state["step"]` therefore counts *applied* updates (like the
 optimizer's own count, so the learning-rate schedule does not advance on a
@@ -56,13 +58,14 @@ def apply_gradients(tx, state, g):
 
 
 def make_train_step(model, tx, opt_cfg, lr_fn: Callable, seed: int, accum_steps: int = 1,
-                    dropout: bool = True) -> Callable:
-  """state, batch -> (state, metrics). Loss is the mean CE over trained tokens
-  of the whole (accumulated) batch: per-micro-batch sums, divided once. The
-  dropout key depends only on (seed, step), so a resumed run repeats it."""
+                    dropout: bool = True, spike: bool = False) -> Callable:
+  """state, batch -> (state, metrics); with `spike`, state, batch, max_loss
+  (a float32 scalar) -> (state, metrics). Loss is the mean CE over trained
+  tokens of the whole (accumulated) batch: per-micro-batch sums, divided once.
+  The dropout key depends only on (seed, step), so a resumed run repeats it."""
   grad_fn = jax.value_and_grad(make_loss_fn(model, dropout), has_aux=True)
 
-  def step(state, batch):
+  def step(state, batch, max_loss=None):
     params = state["params"]
     rng = jax.random.fold_in(jax.random.key(seed), state["step"])
     if accum_steps == 1:
@@ -83,19 +86,25 @@ def make_train_step(model, tx, opt_cfg, lr_fn: Callable, seed: int, accum_steps:
     grad_norm = optax.global_norm(jax.tree.map(state_lib.mask_frozen, g, trainable))
     loss = s / denom
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    spiked = finite & (loss > max_loss) if max_loss is not None else jnp.zeros((), bool)
+    ok = finite & ~spiked
     applied = apply_gradients(tx, state, g)
     kept = {k: state[k] for k in applied}
-    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), applied, kept)
+    new_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), applied, kept)
     skipped = state_lib.SKIPPED_KEY
-    new_state[skipped] = state[skipped] + (~finite).astype(state[skipped].dtype)
+    new_state[skipped] = state[skipped] + (~ok).astype(state[skipped].dtype)
     for k in state:  # any other entries pass through unchanged
       new_state.setdefault(k, state[k])
     metrics = {"loss": loss, "accuracy": c / denom, "grad_norm": grad_norm,
                "learning_rate": lr_fn(state["step"]), "trained_tokens": w,
                "nonfinite": (~finite).astype(jnp.int32), skipped: new_state[skipped]}
+    if spike:
+      metrics["spike"] = spiked.astype(jnp.int32)
     return new_state, metrics
 
-  return step
+  if spike:
+    return step
+  return lambda state, batch: step(state, batch)
 
 
 def make_eval_step(model) -> Callable:
