@@ -81,17 +81,20 @@ def init_distributed() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  init_distributed()
-  import jax
-  from metalm_jax.train import trainer
-  config = FLAGS.config
-  trainer.check_config(config)  # before any compile; names the field
-  logging.info("process %d/%d, %d devices; workdir %s", jax.process_index(),
-               jax.process_count(), jax.device_count(), FLAGS.workdir)
   from metalm_jax import storage
   from metalm_jax.train import preemption
+  # SIGTERM from here on means "preempted": exit 42 at the next safe point.
   try:
-    results = trainer.train(config, FLAGS.workdir, force_lock=FLAGS.force)
+    with preemption.StopSignal():
+      init_distributed()
+      import jax
+      from metalm_jax.train import trainer
+      config = FLAGS.config
+      trainer.check_config(config)  # before any compile; names the field
+      logging.info("process %d/%d, %d devices; workdir %s", jax.process_index(),
+                   jax.process_count(), jax.device_count(), FLAGS.workdir)
+      results = trainer.train(config, FLAGS.workdir, force_lock=FLAGS.force,
+                              command=list(sys.argv))
   except preemption.Preempted as e:
     logging.warning("%s", e)
     print(str(e), flush=True)

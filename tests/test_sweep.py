@@ -247,3 +247,28 @@ def test_sweep_of_the_real_main(tmp_path):
   again = _sweep_cli(*args)
   assert again.returncode == 0, again.stderr
   assert again.stdout.count("finished already") == 2 and "starting" not in again.stdout
+
+
+def test_resume_decides_by_final_metrics_not_by_the_recorded_status(tmp_path):
+  """Runs finished elsewhere (printed commands) or whose status was never
+  saved are skipped; a run recorded `done` without final metrics runs again."""
+  root = str(tmp_path)
+  grid = "data.spans.ratio=0.15,0.25,0.35"
+  sweep = state_lib.plan(root, LANG, grid, ["total_steps=5"])
+  names = [r["name"] for r in sweep["runs"]]
+  runs = sweep["runs"]
+  # 0: finished from a printed command (status still pending); 1: finished, but
+  # the sweep crashed before saving its status (running); 2: recorded done,
+  # its workdir lost.
+  run_files.write_results(runs[0]["workdir"], {"step": 5, "loss": 1.0})
+  run_files.write_results(runs[1]["workdir"], {"step": 5, "loss": 1.0})
+  runs[0]["status"], runs[1]["status"], runs[2]["status"] = "pending", "running", "done"
+  state_lib.save(root, sweep)
+  fake = FakeMain()
+  assert runner_lib.run_all(root, state_lib.plan(root, LANG, grid, ["total_steps=5"]), fake) == 0
+  assert fake.calls == [names[2]]
+  # Final metrics short of total_steps (an earlier, shorter run) do not count.
+  run_files.write_results(runs[0]["workdir"], {"step": 4, "loss": 1.0})
+  fake = FakeMain()
+  assert runner_lib.run_all(root, state_lib.plan(root, LANG, grid, ["total_steps=5"]), fake) == 0
+  assert fake.calls == [names[0]]

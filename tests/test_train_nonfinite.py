@@ -13,6 +13,7 @@ import tests.test_train_standin as S
 from metalm_jax.models import metalm
 from metalm_jax.train import checkpoint as ckpt_lib
 from metalm_jax.train import metrics as metrics_lib
+from metalm_jax.train import nonfinite
 from metalm_jax.train import state as st
 from metalm_jax.train import steps as steps_lib
 from metalm_jax.train import trainer as trainer_lib
@@ -90,33 +91,35 @@ def test_trainer_skips_counts_and_stops_with_finite_checkpoints(tmp_path):
   c = S.tiny_train_config(total_steps=8, eval_every=0, max_nonfinite_steps=2)
   c.checkpoint.update(every_steps=1, keep=10, async_save=False)
   # Step 3 is skipped alone (the run goes on); 5 and 6 are two in a row: stop.
-  with pytest.raises(FloatingPointError, match=r"2 non-finite steps in a row, the last at step 6 "):
+  with pytest.raises(FloatingPointError,
+                     match=r"^2 skipped steps in a row \(non-finite or loss spikes\), the first at "
+                           r"step 5, the last at step 6 \(non-finite: loss nan") as e:
     trainer_lib.train(c, w, data=PoisonedData([3, 5, 6]))
   rows = metrics_lib.read_jsonl(os.path.join(w, metrics_lib.METRICS_FILE))
   skipped = {r["step"]: r["skipped_nonfinite_steps"] for r in rows}
   assert skipped[2] == 0 and skipped[3] == 1 and skipped[4] == 1 and skipped[5] == 2
   assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r)  # skipped steps not averaged
   assert "loss" not in [r for r in rows if r["step"] == 3][0]
+  # Skipped steps (3, 5) are not saved; step 4's params gave step 5's loss, so
+  # the run resumes from 2 (the last step <= 5 - 2) and step 4 is deleted.
+  ckdir = os.path.join(w, "checkpoints")
+  assert f"A rerun resumes from step 2 ({ckdir}/2); deleted checkpoint(s) 4 " in str(e.value)
+  assert str(e.value).endswith("Rerun with a lower learning rate: the same command with "
+                               "--config.optimizer.lr=0.0003")
 
   t = trainer_lib.Trainer(c, w, data=S)
   ck = ckpt_lib.Checkpointer(w, c.checkpoint)
-  assert sorted(ck.manager.all_steps()) == [1, 2, 3, 4, 5]  # nothing at the failing step 6
+  assert ck.all_steps() == [1, 2]
   target = ckpt_lib.with_shardings(t.abstract_state, t.shardings)
-  saved = {}
-  for s in (2, 3, 4, 5):
-    saved[s], _ = ck.restore(target, t._make_iter("train", 8, True, None), step=s)
+  saved = {s: ck.restore(target, t._make_iter("train", 8, True, None), step=s)[0]
+           for s in (1, 2)}
   ck.close()
   for s in saved.values():
     for leaf in jax.tree.leaves(s["params"]):
       assert np.isfinite(np.asarray(leaf)).all()
-  same = lambda a, b: jax.tree.map(np.testing.assert_array_equal, a, b)
-  same(saved[3]["params"], saved[2]["params"])  # step 3 skipped
-  same(saved[3]["opt_state"], saved[2]["opt_state"])
-  same(saved[5]["params"], saved[4]["params"])  # step 5 skipped
-  with pytest.raises(AssertionError):
-    same(saved[4]["params"], saved[3]["params"])  # step 4 applied
-  # `step` counts applied updates (1, 2, 4); the skip counter is checkpointed.
-  assert int(saved[5]["step"]) == 3 and int(saved[5][st.SKIPPED_KEY]) == 2
+  assert int(saved[2]["step"]) == 2 and int(saved[2][st.SKIPPED_KEY]) == 0
+  # The rerun (clean data now) resumes from step 2 and finishes.
+  assert trainer_lib.train(c, w, data=S)["step"] == 8
 
 
 def test_checkpoint_with_nonfinite_params_is_refused(tmp_path):
@@ -134,3 +137,51 @@ def test_checkpoint_with_nonfinite_params_is_refused(tmp_path):
     ck.save(7, state, it, force=True)
   assert ck.latest_step() is None
   ck.close()
+
+
+class _SqrtModel:
+  """logits = sqrt(w) everywhere: at w = 0 the loss is finite (uniform
+  logits), its gradient is not (d sqrt / dw = inf)."""
+
+  def __init__(self, vocab):
+    self.vocab = vocab
+
+  def apply(self, variables, batch, deterministic=True, rngs=None):
+    w = variables["params"]["w"]
+    shape = batch["targets"].shape + (self.vocab,)
+    return jnp.broadcast_to(jnp.sqrt(w), shape)
+
+
+def _tiny_step(spike=False):
+  c = S.tiny_train_config()
+  tx = st.make_optimizer(c.optimizer, 10)
+  state = st.init_state({"w": jnp.zeros((4,), jnp.float32)}, tx)
+  step = jax.jit(steps_lib.make_train_step(_SqrtModel(4), tx, c.optimizer,
+                                           st.lr_schedule(c.optimizer, 10), 0, spike=spike))
+  batch = {"targets": jnp.zeros((2, 3), jnp.int32), "loss_mask": jnp.ones((2, 3))}
+  return state, step, batch
+
+
+def test_finite_loss_with_a_nonfinite_gradient_is_skipped():
+  state, step, batch = _tiny_step()
+  new, m = step(state, batch)
+  assert np.isfinite(float(m["loss"])) and not np.isfinite(float(m["grad_norm"]))
+  assert int(m["nonfinite"]) == 1 and int(new[st.SKIPPED_KEY]) == 1
+  for k in ("step", "params", "opt_state"):
+    jax.tree.map(np.testing.assert_array_equal, new[k], state[k])
+
+
+def test_loss_above_max_loss_is_skipped_as_a_spike():
+  state, step, batch = _tiny_step(spike=True)
+  state["params"]["w"] = jnp.ones((4,))  # finite loss and gradient
+  same, m = step(state, batch, np.float32(0.5))  # the loss, log(4) = 1.39, is above 0.5
+  assert int(m["spike"]) == 1 and int(m["nonfinite"]) == 0 and int(same[st.SKIPPED_KEY]) == 1
+  jax.tree.map(np.testing.assert_array_equal, same["params"], state["params"])
+  new, m = step(same, batch, np.float32(np.inf))
+  assert int(m["spike"]) == 0 and int(new["step"]) == 1
+  # The guard: the bound is factor x the median of the applied losses.
+  g = nonfinite.Guard(3, spike_factor=10.0, window=3)
+  assert g.max_loss() == np.inf
+  for loss in (4.0, 2.0, 3.0, 100.0):
+    g.update(1, {"loss": loss, "nonfinite": 0, "spike": 0, "grad_norm": 1.0})
+  assert g.max_loss() == 30.0  # median of the last 3 (2, 3, 100)

@@ -68,3 +68,24 @@ def test_restart_refuses_model_drift_and_logs_resumable_changes(tmp_path, monkey
           in caplog.text)
   after = json.loads((tmp_path / "w" / "config.json").read_text())
   assert after["total_steps"] == 5 and after["checkpoint"]["every_steps"] == 5
+
+
+@pytest.mark.parametrize("removed", ["model.encoders.text", "optimizer.groups.frozen_text"])
+def test_removing_a_field_is_drift_too(tmp_path, removed):
+  """Fields that the checkpoint's config has and the new one lacks (an
+  encoder, an optimizer group) count like changed ones."""
+  saved = {"model": {"encoders": {"vision": {"num_layers": 1}, "text": {"num_layers": 2}}},
+           "optimizer": {"lr": 1e-3, "groups": {"frozen_text": {"regex": "^enc", "frozen": True}}},
+           "total_steps": 10}
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  now = json.loads(json.dumps(saved))
+  parent, key = removed.rsplit(".", 1)
+  node = now
+  for k in parent.split("."):
+    node = node[k]
+  del node[key]
+  with pytest.raises(run_config.ConfigDriftError) as e:
+    run_config.check_resume(str(tmp_path), now)
+  lines = [x.strip() for x in str(e.value).splitlines()[1:]]
+  gone = [x for x in lines if x.endswith("(checkpoint) != <absent> (now)")]
+  assert gone and all(x.startswith(removed + ".") for x in gone), lines

@@ -67,3 +67,22 @@ def test_other_host_lock_stale_after_timeout_or_forced(tmp_path):
   (w / L.LOCK_FILE).write_text(json.dumps(other))
   with L.WorkdirLock(w, force=True, stale_after_s=60) as lock:
     assert json.loads((w / L.LOCK_FILE).read_text())["token"] == lock.info["token"]
+
+
+def test_other_hosts_live_lock_holds_even_if_its_pid_is_free_here(tmp_path):
+  """Another host's pid says nothing about this host's processes: only the
+  heartbeat decides (two hosts must never train into one gs:// workdir)."""
+  w = tmp_path / "w"
+  w.mkdir()
+  p = subprocess.Popen([sys.executable, "-c", "pass"])
+  p.wait()  # a pid that is free here now
+  assert not L._pid_alive(p.pid)
+  other = {"pid": p.pid, "host": "elsewhere-7", "started": time.time() - 50,
+           "heartbeat": time.time() - 5, "token": "x"}
+  (w / L.LOCK_FILE).write_text(json.dumps(other))
+  with pytest.raises(L.WorkdirLockedError, match=rf"pid {p.pid} on host 'elsewhere-7'"):
+    L.WorkdirLock(w).acquire()
+  # The same record from this host: the process is gone, the lock is stale.
+  (w / L.LOCK_FILE).write_text(json.dumps({**other, "host": socket.gethostname()}))
+  with L.WorkdirLock(w):
+    pass

@@ -27,10 +27,13 @@ the tiny model (0.9 s without). `config.checkpoint.replica_parallel`:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
+import signal
+import threading
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import grain
@@ -195,6 +198,32 @@ def set_replica_parallel(mode) -> bool:
   return on
 
 
+@contextlib.contextmanager
+def _sigint_deferred(step: int):
+  """Ctrl-C while a save is being started is held until the save is handed to
+  Orbax's background thread (then raised, and the trainer waits for the save);
+  a second Ctrl-C aborts at once."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  pending = []
+
+  def handle(signum, frame):
+    if pending:
+      raise KeyboardInterrupt
+    pending.append(signum)
+    logging.warning("Ctrl-C: starting the save of step %d first (Ctrl-C again to abort now)",
+                    step)
+
+  old = signal.signal(signal.SIGINT, handle)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGINT, old)
+  if pending:
+    raise KeyboardInterrupt
+
+
 class Checkpointer:
   """cfg: config.checkpoint (every_steps, keep, async_save, restore_fallback,
   gcs_request_retries, replica_parallel)."""
@@ -222,6 +251,7 @@ class Checkpointer:
     self.unreadable = set()  # steps found corrupt: replaced when saved again
     self.restored_counters: Dict[str, int] = {}  # `counters` of the last restored step
     self.manager = ocp.CheckpointManager(self.directory, item_names=ITEMS, options=options)
+    self._closed = False
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -251,7 +281,7 @@ class Checkpointer:
                               data_iter=grain.checkpoint.CheckpointSave(_IterSnapshot(data_iter)),
                               counters=ocp.args.JsonSave(counts),
                               digests=ocp.args.JsonSave(digests_lib.for_save(state, counts)))
-    with self._storage(f"saving step {step}"):
+    with _sigint_deferred(step), self._storage(f"saving step {step}"):
       return self.manager.save(step, args=args, force=force)
 
   def _storage(self, what: str):
@@ -317,9 +347,13 @@ class Checkpointer:
       self.manager.wait_until_finished()
 
   def close(self) -> None:
+    """Waits for the save in flight and closes (once; later calls do nothing)."""
+    if self._closed:
+      return
     with self._storage("save"):
       self.manager.wait_until_finished()
     self.manager.close()
+    self._closed = True
 
   def abandon(self) -> None:
     """On the way out after an error: waits for the save in flight (a second

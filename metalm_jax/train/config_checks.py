@@ -2,6 +2,7 @@
 names the field and its value (`config.<field>=<value>: why`)."""
 from __future__ import annotations
 
+import math
 from typing import Dict, Optional
 
 import jax
@@ -65,7 +66,7 @@ def check_config(config, num_devices: Optional[int] = None,
         f"micro-batch {micro_batch} not divisible by the {shards} data shards")
   _need(opt.decay in state_lib.SCHEDULES, "optimizer.decay", opt.decay,
         f"known: {sorted(state_lib.SCHEDULES)}")
-  _need(opt.lr > 0, "optimizer.lr", opt.lr, "must be > 0")
+  _need(math.isfinite(opt.lr) and opt.lr > 0, "optimizer.lr", opt.lr, "must be finite and > 0")
   _need(0 <= opt.end_lr_frac <= 1, "optimizer.end_lr_frac", opt.end_lr_frac, "must be in [0, 1]")
   _need(opt.warmup_steps >= 0, "optimizer.warmup_steps", opt.warmup_steps, "must be >= 0")
   state_lib._groups(state_lib.resolve_groups(opt, config.model))  # regexes compile
@@ -73,6 +74,11 @@ def check_config(config, num_devices: Optional[int] = None,
   _need(config.checkpoint.keep >= 1, "checkpoint.keep", config.checkpoint.keep, "must be >= 1")
   _need(config.get("max_nonfinite_steps", 1) >= 1, "max_nonfinite_steps",
         config.get("max_nonfinite_steps"), "must be >= 1")
+  spike = config.get("loss_spike") or {}
+  factor = spike.get("factor", 0.0)
+  _need(math.isfinite(factor) and (factor == 0 or factor > 1), "loss_spike.factor", factor,
+        "must be 0 (off) or a finite number > 1")
+  _need(spike.get("window", 1) >= 1, "loss_spike.window", spike.get("window"), "must be >= 1")
   _need(config.checkpoint.every_steps >= 0, "checkpoint.every_steps",
         config.checkpoint.every_steps, "must be >= 0 (0 = save only at the end and on SIGTERM)")
   for name, ev in (config.get("evals") or {}).items():

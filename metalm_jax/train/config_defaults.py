@@ -42,7 +42,10 @@ def trainer_config() -> mlc.ConfigDict:
   c.eval_batch_size = 0           # 0 = batch_size
   c.data_shards = 0               # pipeline shards; 0 = one per process (see train/input.py)
   c.optimizer = optimizer()
-  c.max_nonfinite_steps = 3       # skipped NaN/Inf steps in a row before the run stops
+  c.max_nonfinite_steps = 3       # skipped steps (NaN/Inf, spikes) in a row before the run stops
+  # A step whose loss is above factor x the median of the last `window`
+  # applied losses is skipped like a NaN/Inf one (train/nonfinite.py); 0 = off.
+  c.loss_spike = mlc.ConfigDict(dict(factor=10.0, window=32))
   c.mesh = mlc.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # -1 = infer from devices
   c.logical_rules = presets.logical_rules()
   c.sharding = mlc.ConfigDict(dict(min_fsdp_size=2 ** 14))  # start-up check threshold

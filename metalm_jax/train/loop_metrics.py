@@ -33,13 +33,16 @@ class StepMetrics:
     self.block = block_every_step
     self.guard = guard
     self._pending: List[Tuple[int, Dict, Optional[bool]]] = []  # (step, metrics, skipped)
+    self._last: Tuple[int, bool] = (0, False)  # the latest step the guard saw, skipped?
 
   @classmethod
   def for_backend(cls, guard=None) -> "StepMetrics":
     return cls(block_every_step=jax.devices()[0].platform == "cpu", guard=guard)
 
   def _skipped(self, step: int, m) -> bool:
-    return bool(self.guard.update(step, m)) if self.guard is not None else False
+    out = bool(self.guard.update(step, m)) if self.guard is not None else False
+    self._last = (step, out)
+    return out
 
   def add(self, step: int, m) -> None:
     """Metrics (device arrays) of the step that completed `step`."""
@@ -58,7 +61,7 @@ class StepMetrics:
     for i, m in zip(need, host):
       s, dev, _ = self._pending[i]
       self._pending[i] = (s, dev, self._skipped(s, m))
-    return bool(self._pending and self._pending[-1][2])
+    return self._last[1]
 
   def fetch(self, step: int) -> Dict[str, float]:
     """The interval's averages (loss, accuracy, grad_norm; last learning rate)

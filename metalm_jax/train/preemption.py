@@ -23,13 +23,13 @@ PREEMPTED_EXIT_CODE = 42
 
 
 class Preempted(Exception):
-  """The run stopped early at `step`, after saving it (`saved`) or, during
-  start-up, with nothing new to save; resume from the workdir."""
+  """The run stopped early at `step`, after saving it (`saved`) or with
+  nothing new to save (during start-up, or at a skipped step); resume from
+  the workdir."""
 
   def __init__(self, step: int, directory: str, saved: bool = True):
     what = (f"checkpoint saved in {directory}" if saved else
-            f"during start-up, nothing new to save (the checkpoints in {directory} are as "
-            "they were)")
+            f"nothing new to save (the checkpoints in {directory} are as they were)")
     super().__init__(f"preempted at step {step}; {what}; restart on the same workdir to resume "
                      f"(exit status {PREEMPTED_EXIT_CODE})")
     self.step, self.saved = step, saved

@@ -27,7 +27,7 @@ RUN_CONFIG_FILE = run_files.RUN_CONFIG_FILE
 # Fields that may change when a run resumes (a prefix covers its sub-fields).
 RESUMABLE = (
     "total_steps", "log_every", "eval_every", "eval_batches", "eval_batch_size",
-    "max_nonfinite_steps",
+    "max_nonfinite_steps", "loss_spike",
     "checkpoint",                       # every_steps, keep, async_save, restore_fallback
     "evals",                            # evaluators and their schedules
     "optimizer.lr", "optimizer.warmup_steps", "optimizer.decay", "optimizer.end_lr_frac",

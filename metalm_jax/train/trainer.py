@@ -5,9 +5,14 @@
               every log_every: jsonl / TensorBoard / console
               every eval_every: eval loss on the validation split
               every evals[*].every_steps: evaluators (metalm_jax.evaluate)
-              every checkpoint.every_steps: async save (state + data iterator)
+              every checkpoint.every_steps: async save (state + data iterator),
+              except steps whose update was skipped (train/divergence.py)
     SIGTERM / preemption: save the current step, wait for it, raise Preempted
-    (train/preemption.py: the entry point exits with PREEMPTED_EXIT_CODE).
+    (train/preemption.py: the entry point exits with PREEMPTED_EXIT_CODE); the
+    handler is in place from before the lock to the end, so a SIGTERM during
+    start-up (restore, data, compile) stops the run there with Preempted too.
+    Any other way out (an error in a step, an evaluator or the divergence
+    guard; Ctrl-C) first waits for the save in flight (Checkpointer.abandon).
 The workdir may be local or gs:// (every file through metalm_jax/storage.py).
 
 Around the loop: config checks (train/config_checks.py), init_from /
@@ -17,7 +22,7 @@ init_components (train/init_params.py), the evaluation hooks
 from __future__ import annotations
 
 import logging
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +33,7 @@ from metalm_jax import batch as batch_lib
 from metalm_jax import storage
 from metalm_jax.models import metalm
 from metalm_jax.train import checkpoint as ckpt_lib
+from metalm_jax.train import divergence
 from metalm_jax.train import eval_hooks
 from metalm_jax.train import init_params
 from metalm_jax.train import input as input_lib
@@ -57,20 +63,22 @@ class Trainer:
   """Builds everything from the config; `run()` trains (or evaluates)."""
 
   def __init__(self, config, workdir: Optional[str], data=None, devices=None,
-               force_lock: bool = False):
+               force_lock: bool = False, command: Optional[List[str]] = None):
     """data: a module with make_iterator / split_stats (default: the Grain
     pipeline); devices: the mesh's devices (default: all; abstract topology
     devices for an ahead-of-time compile); force_lock: take the workdir lock of
-    another run (train/workdir_lock.py). workdir=None builds a compile-only
-    trainer (state shapes, shardings, jitted steps; no writer, no `run`)."""
-    self.config, self.force_lock = config, force_lock
+    another run (train/workdir_lock.py); command: the entry point's argv (named
+    in the divergence message). workdir=None builds a compile-only trainer
+    (state shapes, shardings, jitted steps; no writer, no `run`)."""
+    self.config, self.force_lock, self.command = config, force_lock, command
     self.workdir = storage.join(workdir) if workdir is not None else None
     devices = list(jax.devices() if devices is None else devices)
     self.mesh_sizes = check_config(config, num_devices=len(devices))
     self._data = data
     self._data_counters: Dict[str, int] = {}  # data/* skip counts restored with a checkpoint
     if self.workdir is not None:
-      storage.makedirs(self.workdir)
+      with storage.errors(f"creating the workdir {self.workdir}"):
+        storage.makedirs(self.workdir)
     if config.get("compilation_cache_dir"):
       jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
     self.mesh = shard_lib.make_mesh(config.mesh, devices)
@@ -82,8 +90,10 @@ class Trainer:
     self.lr_fn = state_lib.lr_schedule(self.opt_cfg, max(self.total, 1))
     self.tx = state_lib.make_optimizer(self.opt_cfg, max(self.total, 1))
     self.is_main = jax.process_index() == 0
-    self.writer = (metrics_lib.Writer(self.workdir, enabled=self.is_main)
-                   if self.workdir is not None else None)
+    self.writer = None
+    if self.workdir is not None:
+      with storage.errors(f"opening the metrics writer in {self.workdir}"):
+        self.writer = metrics_lib.Writer(self.workdir, enabled=self.is_main)
     self._build_state_fns()
 
   # ---- state -------------------------------------------------------------
@@ -119,21 +129,41 @@ class Trainer:
     """A fresh state, materialised already sharded (no init_from applied)."""
     return self._init_jit(self._rng)
 
-  def jit_train_step(self):
-    """The jitted train step: (state, global batch) -> (state, metrics); state donated."""
+  def jit_train_step(self, spike: bool = False):
+    """The jitted train step: (state, global batch) -> (state, metrics); state
+    donated. spike=True: (state, batch, max_loss), skipping a step whose loss
+    is above max_loss (the run's step when config.loss_spike.factor > 0)."""
     cfg = self.config
     step_fn = steps_lib.make_train_step(
         self.model, self.tx, self.opt_cfg, self.lr_fn, cfg.seed,
-        accum_steps=cfg.optimizer.grad_accum_steps)
+        accum_steps=cfg.optimizer.grad_accum_steps, spike=spike)
+    rep = shard_lib.replicated(self.mesh)
+    ins = (self.shardings, shard_lib.batch_sharding(self.mesh)) + ((rep,) if spike else ())
     with self.mesh_context():
-      return jax.jit(step_fn, in_shardings=(self.shardings, shard_lib.batch_sharding(self.mesh)),
-                     out_shardings=(self.shardings, shard_lib.replicated(self.mesh)),
+      return jax.jit(step_fn, in_shardings=ins, out_shardings=(self.shardings, rep),
                      donate_argnums=0)
 
   def _make_iter(self, split: str, batch_size: int, shuffle: bool, num_epochs):
     return input_lib.make_process_iterator(
         self.data, self.config, split, global_batch_size=batch_size, seed=self.config.seed,
         shuffle=shuffle, num_epochs=num_epochs)
+
+  def _data_name(self) -> str:
+    data = self.config.data
+    names = sorted((data.get("mixture") or {}).keys())
+    return "+".join(names) or data.get("world") or "config.data"
+
+  def check_split(self, split: str, batch_size: int) -> None:
+    """Reads one batch of `split` now, so that an empty or unreadable split
+    stops the run before training, naming the data set and the split."""
+    try:
+      next(self._make_iter(split, batch_size, False, 1))
+      return
+    except StopIteration:
+      why = f"it holds no batch of {batch_size} rows (empty, or smaller than one batch)"
+    except Exception as e:  # noqa: BLE001  e.g. "Paths sequence can not be of 0 length"
+      why = f"{type(e).__name__}: {e}"
+    raise ValueError(f"split {split!r} of data set {self._data_name()} cannot be read: {why}")
 
   def _split(self, batch):
     """A pipeline batch -> (batch, data/* counts of this batch)."""
@@ -165,31 +195,53 @@ class Trainer:
                                         run_files.run_tokenizer(self.config), write=self.is_main)
 
   def run(self) -> Dict[str, float]:
-    """Trains (or evaluates) holding the workdir lock."""
+    """Trains (or evaluates) holding the workdir lock; SIGTERM handled from
+    before the lock is taken (train/preemption.py)."""
     if self.workdir is None:
       raise ValueError("Trainer(workdir=None) is compile-only; give a workdir to run")
-    lock = workdir_lock.lock_for_run(self.workdir, self.force_lock)
-    try:
-      return self._run()
-    finally:
-      lock.release()
-
-  def _run(self) -> Dict[str, float]:
-    cfg = self.config
-    ckpt = ckpt_lib.Checkpointer(self.workdir, cfg.checkpoint)
-    resume = bool(self.total) and ckpt.latest_step() is not None
-    if resume:  # before anything compiles; config.json is kept until the restore succeeds
+    with preemption.StopSignal() as stop:
+      lock = workdir_lock.lock_for_run(self.workdir, self.force_lock)
       try:
-        changed = run_config.check_resume(
-            self.workdir, run_files.run_config_json(
-                self.config, run_files.run_tokenizer(self.config, must_exist=False)))
-      except run_config.ConfigDriftError:
-        ckpt.close()
-        raise
+        ckpt = ckpt_lib.Checkpointer(self.workdir, self.config.checkpoint)
+        try:
+          return self._run(ckpt, stop)
+        except BaseException:
+          ckpt.abandon()  # the save in flight finishes (or is discarded) before we go
+          raise
+      finally:
+        lock.release()
+
+  def _startup_check(self, stop, ckpt, step: int) -> None:
+    """A SIGTERM during start-up stops here (every process at the same point)."""
+    if stop.requested_everywhere():
+      raise preemption.Preempted(step, ckpt.directory, saved=False)
+
+  def _run(self, ckpt, stop) -> Dict[str, float]:
+    cfg = self.config
+    latest = ckpt.latest_step() if self.total else None
+    resume = latest is not None
+    self._startup_check(stop, ckpt, latest or 0)
+    if resume:  # before anything compiles; config.json is kept until the restore succeeds
+      changed = run_config.check_resume(
+          self.workdir, run_files.run_config_json(
+              self.config, run_files.run_tokenizer(self.config, must_exist=False)))
       if self.is_main:
         for line in changed:
           print(f"config changed on resume: {line}", flush=True)
-    train_iter = self._make_iter("train", cfg.batch_size, True, None) if self.total else None
+      if latest > self.total:
+        raise ValueError(
+            f"config.total_steps={self.total} is below step {latest}, the latest checkpoint in "
+            f"{ckpt.directory}: this run trained past it. Give total_steps >= {latest} to go "
+            "on, or evaluate it with total_steps=0 and init_from= in another workdir")
+    if cfg.eval_every:
+      self.check_split("validation", cfg.eval_batch_size or cfg.batch_size)
+    train_iter = None
+    if self.total:
+      try:
+        train_iter = self._make_iter("train", cfg.batch_size, True, None)
+      except Exception as e:  # noqa: BLE001
+        raise ValueError(f"split 'train' of data set {self._data_name()} cannot be read: "
+                         f"{type(e).__name__}: {e}") from e
     start = 0
     if resume:
       target = ckpt_lib.with_shardings(self.abstract_state, self.shardings)
@@ -200,6 +252,7 @@ class Trainer:
         print(f"resumed from {ckpt.directory} at step {start}", flush=True)
     else:
       state = init_params.load_init(cfg, self.initial_state(), self.shardings)
+    self._startup_check(stop, ckpt, start)
     # Every start: metrics after the restored step (all, without one) go, so a
     # restart never logs a step twice.
     self.writer.rewind(start if start else None)
@@ -220,7 +273,7 @@ class Trainer:
         ckpt.close()
         self.writer.close()
         return prev
-    results = self._train(state, start, train_iter, ckpt)
+    results = self._train(state, start, train_iter, ckpt, stop)
     return self._finish(results)
 
   def _finish(self, results):
@@ -232,19 +285,28 @@ class Trainer:
     self.writer.close()
     return results
 
-  def _train(self, state, start, train_iter, ckpt):
+  def _train(self, state, start, train_iter, ckpt, stop):
     cfg = self.config
-    train_step = self.jit_train_step()
+    spike_cfg = cfg.get("loss_spike") or {}
+    factor = float(spike_cfg.get("factor", 0.0))
+    train_step = self.jit_train_step(spike=factor > 0)
     peak = cfg.metrics.peak_flops or metrics_lib.peak_flops(metrics_lib.measure_matmul_peak())
     progress = metrics_lib.Progress(self.total, start)
     skipped, flops_ex, seq_len, last = dict(self._data_counters), None, None, {}
-    guard = nonfinite.Guard(cfg.get("max_nonfinite_steps", 3))
+    guard = nonfinite.Guard(cfg.get("max_nonfinite_steps", 3), factor,
+                            spike_cfg.get("window", 32))
+    tracker = divergence.Tracker(ckpt, cfg.checkpoint.keep, cfg.optimizer.lr, self.command)
+    guard.on_skip = tracker.skipped
     step_metrics = loop_metrics.StepMetrics.for_backend(guard)
     profiler = profile_lib.Profiler(cfg.get("profile"), self.workdir, enabled=self.is_main)
-    step, stopping = start, False
-    with preemption.StopSignal() as stop:
+    step, stopping, saved_at_stop = start, False, False
+    try:
       while step < self.total:
-        local, counts = self._split(next(train_iter))
+        try:
+          local, counts = self._split(next(train_iter))
+        except StopIteration:
+          raise ValueError(f"split 'train' of data set {self._data_name()} ran out at step "
+                           f"{step + 1} (it holds no batch of {cfg.batch_size} rows?)") from None
         for k, v in counts.items():
           skipped[k] = skipped.get(k, 0) + int(v)
         if flops_ex is None:
@@ -253,11 +315,13 @@ class Trainer:
           flops_ex = metrics_lib.flops_per_example(cfg.model, self.abstract_state["params"],
                                                    self.trainable, seq_len)
         batch = shard_lib.global_batch(local, self.mesh)
+        args = (state, batch) + ((np.float32(guard.max_loss()),) if factor > 0 else ())
         if step == start:
-          train_step = self._compile_in_step(train_step, "train_step", state, batch)
+          self._startup_check(stop, ckpt, start)  # before the compile
+          train_step = self._compile_in_step(train_step, "train_step", *args)
         profiler.maybe_start(step)
         with self.mesh_context():
-          state, m = train_step(state, batch)
+          state, m = train_step(*args)
         step += 1
         step_metrics.add(step, m)  # stays on the device until a log step (loop_metrics.py)
         profiler.maybe_stop(step, m["loss"])
@@ -276,8 +340,16 @@ class Trainer:
             logging.info(progress.line(step, last))
             print(progress.line(step, last), flush=True)
         # Save before evaluating: a failing evaluator never loses trained steps.
+        # A skipped step is not saved (its state is the last applied one): a
+        # divergence never evicts good checkpoints; the final step always is.
         if ckpt.should_save(step) or step == self.total or stopping:
-          ckpt.save(step, state, train_iter, force=True, counters=skipped)
+          if step == self.total or not step_metrics.last_skipped():
+            saved_at_stop = ckpt.save(step, state, train_iter, force=True, counters=skipped)
+            if saved_at_stop:
+              tracker.saved(step)
+          else:
+            logging.warning("step %d: its update was skipped; not saved as a checkpoint", step)
+            saved_at_stop = False
         if stopping:
           break
         due_loss = cfg.eval_every and (step % cfg.eval_every == 0 or step == self.total)
@@ -285,15 +357,17 @@ class Trainer:
         last.update(ev)
         if ev:
           progress.rates(step)  # eval time does not count as training time
+    except nonfinite.Diverged as e:
+      raise FloatingPointError(tracker.stop(e)) from None
     profiler.maybe_stop(step, force=True)
     ckpt.close()  # waits for the last save
     if stopping:
       self.writer.close()
-      raise preemption.Preempted(step, ckpt.directory)
+      raise preemption.Preempted(step, ckpt.directory, saved=saved_at_stop)
     return {"step": step, **last, "flops_per_example": flops_ex or 0.0, "peak_flops": peak}
 
 
-def train(config, workdir: str, data=None, devices=None,
-          force_lock: bool = False) -> Dict[str, float]:
+def train(config, workdir: str, data=None, devices=None, force_lock: bool = False,
+          command: Optional[List[str]] = None) -> Dict[str, float]:
   """Trains (or, with total_steps=0, evaluates) and returns the final scalars."""
-  return Trainer(config, workdir, data, devices, force_lock).run()
+  return Trainer(config, workdir, data, devices, force_lock, command).run()

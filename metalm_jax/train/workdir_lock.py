@@ -155,11 +155,18 @@ def lock_for_run(workdir, force: bool = False):
   import numpy as np
   from jax.experimental import multihost_utils
   lock, error = _NoLock(), ""
+  from metalm_jax import storage
   if jax.process_index() == 0:
     try:
-      lock = WorkdirLock(workdir, force=force).acquire()
-    except WorkdirLockedError as e:
+      with storage.errors(f"locking the workdir {workdir}"):
+        try:
+          lock = WorkdirLock(workdir, force=force).acquire()
+        except WorkdirLockedError as e:
+          error = str(e)
+    except storage.StorageError as e:  # a read-only workdir, a bucket without access
       error = str(e)
+      if jax.process_count() == 1:
+        raise
   if jax.process_count() > 1:
     failed = bool(multihost_utils.broadcast_one_to_all(np.int32(bool(error))))
     if failed and not error:
