@@ -35,11 +35,9 @@ The embedded world must be built first (`python -m metalm_jax.data.build
 --world=tiny`, into --data_dir, default $METALM_DATA_DIR or
 ~/.cache/metalm_jax/tfds). Writes <workdir>/av_tasks.json and av_tasks.md
 (the table, each stage's wall and CPU time and the machine's load average).
-Runs on one device (mesh 1x1x1). Measured before the intervals, with 64
-evaluation examples and otherwise today's defaults: 15.9 min wall, 15.5 min
-of process CPU time, on 2 CPU cores shared with other jobs (load average
-3-5.6; benchmarks/results/av_tasks.md, the old table without intervals).
-300 examples are 4.7 times as many clips per evaluation: not yet timed.
+Runs on one device (mesh 1x1x1). Measured with the defaults on world 1.4.0
+(300 examples): 11.2 min wall on 2 CPU cores shared with other jobs
+(benchmarks/results/av_tasks.md, with the load average).
 """
 from __future__ import annotations
 

@@ -250,7 +250,24 @@ DOCS_BEGIN = "<!-- claims table: benchmarks/claims.py --docs (from claims.json) 
 DOCS_END = "<!-- end of claims table -->"
 
 
-def write_docs_table(claims_json: str, docs_path: str) -> None:
+AV_BEGIN = "<!-- av table: benchmarks/claims.py --docs (from av_tasks.md) -->"
+AV_END = "<!-- end of av table -->"
+
+
+def _replace_block(text: str, begin: str, end: str, body: str, where: str) -> str:
+  pat = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+  if not pat.search(text):
+    raise ValueError(f"{where}: no {begin!r} ... {end!r} block")
+  return pat.sub(lambda m: f"{begin}\n{body}{end}", text)
+
+
+def av_table(av_md: str) -> str:
+  """The table of benchmarks/av_tasks.py's av_tasks.md (its `|` lines)."""
+  with open(av_md) as f:
+    return "".join(line for line in f if line.startswith("|"))
+
+
+def write_docs_table(claims_json: str, docs_path: str, av_md: str = "") -> None:
   """Replaces the table between DOCS_BEGIN and DOCS_END in `docs_path` with
   the one of `claims_json` (the docs read their figures from the result file)."""
   with open(claims_json) as f:
@@ -258,15 +275,14 @@ def write_docs_table(claims_json: str, docs_path: str) -> None:
   records = result["claims"]
   with open(docs_path) as f:
     text = f.read()
-  pat = re.compile(re.escape(DOCS_BEGIN) + r".*?" + re.escape(DOCS_END), re.S)
-  if not pat.search(text):
-    raise ValueError(f"{docs_path}: no {DOCS_BEGIN!r} ... {DOCS_END!r} block")
   held = sum(r["holds"] is True for r in records)
-  table = (f"{DOCS_BEGIN}\n{held} of {len(records)} rows hold.\n\n{markdown(records)}\n"
-           f"Experiments that explain rows:\n\n{markdown(result.get('explanations', []))}"
-           f"{DOCS_END}")
+  body = (f"{held} of {len(records)} rows hold.\n\n{markdown(records)}\n"
+          f"Experiments that explain rows:\n\n{markdown(result.get('explanations', []))}")
+  text = _replace_block(text, DOCS_BEGIN, DOCS_END, body, docs_path)
+  if av_md:
+    text = _replace_block(text, AV_BEGIN, AV_END, av_table(av_md), docs_path)
   with open(docs_path, "w") as f:
-    f.write(pat.sub(lambda m: table, text))
+    f.write(text)
 
 
 # ---- running the stages as sweeps ------------------------------------------------
@@ -352,9 +368,12 @@ def main(argv=None):
   p.add_argument("--docs", default="", help="write the table of WORKDIR/claims.json (or "
                  "--claims_json) into this docs page and exit")
   p.add_argument("--claims_json", default="")
+  p.add_argument("--av_md", default="", help="with --docs: also the audio / video table of "
+                 "this av_tasks.md (benchmarks/av_tasks.py)")
   args = p.parse_args(argv)
   if args.docs:
-    write_docs_table(args.claims_json or os.path.join(args.workdir, "claims.json"), args.docs)
+    write_docs_table(args.claims_json or os.path.join(args.workdir, "claims.json"), args.docs,
+                     args.av_md)
     return []
   if not args.workdir:
     p.error("--workdir is required")

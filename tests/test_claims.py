@@ -116,6 +116,8 @@ def test_committed_docs_table_matches_committed_claims_json():
     text = f.read()
   assert claims.markdown(records) in text
   assert claims.markdown(result["explanations"]) in text
+  av = claims.av_table(os.path.join(ROOT, "benchmarks", "results", "av_tasks.md"))
+  assert av.count("\n") >= 6 and av in text
   held = sum(r["holds"] is True for r in records)
   assert f"{held} of {len(records)} rows hold." in text
   assert {r["name"] for r in records} == {r["name"] for r in protocol.ROWS}
