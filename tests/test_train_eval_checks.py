@@ -1,7 +1,5 @@
-"""Evaluation over no tokens reports NaN (never a perfect 0.0) with a warning;
-check_config rejects negative eval / checkpoint / evaluator counts, naming the field."""
-import logging
-import math
+"""A validation split with no batch is refused before training (never an
+evaluation over no tokens); check_config rejects negative eval / checkpoint / evaluator counts, naming the field."""
 
 import pytest
 
@@ -19,13 +17,14 @@ class TinyValidation:
     return S.make_iterator(config, split, **kw) if split == "train" else iter(())
 
 
-def test_eval_over_no_tokens_is_nan_with_a_warning(tmp_path, caplog):
+def test_validation_split_without_a_batch_is_refused_before_training(tmp_path):
+  """A validation split that yields no batch would make every evaluation a
+  NaN over no tokens: the run stops before its first step, naming the split."""
   c = S.tiny_train_config(total_steps=1, eval_every=1)
-  with caplog.at_level(logging.WARNING):
-    res = trainer_lib.train(c, str(tmp_path / "w"), data=TinyValidation)
-  assert math.isnan(res["eval_loss"]) and math.isnan(res["eval_accuracy"])
-  assert res["eval_tokens"] == 0.0
-  assert "eval_loss: no validation tokens in 2 batches of 8 rows" in caplog.text
+  with pytest.raises(ValueError, match=r"split 'validation' of data set .* cannot be read: it "
+                                       r"holds no batch of 8 rows"):
+    trainer_lib.train(c, str(tmp_path / "w"), data=TinyValidation)
+  assert not list((tmp_path / "w").glob("checkpoints/[0-9]*"))  # no step was saved
 
 
 @pytest.mark.parametrize("field,value,match", [

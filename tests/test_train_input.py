@@ -1,12 +1,12 @@
 """Data shards: one process reading 2 shards equals two processes reading one
 each; the iterator state round-trips through the checkpoint handler."""
-import json
 
 import numpy as np
 import pytest
 
 import tests.test_train_standin as S
 from metalm_jax.train import checkpoint as ckpt_lib
+from metalm_jax.train import digests as digests_lib
 from metalm_jax.train import input as input_lib
 
 
@@ -52,12 +52,13 @@ def test_iterator_state_round_trip_and_errors(monkeypatch):
   snap = ckpt_lib._IterSnapshot(it)  # what a save writes
   want = [next(it)["tokens"] for _ in range(2)]
   fresh = _iter(cfg)
-  ckpt_lib._IterRestoreTarget(fresh).set_state(snap.get_state())
+  ckpt_lib._IterRestoreTarget(fresh, "test iterator").set_state(snap.get_state())
   got = [next(fresh)["tokens"] for _ in range(2)]
   np.testing.assert_array_equal(np.stack(got), np.stack(want))
   single = _iter(S.tiny_train_config())
   with pytest.raises(ValueError, match=r"has 2 shards, this run reads 1|shards"):
-    input_lib.ConcatIterator([single]).set_state(json.loads(snap.get_state()))
+    input_lib.ConcatIterator([single]).set_state(
+        digests_lib.unwrap_iterator_state(snap.get_state())[0])
   with pytest.raises(ValueError, match=r"config.data_shards=3: does not divide batch_size=8"):
     input_lib.num_shards(S.tiny_train_config(data_shards=3), 1)
   with pytest.raises(ValueError, match=r"config.data_shards=3: not a multiple of the process"):
