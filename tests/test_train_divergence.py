@@ -1,7 +1,7 @@
 """A divergence never costs the last good checkpoint: a loss spike (above
 loss_spike.factor x the running median) is skipped like a non-finite step,
 skipped steps are not saved, the last good checkpoint is kept from eviction,
-and when the guard stops the run it deletes the checkpoints whose params led
+and when the guard stops the run it moves aside the checkpoints whose params led
 to the divergence and names the step a rerun resumes from; that rerun, at a
 sane learning rate, trains with finite losses. Both cases of issue 21: a
 huge lr from scratch, and a good run pushed to a huge lr."""
@@ -42,10 +42,11 @@ def test_huge_lr_from_scratch_then_a_sane_restart_trains(tmp_path):
   msg = str(e.value)
   assert "skipped steps in a row" in msg and "the first at step 2," in msg, msg
   # Step 1's update (at lr 5e5) gave step 2's loss: nothing before it is good.
-  assert ("No checkpoint from before step 1 is kept, so a rerun starts from step 0; deleted "
-          "checkpoint(s) 1 (saved after it: their params led to step 2). Rerun with a lower "
-          "learning rate: the same command with --config.optimizer.lr=100000") in msg, msg
-  assert _steps(w) == []
+  aside = os.path.join(w, "checkpoints_diverged")
+  assert ("No checkpoint from before step 1 is kept, so a rerun starts from step 0; moved "
+          f"checkpoint(s) 1 to {aside} (saved after it: their params led to step 2). Rerun with "
+          "a lower learning rate: the same command with --config.optimizer.lr=100000") in msg, msg
+  assert _steps(w) == [] and os.listdir(aside) == ["1"]  # set aside, not deleted
   assert not [d for d in os.listdir(os.path.join(w, "checkpoints")) if "tmp" in d]
   res = trainer_lib.train(_cfg(1e-3, 8), w, data=S)
   losses = _losses(w)
@@ -62,11 +63,12 @@ def test_good_run_pushed_to_huge_lr_keeps_its_last_good_step(tmp_path):
   msg = str(e.value)
   # Step 5 (loss from step 4's params) trains; its update blows up the params,
   # step 6 is skipped (a finite 3e18 loss, a NaN gradient): a rerun resumes
-  # from 4; 5 is deleted.
+  # from 4; 5 is moved aside.
   assert "the first at step 6," in msg, msg
-  assert (f"A rerun resumes from step 4 ({os.path.join(w, 'checkpoints')}/4); deleted "
-          "checkpoint(s) 5 (saved after it: their params led to step 6)") in msg, msg
-  assert _steps(w) == [3, 4]
+  aside = os.path.join(w, "checkpoints_diverged")
+  assert (f"A rerun resumes from step 4 ({os.path.join(w, 'checkpoints')}/4); moved "
+          f"checkpoint(s) 5 to {aside} (saved after it: their params led to step 6)") in msg, msg
+  assert _steps(w) == [3, 4] and os.listdir(aside) == ["5"]
   res = trainer_lib.train(_cfg(3e-3, 8), w, data=S)
   losses = _losses(w)
   assert res["step"] == 8 and sorted(losses) == list(range(1, 9))
@@ -86,9 +88,10 @@ class _FakeCkpt:
   def wait(self):
     pass
 
-  def delete(self, s):
+  def set_aside(self, s):
     self.steps.remove(s)
     self.deleted.append(s)
+    return "/aside"
 
 
 def test_tracker_protects_the_last_good_step_until_training_moves_on():
@@ -108,15 +111,15 @@ def test_tracker_protects_the_last_good_step_until_training_moves_on():
   assert ck.protected == {16}
 
 
-def test_tracker_stop_deletes_what_followed_and_names_the_rerun():
+def test_tracker_stop_sets_aside_what_followed_and_names_the_rerun():
   from metalm_jax.train import nonfinite
   ck = _FakeCkpt([3, 6, 7])
   t = divergence.Tracker(ck, keep=3, lr=2e-3, command=["main.py", "--workdir=/w",
                                                       "--config.optimizer.lr=2e-3"])
   msg = t.stop(nonfinite.Diverged("3 skipped", step=10, first_bad=8, in_a_row=3))
   assert ck.deleted == [7] and ck.all_steps() == [3, 6]
-  assert msg == ("3 skipped. A rerun resumes from step 6 (/ckpt/6); deleted checkpoint(s) 7 "
-                 "(saved after it: their params led to step 8). Rerun with a lower learning "
+  assert msg == ("3 skipped. A rerun resumes from step 6 (/ckpt/6); moved checkpoint(s) 7 to "
+                 "/aside (saved after it: their params led to step 8). Rerun with a lower learning "
                  "rate: python -m metalm_jax.main --workdir=/w --config.optimizer.lr=0.0002")
 
 

@@ -101,9 +101,9 @@ def test_trainer_skips_counts_and_stops_with_finite_checkpoints(tmp_path):
   assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r)  # skipped steps not averaged
   assert "loss" not in [r for r in rows if r["step"] == 3][0]
   # Skipped steps (3, 5) are not saved; step 4's params gave step 5's loss, so
-  # the run resumes from 2 (the last step <= 5 - 2) and step 4 is deleted.
+  # the run resumes from 2 (the last step <= 5 - 2) and step 4 is moved aside.
   ckdir = os.path.join(w, "checkpoints")
-  assert f"A rerun resumes from step 2 ({ckdir}/2); deleted checkpoint(s) 4 " in str(e.value)
+  assert f"A rerun resumes from step 2 ({ckdir}/2); moved checkpoint(s) 4 to " in str(e.value)
   assert str(e.value).endswith("Rerun with a lower learning rate: the same command with "
                                "--config.optimizer.lr=0.0003")
 

@@ -224,6 +224,11 @@ def _sigint_deferred(step: int):
     raise KeyboardInterrupt
 
 
+# Where the guard moves checkpoints saved after the last good step of a
+# divergence (train/divergence.py), beside CKPT_SUBDIR in the workdir.
+DIVERGED_SUBDIR = "checkpoints_diverged"
+
+
 class Checkpointer:
   """cfg: config.checkpoint (every_steps, keep, async_save, restore_fallback,
   gcs_request_retries, replica_parallel)."""
@@ -262,6 +267,21 @@ class Checkpointer:
   def delete(self, step: int) -> None:
     with self._storage(f"deleting step {step}"):
       self.manager.delete(step)
+
+  def set_aside(self, step: int) -> str:
+    """Moves step `step` out of the checkpoints dir to
+    <workdir>/DIVERGED_SUBDIR/<step> (replacing an older copy there), so a
+    restart never resumes from it but nothing is lost; returns where it went."""
+    dest_root = storage.join(storage.path(self.directory).parent, DIVERGED_SUBDIR)
+    dest = storage.join(dest_root, str(step))
+    with self._storage(f"moving step {step} to {dest_root}"):
+      self.manager.wait_until_finished()
+      storage.path(dest_root).mkdir(parents=True, exist_ok=True)
+      if storage.exists(dest):
+        storage.path(dest).rmtree()
+      storage.path(storage.join(self.directory, str(step))).rename(dest)
+      self.manager.reload()
+    return dest_root
 
   def should_save(self, step: int) -> bool:
     return self.every > 0 and step % self.every == 0

@@ -11,7 +11,7 @@ and the last good checkpoint is the latest one at a step <= F-2.
     skipped steps are not saved (the trainer asks `may_save`);
   - `saved(step)`: after `keep` checkpoints saved since the last skipped step,
     training has moved on and the protection is released;
-  - `stop(diverged)` when the guard stops the run: deletes the checkpoints
+  - `stop(diverged)` when the guard stops the run: moves aside the checkpoints
     after the last good one (their params led to the divergence) and returns
     the message naming the step a rerun resumes from and the command.
 """
@@ -63,15 +63,15 @@ class Tracker:
       self.ckpt.protected.clear()
 
   def stop(self, diverged) -> str:
-    """Deletes the checkpoints after the last good one; the full message."""
+    """Moves the checkpoints after the last good one aside (Checkpointer.set_aside:
+    a restart cannot resume from them, nothing is deleted); the full message."""
     self.ckpt.wait()
     good = self.good_step(diverged.first_bad)
     bad: List[int] = [s for s in self.ckpt.all_steps() if good is None or s > good]
-    for s in bad:
-      self.ckpt.delete(s)
+    aside = [self.ckpt.set_aside(s) for s in bad]
     cmd = restart_command(self.command, self.lr)
-    deleted = (f"; deleted checkpoint(s) {', '.join(map(str, bad))} (saved after it: their "
-               f"params led to step {diverged.first_bad})" if bad else "")
+    deleted = (f"; moved checkpoint(s) {', '.join(map(str, bad))} to {aside[0]} (saved after "
+               f"it: their params led to step {diverged.first_bad})" if bad else "")
     if good is None:
       where = (f"no checkpoint from before step {diverged.first_bad - 1} is kept, so a rerun "
                f"starts from step 0{deleted}")
