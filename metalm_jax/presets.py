@@ -287,7 +287,14 @@ def data_config(kind: str, size: str) -> ConfigDict:
     max_doc_tokens  documents are truncated beyond this (counted)
     spans           encoder: text encoder for language spans ("" = none);
                     min_len / max_len / ratio of language spans;
-                    prefix_max: longest caption prefix sent to the text encoder
+                    prefix_max: longest caption prefix sent to the text encoder;
+                    episode_docked: chance that a text binding episode item's
+                    phrase goes through the text encoder in a pretraining row
+                    (else plain tokens; evaluation always docks it)
+    caption_contexts  short texts one of which (or none: "" in the list, or
+                    an empty list) is drawn per caption pretraining row and
+                    put between the image and its caption as plain tokens,
+                    like the words around an image on a web page
     image_mean / image_std   normalisation (CLIP)
   """
   if kind not in DATA_KINDS:
@@ -310,7 +317,8 @@ def data_config(kind: str, size: str) -> ConfigDict:
       prefetch_buffer=32,
       max_doc_tokens=8 * seq_len,
       spans=dict(encoder=p.span_encoder, min_len=p.span_min, max_len=p.span_max, ratio=0.25,
-                 prefix_max=p.prefix_max),
+                 prefix_max=p.prefix_max, episode_docked=1.0),
+      caption_contexts=[],
       image_mean=CLIP_MEAN,
       image_std=CLIP_STD,
   ))

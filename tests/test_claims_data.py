@@ -61,10 +61,15 @@ def _leaks(texts, patterns):
 
 
 def test_zero_shot_leak(setup):
-  """The zero-shot VL pretraining mixture (sources.ZERO_SHOT_VL_SOURCES) has
-  no VQA template and no caption prompt in any row; the same check finds them
-  in world_instructions and world_interleaved rows."""
+  """The zero-shot VL pretraining mixture (sources.ZERO_SHOT_VL_SOURCES), with
+  the claims' caption contexts, has no VQA template and no caption prompt in
+  any row; the same check finds them in world_instructions and
+  world_interleaved rows."""
+  from configs.experiments import claims as protocol
   cfg, tok = setup
+  cfg = copy.deepcopy(cfg)
+  cfg.data.caption_contexts = list(protocol.CAPTION_CONTEXTS)
+  assert protocol.get_config("stage=vl_pretrain").data.caption_contexts == cfg.data.caption_contexts
   assert set(sources.ZERO_SHOT_VL_SOURCES) == {"world_caption", "world_text", "world_bind"}
   for source in sources.ZERO_SHOT_VL_SOURCES:
     texts = _texts(cfg, tok, source)
@@ -242,3 +247,64 @@ def test_text_clusters_answer_from_the_scene(setup):
         np.testing.assert_array_equal(row["targets"][row["loss_mask"] > 0],
                                       tok.encode(a) + [tok.eod])
     assert len(forms) >= 3, (source, forms)
+
+
+def test_episode_phrases_docked_with_the_configured_chance(setup):
+  """data.spans.episode_docked: 1 docks every phrase of a text episode (the
+  evaluation layout), 0 none (plain tokens, as the GPT reads them), 0.5 some
+  of each; the names are trained either way and nothing else is."""
+  cfg, tok = setup
+  src = sources.SOURCES.get("world_bind_text")
+  recs = pipeline.data_source(cfg.data, "world_bind_text", "train")
+  counts = {}
+  for chance in (1.0, 0.0, 0.5):
+    c = copy.deepcopy(cfg)
+    c.data.spans.episode_docked = chance
+    ctx = pipeline.make_context(c, tok)
+    docked = []
+    for i in range(16):
+      fields = src.extract(recs[i], np.random.default_rng(i))
+      out = tasks.TASKS.get("episode_text")(ctx, fields, np.random.default_rng([7, i]),
+                                            tasks.new_stats())
+      row = out["row"]
+      docked.append(int(row["encoders"]["text"]["mask"].any(-1).sum()))
+      real = row["segment_ids"] > 0
+      trained = row["targets"][row["loss_mask"] > 0]
+      assert sum(trained == tok.eod) == 5 and len(trained) == 10  # 5 names + their </s>
+      if chance == 0.0:  # every phrase is in the decoder's tokens
+        text = tok.decode([int(t) for t in row["tokens"][real]])
+        for phrase in fields["items"]:
+          assert phrase["text"].rstrip(".") in text
+    counts[chance] = docked
+  assert counts[1.0] == [5] * 16 and counts[0.0] == [0] * 16
+  assert 0 < sum(counts[0.5]) < 5 * 16 and len(set(counts[0.5])) > 1
+
+
+def test_caption_contexts_sit_between_image_and_caption_untrained(setup):
+  """data.caption_contexts: one drawn per caption row, after </image> as
+  plain untrained tokens, then the caption (trained); none by default."""
+  cfg, tok = setup
+  recs = pipeline.data_source(cfg.data, "world_caption", "train")
+  src = sources.SOURCES.get("world_caption")
+  c = copy.deepcopy(cfg)
+  c.data.spans.prefix_max = 0
+  c.data.caption_contexts = ["from the album:", "seen today:"]
+  seen = set()
+  for i in range(12):
+    fields = src.extract(recs[i], None)
+    plain = tasks.TASKS.get("caption")(pipeline.make_context(
+        copy.deepcopy(cfg), tok), copy.deepcopy(fields), np.random.default_rng(i),
+        tasks.new_stats())["row"]
+    row = tasks.TASKS.get("caption")(pipeline.make_context(c, tok), copy.deepcopy(fields),
+                                     np.random.default_rng(i), tasks.new_stats())["row"]
+    toks = [int(t) for t in row["tokens"][row["segment_ids"] > 0]]
+    end = toks.index(tok.image_end)
+    context = [t for t, m in zip(toks[end + 1:], row["loss_mask"][end:]) if m == 0]
+    text = tok.decode(context)
+    assert text in c.data.caption_contexts, text
+    seen.add(text)
+    # the caption after it is a caption of the record, trained to its </s>
+    caption = tok.decode(toks[end + 1 + len(context):])
+    assert any(caption.strip().startswith(x.split()[0]) for x in fields["captions"]), caption
+    assert int(row["loss_mask"].sum()) >= 2 and int(plain["loss_mask"].sum()) >= 2
+  assert seen == set(c.data.caption_contexts)

@@ -67,6 +67,15 @@ EXAMPLES = 300            # evaluation examples per evaluator (the world's valid
 QUICK_EXAMPLES = 48
 ZERO_SHOT_VL_MIXTURE = {"world_caption": 0.5, "world_text": 0.25, "world_bind": 0.25}
 LANG_MIXTURE = {"world_text": 0.75, "world_bind_text": 0.25}
+# Semi-causal pretraining docks a text episode's phrase with this chance
+# (else plain tokens: data.spans.episode_docked); evaluation docks every one.
+EPISODE_DOCKED = 0.5
+# Words around an image on a web page: one (or none) drawn per caption row
+# between the image and its caption (data.caption_contexts). None is a
+# caption prompt or template, or names the image (tests/test_claims_data.py).
+CAPTION_CONTEXTS = ("", "photo:", "new upload:", "from the album:", "look at this.",
+                    "see below.", "attached:", "seen today:", "snapshot:", "view:",
+                    "posted by a user:", "file 12:")
 MULTITASK_MIXTURE = {"world_text_qa": 1.0, "world_count": 1.0, "world_attribute": 1.0}
 
 
@@ -90,6 +99,7 @@ def _lang(a, baseline: str = ""):
     text = c.model.encoders.text
     text.max_len, text.max_items = LANG_ENC_LEN, LANG_ITEMS
     c.optimizer.encoder_top_layers = {"text": -1}  # every layer trains: the encoder is pretrained
+    c.data.spans.episode_docked = EPISODE_DOCKED
   c.evals = {"icl": _ev("episode", "world_bind_text", c.total_steps, a, shots=ICL_SHOTS)}
   return c
 
@@ -172,6 +182,7 @@ def vl_pretrain(a):
   c = _vl(pretrain_vl.get_config(f"size=tiny,steps={a.steps or 1200}"))
   c.optimizer.warmup_steps = VL_WARMUP
   c.data.mixture = dict(ZERO_SHOT_VL_MIXTURE)
+  c.data.caption_contexts = list(CAPTION_CONTEXTS)
   c.evals = {}
   return c
 

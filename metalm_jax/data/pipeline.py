@@ -73,6 +73,9 @@ def make_context(config, tokenizer) -> tasks_lib.Context:
     if enc.vocab_size != tokenizer.vocab_size:
       raise ValueError(f"config.model.encoders.{text}.vocab_size={enc.vocab_size} differs from "
                        f"the tokenizer's {tokenizer.vocab_size} (the encoder shares it)")
+  docked = data.spans.get("episode_docked", 1.0)
+  if not 0.0 <= docked <= 1.0:
+    raise ValueError(f"config.data.spans.episode_docked={docked}: must be in [0, 1]")
   if data.seq_len > model.decoder.max_len:
     raise ValueError(f"config.data.seq_len={data.seq_len} exceeds "
                      f"config.model.decoder.max_len={model.decoder.max_len}")
@@ -92,7 +95,9 @@ def make_context(config, tokenizer) -> tasks_lib.Context:
       span_ratio=float(data.spans.ratio), max_doc_tokens=int(data.max_doc_tokens),
       image_mean=tuple(data.image_mean), image_std=tuple(data.image_std),
       read_threads=int(data.read_threads), prefetch_buffer=int(data.prefetch_buffer),
-      audio=by_type.get("whisper", ""), video=by_type.get("video", ""))
+      audio=by_type.get("whisper", ""), video=by_type.get("video", ""),
+      episode_docked=float(data.spans.get("episode_docked", 1.0)),
+      caption_contexts=tuple(data.get("caption_contexts", ()) or ()))
 
 
 def data_source(data_cfg, source_name: str, split: str, skip_corrupt: bool = False):

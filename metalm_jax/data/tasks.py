@@ -85,6 +85,8 @@ class Context:
   prefetch_buffer: int = 32  # rows read ahead, per mixture entry
   audio: str = ""            # name of the audio ("whisper") encoder ("" if none)
   video: str = ""            # name of the video encoder ("" if none)
+  episode_docked: float = 1.0  # chance an episode item's phrase is docked (data.spans)
+  caption_contexts: tuple = ()  # texts drawn between image and caption (data)
 
   def encoder_for(self, kind: str) -> str:
     """The encoder docking media `kind` (data/media.py), "" if none."""
@@ -234,6 +236,10 @@ def caption_task(ctx: Context, fields, rng, stats):
     return {"ok": False, "stats": stats}
   row = spans_lib.Row(ctx.seq_len, ctx.tokenizer.pad)
   _images_head(ctx, row, 1)
+  if ctx.caption_contexts:
+    context = ctx.caption_contexts[int(rng.integers(len(ctx.caption_contexts)))]
+    if context:
+      row.add_tokens(_fit(ctx.tokenizer.encode(context), row.room - 2, stats), train=False)
   ids = _fit(ids, row.room - 1, stats)
   k = 0
   if ctx.text and ctx.prefix_max > 0 and len(ids) > 1:
@@ -297,11 +303,12 @@ def episode_task(fmt: formats_lib.Format, ctx: Context, fields, rng, stats):
   of `fmt` (evaluate/prompts.py `icl_parts`): <s>, then per item its inputs
   (its picture on the next vision-encoder item; its encoded phrase on the
   next text-encoder items, plain tokens without a text encoder), its
-  evaluation prompt, its name (trained) and `</s>`. Items follow while the
+  evaluation prompt, its name (trained) and `</s>`; with
+  ctx.episode_docked < 1 a phrase is plain tokens instead with that chance
+  (drawn per item: semi-causal spans of pretraining). Items follow while the
   encoders' max_items and the row hold them whole (the rest counted once as
   truncated_text); a first item too long is cut like any row; unusable items
   are skipped (counted)."""
-  del rng  # nothing is drawn: the episode is the record's
   _check_encoders(ctx, fmt)
   tok, encoders = ctx.tokenizer, ctx.model_cfg.encoders
   text_size = batch_lib.slot_length(encoders[ctx.text]) if ctx.text else 0
@@ -322,7 +329,11 @@ def episode_task(fmt: formats_lib.Format, ctx: Context, fields, rng, stats):
     want: Dict[str, int] = {}  # encoder name -> items this one needs
     for kind, _ in media:
       want[ctx.encoder_for(kind)] = want.get(ctx.encoder_for(kind), 0) + 1
-    if encoded and ctx.text:
+    # semi-causal pretraining: each phrase goes through the encoder with
+    # chance ctx.episode_docked, else it is plain tokens (drawn per item)
+    dock = bool(encoded and ctx.text) and (ctx.episode_docked >= 1.0
+                                           or rng.random() < ctx.episode_docked)
+    if dock:
       want[ctx.text] = want.get(ctx.text, 0) + len(formats_lib.chunks(encoded, text_size))
     length = (sum(batch_lib.slot_length(encoders[ctx.encoder_for(kind)]) + 2 for kind, _ in media)
               + len(encoded) + len(prompt) + len(answer))
@@ -338,13 +349,14 @@ def episode_task(fmt: formats_lib.Format, ctx: Context, fields, rng, stats):
       _add_media(ctx, row, kind, used.get(name, 0))
       used[name] = used.get(name, 0) + 1
       docked.append((kind, x))
-    if encoded:
+    if dock:
       first = used.get(ctx.text, 0)
-      items = fmt.encoder_items(encoders[ctx.text]) - first if ctx.text else 0
-      n = _add_encoded(ctx, row, encoded, row.room - len(prompt) - len(answer), items, stats,
-                       first=first)
-      if ctx.text:
-        used[ctx.text] = first + n
+      items = fmt.encoder_items(encoders[ctx.text]) - first
+      used[ctx.text] = first + _add_encoded(ctx, row, encoded, row.room - len(prompt)
+                                            - len(answer), items, stats, first=first)
+    elif encoded:
+      row.add_tokens(_fit(encoded, max(1, row.room - len(prompt) - len(answer)), stats),
+                     train=False)
     row.add_tokens(_fit(prompt, row.room - len(answer), stats), train=False)
     row.add_tokens(_fit(answer, row.room, stats), train=True)
   if row.length == 1:
