@@ -28,14 +28,18 @@ The protocol (ROWS below; docs/claims.md reads each):
   words true / false / neither / question / answer / only in ordinary
   sentences, never an NLI example) and binding episodes in text.
 - Zero-shot rows are scored on a VL model whose pretraining saw image
-  captions (no prompt), documents and binding episodes, never a VQA item or
-  a caption prompt (ZERO_SHOT_VL_MIXTURE; tests/test_claims_data.py checks
-  that none leaks).
+  captions (no prompt; a few web-page words or none between image and
+  caption, CAPTION_CONTEXTS), documents and binding episodes, never a VQA
+  item or a caption prompt (ZERO_SHOT_VL_MIXTURE; tests/test_claims_data.py
+  checks that none leaks).
 - In-context rows: the binding episode (invented names per prompt: the
   demonstrations carry the name the query needs) in images and in text, VQA
   in context as the paper, and VQA in context after finetuning with the
   decoder frozen (the paper's interface). k = 4 stays within what pretraining
-  docked (5 images in a VL row, 5 text items in a language row; tested).
+  docked (5 images in a VL row, 5 text items in a language row; tested). In
+  language pretraining each episode phrase is docked with chance
+  EPISODE_DOCKED (semi-causal spans cover part of the text); evaluation docks
+  every one.
 - Multitask tuning: three text clusters (question answering over
   descriptions, counting, attribute lookup) tuned, the NLI cluster held out
   and evaluated zero-shot, MetaLM and the GPT tuned identically.
