@@ -91,7 +91,7 @@ def build(config, batch_size: int, seq_len: int):
   """Trainer, initial state, synthetic batch and the compiled train step for
   `config` on all local devices (one data-parallel mesh axis)."""
   import types
-  from metalm_jax.train import sharding as shard_lib
+  from metalm_jax import sharding as shard_lib
   from metalm_jax.train import trainer as trainer_lib
   config.mesh.update(data=-1, fsdp=1, tensor=1)
   # The trainer builds the mesh, sharded state and step; no data is read.

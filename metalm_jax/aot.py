@@ -54,7 +54,7 @@ def stack_options(model_cfg) -> Dict[str, Dict[str, Any]]:
 def _abstract_batch(trainer, batch_size: int, seq_len: int):
   import jax
   from metalm_jax import batch as batch_lib
-  from metalm_jax.train import sharding as shard_lib
+  from metalm_jax import sharding as shard_lib
   spec = batch_lib.batch_spec(trainer.config.model, batch_size, seq_len)
   sh = shard_lib.batch_sharding(trainer.mesh)
   as_struct = lambda s: jax.ShapeDtypeStruct(s[0], s[1], sharding=sh)

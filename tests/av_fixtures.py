@@ -38,7 +38,7 @@ def av_test_config(data_dir, **data_overrides):
   """testing.test_config("vl", "tiny") with the four-modality model of
   configs/pretrain_av.py and its data mixture (presets.av_mixture)."""
   from configs import common
-  from metalm_jax.data import testing
+  from tests import world_config as testing
   cfg = testing.test_config("av", "tiny", data_dir, **data_overrides)
   with av_presets():
     common.add_av_encoders(cfg.model)

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from metalm_jax import batch as batch_lib
-from metalm_jax.data import formats, media, pipeline, prepare, sources, tasks, testing, world
+from metalm_jax.data import formats, media, pipeline, prepare, sources, tasks, world
+from tests import world_config as testing
 from metalm_jax.data.builders.common import as_str
 from metalm_jax.evaluate import prompts
 

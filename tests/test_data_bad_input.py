@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from metalm_jax import batch as batch_lib
-from metalm_jax.data import audio, images, packing, pipeline, testing, video
+from metalm_jax.data import audio, images, packing, pipeline, video
+from tests import world_config as testing
 from metalm_jax.data import prepare
 from metalm_jax.data.images import CLIP_MEAN, CLIP_STD
 

@@ -12,7 +12,8 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from metalm_jax import batch as batch_lib
-from metalm_jax.data import pipeline, prepare, testing
+from metalm_jax.data import pipeline, prepare
+from tests import world_config as testing
 from metalm_jax.data.builders.common import as_str
 
 

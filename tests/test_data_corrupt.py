@@ -7,7 +7,9 @@ import shutil
 
 import pytest
 
-from metalm_jax.data import pipeline, records, testing
+from metalm_jax.data import pipeline, records
+
+from tests import world_config as testing
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from metalm_jax import batch as batch_lib
-from metalm_jax.data import pipeline, prepare, testing
+from metalm_jax.data import pipeline, prepare
+from tests import world_config as testing
 from metalm_jax.data import tokenizer as tok_lib
 from metalm_jax.data.images import CLIP_MEAN, CLIP_STD
 
@@ -208,7 +209,8 @@ def test_config_mismatches_name_the_field(data_dir, tmp_path):
 _PREPARE = """
 import sys
 sys.path.insert(0, {root!r})
-from metalm_jax.data import prepare, testing
+from metalm_jax.data import prepare
+from tests import world_config as testing
 cfg = testing.test_config("lang", "tiny", {d!r})
 print(prepare.ensure_prepared(cfg.data, 1024))
 """

@@ -88,7 +88,7 @@ def test_cli_trains_on_a_user_corpus(tmp_path):
 @pytest.fixture(scope="module")
 def world_tok(tmp_path_factory):
   """The embedded world's tokenizer as a run gets it (test world, vocab 1024)."""
-  from metalm_jax.data import testing
+  from tests import world_config as testing
   cfg = testing.test_config("vl", "tiny", str(tmp_path_factory.mktemp("tfds")))
   assert prepare.tokenizer_path(cfg.data, 1024).endswith(
       f"_1024_v{prepare.TOKENIZER_VERSION}.model")

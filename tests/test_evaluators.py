@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from metalm_jax import batch as batch_lib
-from metalm_jax.data import formats, pipeline, testing
+from metalm_jax.data import formats, pipeline
+from tests import world_config as testing
 from metalm_jax.data import prepare
 from metalm_jax.evaluate import evaluators as E
 from metalm_jax.evaluate import metrics as metrics_lib
@@ -300,7 +301,7 @@ def test_icl_evaluator_runs_all_shots(env):
 def test_icl_vqa_generates_with_extra_image_items(env):
   """Also under the trainer's mesh and logical rules (as run_evals runs there)."""
   import flax.linen as nn
-  from metalm_jax.train import sharding as shard_lib
+  from metalm_jax import sharding as shard_lib
   ev = _ev(type="icl", source="world_vqa", num_examples=2, batch_size=2, demo_pool=4,
            shots=(0, 1), max_new_tokens=2, bucket=96)
   mesh = shard_lib.make_mesh(env.config.get("mesh") or dict(data=1, fsdp=1, tensor=1),
@@ -342,13 +343,13 @@ def test_loss_evaluator_matches_float64_cross_entropy(env):
 
 
 def test_loss_evaluator_reuses_the_trainer_eval_step_compiled_once(env, monkeypatch):
-  """The loss evaluator runs train/steps.py's eval step; a second call with
+  """The loss evaluator runs the trainer's eval step (models/loss.py); a second call with
   the same shapes neither re-traces nor re-compiles it."""
   from metalm_jax.evaluate import placement as placement_lib
-  from metalm_jax.train import steps as steps_lib
+  from metalm_jax.models import loss as loss_lib
   traces = []
-  real = steps_lib.loss_sums
-  monkeypatch.setattr(steps_lib, "loss_sums", lambda *a: traces.append(1) or real(*a))
+  real = loss_lib.loss_sums
+  monkeypatch.setattr(loss_lib, "loss_sums", lambda *a: traces.append(1) or real(*a))
   ev = _ev(type="loss", split="validation", batch_size=4, num_batches=1)
   pl = _placement(env, jax.devices()[:2], dict(data=2, fsdp=1, tensor=1))  # a mesh of its own
   e = E.Env(env.config, env.model, pl.put_params(env.params), env.tokenizer, 0, pl)
@@ -377,7 +378,7 @@ def test_config_errors_name_the_field(env, tmp_path):
 
 def _placement(env, devices, mesh):
   from metalm_jax.evaluate import placement as placement_lib
-  from metalm_jax.train import sharding as shard_lib
+  from metalm_jax import sharding as shard_lib
   m = shard_lib.make_mesh(mesh, devices)
   rules = shard_lib.rules_from_config(_rules())
   boxed = metalm.abstract_variables(env.model)["params"]

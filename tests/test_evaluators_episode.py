@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from metalm_jax import batch as batch_lib
-from metalm_jax.data import formats, prepare, sources, testing
+from metalm_jax.data import formats, prepare, sources
+from tests import world_config as testing
 from metalm_jax.data.builders.common import as_str
 from metalm_jax.evaluate import evaluators as E
 from metalm_jax.evaluate import prompts as P

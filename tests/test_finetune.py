@@ -14,7 +14,8 @@ from configs import (finetune_caption, finetune_multitask, finetune_nli, finetun
                      finetune_vqa)
 from metalm_jax import batch as batch_lib
 from metalm_jax import params_io
-from metalm_jax.data import formats, pipeline, sources, testing
+from metalm_jax.data import formats, pipeline, sources
+from tests import world_config as testing
 from metalm_jax.data import prepare
 from metalm_jax.evaluate import evaluators as E
 from metalm_jax.evaluate import prompts

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from metalm_jax import batch as batch_lib
-from metalm_jax.data import formats, pipeline, sources, tasks, testing
+from metalm_jax.data import formats, pipeline, sources, tasks
+from tests import world_config as testing
 from metalm_jax.data import prepare
 from metalm_jax.evaluate import evaluators as E
 from metalm_jax.evaluate import prompts

@@ -140,3 +140,61 @@ def test_loading_a_tokenizer_builds_no_data_set(tmp_path):
   assert "prepare" not in {n for node in ast.walk(ast.parse(source))
                            if isinstance(node, ast.ImportFrom) for n in
                            [a.name for a in node.names]}
+
+
+def _package_edges(root: pathlib.Path):
+  """{(a, b): "file:line"} for every import of package / top-level module b of
+  metalm_jax from a module of a (a != b), imports inside functions included."""
+  edges = {}
+  for path in sorted(root.rglob("*.py")):
+    rel = path.relative_to(root)
+    a = rel.parts[0].removesuffix(".py")
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.Import):
+        mods = [x.name for x in node.names]
+      elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        mods = [node.module] + [f"{node.module}.{x.name}" for x in node.names]
+      else:
+        continue
+      for m in mods:
+        parts = m.split(".")
+        if parts[0] == root.name and len(parts) > 1 and parts[1] != a and (
+            (root / parts[1]).is_dir() or (root / f"{parts[1]}.py").is_file()):
+          edges.setdefault((a, parts[1]), f"{rel}:{node.lineno}")
+  return edges
+
+
+def _cycles(edges):
+  """Pairs of units that reach each other (each cycle shows up as such a pair)."""
+  reach = {}
+  for a, b in edges:
+    reach.setdefault(a, set()).add(b)
+  changed = True
+  while changed:  # transitive closure
+    changed = False
+    for a in list(reach):
+      new = set().union(*(reach.get(b, set()) for b in reach[a])) - reach[a]
+      if new:
+        reach[a] |= new
+        changed = True
+  return sorted((a, b) for a in reach for b in reach[a] if a < b and a in reach.get(b, ()))
+
+
+def test_no_import_cycle_between_library_packages():
+  """Packages form layers: no package (or top-level module) of metalm_jax
+  reaches itself through imports, function-level ones included."""
+  edges = _package_edges(PACKAGE)
+  assert ("train", "evaluate") in edges and ("evaluate", "sharding") in edges  # it sees them
+  assert _cycles(edges) == [], {k: v for k, v in edges.items()
+                                if (k[1], k[0]) in edges or k in _cycles(edges)}
+
+
+def test_cycle_checker_finds_a_planted_cycle(tmp_path):
+  pkg = tmp_path / "metalm_jax"
+  for unit, body in (("data", "from metalm_jax import presets\n"),
+                     ("evaluate", "def f():\n  from metalm_jax.train import steps\n"),
+                     ("train", "from metalm_jax.evaluate import x\n")):
+    (pkg / unit).mkdir(parents=True)
+    (pkg / unit / "__init__.py").write_text(body)
+  (pkg / "presets.py").write_text("from metalm_jax.data import images\n")
+  assert _cycles(_package_edges(pkg)) == [("data", "presets"), ("evaluate", "train")]

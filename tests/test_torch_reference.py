@@ -14,7 +14,8 @@ from metalm_jax import presets  # noqa: E402
 from metalm_jax.convert import hf_clip, hf_gpt2  # noqa: E402
 from metalm_jax.convert.hf_io import WeightReader  # noqa: E402
 from metalm_jax.models import metalm  # noqa: E402
-from metalm_jax.train import config_defaults, metrics, steps  # noqa: E402
+from metalm_jax.models import loss as loss_lib  # noqa: E402
+from metalm_jax.train import config_defaults, metrics  # noqa: E402
 
 B, L = 2, 24
 
@@ -78,7 +79,7 @@ def test_same_logits_and_loss(pair):
     theirs = ref.eval()(tb).numpy()
   real = batch["segment_ids"] > 0
   np.testing.assert_allclose(ours[real], theirs[real], atol=2e-4, rtol=2e-4)
-  s, _, w = steps.loss_sums(ours, batch["targets"], batch["loss_mask"])
+  s, _, w = loss_lib.loss_sums(ours, batch["targets"], batch["loss_mask"])
   opt, sched = torch_reference.make_optimizer(ref, cfg.optimizer, 10)
   step = torch_reference.make_train_step(ref.train(), opt, sched, cfg.optimizer.clip_norm)
   np.testing.assert_allclose(float(step(tb)), float(s / w), rtol=1e-5)

@@ -17,6 +17,7 @@ from metalm_jax.train import checkpoint as ckpt_lib
 from metalm_jax.train import init_params
 from metalm_jax.train import metrics as metrics_lib
 from metalm_jax.train import state as st
+from metalm_jax.models import loss as loss_lib
 from metalm_jax.train import steps as steps_lib
 from metalm_jax.train import trainer as trainer_lib
 
@@ -130,7 +131,7 @@ def test_gradient_accumulation_matches_one_batch():
                  outs[n][0]["opt_state"], outs[1][0]["opt_state"])
   # The loss is the token-weighted mean over the whole batch.
   logits = model.apply({"params": state["params"]}, batch)
-  s, _, w = steps_lib.loss_sums(logits, batch["targets"], batch["loss_mask"])
+  s, _, w = loss_lib.loss_sums(logits, batch["targets"], batch["loss_mask"])
   logp = jax.nn.log_softmax(np.asarray(logits, np.float64))
   ce = -np.take_along_axis(logp, np.asarray(batch["targets"])[..., None], -1)[..., 0]
   ref = (ce * np.asarray(batch["loss_mask"])).sum() / np.asarray(batch["loss_mask"]).sum()

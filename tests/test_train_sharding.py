@@ -8,10 +8,10 @@ import pytest
 
 from metalm_jax import batch as batch_lib
 from metalm_jax import presets
-from metalm_jax.models import metalm
+from metalm_jax import sharding as sh
+from metalm_jax.models import layout, metalm
 from metalm_jax.train import config_defaults
 from metalm_jax.train import metrics as metrics_lib
-from metalm_jax.train import sharding as sh
 from metalm_jax.train import state as st
 
 
@@ -90,7 +90,7 @@ def test_optimizer_state_shardings_mirror_params_with_frozen_groups():
   is_sh = lambda x: isinstance(x, jax.sharding.NamedSharding)
   assert jax.tree.structure(shardings, is_leaf=is_sh) == jax.tree.structure(
       jax.tree.map(lambda _: 0, abstract))
-  params = {st.path_str(p): (x.shape, s) for (p, x), s in zip(
+  params = {layout.path_str(p): (x.shape, s) for (p, x), s in zip(
       jax.tree_util.tree_leaves_with_path(abstract["params"]),
       jax.tree.leaves(shardings["params"], is_leaf=is_sh))}
   moments = 0

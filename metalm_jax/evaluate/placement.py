@@ -27,7 +27,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from metalm_jax.train import sharding as shard_lib
+from metalm_jax import sharding as shard_lib
 
 BATCH_AXIS = "act_batch"  # the logical name of the batch dimension of activations
 DEFAULT_RULES = ((BATCH_AXIS, ("data", "fsdp")),)  # configs without logical_rules

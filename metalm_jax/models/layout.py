@@ -124,6 +124,18 @@ def match(tree, like, where: str = ""):
           for k, v in tree.items()}
 
 
+def path_str(path) -> str:
+  """'decoder/layers_0/attn/query/kernel' from a pytree key path (boxes skipped)."""
+  parts = []
+  for k in path:
+    if isinstance(k, jax.tree_util.DictKey):
+      parts.append(str(k.key))
+    elif isinstance(k, jax.tree_util.SequenceKey):
+      parts.append(str(k.idx))
+    # GetAttrKey('value') of a LogicallyPartitioned box adds nothing.
+  return "/".join(parts)
+
+
 def is_stacked_name(name: str) -> bool:
   """True for a '/'-joined param name inside a scanned stack."""
   return STACKED in name.split("/")

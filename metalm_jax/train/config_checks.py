@@ -8,11 +8,11 @@ from typing import Dict, Optional
 import jax
 
 from metalm_jax import params_io
+from metalm_jax import sharding as shard_lib
 from metalm_jax import storage
 from metalm_jax.data import data_dir as data_dir_lib
 from metalm_jax.models import metalm
 from metalm_jax.train import input as input_lib
-from metalm_jax.train import sharding as shard_lib
 from metalm_jax.train import state as state_lib
 
 # Evaluator count fields (metalm_jax/evaluate) and their smallest valid value.

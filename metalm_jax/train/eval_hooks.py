@@ -8,8 +8,8 @@ from typing import Dict
 
 import jax
 
-from metalm_jax.train import sharding as shard_lib
-from metalm_jax.train import steps as steps_lib
+from metalm_jax import sharding as shard_lib
+from metalm_jax.models import loss as loss_lib
 
 
 class EvalHooks:
@@ -20,7 +20,7 @@ class EvalHooks:
     self.trainer = trainer
     with trainer.mesh_context():
       self._eval_fn = jax.jit(
-          steps_lib.make_eval_step(trainer.model),
+          loss_lib.make_eval_step(trainer.model),
           in_shardings=(trainer.shardings["params"], shard_lib.batch_sharding(trainer.mesh)),
           out_shardings=shard_lib.replicated(trainer.mesh))
 

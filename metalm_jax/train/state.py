@@ -32,18 +32,6 @@ DEFAULT_GROUP = "default"
 SKIPPED_KEY = "skipped_nonfinite_steps"  # steps whose update was skipped (train/steps.py)
 
 
-def path_str(path) -> str:
-  """'decoder/layers_0/attn/query/kernel' from a pytree key path (boxes skipped)."""
-  parts = []
-  for k in path:
-    if isinstance(k, jax.tree_util.DictKey):
-      parts.append(str(k.key))
-    elif isinstance(k, jax.tree_util.SequenceKey):
-      parts.append(str(k.idx))
-    # GetAttrKey('value') of a LogicallyPartitioned box adds nothing.
-  return "/".join(parts)
-
-
 def _is_box(x) -> bool:
   return isinstance(x, nn.meta.AxisMetadata)
 
@@ -54,7 +42,7 @@ def map_with_names(fn: Callable[[str, Any], Any], tree):
   prefix of them: optax.masked / multi_transform then keep the boxes on
   Adam's moments, which is where the state's sharding specs come from."""
   return jax.tree_util.tree_map_with_path(
-      lambda p, x: fn(path_str(p), x.unbox() if _is_box(x) else x), tree, is_leaf=_is_box)
+      lambda p, x: fn(layout.path_str(p), x.unbox() if _is_box(x) else x), tree, is_leaf=_is_box)
 
 
 def _groups(opt_cfg) -> Dict[str, Any]:

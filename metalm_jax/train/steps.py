@@ -1,5 +1,6 @@
-"""The jitted pieces: masked cross-entropy, the train step (with gradient
-accumulation over micro-batches) and the eval step.
+"""The train step (with gradient accumulation over micro-batches); the
+masked cross-entropy and the eval step it shares with the evaluators are in
+models/loss.py.
 
 Skipped steps: when the loss or the gradient norm (over trained params) is
 NaN or Inf, or (with `spike=True`) the loss is above the step's `max_loss`
@@ -20,15 +21,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from metalm_jax.models.loss import loss_sums
 from metalm_jax.train import state as state_lib
-
-
-def loss_sums(logits, targets, weights):
-  """(sum of weighted CE, sum of weighted correct, sum of weights), float32."""
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
-  correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
-  w = weights.astype(jnp.float32)
-  return jnp.sum(ce * w), jnp.sum(correct * w), jnp.sum(w)
 
 
 def _micro_batches(batch, n: int):
@@ -105,12 +99,3 @@ def make_train_step(model, tx, opt_cfg, lr_fn: Callable, seed: int, accum_steps:
   if spike:
     return step
   return lambda state, batch: step(state, batch)
-
-
-def make_eval_step(model) -> Callable:
-  """params, batch -> {'loss_sum', 'correct_sum', 'weight'} (summed, not averaged)."""
-  def step(params, batch):
-    logits = model.apply({"params": params}, batch, deterministic=True)
-    s, c, w = loss_sums(logits, batch["targets"], batch["loss_mask"])
-    return {"loss_sum": s, "correct_sum": c, "weight": w}
-  return step

@@ -30,6 +30,7 @@ import numpy as np
 from orbax.checkpoint import multihost as ocp_multihost
 
 from metalm_jax import batch as batch_lib
+from metalm_jax import sharding as shard_lib
 from metalm_jax import storage
 from metalm_jax.models import metalm
 from metalm_jax.train import checkpoint as ckpt_lib
@@ -44,7 +45,6 @@ from metalm_jax.train import preemption
 from metalm_jax.train import profile as profile_lib
 from metalm_jax.train import run_config
 from metalm_jax.train import run_files
-from metalm_jax.train import sharding as shard_lib
 from metalm_jax.train import state as state_lib
 from metalm_jax.train import steps as steps_lib
 from metalm_jax.train import workdir_lock

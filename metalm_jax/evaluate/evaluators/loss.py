@@ -1,6 +1,6 @@
 """`loss`: token-weighted loss, accuracy and perplexity over the pipeline
 rows of a split (its `mixture`, default the run's), computed by the
-trainer's own eval step (train/steps.py), jitted once per model and shapes."""
+trainer's own eval step (models/loss.py), jitted once per model and shapes."""
 from __future__ import annotations
 
 import functools
@@ -13,14 +13,14 @@ import ml_collections
 import numpy as np
 
 from metalm_jax.evaluate.evaluators import common
-from metalm_jax.train import steps as steps_lib
+from metalm_jax.models import loss as loss_lib
 
 
 @functools.lru_cache(maxsize=None)
 def eval_step(model) -> Callable:
   """The trainer's eval step for `model`, one function per model, so its jit
   (placement.jit, keyed by function) and compiled programs are reused."""
-  return steps_lib.make_eval_step(model)
+  return loss_lib.make_eval_step(model)
 
 
 def _global_batch(pl, batch, size: int, rows: int):

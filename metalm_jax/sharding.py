@@ -126,14 +126,13 @@ def unsharded_large_params(params, shardings, mesh: Mesh, min_size: int) -> Dict
   elements: its leading `layers` axis is never sharded, so a stacked bias is
   as small as the unrolled one."""
   from metalm_jax.models import layout
-  from metalm_jax.train.state import path_str
   if mesh.shape["fsdp"] == 1:
     return {}
   bad = {}
   flat_p = jax.tree_util.tree_flatten_with_path(params)[0]
   flat_s = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
   for (path, x), s in zip(flat_p, flat_s):
-    name = path_str(path)
+    name = layout.path_str(path)
     per_layer = x.shape[1:] if layout.is_stacked_name(name) else x.shape
     if math.prod(per_layer) < min_size:
       continue

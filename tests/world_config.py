@@ -1,13 +1,14 @@
-"""Helpers for tests elsewhere in the project: a run config over the small
+"""A test helper (not a test module): a run config over the small
 `test` world (80 scenes at 64 px), prepared in a given directory in ~2 s."""
 from __future__ import annotations
 
 import ml_collections as mlc
 
+from metalm_jax import presets
+
 
 def test_config(kind: str, size: str, data_dir: str, seed: int = 0, **data_overrides):
   """{model, data, seed} with config.data.world='test' in `data_dir`."""
-  from metalm_jax import presets
   cfg = mlc.ConfigDict(dict(model=presets.model_config(size),
                             data=presets.data_config(kind, size), seed=seed))
   cfg.data.data_dir = str(data_dir)
