@@ -12,7 +12,6 @@ import pytest
 from metalm_jax import batch as batch_lib
 from metalm_jax.data import formats, pipeline
 from tests import world_config as testing
-from metalm_jax.data import prepare
 from metalm_jax.evaluate import evaluators as E
 from metalm_jax.evaluate import metrics as metrics_lib
 from metalm_jax.evaluate import prompts as P
@@ -21,15 +20,7 @@ from metalm_jax.models import metalm
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-  cfg = testing.test_config("vl", "tiny", str(tmp_path_factory.mktemp("tfds")))
-  small = dict(num_layers=1, emb_dim=32, num_heads=2, mlp_dim=64)
-  cfg.model.decoder.update(small)
-  cfg.model.encoders.vision.update(small)
-  cfg.model.encoders.text.update(small)
-  model = metalm.build_model(cfg.model)
-  params = metalm.init_variables(model, jax.random.key(3), 1, 8)["params"]
-  import flax.linen as nn
-  return E.Env(cfg, model, nn.meta.unbox(params), prepare.load_tokenizer(cfg), 0)
+  return testing.small_eval_env(str(tmp_path_factory.mktemp("tfds")))
 
 
 def _ev(**kw):

@@ -13,31 +13,21 @@ import numpy as np
 import pytest
 
 from metalm_jax import batch as batch_lib
-from metalm_jax.data import formats, prepare, sources
+from metalm_jax.data import formats, sources
 from tests import world_config as testing
 from metalm_jax.data.builders.common import as_str
 from metalm_jax.evaluate import evaluators as E
 from metalm_jax.evaluate import prompts as P
-from metalm_jax.models import metalm
 from tests.test_evaluators import _append
 
-NAMES = getattr(formats, "BIND_NAMES", ("dax", "blicket", "wug", "zup", "fep", "toma", "kiki",
-                                        "gazzer"))
-PROMPT = getattr(formats, "BIND_PROMPT", "this is a")
+NAMES = formats.BIND_NAMES
+PROMPT = formats.BIND_PROMPT
 ITEMS = 5
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-  cfg = testing.test_config("vl", "tiny", str(tmp_path_factory.mktemp("tfds")))
-  small = dict(num_layers=1, emb_dim=32, num_heads=2, mlp_dim=64)
-  cfg.model.decoder.update(small)
-  cfg.model.encoders.vision.update(small)
-  cfg.model.encoders.text.update(small)
-  model = metalm.build_model(cfg.model)
-  params = metalm.init_variables(model, jax.random.key(3), 1, 8)["params"]
-  import flax.linen as nn
-  return E.Env(cfg, model, nn.meta.unbox(params), prepare.load_tokenizer(cfg), 0)
+  return testing.small_eval_env(str(tmp_path_factory.mktemp("tfds")))
 
 
 def _extract(r, rng):
@@ -54,25 +44,13 @@ def _extract(r, rng):
 @pytest.fixture
 def registered(env, monkeypatch):
   """Sources "test_episode_image" / "test_episode_text" (tasks episode_image /
-  episode_text) while a test runs; the item formats bind_image / bind_text
-  and their mapping are data/formats.py's, stand-ins here where that file
-  has none yet. Registered after the world's tokenizer is trained, and
-  removed after the test, so no other test's prompt vocabulary changes."""
+  episode_text, item formats bind_image / bind_text of data/formats.py) while
+  a test runs: registered after the world's tokenizer is trained and removed
+  after the test, so no other test's prompt vocabulary changes."""
   world = sources.SOURCES.get("world_caption")
   for task in ("image", "text"):
     src = sources.Source(f"episode_{task}", world.dataset, world.splits, _extract, True)
     monkeypatch.setitem(sources.SOURCES._items, f"test_episode_{task}", src)
-  mapping = getattr(formats, "EPISODE_ITEM_FORMATS", {})
-  monkeypatch.setattr(formats, "EPISODE_ITEM_FORMATS",
-                      {"episode_image": "bind_image", "episode_text": "bind_text", **mapping},
-                      raising=False)
-  bind = dict(answer="label", labels=NAMES)
-  stand_ins = {"bind_image": formats.Format("bind_image", (PROMPT,), images=("image",), **bind),
-               "bind_text": formats.Format("bind_text", (PROMPT,), encoded="{text}",
-                                           texts=("text",), **bind)}
-  for name, fmt in stand_ins.items():
-    if name not in formats.FORMATS:
-      monkeypatch.setitem(formats.FORMATS._items, name, fmt)
 
 
 def _ev(**kw):

@@ -282,6 +282,21 @@ def _icl_row(name, stage, ev, hi, lo, what, model, trains, evalset):
               f"the same model, k={lo}", evalset, prediction=f"k{hi}.prediction")
 
 
+_ZERO_SHOT = {  # evaluator -> (the paper's row, what is measured, evaluation set)
+    "caption": ("section 5.1 Table 6: zero-shot captioning (COCO CIDEr 82.2)",
+                "zero-shot caption CIDEr ('Summarize this image:')", _CAP_EVAL),
+    "vqa": ("section 5.1 Table 6: zero-shot VQAv2 41.1 (Frozen 29.5)",
+            "zero-shot VQA accuracy ('question: ... answer:')", _VQA_EVAL)}
+
+
+def _zero_shot(name, ev, column, base_ev, base_column, baseline_what):
+  """A zero-shot row of the pretrained VL model (stage vl_zeroshot)."""
+  paper, what, evalset = _ZERO_SHOT[ev]
+  return _row(name, paper, what, _VL_MODEL, "pretraining only",
+              _ref("vl_zeroshot", ev, column), _ref("vl_zeroshot", base_ev, base_column),
+              baseline_what, evalset, prediction="prediction")
+
+
 ROWS = (
     _row("nli_rank", "section 4.2 Table 3: MNLI, decoder frozen (91.1 vs GPT 87.7)",
          "world NLI accuracy, label ranked by likelihood", _LANG_MODEL,
@@ -316,25 +331,14 @@ ROWS = (
              _VL_MODEL, "pretraining only", _VQA_EVAL),
     _icl_row("icl_vqa_finetuned_k4_vs_k0", "vqa_ft", "icl", 4, 0,
              "VQA in context after VQA finetuning", _VL_MODEL, _FROZEN_DEC, _VQA_EVAL),
-    _row("caption_vs_blind", "section 5.1 Table 6: zero-shot captioning (COCO CIDEr 82.2)",
-         "zero-shot caption CIDEr ('Summarize this image:')", _VL_MODEL, "pretraining only",
-         _ref("vl_zeroshot", "caption", "CIDEr"), _ref("vl_zeroshot", "caption_blind", "CIDEr"),
-         "the same model and prompt, every image blanked", _CAP_EVAL, prediction="prediction"),
-    _row("caption_vs_fixed", "section 5.1 Table 6: zero-shot captioning (COCO CIDEr 82.2)",
-         "zero-shot caption CIDEr ('Summarize this image:')", _VL_MODEL, "pretraining only",
-         _ref("vl_zeroshot", "caption", "CIDEr"), _ref("vl_zeroshot", "caption", "fixed_CIDEr"),
-         "the most frequent training caption for every image", _CAP_EVAL,
-         prediction="prediction"),
-    _row("vqa_zeroshot_vs_blind", "section 5.1 Table 6: zero-shot VQAv2 41.1 (Frozen 29.5)",
-         "zero-shot VQA accuracy ('question: ... answer:')", _VL_MODEL, "pretraining only",
-         _ref("vl_zeroshot", "vqa", "accuracy"), _ref("vl_zeroshot", "vqa_blind", "accuracy"),
-         "the same model and prompt, every image blanked", _VQA_EVAL, prediction="prediction"),
-    _row("vqa_zeroshot_vs_majority", "section 5.1 Table 6: zero-shot VQAv2 41.1 (Frozen 29.5)",
-         "zero-shot VQA accuracy ('question: ... answer:')", _VL_MODEL, "pretraining only",
-         _ref("vl_zeroshot", "vqa", "accuracy"),
-         _ref("vl_zeroshot", "vqa", "majority_accuracy"),
-         "the most frequent training answer for every question", _VQA_EVAL,
-         prediction="prediction"),
+    _zero_shot("caption_vs_blind", "caption", "CIDEr", "caption_blind", "CIDEr",
+               "the same model and prompt, every image blanked"),
+    _zero_shot("caption_vs_fixed", "caption", "CIDEr", "caption", "fixed_CIDEr",
+               "the most frequent training caption for every image"),
+    _zero_shot("vqa_zeroshot_vs_blind", "vqa", "accuracy", "vqa_blind", "accuracy",
+               "the same model and prompt, every image blanked"),
+    _zero_shot("vqa_zeroshot_vs_majority", "vqa", "accuracy", "vqa", "majority_accuracy",
+               "the most frequent training answer for every question"),
     _row("vqa_ft_vs_blind", "section 5.2 Table 8: VL finetuning (VQAv2)",
          "finetuned VQA accuracy", _VL_MODEL, _FROZEN_DEC,
          _ref("vqa_ft", "vqa", "accuracy"), _ref("vqa_ft_blind", "vqa", "accuracy"),
