@@ -77,13 +77,11 @@ TASKS = {
 def eval_rows(run_workdir: str, evaluator: str, step: int) -> List[Dict[str, Any]]:
   """The predictions rows `evaluator` wrote at `step` in a run
   (evaluate/evaluators/runner.py); a missing or empty file is an error."""
-  path = os.path.join(run_workdir, "evals", f"{evaluator}_step_{step}.jsonl")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path}: no predictions of evaluator {evaluator!r} at step {step}")
-  with open(path) as f:
-    rows = [json.loads(line) for line in f if line.strip()]
+  from metalm_jax.evaluate.evaluators import runner
+  rows = runner.read_predictions(run_workdir, evaluator, step)
   if not rows:
-    raise ValueError(f"{path} holds no rows")
+    raise FileNotFoundError(f"{run_workdir}/evals/{evaluator}_step_{step}.jsonl: no predictions "
+                            f"of evaluator {evaluator!r} at step {step}")
   return rows
 
 
@@ -96,21 +94,17 @@ def task_rows(task: str, evals: Mapping[str, Sequence[Mapping[str, Any]]],
   evaluator or column, or rows that do not pair by index, are errors."""
   ev, metric, baselines = TASKS[task]
   own = list(evals[ev])
-  share = stats.majority_share([str(r["prediction"]) for r in own])
-  flags = []
-  if share > stats.SINGLE_CLASS_SHARE:
-    flags.append(f"single class: one prediction for {share:.0%} of examples")
+  preds = [str(r["prediction"]) for r in own]
   out = []
   for label, source, column in baselines:
     a, b = (own, own) if source == ev else stats.align(own, evals[source])
-    res = stats.paired_bootstrap([stats.column(a, metric)], [stats.column(b, column)],
-                                 num_samples=num_samples, seed=0)
-    ci95 = [float(x) for x in res["ci95"]]
+    res = stats.verdict([stats.column(a, metric)], [stats.column(b, column)], preds,
+                        num_samples=num_samples, seed=0)
     out.append(dict(task=task, metric=metric, baseline=label,
                     baseline_source=f"{source}/{column}", metalm=res["metalm"],
-                    baseline_value=res["baseline"], diff=res["diff"], ci95=ci95, n=res["n"],
-                    holds=bool(ci95[0] > 0 and not flags), flags=list(flags),
-                    majority_prediction_share=share))
+                    baseline_value=res["baseline"], diff=res["diff"],
+                    ci95=[float(x) for x in res["ci95"]], n=res["n"], holds=res["holds"],
+                    flags=res["flags"], majority_prediction_share=res["majority_prediction_share"]))
   return out
 
 

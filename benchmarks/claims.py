@@ -90,20 +90,11 @@ QUICK = dict(seeds=1, lang_steps=200, vl_steps=400, finetune_steps=100)
 
 
 # ---- per-example values of a run ------------------------------------------------------
-def _get(row: Dict[str, Any], column: str):
-  for part in column.split("."):
-    row = row[part]
-  return row
-
-
 def eval_rows(run_workdir: str, evaluator: str, step: Optional[int]) -> List[Dict[str, Any]]:
   """The predictions rows evaluator `evaluator` wrote at `step` in a run
-  (evaluate/evaluators/runner.py: evals/<name>_step_<step>.jsonl)."""
-  path = os.path.join(run_workdir, "evals", f"{evaluator}_step_{step}.jsonl")
-  if step is None or not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  ([] when there are none: the row is then not measured)."""
+  from metalm_jax.evaluate.evaluators import runner
+  return (runner.read_predictions(run_workdir, evaluator, step) or []) if step is not None else []
 
 
 def gather(workdir: str) -> Dict[str, List[Dict[str, Any]]]:
@@ -158,20 +149,13 @@ def claim_record(row: Dict[str, Any], runs, num_samples: int = 2000) -> Dict[str
   if not pairs:
     rec["flags"] = ["not measured"]
     return rec
-  ma = [np.array([float(_get(r, row["metalm"]["column"])) for r in a]) for a, _ in pairs]
-  ba = [np.array([float(_get(r, row["baseline"]["column"])) for r in b]) for _, b in pairs]
-  res = stats.paired_bootstrap(ma, ba, num_samples=num_samples, seed=0)
-  rec.update(metalm=res["metalm"], baseline=res["baseline"], diff=res["diff"],
-             ci95=list(res["ci95"]), n=res["n"], seeds=res["seeds"])
-  flags = []
-  if row["prediction"]:
-    preds = [str(_get(r, row["prediction"])) for a, _ in pairs for r in a]
-    share = stats.majority_share(preds)
-    rec["majority_prediction_share"] = share
-    if share > stats.SINGLE_CLASS_SHARE:
-      flags.append(f"single class: one prediction for {share:.0%} of examples")
-  rec["flags"] = flags
-  rec["holds"] = bool(rec["ci95"][0] > 0 and not flags)
+  ma = [stats.column(a, row["metalm"]["column"]) for a, _ in pairs]
+  ba = [stats.column(b, row["baseline"]["column"]) for _, b in pairs]
+  preds = ([str(stats.lookup(r, row["prediction"])) for a, _ in pairs for r in a]
+           if row["prediction"] else None)
+  res = stats.verdict(ma, ba, preds, num_samples=num_samples, seed=0)
+  rec.update({k: res[k] for k in ("metalm", "baseline", "diff", "ci95", "n", "seeds", "flags",
+                                  "holds", "majority_prediction_share")})
   return rec
 
 
@@ -182,8 +166,7 @@ def icl_curves(runs) -> Dict[str, Dict[str, List]]:
   for label, (stage, ev) in protocol.ICL_CURVES.items():
     means, cis = [], []
     for k in protocol.ICL_SHOTS:
-      vals = [np.array([float(r[f"k{k}"]["score"]) for r in eval_rows(x["workdir"], ev,
-                                                                         x["evals_step"])])
+      vals = [stats.column(eval_rows(x["workdir"], ev, x["evals_step"]), f"k{k}.score")
               for x in runs.get(stage, [])]
       vals = [v for v in vals if len(v)]
       if not vals:
@@ -343,8 +326,8 @@ def report(workdir: str, meta: Dict[str, Any]) -> List[Dict[str, Any]]:
   with open(os.path.join(workdir, "claims.md"), "w") as f:
     f.write(md + "\nExperiments that explain rows:\n\n" + markdown(explanations))
   with open(os.path.join(workdir, "claims.json"), "w") as f:
-    json.dump({**meta, "claims": records, "explanations": explanations, "icl": {"shots": list(protocol.ICL_SHOTS),
-                                                  **curves}}, f, indent=2)
+    json.dump({**meta, "claims": records, "explanations": explanations,
+               "icl": {"shots": list(protocol.ICL_SHOTS), **curves}}, f, indent=2)
   icl_plot(curves, os.path.join(workdir, "icl_vs_k.png"))
   print(md, flush=True)
   return records

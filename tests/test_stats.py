@@ -149,3 +149,21 @@ def test_majority_share():
   assert stats.majority_share(["dax", "wug", "dax", "dax"]) == 0.75
   assert stats.majority_share(["dax"] * 9 + ["wug"]) >= stats.SINGLE_CLASS_SHARE == 0.9
   assert math.isnan(stats.majority_share([]))
+
+
+def test_verdict_holds_only_above_zero_and_without_a_single_class():
+  rng = np.random.default_rng(5)
+  m = (rng.random(300) < 0.8).astype(float)
+  b = (rng.random(300) < 0.4).astype(float)
+  varied = [str(i % 3) for i in range(300)]
+  v = stats.verdict([m], [b], varied, num_samples=300)
+  ref = stats.paired_bootstrap([m], [b], num_samples=300)
+  assert v["ci95"] == ref["ci95"] and v["diff"] == ref["diff"]
+  assert v["holds"] is True and v["flags"] == [] and v["majority_prediction_share"] == 1 / 3
+  assert stats.verdict([b], [m], varied, num_samples=300)["holds"] is False  # interval below 0
+  # 271 of 300 (90.3%) one answer: flagged, cannot hold; exactly 90% is not flagged
+  one = ["a"] * 271 + varied[:29]
+  flagged = stats.verdict([m], [b], one, num_samples=300)
+  assert flagged["holds"] is False and flagged["flags"][0].startswith("single class")
+  assert stats.verdict([m], [b], ["a"] * 270 + varied[:30], num_samples=300)["holds"] is True
+  assert stats.verdict([m], [b], None, num_samples=300)["majority_prediction_share"] is None

@@ -14,12 +14,12 @@ statistic is the mean difference over seeds and drawn examples. Pure numpy.
 from __future__ import annotations
 
 import collections
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-# A model whose most frequent prediction takes this share of the examples or
-# more is answering one class; callers flag it (`majority_share`).
+# A model whose most frequent prediction takes more than this share of the
+# examples is answering one class (`verdict` flags it).
 SINGLE_CLASS_SHARE = 0.9
 
 
@@ -114,24 +114,42 @@ def align(rows_a: Sequence[Mapping[str, Any]], rows_b: Sequence[Mapping[str, Any
   return list(a.values()), [b[k] for k in a]
 
 
+def lookup(row: Mapping[str, Any], name: str, where: str = "row") -> Any:
+  """row[name]; "k4.score" reads a per-k entry (icl / episode rows). A
+  missing column is an error naming `where`."""
+  v: Any = row
+  for part in name.split("."):
+    if not isinstance(v, Mapping) or part not in v:
+      raise ValueError(f"{where} has no {name!r} column")
+    v = v[part]
+  return v
+
+
 def column(rows: Sequence[Mapping[str, Any]], name: str) -> np.ndarray:
-  """The float64 scores of `name` in every row; "k4.score" reads a per-k
-  entry (icl / episode rows). Booleans count 1 / 0. A missing column is an error."""
-  out = []
-  for i, r in enumerate(rows):
-    v: Any = r
-    for part in name.split("."):
-      if not isinstance(v, Mapping) or part not in v:
-        raise ValueError(f"rows[{i}] has no {name!r} column")
-      v = v[part]
-    out.append(float(v))
-  return np.asarray(out, np.float64)
+  """The float64 scores of `name` (see `lookup`) in every row. Booleans
+  count 1 / 0. A missing column is an error."""
+  return np.asarray([float(lookup(r, name, f"rows[{i}]")) for i, r in enumerate(rows)],
+                    np.float64)
 
 
 def majority_share(predictions: Sequence[Any]) -> float:
   """The share of the examples given the most frequent prediction (NaN for
-  none); at SINGLE_CLASS_SHARE or more the model answers one class."""
+  none); above SINGLE_CLASS_SHARE the model answers one class."""
   if not len(predictions):
     return float("nan")
   counts = collections.Counter(predictions)
   return counts.most_common(1)[0][1] / len(predictions)
+
+
+def verdict(metalm, baseline, predictions: Optional[Sequence[Any]] = None, *,
+            num_samples: int = 2000, seed: int = 0) -> Dict[str, Any]:
+  """`paired_bootstrap` of the scores, and whether the claim holds: only when
+  the interval lies above 0 and MetaLM (its `predictions`, pooled over seeds)
+  does not answer one class (> SINGLE_CLASS_SHARE of the examples; flagged).
+  Adds majority_prediction_share (None without predictions), flags, holds."""
+  res = paired_bootstrap(metalm, baseline, num_samples=num_samples, seed=seed)
+  share = None if predictions is None else majority_share(list(predictions))
+  flags = ([f"single class: one prediction for {share:.0%} of examples"]
+           if share is not None and share > SINGLE_CLASS_SHARE else [])
+  return {**res, "majority_prediction_share": share, "flags": flags,
+          "holds": bool(res["ci95"][0] > 0 and not flags)}

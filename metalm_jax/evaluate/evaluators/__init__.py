@@ -68,10 +68,11 @@ from metalm_jax.evaluate.evaluators.icl import (demonstrations, items_needed, mo
                                                 with_max_items)
 from metalm_jax.evaluate.evaluators.predict import (clean_label, generate_texts,
                                                     prompt_seq_len, rank_choices)
-from metalm_jax.evaluate.evaluators.runner import markdown_table, run_evals, write_results
+from metalm_jax.evaluate.evaluators.runner import (markdown_table, read_predictions, run_evals,
+                                                    write_results)
 
 __all__ = ["DEFAULTS", "EVALUATORS", "Env", "Example", "clean_label", "defaults", "demonstrations",
            "episode_prompts", "format_of", "generate_texts", "item_format", "items_needed",
            "load_episodes", "load_examples", "make_example", "markdown_table", "mean",
-           "model_for", "prompt_seq_len", "rank_choices", "resolve", "run_evals",
+           "model_for", "prompt_seq_len", "rank_choices", "read_predictions", "resolve", "run_evals",
            "train_majority", "with_max_items", "write_results"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -39,6 +39,15 @@ def write_results(workdir, step: int, results, predictions) -> epath.Path:
       (out / f"{name}_step_{step}.jsonl").write_text(
           "".join(json.dumps(row, default=float) + "\n" for row in rows))
   return out
+
+
+def read_predictions(workdir, name: str, step: int) -> Optional[List[Dict[str, Any]]]:
+  """The rows `write_results` wrote for evaluator `name` at `step` (None when
+  there is no such file)."""
+  path = epath.Path(workdir) / "evals" / f"{name}_step_{step}.jsonl"
+  if not path.exists():
+    return None
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def run_evals(config, model, params, step: int, workdir, names: Optional[Sequence[str]] = None,
