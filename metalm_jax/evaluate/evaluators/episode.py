@@ -10,14 +10,11 @@ query; the label words are ranked by log-likelihood (icl.py raises the
 encoders' max_items on a copy of the model). Metrics per k: `accuracy` and
 `majority_share` (the share of the most frequent predicted label: a model
 answering one class scores chance while looking busy; the caller flags
-shares at or above stats.SINGLE_CLASS_SHARE). Rows: index, references and
+shares above stats.SINGLE_CLASS_SHARE). Rows: index, references and
 per k {prompt, prediction, score (1.0 / 0.0), label}."""
 from __future__ import annotations
 
-import logging
 from typing import Any, Dict, List, Tuple
-
-import numpy as np
 
 from metalm_jax.data import formats as formats_lib
 from metalm_jax.evaluate import prompts, stats
@@ -43,39 +40,16 @@ def load_episodes(env: common.Env, ev, fmt: formats_lib.Format, split: str, num:
   """The first `num` usable records of `ev.source`/`split` as lists of item
   Examples (index: the record's), each with at least `num_items` items;
   returns (episodes, skipped). A record with an unusable item (bad label,
-  empty text, unreadable image) is skipped whole. `ev.blind`: media blanked
-  (examples.blank), records chosen as without."""
-  from metalm_jax.data import pipeline, sources
-  if not ev.source:
-    raise ValueError("evals.*.source is empty; name a data source (metalm_jax/data/sources.py)")
-  src = sources.SOURCES.get(ev.source)
-  records = pipeline.data_source(env.config.data, ev.source, split)
-  out: List[List[common.Example]] = []
-  skipped, counts = 0, {}
-  for i in range(len(records)):
-    if len(out) >= num:
-      break
-    items = src.extract(records[i], np.random.default_rng([seed, i]))["items"]
+  empty text, unreadable image) is skipped whole (examples.load_records:
+  blind items, counters, warnings)."""
+  def make(i, fields, counts):
+    items = fields["items"]
     if len(items) < num_items:
       raise ValueError(f"evals episode: record {i} of {ev.source}/{split} has {len(items)} "
                        f"items; shots up to {num_items - 1} need {num_items}")
     exs = [examples.make_example(fmt, item, env, ev, counts) for item in items]
-    if any(e is None for e in exs):
-      skipped += 1
-      continue
-    for e in exs:
-      e.index = i
-      if ev.get("blind", False):
-        e.parts = [examples.blank(p) for p in e.parts]
-    out.append(exs)
-  if skipped:
-    logging.warning("evaluator episode on %s/%s: skipped %d records with unusable items "
-                    "(data counters: %s)", ev.source, split, skipped,
-                    ", ".join(f"{k}={v}" for k, v in sorted(counts.items()) if v))
-  if not out:
-    logging.warning("evaluator episode on %s/%s: no usable records (num=%d); its metrics "
-                    "are NaN", ev.source, split, num)
-  return out, skipped
+    return None if any(e is None for e in exs) else exs
+  return examples.load_records(env, ev, split, num, seed, make)
 
 
 def episode_prompts(episodes: List[List[common.Example]], k: int, tokenizer) -> List[List[Any]]:
@@ -90,9 +64,7 @@ def eval_episode(env: common.Env, ev):
   fmt = item_format(ev)
   if not fmt.labels:
     raise ValueError(f"evals episode: item format {fmt.name!r} has no label words")
-  shots = sorted({int(k) for k in ev.shots})
-  if not shots or shots[0] < 0:
-    raise ValueError(f"evals episode: shots={list(ev.shots)} must be non-negative integers")
+  shots = examples.shots_of(ev, "episode")
   episodes, skipped = load_episodes(env, ev, fmt, ev.split, int(ev.num_examples), ev.seed,
                                     shots[-1] + 1)
   queries = [ep[-1] for ep in episodes]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-from typing import Any, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import numpy as np
 
@@ -97,29 +97,32 @@ def blank(part):
   return dataclasses.replace(part, **{name: np.zeros_like(np.asarray(getattr(part, name)))})
 
 
-def load_examples(env: Env, ev, split: str, num: int, seed: int) -> Tuple[List[Example], int]:
-  """The first `num` usable records of `ev.source`/`split` as Examples (in
-  record order; field extraction seeded per record); returns (examples,
-  skipped). `ev.blind`: media parts blanked (`blank`), records chosen as without."""
+def load_records(env: Env, ev, split: str, num: int, seed: int,
+                 make: Callable[[int, Any, dict], Optional[List[Example]]]
+                 ) -> Tuple[List[List[Example]], int]:
+  """The first `num` usable records of `ev.source`/`split`, each as the
+  Examples `make(index, fields, counts)` builds from its fields (extraction seeded
+  per record; None: unusable, counted in `counts` under the pipeline's names),
+  in record order with the record's index; returns (per record, skipped).
+  `ev.blind`: media parts blanked (`blank`), records chosen as without."""
   from metalm_jax.data import pipeline, sources
   if not ev.source:
     raise ValueError("evals.*.source is empty; name a data source (metalm_jax/data/sources.py)")
-  fmt = format_of(ev)
   src = sources.SOURCES.get(ev.source)
   records = pipeline.data_source(env.config.data, ev.source, split)
   out, skipped, counts = [], 0, {}  # counts: why records were skipped
   for i in range(len(records)):
     if len(out) >= num:
       break
-    ex = make_example(fmt, src.extract(records[i], np.random.default_rng([seed, i])), env, ev,
-                      counts)
-    if ex is None:
+    exs = make(i, src.extract(records[i], np.random.default_rng([seed, i])), counts)
+    if exs is None:
       skipped += 1
       continue
-    ex.index = i
-    if ev.get("blind", False):
-      ex.parts = [blank(p) for p in ex.parts]
-    out.append(ex)
+    for ex in exs:
+      ex.index = i
+      if ev.get("blind", False):
+        ex.parts = [blank(p) for p in ex.parts]
+    out.append(exs)
   if skipped:
     logging.warning("evaluator on %s/%s: skipped %d unusable records (data counters: %s)",
                     ev.source, split, skipped,
@@ -128,6 +131,25 @@ def load_examples(env: Env, ev, split: str, num: int, seed: int) -> Tuple[List[E
     logging.warning("evaluator on %s/%s: no usable examples (num=%d); its metrics are NaN",
                     ev.source, split, num)
   return out, skipped
+
+
+def load_examples(env: Env, ev, split: str, num: int, seed: int) -> Tuple[List[Example], int]:
+  """The first `num` usable records of `ev.source`/`split` as Examples of
+  its format (`load_records`); returns (examples, skipped)."""
+  def make(i, fields, counts):
+    ex = make_example(format_of(ev), fields, env, ev, counts)  # a registry lookup
+    return None if ex is None else [ex]
+  per_record, skipped = load_records(env, ev, split, num, seed, make)
+  return [exs[0] for exs in per_record], skipped
+
+
+def shots_of(ev, what: str) -> List[int]:
+  """The evaluator's `shots`, sorted and distinct; an error naming `what` unless
+  non-negative integers."""
+  shots = sorted({int(k) for k in ev.shots})
+  if not shots or shots[0] < 0:
+    raise ValueError(f"evals {what}: shots={list(ev.shots)} must be non-negative integers")
+  return shots
 
 
 def train_majority(env: Env, ev) -> Tuple[Optional[str], int]:

@@ -95,9 +95,7 @@ def _score(env, ev, fmt, model, batch_prompts, exs, k, out):
 @common.register("icl", shots=(0, 1, 4), demo_split="train", demo_pool=256, max_new_tokens=8)
 def eval_icl(env: common.Env, ev):
   fmt = examples.format_of(ev)
-  shots = sorted({int(k) for k in ev.shots})
-  if not shots or shots[0] < 0:
-    raise ValueError(f"evals icl: shots={list(ev.shots)} must be non-negative integers")
+  shots = examples.shots_of(ev, "icl")
   exs, skipped = examples.load_examples(env, ev, ev.split, int(ev.num_examples), ev.seed)
   pool, _ = examples.load_examples(env, ev, ev.demo_split, int(ev.demo_pool), ev.seed + 1)
   demos = demonstrations(pool, len(exs), shots[-1], ev.seed + 2)
