@@ -1,5 +1,5 @@
 """The paper's claims in miniature, each row MetaLM - baseline with a 95%
-paired bootstrap interval (issue 20; protocol: configs/experiments/claims.py),
+paired bootstrap interval (protocol: configs/experiments/claims.py),
 on the embedded world, on CPU, in one command:
 
     python benchmarks/claims.py --workdir=/tmp/claims [--quick]

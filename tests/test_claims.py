@@ -187,3 +187,39 @@ def test_quick_run_on_the_test_world(tmp_path):
     assert isinstance(r["holds"], bool)
   assert rows["nli_rank"]["holds"] is None  # its stages did not run
   assert out["icl"]["image episodes"]["mean"][0] is not None
+
+
+def test_icl_prompts_at_k4_fit_a_pretraining_row(tmp_path):
+  """The protocol's k = 4 prompts, built by the evaluators on the test world
+  (image and text episodes, VQA in context), take no more decoder positions
+  than a pretraining row of their model and dock no more items than it
+  holds: the query is never on positions or items pretraining did not train."""
+  from metalm_jax.data import prepare
+  from metalm_jax.evaluate import prompts
+  from metalm_jax.evaluate.evaluators import common, episode, examples, icl
+  from metalm_jax.models import metalm
+  k = max(protocol.ICL_SHOTS)
+  for stage, ev_name in (("vl_zeroshot", "bind"), ("vl_zeroshot", "icl"),
+                         ("lang_metalm", "icl")):
+    pre = protocol.get_config("stage=" + ("lang_metalm" if stage == "lang_metalm"
+                                          else "vl_pretrain"))
+    c = protocol.get_config(f"stage={stage}")
+    c.data.data_dir, c.data.world = str(tmp_path), "test"
+    env = common.Env(c, metalm.build_model(c.model), None, prepare.load_tokenizer(c), 0)
+    ev = common.resolve(dict(c.evals[ev_name], num_examples=8))
+    if ev.type == "episode":
+      eps, _ = episode.load_episodes(env, ev, episode.item_format(ev), "validation", 8, 0, k + 1)
+      batch = episode.episode_prompts(eps, k, env.tokenizer)
+    else:
+      exs, _ = examples.load_examples(env, ev, "validation", 8, 0)
+      pool, _ = examples.load_examples(env, ev, "train", 16, 1)
+      demos = icl.demonstrations(pool, len(exs), k, 2)
+      batch = [prompts.icl_parts([(d.parts, d.label) for d in ds], e.parts, env.tokenizer)
+               for ds, e in zip(demos, exs)]
+    assert len(batch) == 8, (stage, ev_name)
+    lengths = prompts.prompt_lengths(batch, env.tokenizer, c.model)
+    room = 2  # the answer's first token and </s> follow the prompt in a row
+    assert max(lengths) + room <= pre.data.seq_len, (stage, ev_name, max(lengths))
+    for p in batch:
+      for name, n in icl.items_needed(p, c.model).items():
+        assert n == k + 1 and n <= pre.model.encoders[name].max_items, (stage, ev_name, name)

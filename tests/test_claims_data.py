@@ -1,4 +1,4 @@
-"""The data behind the claims' measurements (SPEC section 6), on the test
+"""The data behind the claims' measurements (docs/claims.md), on the test
 world: the zero-shot pretraining mixture never shows a VQA or caption prompt;
 the language and multitask sources of the NLI-held-out setup never show an
 NLI example, template or label answer (each check also finds the leak where

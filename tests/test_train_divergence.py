@@ -3,7 +3,7 @@ loss_spike.factor x the running median) is skipped like a non-finite step,
 skipped steps are not saved, the last good checkpoint is kept from eviction,
 and when the guard stops the run it moves aside the checkpoints whose params led
 to the divergence and names the step a rerun resumes from; that rerun, at a
-sane learning rate, trains with finite losses. Both cases of issue 21: a
+sane learning rate, trains with finite losses. Both cases: a
 huge lr from scratch, and a good run pushed to a huge lr."""
 import os
 

@@ -176,7 +176,7 @@ def _vl(c):
 
 # Warm-up of VL pretraining here: 150 steps, not the tiny recipe's 30: with 30
 # the from-scratch ViT's grounding by step 1200 depended on the seed
-# (measured on world 1.2.0; the runs are in git history before issue 20).
+# (measured on world 1.2.0; the runs are in git history).
 VL_WARMUP = 150
 
 

@@ -22,7 +22,7 @@ Canonical fields per task:
 
 Finetuning variants (`*_prompted`, `*_instruct`, `world_pair`) and the
 multitask text clusters (`world_text_qa`, `world_count`, `world_attribute`)
-are at the end. The source sets of the claims' measurements (SPEC section 6)
+are at the end. The source sets of the claims' measurements (docs/claims.md)
 are named here: ZERO_SHOT_VL_SOURCES, LANGUAGE_SOURCES, MULTITASK_SOURCES.
 """
 from __future__ import annotations
@@ -148,7 +148,7 @@ def _world_bind(r, rng):
 register("world_bind", Source("episode_image", _world_name, _WORLD_SPLITS, _world_bind, True))
 register("world_bind_text", Source("episode_text", _world_name, _WORLD_SPLITS, _world_bind, True))
 
-# Pretraining mixtures whose models are measured zero-shot (SPEC section 6):
+# Pretraining mixtures whose models are measured zero-shot (docs/claims.md):
 # none of their text holds a VQA or caption prompt (world_instructions and
 # world_interleaved do); and the language sources of a model tuned on
 # MULTITASK_SOURCES with NLI held out: no NLI example, template or label answer.
