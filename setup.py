@@ -51,7 +51,7 @@ EXTRAS = {
     "notebook": ["nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6", MATPLOTLIB, TOKENIZERS],
     # gs:// workdirs, export and params dirs (etils.epath -> fsspec -> gcsfs).
     "gcs": ["gcsfs>=2024.2"],
-    # Real video files (data/video.py): PyAV, whose wheel bundles FFmpeg (~100 MB).
+    # Real video files (media/video.py): PyAV, whose wheel bundles FFmpeg (~100 MB).
     "media": ["av>=12"],
     # Accelerator jax of the same range: libtpu (~700 MB) / the CUDA 12 plugin
     # and nvidia-* wheels (~5.5 GB).

@@ -8,8 +8,10 @@ with launch/aot.sh (one process per row, TPU rows in .venv-aot, GPU rows in
 
 --extra (repeatable) is appended to every row's overrides, e.g. a remat
 policy or scan option to compare. The JSON report of each row is kept next
-to --out (ROW.json) when --out is given. Compile times are wall-clock on
-this machine: load from other processes inflates them.
+to --out (ROW.json) when --out is given; metalm_jax/aot.py writes it with its
+provenance (metalm_jax/provenance.py: commit, versions, the compile host's
+load average). Compile times are wall-clock on this machine: load from other
+processes inflates them.
 """
 import json
 import os
@@ -20,6 +22,10 @@ import tempfile
 from absl import app, flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+from metalm_jax import absl_run  # noqa: E402
 
 # (model, config, topology, overrides). Meshes: FSDP over every chip
 # (mesh.fsdp=-1 in the paper configs). paper_lang keeps the paper's batch of
@@ -112,4 +118,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  absl_run.run(main)

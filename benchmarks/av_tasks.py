@@ -33,8 +33,9 @@ av_tasks.json's `scalars`, with every evaluator's final scalars).
 
 The embedded world must be built first (`python -m metalm_jax.data.build
 --world=tiny`, into --data_dir, default $METALM_DATA_DIR or
-~/.cache/metalm_jax/tfds). Writes <workdir>/av_tasks.json and av_tasks.md
-(the table, each stage's wall and CPU time and the machine's load average).
+~/.cache/metalm_jax/tfds). Writes <workdir>/av_tasks.json (with the run's
+provenance, metalm_jax/provenance.py) and av_tasks.md (the table, each
+stage's wall and CPU time and the machine's load average).
 Runs on one device (mesh 1x1x1). Measured with the defaults on world 1.4.0
 (300 examples): 11.2 min wall on 2 CPU cores shared with other jobs
 (benchmarks/results/av_tasks.md, with the load average).
@@ -42,7 +43,6 @@ Runs on one device (mesh 1x1x1). Measured with the defaults on world 1.4.0
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import sys
@@ -53,6 +53,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
+from metalm_jax import provenance  # noqa: E402
 from metalm_jax.evaluate import stats  # noqa: E402
 
 BLIND = "blind"        # the evaluator of the same run on blanked media
@@ -163,7 +164,7 @@ def _finetune(cfg, steps: int, examples: int, evaluator: str, data_dir: str, lr:
   if lr > 0:
     cfg.optimizer.lr = lr
   cfg.data.data_dir = data_dir
-  cfg.eval_every = steps
+  cfg.eval_loss.every_steps = steps
   cfg.checkpoint.every_steps = steps
   ev = cfg.evals[evaluator].to_dict()
   ev.update(every_steps=steps, num_examples=examples)
@@ -185,6 +186,7 @@ def main(argv=None):
                  help=f"evaluated clips per task ({EXAMPLES}: the tiny world's validation split)")
   p.add_argument("--data_dir", default="")
   args = p.parse_args(argv)
+  begun = provenance.start()
   from configs import finetune_caption, finetune_vqa, pretrain_av
   from metalm_jax import presets
 
@@ -211,7 +213,7 @@ def main(argv=None):
     print("1. four-modality pretraining", flush=True)
     c = _one_device(pretrain_av.get_config(f"size=tiny,steps={args.pretrain_steps}"))
     c.data.data_dir = data_dir
-    c.eval_every = c.checkpoint.every_steps = args.pretrain_steps
+    c.eval_loss.every_steps = c.checkpoint.every_steps = args.pretrain_steps
     pretrain = stage("pretrain", c, pre, resume=True)
 
   steps = args.finetune_steps
@@ -247,8 +249,7 @@ def main(argv=None):
                  bootstrap=dict(samples=NUM_SAMPLES, seed=0, level=0.95,
                                 single_class_share=stats.SINGLE_CLASS_SHARE),
                  rows=rows, scalars=scalars)
-  with open(os.path.join(args.workdir, "av_tasks.json"), "w") as f:
-    json.dump(summary, f, indent=2)
+  summary = provenance.write_json(os.path.join(args.workdir, "av_tasks.json"), summary, begun)
   with open(os.path.join(args.workdir, "av_tasks.md"), "w") as f:
     f.write(table + "\n\n" + LEGEND + "\n\nstage seconds (wall / CPU): "
             + ", ".join(f"{k} {v:.0f} / {cpu[k]:.0f}" for k, v in times.items())

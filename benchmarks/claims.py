@@ -26,9 +26,10 @@ run, not evidence). --world=test and --stages=a,b run a part on the unit-test
 world (tests/test_claims.py).
 
 Writes WORKDIR/claims.json (one record per row: name, paper, metalm,
-baseline, diff, ci95, n, seeds, holds, flags, and the protocol's fields),
-claims.md and icl_vs_k.png (accuracy per k with 95% intervals). Refresh the
-table of docs/claims.md from a claims.json with --docs=docs/claims.md.
+baseline, diff, ci95, n, seeds, holds, flags, and the protocol's fields; the
+run's provenance, metalm_jax/provenance.py), claims.md and icl_vs_k.png
+(accuracy per k with 95% intervals). Refresh the table of docs/claims.md
+from a claims.json with --docs=docs/claims.md.
 """
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
 from configs.experiments import claims as protocol  # noqa: E402
+from metalm_jax import provenance  # noqa: E402
 from metalm_jax.evaluate import stats  # noqa: E402
 
 CONFIG = "configs/experiments/claims.py"
@@ -317,7 +319,8 @@ def run_chain(chain: Sequence[Stage], workdir, steps, seeds, examples, fixed,
       return
 
 
-def report(workdir: str, meta: Dict[str, Any]) -> List[Dict[str, Any]]:
+def report(workdir: str, meta: Dict[str, Any],
+           begun: Optional[provenance.Start] = None) -> List[Dict[str, Any]]:
   runs = gather(workdir)
   records = [claim_record(r, runs) for r in protocol.ROWS]
   explanations = [claim_record(r, runs) for r in protocol.EXPLANATIONS]
@@ -325,9 +328,11 @@ def report(workdir: str, meta: Dict[str, Any]) -> List[Dict[str, Any]]:
   md = markdown(records)
   with open(os.path.join(workdir, "claims.md"), "w") as f:
     f.write(md + "\nExperiments that explain rows:\n\n" + markdown(explanations))
-  with open(os.path.join(workdir, "claims.json"), "w") as f:
-    json.dump({**meta, "claims": records, "explanations": explanations,
-               "icl": {"shots": list(protocol.ICL_SHOTS), **curves}}, f, indent=2)
+  # The runs are child processes: this one never opens a device.
+  provenance.write_json(os.path.join(workdir, "claims.json"),
+                        {**meta, "claims": records, "explanations": explanations,
+                         "icl": {"shots": list(protocol.ICL_SHOTS), **curves}},
+                        begun, devices="subprocess")
   icl_plot(curves, os.path.join(workdir, "icl_vs_k.png"))
   print(md, flush=True)
   return records
@@ -354,6 +359,7 @@ def main(argv=None):
   p.add_argument("--av_md", default="", help="with --docs: also the audio / video table of "
                  "this av_tasks.md (benchmarks/av_tasks.py)")
   args = p.parse_args(argv)
+  begun = provenance.start()
   if args.docs:
     write_docs_table(args.claims_json or os.path.join(args.workdir, "claims.json"), args.docs,
                      args.av_md)
@@ -390,7 +396,8 @@ def main(argv=None):
     run_chain(chains[0] + chains[1], *common)
   total = round(time.time() - t0, 1)
   failed = timing.pop("failed", [])
-  records = report(workdir, {"args": vars(args), "seconds": total, "stage_seconds": timing})
+  records = report(workdir, {"args": vars(args), "seconds": total, "stage_seconds": timing},
+                   begun)
   held = sum(r["holds"] is True for r in records)
   print(f"[claims] {held} of {len(records)} rows hold; {total:.0f} s; stages: {timing}",
         flush=True)

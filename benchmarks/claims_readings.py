@@ -14,6 +14,8 @@ from a claims workdir's predictions files and the world's own generator:
                    frozen; the same with images blanked) that are caption-like
                    (a colour and a shape word in more than three words), and
                    the five most frequent answers with their shares
+
+The output file carries the run's provenance (metalm_jax/provenance.py).
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks import claims  # noqa: E402
 from configs.experiments import claims as protocol  # noqa: E402
+from metalm_jax import provenance  # noqa: E402
 from metalm_jax.data import formats, world  # noqa: E402
 
 
@@ -81,6 +84,7 @@ def main(argv=None):
   p.add_argument("--workdir", required=True)
   p.add_argument("--out", required=True)
   args = p.parse_args(argv)
+  begun = provenance.start()
   runs = claims.gather(os.path.abspath(args.workdir))
   names = set(formats.BIND_NAMES)
   caps = _preds(runs, "vl_zeroshot", "caption")
@@ -95,9 +99,8 @@ def main(argv=None):
     top = collections.Counter(preds).most_common(5)
     out[key] = {"caption_like": float(np.mean([caption_like(x) for x in preds])),
                 "n": len(preds), "top": [[a, c / len(preds)] for a, c in top]}
-  with open(args.out, "w") as f:
-    json.dump(out, f, indent=2)
   print(json.dumps(out, indent=2))
+  provenance.write_json(args.out, out, begun, devices="subprocess")  # no jax work here
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ per row, metalm_jax/evaluate/prompts.py).
 
 Numbers depend on the machine and its load: the script prints the date, the
 device and the load average; state them with any figure you quote.
+--json_out writes the figures with their provenance (metalm_jax/provenance.py:
+commit, versions, device, load average at the start and the end).
 """
 import datetime
 import os
@@ -36,8 +38,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+
+from metalm_jax import absl_run  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "train config file[:arg] (its .model is used)")
 flags.DEFINE_integer("new_tokens", 128, "generated tokens per row")
@@ -45,6 +49,7 @@ flags.DEFINE_list("batch_sizes", ["1", "8"], "rows per generation call")
 flags.DEFINE_integer("repeats", 3, "timed runs per measurement (median)")
 flags.DEFINE_integer("qa_new_tokens", 8, "max_new_tokens of the 20-question part")
 flags.DEFINE_bool("unbucketed", True, "also run the 20 questions without buckets")
+flags.DEFINE_string("json_out", "", "also write the figures (and their provenance) here")
 flags.mark_flag_as_required("config")
 FLAGS = flags.FLAGS
 
@@ -172,7 +177,9 @@ def main(argv):
   import flax.linen as nn
   import jax
   import numpy as np
+  from metalm_jax import provenance
   from metalm_jax.models import metalm
+  begun = provenance.start()
   cfg = FLAGS.config.model
   model = metalm.build_model(cfg)
   params = jax.device_put(nn.meta.unbox(metalm.init_variables(model, jax.random.key(0))["params"]))
@@ -181,7 +188,7 @@ def main(argv):
   vit = [k for k in sorted(cfg.encoders) if cfg.encoders[k].type == "vit"][0]
   size = cfg.encoders[vit].image_size
   raw = np.random.default_rng(0).integers(0, 256, (size + 7, size - 3, 3), dtype=np.uint8)
-  from metalm_jax.data import images
+  from metalm_jax.media import images
   pixels = images.preprocess_image(raw, size)
   print(f"date: {datetime.datetime.now().isoformat(timespec='minutes')}")
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, jax {jax.__version__}, "
@@ -190,8 +197,14 @@ def main(argv):
         f"{cfg.decoder.vocab_size}; {vit} {cfg.encoders[vit].num_layers}x"
         f"{cfg.encoders[vit].emb_dim} at {size} px; dtype {cfg.dtype}")
   n = FLAGS.new_tokens
+  result = {"model": {"decoder": f"{cfg.decoder.num_layers}x{cfg.decoder.emb_dim}",
+                      "vocab_size": cfg.decoder.vocab_size, "dtype": cfg.dtype,
+                      vit: f"{cfg.encoders[vit].num_layers}x{cfg.encoders[vit].emb_dim}",
+                      "image_size": size},
+            "new_tokens": n, "repeats": FLAGS.repeats, "generation": [], "questions": {}}
   for rows in map(int, FLAGS.batch_sizes):
     r = kv_vs_no_cache(model, params, tok, rows, n, FLAGS.repeats, pixels)
+    result["generation"].append(r)
     c = r["compile_s"]
     print(f"batch {rows}, prompt {r['prompt_len']} positions, {n} new tokens:")
     print(f"  KV cache : {r['cached_tok_s']:9.1f} tokens/s ({r['cached_s']:.3f} s), first token "
@@ -203,12 +216,15 @@ def main(argv):
   runs = [("buckets (default)", None)] + ([("no buckets", ())] if FLAGS.unbucketed else [])
   for name, buckets in runs:
     q = twenty_questions(cfg, params, tok, FLAGS.qa_new_tokens, buckets, raw)
+    result["questions"][name] = dict(q, new_tokens=FLAGS.qa_new_tokens)
     print(f"20 questions, {q['distinct_lengths']} prompt lengths ({q['min_len']}..{q['max_len']}),"
           f" {FLAGS.qa_new_tokens} new tokens, {name}: one at a time "
           f"{q['one_at_a_time']['compiles']} compiles ({q['one_at_a_time']['s']:.1f} s); "
           f"batched {q['batched']['compiles']} compiles ({q['batched']['s']:.1f} s)")
   print(f"load average at the end: {os.getloadavg()[0]:.2f}")
+  if FLAGS.json_out:
+    provenance.write_json(FLAGS.json_out, result, begun)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  absl_run.run(main)

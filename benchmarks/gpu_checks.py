@@ -1,6 +1,6 @@
 """Correctness checks of the accelerator paths, run before the GPU benchmark.
 
-    python benchmarks/gpu_checks.py [--json_out=FILE]
+    python benchmarks/gpu_checks.py [--json_out=FILE]   # FILE: the results and their provenance
 
 1. Attention: the cuDNN flash-attention path (bfloat16) against the XLA path
    in float32 on the same inputs, causal + packing-segment mask, max |diff|
@@ -10,16 +10,17 @@
 3. A model with scanned layers (decoder and encoders) gives the same logits as the same params
    unrolled (float32, XLA attention).
 """
-import json
 import os
 import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
-flags.DEFINE_string("json_out", "", "also write the results here")
+from metalm_jax import absl_run  # noqa: E402
+
+flags.DEFINE_string("json_out", "", "also write the results (and their provenance) here")
 FLAGS = flags.FLAGS
 
 
@@ -84,6 +85,8 @@ def check_scan():
 def main(argv):
   del argv
   import jax
+  from metalm_jax import provenance
+  begun = provenance.start()
   out = {"jax": jax.__version__, "device": str(jax.devices()[0].device_kind)}
   for fn in (check_attention, check_scan):
     try:
@@ -93,9 +96,8 @@ def main(argv):
   for k, v in out.items():
     print(f"{k:>36}: {v}")
   if FLAGS.json_out:
-    with open(FLAGS.json_out, "w") as f:
-      json.dump(out, f, indent=2)
+    provenance.write_json(FLAGS.json_out, out, begun)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  absl_run.run(main)

@@ -3,17 +3,26 @@
 #   correctness of the accelerator paths (benchmarks/gpu_checks.py), then
 #   benchmarks/train_step.py at paper_vl size in bfloat16 with scanned layers,
 #   fused (cuDNN) attention and a few remat policies; MFU against the chip's
-#   published dense bf16 peak (H100 SXM: 989 TFLOP/s).
+#   published dense bf16 peak (metalm_jax/aot_targets by jax's device kind;
+#   H100 SXM: 989 TFLOP/s), or PEAK_TFLOPS per GPU when given.
 #
 #   bash benchmarks/gpu_paper_vl.sh OUTDIR [PEAK_TFLOPS]
+#   bash benchmarks/gpu_paper_vl.sh --help
 #
-# Packages the GPU image lacks can be carried as wheels in ./.whl (installed
-# with --no-deps into /tmp/site; the image's own jax/jaxlib/flax are used).
+# Writes OUTDIR/gpu.txt (nvidia-smi and the provenance of the run:
+# metalm_jax/provenance.py), OUTDIR/checks.json and OUTDIR/<variant>.json,
+# each JSON with its provenance. Packages the GPU image lacks can be carried
+# as wheels in ./.whl (installed with --no-deps into /tmp/site; the image's
+# own jax/jaxlib/flax are used).
 set -uo pipefail
+if [[ "${1:-}" == "--help" || "${1:-}" == "-h" ]]; then
+  sed -n '2,/^[^#]/s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+  exit 0
+fi
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 OUTDIR="${1:-/tmp/gpu_paper_vl}"
-PEAK="${2:-989}"
+PEAK="${2:-0}"
 mkdir -p "$OUTDIR"
 PY="${PYTHON:-python3}"
 if compgen -G ".whl/*.whl" >/dev/null; then
@@ -25,8 +34,7 @@ else
 fi
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=0.92
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUTDIR/gpu.txt"
-"$PY" -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())" \
-  | tee -a "$OUTDIR/gpu.txt"
+"$PY" -m metalm_jax.provenance | tee -a "$OUTDIR/gpu.txt"
 [[ -n "${SKIP_CHECKS:-}" ]] || "$PY" benchmarks/gpu_checks.py --json_out="$OUTDIR/checks.json" 2>&1 | grep -v "^W0\|^I0" | tail -20
 
 run() {  # name, extra flags...

@@ -1,4 +1,4 @@
-"""Decoding cost of real audio and video files (data/audio.py, data/video.py)
+"""Decoding cost of real audio and video files (media/audio.py, media/video.py)
 per clip, on synthetic files shaped like the real sets: a 10 s 44.1 kHz
 stereo FLAC (AudioCaps / Clotho-like) to a 16 kHz mono clip of --max_seconds,
 and a 10 s 320x240 30 fps H.264 mp4 (MSR-VTT-like) to --frames frames at
@@ -6,20 +6,24 @@ and a 10 s 320x240 30 fps H.264 mp4 (MSR-VTT-like) to --frames frames at
 processes inflates it).
 
     python benchmarks/media_decode.py --frames=8 --image_size=224 --max_seconds=10
+
+--json_out writes the figures with their provenance (metalm_jax/provenance.py).
 """
 import fractions
 import io
 import time
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from metalm_jax.data import audio, video
+from metalm_jax import absl_run, provenance
+from metalm_jax.media import audio, video
 
 flags.DEFINE_integer("frames", 8, "frames per video clip")
 flags.DEFINE_integer("image_size", 224, "frame size")
 flags.DEFINE_float("max_seconds", 10.0, "audio clip length")
 flags.DEFINE_integer("repeats", 5, "timed decodes of each file")
+flags.DEFINE_string("json_out", "", "also write the figures (and their provenance) here")
 FLAGS = flags.FLAGS
 
 
@@ -60,6 +64,7 @@ def _rate(fn, repeats: int) -> float:
 
 def main(argv):
   del argv
+  begun = provenance.start()
   flac, mp4 = _flac(), _mp4()
   a = _rate(lambda: audio.decode_audio(flac, sample_rate=16000,
                                        max_seconds=FLAGS.max_seconds), FLAGS.repeats)
@@ -69,7 +74,13 @@ def main(argv):
         f"{FLAGS.max_seconds:g} s 16 kHz mono: {a:.1f} clips/s")
   print(f"video: 10 s 320x240 30 fps H.264 mp4 ({len(mp4) / 1e6:.1f} MB) -> "
         f"{FLAGS.frames} x {FLAGS.image_size} px: {v:.1f} clips/s")
+  if FLAGS.json_out:
+    provenance.write_json(FLAGS.json_out, {
+        "audio_clips_per_s": a, "audio_flac_mb": len(flac) / 1e6,
+        "max_seconds": FLAGS.max_seconds, "video_clips_per_s": v,
+        "video_mp4_mb": len(mp4) / 1e6, "frames": FLAGS.frames,
+        "image_size": FLAGS.image_size, "repeats": FLAGS.repeats}, begun, devices="subprocess")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  absl_run.run(main)

@@ -15,6 +15,10 @@
    with the share spent in transposing / copying fusions; then the top ops.
    Thunk times are per-thunk wall times: on 2 cores two may overlap, and
    load from other processes inflates them all.
+
+--json_out (a flag of benchmarks/train_step.py, as are --config, --batch_size,
+--seq_len, --steps and --warmup) writes both tables with their provenance
+(metalm_jax/provenance.py).
 """
 import collections
 import glob
@@ -27,9 +31,10 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 from benchmarks import train_step as bench  # noqa: E402  (defines --config, --batch_size, ...)
+from metalm_jax import absl_run  # noqa: E402
 
 flags.DEFINE_integer("trace_steps", 3, "whole steps recorded in the trace")
 flags.DEFINE_integer("top", 25, "top ops printed")
@@ -85,7 +90,9 @@ def thunk_times(trace_dir: str, names) -> dict:
   return out
 
 
-def breakdown(times: dict, ops: dict, steps: int, top: int) -> str:
+def part_table(times: dict, ops: dict, steps: int) -> dict:
+  """{part: {phase: ms per step, "total": ms, "share": of all thunks, "copy_transpose":
+  ms in copying / transposing fusions}}, parts in PARTS order after "matmul"."""
   table = collections.defaultdict(float)
   layout = collections.defaultdict(float)
   for name, us in times.items():
@@ -94,16 +101,25 @@ def breakdown(times: dict, ops: dict, steps: int, top: int) -> str:
     if is_layout:
       layout[part] += us / 1e3 / steps
   total = sum(table.values())
-  parts = ["matmul"] + [p for p, _ in PARTS]
+  out = {}
+  for p in ["matmul"] + [p for p, _ in PARTS]:
+    row = {ph: table[(p, ph)] for ph in PHASES}
+    out[p] = dict(row, total=sum(row.values()), share=sum(row.values()) / total,
+                  copy_transpose=layout[p])
+  return out
+
+
+def breakdown(times: dict, ops: dict, steps: int, top: int) -> str:
+  table = part_table(times, ops, steps)
   lines = [f"{'part':>20} " + " ".join(f"{p:>10}" for p in PHASES) +
            f" {'total ms':>10} {'share':>6} {'copy/tr.':>9}"]
-  for p in parts:
-    row = [table[(p, ph)] for ph in PHASES]
-    lines.append(f"{p:>20} " + " ".join(f"{v:10.1f}" for v in row) +
-                 f" {sum(row):10.1f} {100 * sum(row) / total:5.1f}% {layout[p]:9.1f}")
-  col = [sum(table[(p, ph)] for p in parts) for ph in PHASES]
+  for p, r in table.items():
+    lines.append(f"{p:>20} " + " ".join(f"{r[ph]:10.1f}" for ph in PHASES) +
+                 f" {r['total']:10.1f} {100 * r['share']:5.1f}% {r['copy_transpose']:9.1f}")
+  col = [sum(r[ph] for r in table.values()) for ph in PHASES]
   lines.append(f"{'all thunks':>20} " + " ".join(f"{v:10.1f}" for v in col) +
-               f" {total:10.1f} {100.0:5.1f}% {sum(layout.values()):9.1f}")
+               f" {sum(col):10.1f} {100.0:5.1f}% "
+               f"{sum(r['copy_transpose'] for r in table.values()):9.1f}")
   lines.append(f"\ntop {top} ops (ms per step):")
   for name, us in sorted(times.items(), key=lambda kv: -kv[1])[:top]:
     lines.append(f"{us / 1e3 / steps:9.1f}  {name:32s} {ops[name]}")
@@ -114,8 +130,10 @@ def main(argv):
   del argv
   import jax
   import numpy as np
+  from metalm_jax import provenance
   from metalm_jax.train import steps as steps_lib
 
+  begun = provenance.start()
   config = FLAGS.config
   config.batch_size = FLAGS.batch_size
   config.total_steps = max(config.total_steps, FLAGS.steps + FLAGS.warmup + 1)
@@ -167,7 +185,13 @@ def main(argv):
   print(f"\nwhole-step trace, {FLAGS.trace_steps} steps, XLA thunk time per step by part and "
         f"phase (trace in {trace_dir}):")
   print(breakdown(per_thunk, ops, FLAGS.trace_steps, FLAGS.top))
+  if FLAGS.json_out:  # defined by train_step
+    provenance.write_json(FLAGS.json_out, {
+        "batch": f"{FLAGS.batch_size} x {FLAGS.seq_len}", "steps": FLAGS.steps,
+        "sub_step_ms_median": {k: 1e3 * float(np.median(v)) for k, v in times.items()},
+        "trace_steps": FLAGS.trace_steps,
+        "thunk_ms_per_step": part_table(per_thunk, ops, FLAGS.trace_steps)}, begun)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  absl_run.run(main)

@@ -1,5 +1,8 @@
 """Train-step speed: tokens/s, step time, peak memory and MFU against the
-matmul peak measured on the same device in the same run.
+peak of train/metrics.py's mfu_peak: the chip's published dense bf16 peak
+(metalm_jax/aot_targets, by jax's device kind), on CPU the matmul peak
+measured on the same device in the same run (best of one reading before and
+one after the timed steps), or --peak_tflops.
 
     python benchmarks/train_step.py --config=configs/pretrain_vl.py:size=bench
     python benchmarks/train_step.py --config=configs/pretrain_vl.py:size=tiny --seq_len=64
@@ -14,9 +17,9 @@ makes torch 3-5x slower when other processes share the cores.
 
 The batch is synthetic (contract shapes, one image docked per row, all other
 positions trained), so only the model and optimizer are timed. MFU counts the
-FLOPs of metalm_jax/train/metrics.py (`flops_per_example`).
+FLOPs of metalm_jax/train/metrics.py (`flops_per_example`). --json_out writes
+the figures with their provenance (metalm_jax/provenance.py).
 """
-import json
 import os
 import resource
 import sys
@@ -25,18 +28,21 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+
+from metalm_jax import absl_run  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "train config file[:arg]")
 flags.DEFINE_integer("batch_size", 16, "global batch")
 flags.DEFINE_integer("seq_len", 128, "decoder positions per row")
 flags.DEFINE_integer("steps", 20, "timed steps")
 flags.DEFINE_integer("warmup", 3, "untimed steps after compilation")
-flags.DEFINE_integer("matmul_size", 1024, "square matmul for the peak")
-flags.DEFINE_string("json_out", "", "also write the figures here")
-flags.DEFINE_float("peak_tflops", 0.0, "published dense peak per device (e.g. 989 for H100 SXM "
-                   "bf16); 0 = the matmul peak measured in this run")
+flags.DEFINE_integer("matmul_size", 1024, "square matmul for the measured peak")
+flags.DEFINE_string("json_out", "", "also write the figures (and their provenance) here")
+flags.DEFINE_float("peak_tflops", 0.0, "MFU peak per device in TFLOP/s; 0 = the published dense "
+                   "bf16 peak of the device kind, on CPU (or an unknown kind) the matmul peak "
+                   "measured in this run")
 flags.DEFINE_bool("compare_torch", False, "also time the PyTorch/HF reference, interleaved")
 flags.DEFINE_integer("block", 5, "steps per interleaved block with --compare_torch")
 flags.DEFINE_integer("torch_threads", 2, "torch intra-op threads")
@@ -134,15 +140,17 @@ def main(argv):
     os.environ["OMP_WAIT_POLICY"] = FLAGS.torch_omp_wait.upper()
     os.execv(sys.executable, [sys.executable] + sys.argv)
   import jax
-  import jax.numpy as jnp
   import numpy as np
+  from metalm_jax import provenance
   from metalm_jax.train import metrics as metrics_lib
+
+  begun = provenance.start()
 
   config = FLAGS.config
   config.batch_size = FLAGS.batch_size
   config.total_steps = max(config.total_steps, FLAGS.steps + FLAGS.warmup + 1)
   dev = jax.devices()[0]
-  mm_dtype = jnp.dtype(config.model.dtype)
+  mm_dtype = metrics_lib.matmul_dtype(dev.platform)
   peak_before = metrics_lib.measure_matmul_peak(FLAGS.matmul_size, mm_dtype)
   b = build(config, FLAGS.batch_size, FLAGS.seq_len)
   compiled, batch, np_batch, t = b.compiled, b.batch, b.np_batch, b.trainer
@@ -172,11 +180,10 @@ def main(argv):
   load = os.getloadavg()[0]
   times, cpu = _timed_blocks(runners, FLAGS.steps, FLAGS.block if ref else FLAGS.steps)
   step_s = float(np.median(times["jax"]))
-  # Best of two peak readings around the timed steps (shared machines drift).
-  peak_single = max(peak_before, metrics_lib.measure_matmul_peak(FLAGS.matmul_size, mm_dtype))
-  peak = metrics_lib.peak_flops(peak_single)
-  if FLAGS.peak_tflops > 0:  # MFU against the chip's published peak, not a measured matmul
-    peak = FLAGS.peak_tflops * 1e12 * jax.device_count()
+  # Best of two matmul readings around the timed steps (shared machines drift).
+  measured = max(peak_before, metrics_lib.measure_matmul_peak(FLAGS.matmul_size, mm_dtype))
+  mfu_peak = metrics_lib.mfu_peak(FLAGS.peak_tflops * 1e12, measure=lambda dtype: measured)
+  peak = mfu_peak.total
   m = box["metrics"]
   out = {
       "device": f"{dev.platform}:{dev.device_kind} x{jax.device_count()}",
@@ -191,7 +198,9 @@ def main(argv):
       "tokens_per_sec": round(FLAGS.batch_size * FLAGS.seq_len / step_s, 1),
       "model_tflops_per_step": flops_ex * FLAGS.batch_size / 1e12,
       "achieved_tflops": flops_ex * FLAGS.batch_size / step_s / 1e12,
-      "matmul_peak_tflops": peak / 1e12,
+      "matmul_peak_tflops": measured / 1e12,
+      "mfu_peak_tflops": peak / 1e12,
+      "mfu_peak_source": mfu_peak.source,
       "mfu": flops_ex * FLAGS.batch_size / step_s / peak,
       "mfu_best_step": flops_ex * FLAGS.batch_size / min(times["jax"]) / peak,
       "peak_memory_mb": round(peak_memory_bytes(dev) / 2 ** 20, 1),
@@ -218,9 +227,7 @@ def main(argv):
         "torch_mfu_vs_best_peak": flops_ex * FLAGS.batch_size / torch_s / both_peak,
     })
   _print(out)
-  what = (f"the published peak ({FLAGS.peak_tflops:g} TFLOP/s per device)" if FLAGS.peak_tflops > 0
-          else f"the measured {FLAGS.matmul_size}^2 matmul peak")
-  print(f"MFU {100 * out['mfu']:.1f}% of {what} ({out['matmul_peak_tflops'] * 1e3:.1f} GFLOP/s)")
+  print(f"MFU {100 * out['mfu']:.1f}% of {peak * 1e-9:.1f} GFLOP/s ({mfu_peak.describe()})")
   if ref is not None:
     print(f"ours {out['step_time_ms_median']:.1f} ms vs torch {out['torch_step_time_ms_median']:.1f}"
           f" ms per step (medians of {FLAGS.steps}, interleaved in blocks of {FLAGS.block}): "
@@ -230,9 +237,8 @@ def main(argv):
           f"time per step torch/ours {out['cpu_time_ratio_torch_over_ours']:.2f}; load average "
           f"{load:.1f} on {os.cpu_count()} cores; OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}")
   if FLAGS.json_out:
-    with open(FLAGS.json_out, "w") as f:
-      json.dump(out, f, indent=2)
+    provenance.write_json(FLAGS.json_out, out, begun)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  absl_run.run(main)

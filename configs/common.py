@@ -1,14 +1,20 @@
-"""Shared pieces of the experiment files: the `arg` string parser and the
-pretraining configs' common body.
+"""Shared pieces of the experiment files: the `arg` string parser, the
+size tables and the pretraining configs' common body.
 
 Each configs/*.py is an experiment file (big_vision style): `get_config(arg)`
 parses "size=tiny,runlocal" with `parse_arg` and builds its ConfigDict from
-the library's presets (metalm_jax/presets.py: model and data sizes, logical
-rules) and trainer defaults (metalm_jax/train/config_defaults.py). Every
-field can then be overridden on the command line:
+the library's defaults, each set in one place: the trainer's fields in
+metalm_jax/train/config_defaults.py, the model and data sections (and their
+named sizes) in metalm_jax/presets.py. An experiment file sets only what its
+experiment changes. Its `SIZES` table maps a size to `model` / `data` (preset
+names), the file's own named settings (`knobs`, e.g. a source) and run-config
+fields under their real dotted names (`"optimizer.lr": 2e-3`), applied by
+`set_fields`. Every field can then be overridden on the command line:
 `--config.model.decoder.num_layers=6`.
 """
 from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Tuple
 
 import ml_collections as mlc
 
@@ -37,48 +43,65 @@ def parse_arg(arg, **defaults):
   return mlc.ConfigDict(out)
 
 
-def pick_size(a, sizes) -> mlc.ConfigDict:
-  """The named-field settings `sizes[a.size]` of an experiment file (a dict of
-  names -> values) as a ConfigDict; an unknown size is an error naming it."""
+PRESET_KEYS = ("model", "data")  # a size's preset names (presets.py)
+
+
+def pick_size(a, sizes, knobs: Tuple[str, ...] = ()) -> Tuple[mlc.ConfigDict, Dict[str, Any]]:
+  """`sizes[a.size]` split into (its presets and `knobs` as a ConfigDict,
+  {dotted run-config field: value}); an unknown size is an error naming it."""
   if a.size not in sizes:
     raise ValueError(f"config arg size={a.size!r} is unknown; known: {sorted(sizes)}")
-  return mlc.ConfigDict(sizes[a.size])
+  entry = dict(sizes[a.size])
+  named = {k: entry.pop(k) for k in PRESET_KEYS + tuple(knobs) if k in entry}
+  return mlc.ConfigDict(named), entry
 
 
-def pretrain_config(a, s, kind: str, decay: str, end_lr_frac: float) -> mlc.ConfigDict:
-  """The body both pretraining files share: the size's model and data presets
-  (`kind`: vl | lang), batch, steps, logging and checkpoint cadence, and the
-  paper's AdamW (b = 0.9, 0.98; weight decay 0.01) with the size's lr and
-  warm-up. `a`: parsed args (steps), `s`: the picked size."""
+def set_fields(c: mlc.ConfigDict, fields: Mapping[str, Any]) -> mlc.ConfigDict:
+  """Sets each dotted field of `c` ('optimizer.lr'); a field that `c` does not
+  have is an error naming it (a misspelt size table would be ignored)."""
+  for field, value in fields.items():
+    *parents, leaf = field.split(".")
+    node = c
+    for p in parents:
+      if p not in node:
+        raise ValueError(f"size field {field!r}: the config has no {p!r} section")
+      node = node[p]
+    if leaf not in node:
+      raise ValueError(f"size field {field!r} is not a config field")
+    node[leaf] = value
+  return c
+
+
+def pretrain_config(a, s, fields: Mapping[str, Any], kind: str) -> mlc.ConfigDict:
+  """The body the pretraining files share: the size's model and data presets
+  (`kind`: vl | lang | av) and its fields (batch, steps, cadences, the lr
+  schedule; the paper's AdamW b = 0.9, 0.98, weight decay 0.01 are the
+  defaults). `a`: parsed args (steps: 0 = the size's), `s`, `fields`: the
+  picked size (pick_size)."""
   c = config_defaults.trainer_config()
   c.model = presets.model_config(s.model)
   c.data = presets.data_config(kind, s.data)
+  set_fields(c, fields)
+  if a.steps:
+    c.total_steps = a.steps
   if kind == "av":
     add_av_encoders(c.model)
   if kind in ("vl", "av"):  # a VL row may dock several images (interleaved documents)
     vision = c.model.encoders.vision
     vision.max_items = max(vision.max_items, presets.DATA_SIZES[s.data].vl_images)
-  c.batch_size = s.batch
-  c.total_steps = a.steps or s.steps
-  c.log_every, c.eval_every = s.log, s.eval
-  c.checkpoint.every_steps = s.ckpt
-  c.optimizer = config_defaults.optimizer(lr=s.lr, b1=0.9, b2=0.98, weight_decay=0.01,
-                                          warmup_steps=s.warmup, decay=decay,
-                                          end_lr_frac=end_lr_frac)
   return c
 
 
 def add_av_encoders(model: mlc.ConfigDict) -> mlc.ConfigDict:
   """A four-modality model: `model` (vision and text encoders) plus an audio
   encoder `audio` (type "whisper") and a video encoder `video` (type "video"),
-  from presets.ENCODER_PRESETS, sized for the embedded world's clips (<= 1 s
+  from the presets of their modalities, sized for the embedded world's clips (<= 1 s
   of 16 kHz sound; 4 frames at the vision encoder's image size): a clip docks
   8 audio vectors, a video 4 (one per frame: the video preset's "frames"
   pool)."""
-  build = presets.ENCODER_PRESETS
-  model.encoders.audio = build["whisper"](max_items=1, sample_rate=16000, max_seconds=1.0,
-                                          num_vectors=8)
-  model.encoders.video = build["video"](max_items=1, frames=4,
-                                        image_size=model.encoders.vision.image_size,
-                                        num_vectors=4)
+  model.encoders.audio = presets.whisper(max_items=1, sample_rate=16000, max_seconds=1.0,
+                                         num_vectors=8)
+  model.encoders.video = presets.video(max_items=1, frames=4,
+                                       image_size=model.encoders.vision.image_size,
+                                       num_vectors=4)
   return model

@@ -27,21 +27,25 @@ MODALITIES = {"image": ("world_caption", formats.CAPTION_PROMPT),
               "audio": ("world_audio_caption", formats.AUDIO_CAPTION_PROMPT),
               "video": ("world_video_caption", formats.VIDEO_CAPTION_PROMPT)}
 
-SIZES = {  # every: eval and checkpoint interval; examples: evaluated examples
-    "tiny": dict(model="tiny", data="tiny", source="world_caption", batch=16, steps=300,
-                 lr=5e-4, warmup=20, every=100, examples=64, beam=1),
-    "paper": dict(model="paper_vl", data="paper_vl", source="coco_caption", batch=256,
-                  steps=20_000, lr=1e-5, warmup=0, every=2000, examples=5000, beam=3),
+KNOBS = ("source", "examples", "beam")  # source; evaluated examples; beam size (1 = greedy)
+SIZES = {
+    "tiny": {"model": "tiny", "data": "tiny", "source": "world_caption", "examples": 64,
+             "beam": 1, "batch_size": 16, "total_steps": 300, "optimizer.lr": 5e-4,
+             "optimizer.warmup_steps": 20, "eval_loss.every_steps": 100,
+             "checkpoint.every_steps": 100},
+    "paper": {"model": "paper_vl", "data": "paper_vl", "source": "coco_caption",
+              "examples": 5000, "beam": 3, "batch_size": 256, "total_steps": 20_000,
+              "optimizer.lr": 1e-5, "optimizer.warmup_steps": 0,
+              "eval_loss.every_steps": 2000, "checkpoint.every_steps": 2000},
 }
 
 
 def get_config(arg=None):
-  a, s = F.parse(arg, SIZES, modality="image")
-  source, every, n, beam = s.source, s.every, s.examples, s.beam
-  source, prompt = F.modality_choice(a, MODALITIES, (source, formats.CAPTION_PROMPT))
-  c = F.base(a, model=s.model, kind="vl", data=s.data, mixture={source + "_prompted": 1.0},
-             batch=s.batch, steps=s.steps, lr=s.lr, warmup=s.warmup, eval_every=every,
-             ckpt=every)
+  a, s, fields = F.parse(arg, SIZES, KNOBS, modality="image")
+  n, beam = s.examples, s.beam
+  source, prompt = F.modality_choice(a, MODALITIES, (s.source, formats.CAPTION_PROMPT))
+  c = F.base(a, s, fields, kind="vl", mixture={source + "_prompted": 1.0})
+  every = c.eval_loss.every_steps
   c.data.spans.prefix_max = 0  # no caption prefix through the text encoder here
   if a.modality != "image":
     common.add_av_encoders(c.model)

@@ -24,30 +24,29 @@ def frozen(*prefixes: str) -> dict:
   return dict(regex=r"^(" + "|".join(prefixes) + r")/", frozen=True, lr_mult=1.0)
 
 
-def base(a, *, model: str, kind: str, data: str, mixture: dict, batch: int, steps: int,
-         lr: float, warmup: int, decay: str = "constant", log: int = 10, eval_every: int = 100,
-         ckpt: int = 200, weight_decay: float = 0.01) -> mlc.ConfigDict:
-  """Trainer config for a finetuning run (see the module docstring)."""
+def base(a, s, fields, *, kind: str, mixture: dict) -> mlc.ConfigDict:
+  """Trainer config for a finetuning run (see the module docstring): the
+  size's model / data presets (`s`, pick_size) with `mixture`, a constant lr
+  after warm-up unless the size's `fields` say otherwise, then `fields`."""
   c = config_defaults.trainer_config()
-  c.model = presets.model_config(model)
-  c.data = presets.data_config(kind, data)
+  c.model = presets.model_config(s.model)
+  c.data = presets.data_config(kind, s.data)
   c.data.mixture = dict(mixture)
-  c.batch_size = batch
-  c.total_steps = a.steps or steps
-  c.log_every, c.eval_every = log, eval_every
-  c.checkpoint.every_steps = ckpt
-  c.optimizer = config_defaults.optimizer(lr=lr, b1=0.9, b2=0.98, weight_decay=weight_decay,
-                                          warmup_steps=warmup, decay=decay, end_lr_frac=0.0)
+  c.optimizer.update(decay="constant", end_lr_frac=0.0)
+  common.set_fields(c, fields)
+  if a.steps:
+    c.total_steps = a.steps
   c.init_from = a.init
   if a.size == "paper":
     c.mesh.update(data=1, fsdp=-1, tensor=1)
   return c
 
 
-def parse(arg, sizes, **extra):
-  """(the parsed arg, the named settings sizes[size] as a ConfigDict)."""
+def parse(arg, sizes, knobs=(), **extra):
+  """(the parsed arg, the size's presets and `knobs`, its fields): see
+  common.pick_size."""
   a = common.parse_arg(arg, size="tiny", steps=0, init="", **extra)
-  return a, common.pick_size(a, sizes)
+  return (a,) + common.pick_size(a, sizes, knobs)
 
 
 def modality_choice(a, modalities: dict, default):

@@ -13,27 +13,31 @@ sources here), 20k steps of 256, lr 1e-4.
 from configs import finetune_common as F
 
 CLUSTERS = ("caption", "vqa", "nli")
-SIZES = {  # sources: per cluster; every: eval and checkpoint interval; examples: evaluated
-    "tiny": dict(model="tiny", data="tiny",
-                 sources={"caption": "world_caption", "vqa": "world_vqa", "nli": "world_nli"},
-                 batch=16, steps=400, lr=5e-4, warmup=20, every=200, examples=64),
-    "paper": dict(model="paper_vl", data="paper_vl",
-                  sources={"caption": "coco_caption", "vqa": "vqav2", "nli": "mnli"},
-                  batch=256, steps=20_000, lr=1e-4, warmup=500, every=2000, examples=2000),
+KNOBS = ("sources", "examples")  # the source of each cluster; evaluated examples
+SIZES = {
+    "tiny": {"model": "tiny", "data": "tiny",
+             "sources": {"caption": "world_caption", "vqa": "world_vqa", "nli": "world_nli"},
+             "examples": 64, "batch_size": 16, "total_steps": 400, "optimizer.lr": 5e-4,
+             "optimizer.warmup_steps": 20, "optimizer.decay": "linear",
+             "eval_loss.every_steps": 200, "checkpoint.every_steps": 200},
+    "paper": {"model": "paper_vl", "data": "paper_vl",
+              "sources": {"caption": "coco_caption", "vqa": "vqav2", "nli": "mnli"},
+              "examples": 2000, "batch_size": 256, "total_steps": 20_000, "optimizer.lr": 1e-4,
+              "optimizer.warmup_steps": 500, "optimizer.decay": "linear",
+              "eval_loss.every_steps": 2000, "checkpoint.every_steps": 2000},
 }
 EVAL_TYPE = {"caption": "caption", "vqa": "vqa", "nli": "classify"}
 
 
 def get_config(arg=None):
-  a, s = F.parse(arg, SIZES, heldout="nli")
-  sources, every, n = s.sources, s.every, s.examples
+  a, s, fields = F.parse(arg, SIZES, KNOBS, heldout="nli")
+  sources, n = s.sources, s.examples
   if a.heldout not in CLUSTERS + ("none",):
     raise ValueError(f"config arg heldout={a.heldout!r} is unknown; known: {CLUSTERS + ('none',)}")
   train = [k for k in CLUSTERS if k != a.heldout]
   mixture = {f"{sources[k]}_instruct": 1.0 for k in train}
-  c = F.base(a, model=s.model, kind="vl", data=s.data, mixture=mixture, batch=s.batch,
-             steps=s.steps, lr=s.lr, warmup=s.warmup, decay="linear", eval_every=every,
-             ckpt=every)
+  c = F.base(a, s, fields, kind="vl", mixture=mixture)
+  every = c.eval_loss.every_steps
   c.data.seq_len = max(c.data.seq_len, 80)  # room for the longer templates
   c.data.spans.prefix_max = 0
   c.evals = {}

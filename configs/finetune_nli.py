@@ -18,23 +18,27 @@ language-only paper model, batch 32, lr 5e-5, 3 epochs (392,702 pairs).
 """
 from configs import finetune_common as F
 
-SIZES = {  # every: eval and checkpoint interval; examples: evaluated examples
-    "tiny": dict(model="tiny", data="tiny", source="world_nli_encoded", batch=16, steps=300,
-                 lr=1e-3, warmup=20, every=100, examples=150),
-    "paper": dict(model="paper_lang", data="paper_lang", source="mnli_encoded", batch=32,
-                  steps=3 * 392_702 // 32, lr=5e-5, warmup=2000, every=5000, examples=9815),
+KNOBS = ("source", "examples")  # the trained and evaluated source; evaluated examples
+SIZES = {
+    "tiny": {"model": "tiny", "data": "tiny", "source": "world_nli_encoded", "examples": 150,
+             "batch_size": 16, "total_steps": 300, "optimizer.lr": 1e-3,
+             "optimizer.warmup_steps": 20, "optimizer.decay": "linear",
+             "eval_loss.every_steps": 100, "checkpoint.every_steps": 100,
+             "data.seq_len": 96, "model.encoders.text.max_len": 64},
+    "paper": {"model": "paper_lang", "data": "paper_lang", "source": "mnli_encoded",
+              "examples": 9815, "batch_size": 32, "total_steps": 3 * 392_702 // 32,
+              "optimizer.lr": 5e-5, "optimizer.warmup_steps": 2000, "optimizer.decay": "linear",
+              "eval_loss.every_steps": 5000, "checkpoint.every_steps": 5000,
+              "data.seq_len": 320, "model.encoders.text.max_len": 256},
 }
 
 
 def get_config(arg=None):
-  a, s = F.parse(arg, SIZES)
-  source, every = s.source, s.every
+  a, s, fields = F.parse(arg, SIZES, KNOBS)
+  source = s.source
   kind = "lang" if a.size == "paper" else "vl"
-  c = F.base(a, model=s.model, kind=kind, data=s.data, mixture={source: 1.0}, batch=s.batch,
-             steps=s.steps, lr=s.lr, warmup=s.warmup, decay="linear", eval_every=every,
-             ckpt=every)
-  c.data.seq_len = 96 if a.size == "tiny" else 320
-  c.model.encoders.text.max_len = 64 if a.size == "tiny" else 256
+  c = F.base(a, s, fields, kind=kind, mixture={source: 1.0})
+  every = c.eval_loss.every_steps
   frozen = ["decoder"] + [f"{p}_{n}" for n in c.model.encoders
                           if c.model.encoders[n].type != "bert"
                           for p in ("encoders", "connectors")]

@@ -14,22 +14,23 @@ real-data sources yet, so it reads the embedded world's paper variant.
 """
 from configs import finetune_common as F
 
-SIZES = {  # every: eval and checkpoint interval; examples: evaluated examples
-    "tiny": dict(model="tiny", data="tiny", batch=16, steps=400, lr=5e-4, warmup=20, every=100,
-                 examples=128, seq_len=128),
-    "paper": dict(model="paper_vl", data="paper_vl", batch=128, steps=10_000, lr=1e-5, warmup=0,
-                  every=2000, examples=2000, seq_len=512),
+KNOBS = ("examples",)  # evaluated examples
+SIZES = {
+    "tiny": {"model": "tiny", "data": "tiny", "examples": 128, "batch_size": 16,
+             "total_steps": 400, "optimizer.lr": 5e-4, "optimizer.warmup_steps": 20,
+             "eval_loss.every_steps": 100, "checkpoint.every_steps": 100, "data.seq_len": 128},
+    "paper": {"model": "paper_vl", "data": "paper_vl", "examples": 2000, "batch_size": 128,
+              "total_steps": 10_000, "optimizer.lr": 1e-5, "optimizer.warmup_steps": 0,
+              "eval_loss.every_steps": 2000, "checkpoint.every_steps": 2000,
+              "data.seq_len": 512},
 }
 
 
 def get_config(arg=None):
-  a, s = F.parse(arg, SIZES)
-  c = F.base(a, model=s.model, kind="vl", data=s.data, mixture={"world_pair": 1.0},
-             batch=s.batch, steps=s.steps, lr=s.lr, warmup=s.warmup, eval_every=s.every,
-             ckpt=s.every)
+  a, s, fields = F.parse(arg, SIZES, KNOBS)
+  c = F.base(a, s, fields, kind="vl", mixture={"world_pair": 1.0})
   c.model.encoders.vision.max_items = 2
-  c.data.seq_len = s.seq_len
   c.data.spans.prefix_max = 0
-  c.evals = {"nlvr2": F.evaluator("classify", "world_pair", s.every,
+  c.evals = {"nlvr2": F.evaluator("classify", "world_pair", c.eval_loss.every_steps,
                                   num_examples=s.examples)}
   return c

@@ -27,21 +27,25 @@ from configs import finetune_common as F
 MODALITIES = {"image": "world_vqa", "audio": "world_audio_qa", "video": "world_video_qa",
               "audio_image": "world_audio_image_qa"}  # modality -> world source
 
-SIZES = {  # every: eval and checkpoint interval; examples: evaluated examples
-    "tiny": dict(model="tiny", data="tiny", source="world_vqa", batch=16, steps=300, lr=5e-4,
-                 warmup=20, every=100, examples=128),
-    "paper": dict(model="paper_vl", data="paper_vl", source="vqav2", batch=256, steps=40_000,
-                  lr=1e-5, warmup=0, every=5000, examples=5000),
+KNOBS = ("source", "examples")  # the trained and evaluated source; evaluated examples
+SIZES = {
+    "tiny": {"model": "tiny", "data": "tiny", "source": "world_vqa", "examples": 128,
+             "batch_size": 16, "total_steps": 300, "optimizer.lr": 5e-4,
+             "optimizer.warmup_steps": 20, "eval_loss.every_steps": 100,
+             "checkpoint.every_steps": 100},
+    "paper": {"model": "paper_vl", "data": "paper_vl", "source": "vqav2", "examples": 5000,
+              "batch_size": 256, "total_steps": 40_000, "optimizer.lr": 1e-5,
+              "optimizer.warmup_steps": 0, "eval_loss.every_steps": 5000,
+              "checkpoint.every_steps": 5000},
 }
 
 
 def get_config(arg=None):
-  a, s = F.parse(arg, SIZES, modality="image")
+  a, s, fields = F.parse(arg, SIZES, KNOBS, modality="image")
   source = F.modality_choice(a, MODALITIES, s.source)
-  c = F.base(a, model=s.model, kind="vl", data=s.data, mixture={source: 1.0}, batch=s.batch,
-             steps=s.steps, lr=s.lr, warmup=s.warmup, eval_every=s.every, ckpt=s.every)
+  c = F.base(a, s, fields, kind="vl", mixture={source: 1.0})
   if a.modality != "image":
     common.add_av_encoders(c.model)
-  c.evals = {"vqa": F.evaluator("vqa", source, s.every, num_examples=s.examples,
+  c.evals = {"vqa": F.evaluator("vqa", source, c.eval_loss.every_steps, num_examples=s.examples,
                                 max_new_tokens=8)}
   return c

@@ -13,17 +13,18 @@ VL rows at 0.7, sound-clip and video captions at 0.15 each.
 from configs import common
 from metalm_jax.train import config_defaults
 
-# size -> model / data preset (metalm_jax/presets.py) and the run's settings.
+# size -> model / data preset (metalm_jax/presets.py) and run-config fields.
 SIZES = {
-    "tiny": dict(model="tiny", data="tiny", batch=16, steps=600, lr=2e-3, warmup=30,
-                 decay="cosine", log=10, eval=100, ckpt=200),
+    "tiny": {"model": "tiny", "data": "tiny", "batch_size": 16, "total_steps": 600,
+             "optimizer.lr": 2e-3, "optimizer.warmup_steps": 30,
+             "log.every_steps": 10, "eval_loss.every_steps": 100, "checkpoint.every_steps": 200},
 }
 
 
 def get_config(arg=None):
   a = common.parse_arg(arg, size="tiny", steps=0, runlocal=False)
-  s = common.pick_size(a, SIZES)
-  c = common.pretrain_config(a, s, "av", decay=s.decay, end_lr_frac=0.1)
+  s, fields = common.pick_size(a, SIZES)
+  c = common.pretrain_config(a, s, fields, "av")
   if a.runlocal:
     config_defaults.runlocal(c, a.steps)
   return c

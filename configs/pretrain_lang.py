@@ -29,23 +29,26 @@ from metalm_jax.train import config_defaults
 # arg baseline= -> (model config builder, data config builder)
 BASELINES = {"gpt": (presets.gpt_baseline, presets.gpt_baseline_data)}
 
-# size -> model / data preset (metalm_jax/presets.py) and the run's settings.
+# size -> model / data preset (metalm_jax/presets.py) and run-config fields.
 SIZES = {
-    "tiny": dict(model="tiny", data="tiny", batch=16, steps=600, lr=2e-3, warmup=30, log=10,
-                 eval=100, ckpt=200),
-    "paper": dict(model="paper_lang", data="paper_lang", batch=1024, steps=300_000, lr=6e-4,
-                  warmup=3750, log=100, eval=5000, ckpt=5000),
+    "tiny": {"model": "tiny", "data": "tiny", "batch_size": 16, "total_steps": 600,
+             "optimizer.lr": 2e-3, "optimizer.warmup_steps": 30,
+             "log.every_steps": 10, "eval_loss.every_steps": 100, "checkpoint.every_steps": 200},
+    "paper": {"model": "paper_lang", "data": "paper_lang", "batch_size": 1024,
+              "total_steps": 300_000, "optimizer.lr": 6e-4, "optimizer.warmup_steps": 3750,
+              "log.every_steps": 100, "eval_loss.every_steps": 5000,
+              "checkpoint.every_steps": 5000, "mesh.data": 1, "mesh.fsdp": -1},
 }
 
 
 def get_config(arg=None):
   a = common.parse_arg(arg, size="tiny", steps=0, runlocal=False, norm="", baseline="")
-  s = common.pick_size(a, SIZES)
+  s, fields = common.pick_size(a, SIZES)
   if a.norm and a.norm not in layers.NORM_STYLES:
     raise ValueError(f"config arg norm={a.norm!r} is unknown; known: {layers.NORM_STYLES}")
   if a.baseline and a.baseline not in BASELINES:
     raise ValueError(f"config arg baseline={a.baseline!r} is unknown; known: {sorted(BASELINES)}")
-  c = common.pretrain_config(a, s, "lang", decay="cosine", end_lr_frac=0.1)
+  c = common.pretrain_config(a, s, fields, "lang")
   if a.size == "tiny":  # language-only: the text encoder, no vision
     c.model.encoders = {"text": c.model.encoders.text}
   if a.norm:
@@ -56,8 +59,6 @@ def get_config(arg=None):
   else:
     enc_layers = c.model.encoders.text.num_layers
     c.optimizer.encoder_top_layers = {"text": min(2, enc_layers - 1)}
-  if a.size == "paper":
-    c.mesh.update(data=1, fsdp=-1, tensor=1)
   if a.runlocal:
     config_defaults.runlocal(c, a.steps)
   return c

@@ -12,24 +12,26 @@ b=(0.9, 0.98), wd 0.01, lr 1e-4 with 2.5k warm-up and linear decay, dropout 0.1
 from configs import common
 from metalm_jax.train import config_defaults
 
-# size -> model / data preset (metalm_jax/presets.py) and the run's settings.
+# size -> model / data preset (metalm_jax/presets.py) and run-config fields.
 SIZES = {
-    "tiny": dict(model="tiny", data="tiny", batch=16, steps=600, lr=2e-3, warmup=30,
-                 decay="cosine", log=10, eval=100, ckpt=200),
-    "bench": dict(model="bench", data="bench", batch=16, steps=2000, lr=1e-3, warmup=100,
-                  decay="cosine", log=20, eval=200, ckpt=500),
-    "paper": dict(model="paper_vl", data="paper_vl", batch=256, steps=350_000, lr=1e-4,
-                  warmup=2500, decay="linear", log=100, eval=5000, ckpt=5000),
+    "tiny": {"model": "tiny", "data": "tiny", "batch_size": 16, "total_steps": 600,
+             "optimizer.lr": 2e-3, "optimizer.warmup_steps": 30,
+             "log.every_steps": 10, "eval_loss.every_steps": 100, "checkpoint.every_steps": 200},
+    "bench": {"model": "bench", "data": "bench", "batch_size": 16, "total_steps": 2000,
+              "optimizer.lr": 1e-3, "optimizer.warmup_steps": 100,
+              "log.every_steps": 20, "eval_loss.every_steps": 200, "checkpoint.every_steps": 500},
+    "paper": {"model": "paper_vl", "data": "paper_vl", "batch_size": 256, "total_steps": 350_000,
+              "optimizer.lr": 1e-4, "optimizer.warmup_steps": 2500, "optimizer.decay": "linear",
+              "optimizer.end_lr_frac": 0.0, "log.every_steps": 100,
+              "eval_loss.every_steps": 5000, "checkpoint.every_steps": 5000,
+              "mesh.data": 1, "mesh.fsdp": -1},
 }
 
 
 def get_config(arg=None):
   a = common.parse_arg(arg, size="tiny", steps=0, runlocal=False)
-  s = common.pick_size(a, SIZES)
-  c = common.pretrain_config(a, s, "vl", decay=s.decay,
-                             end_lr_frac=0.0 if s.decay == "linear" else 0.1)
-  if a.size == "paper":
-    c.mesh.update(data=1, fsdp=-1, tensor=1)
+  s, fields = common.pick_size(a, SIZES)
+  c = common.pretrain_config(a, s, fields, "vl")
   if a.runlocal:
     config_defaults.runlocal(c, a.steps)
   return c

@@ -13,6 +13,7 @@
 # `python -m metalm_jax.aot` (exit codes there: 0 fits, 3 does not fit).
 # `bash launch/aot.sh --setup_only [--topology=T]` only creates/updates the
 # venv (launch/test.sh does so for the TPU one before pytest starts).
+# `bash launch/aot.sh --help` prints this; `--helpfull` goes to metalm_jax.aot.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -25,6 +26,7 @@ for a in "$@"; do
   case "$a" in
     --topology=*) TOPOLOGY="${a#--topology=}" ;;
     --setup_only) SETUP_ONLY=1 ;;
+    -h|--help) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;  # this header is the usage
   esac
   [[ "$prev" == "--topology" ]] && TOPOLOGY="$a"
   prev="$a"

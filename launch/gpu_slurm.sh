@@ -7,6 +7,7 @@
 #       --config=configs/pretrain_vl.py:size=paper --workdir=/shared/runs/vl \
 #       [--venv=/shared/metalm_jax/.venv] [--data_bucket=gs://BUCKET/tfds] [--dry_run] \
 #       [-- --config.batch_size=512 ...]
+#   bash launch/gpu_slurm.sh --help
 #
 # --data_bucket mounts a bucket read-only with gcsfuse at /tmp/metalm_data on
 # every node and passes --config.data.data_dir=/tmp/metalm_data (array_record
@@ -33,8 +34,9 @@ while [[ $# -gt 0 ]]; do
     --venv=*) VENV="${1#*=}" ;;
     --data_bucket=*) DATA_BUCKET="${1#*=}" ;;
     --dry_run) DRY=1 ;;
+    -h|--help) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;  # this header is the usage
     --) shift; EXTRA=("$@"); break ;;
-    *) echo "gpu_slurm.sh: unknown argument $1" >&2; exit 2 ;;
+    *) echo "gpu_slurm.sh: unknown argument $1 (--help: usage)" >&2; exit 2 ;;
   esac
   shift
 done

@@ -7,8 +7,12 @@
 #
 # Running it again resumes from the latest checkpoint in the workdir (a
 # finished run just re-reports); delete the workdir to start over. Extra
-# arguments go to `python -m metalm_jax.main` (any --config.* field).
+# arguments go to `python -m metalm_jax.main` (any --config.* field);
+# `bash launch/local.sh --help` prints this and does nothing else.
 set -euo pipefail
+for a in "$@"; do
+  if [[ "$a" == --help || "$a" == -h ]]; then sed -n '2,/^[^#]/s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0; fi  # this header is the usage
+done
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 WORKDIR="${WORKDIR:-$ROOT/workdir_local_vl}"

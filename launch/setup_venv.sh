@@ -4,6 +4,9 @@
 # (`pip install -c constraints.txt`; setup.py itself only holds ranges).
 # Run by local.sh and test.sh. VENV=/path overrides the venv location.
 #
+#   bash launch/setup_venv.sh [EXTRAS]      # e.g. test, plot, hf,gcs (setup.py extras)
+#   bash launch/setup_venv.sh --help
+#
 # torch (extras hf / test): PyPI's Linux torch==2.13.0 is a CUDA build that
 # drags several GB of nvidia-* wheels. When the CPU index
 # (https://download.pytorch.org/whl/cpu) answers within 5 s, torch==2.13.0+cpu
@@ -12,6 +15,10 @@
 # indexes and find-links: a local CPU wheel if one lies there (2.13.0+cpu ranks
 # above 2.13.0), else PyPI's CUDA build.
 set -euo pipefail
+if [[ "${1:-}" == --help || "${1:-}" == -h ]]; then
+  sed -n '2,/^[^#]/s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"  # this header is the usage
+  exit 0
+fi
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 EXTRAS="${1:-}"
 PY="${PYTHON:-python3}"

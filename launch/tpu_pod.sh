@@ -9,6 +9,7 @@
 #       [--project=P] [--version=v2-alpha-tpuv5-lite] [--spot] [--dry_run] \
 #       [--data_bucket=gs://BUCKET/tfds] \
 #       [-- --config.optimizer.lr=2e-4 ...]
+#   bash launch/tpu_pod.sh --help
 #
 # --data_bucket mounts a bucket read-only with gcsfuse at /tmp/metalm_data on
 # every worker and passes --config.data.data_dir=/tmp/metalm_data (array_record
@@ -36,8 +37,9 @@ while [[ $# -gt 0 ]]; do
     --spot) SPOT=1 ;;
     --data_bucket=*) DATA_BUCKET="${1#*=}" ;;
     --dry_run) DRY=1 ;;
+    -h|--help) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;  # this header is the usage
     --) shift; EXTRA=("$@"); break ;;
-    *) echo "tpu_pod.sh: unknown argument $1" >&2; exit 2 ;;
+    *) echo "tpu_pod.sh: unknown argument $1 (--help: usage)" >&2; exit 2 ;;
   esac
   shift
 done

@@ -15,7 +15,8 @@ any --config.* override (mesh, remat, batch, accumulation) is what compiles.
 Memory per chip = arguments + outputs - aliased (the donated state) +
 temporaries, from XLA's memory analysis of the compiled step. Model FLOPs per
 step come from train/metrics.py's formula (not cost_analysis, which counts a
-scanned loop body once).
+scanned loop body once). --report's JSON carries the run's provenance
+(metalm_jax/provenance.py; its devices are this compile host's).
 
 Exit status: 0 fits; 3 does not fit (RESOURCE_EXHAUSTED at compile, or the
 total exceeds the chip's HBM: the GPU compiler does not check); 2 a bad
@@ -163,7 +164,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from etils import epath
-  from metalm_jax import aot_targets
+  from metalm_jax import aot_targets, provenance
+  begun = provenance.start()
   try:
     target = aot_targets.resolve(FLAGS.topology)
     report = compile_train_step(FLAGS.config, target)
@@ -178,6 +180,7 @@ def main(argv):
   report["overrides"] = dict(config_flags.get_override_values(FLAGS["config"]))
   print(format_report(report, config_name), flush=True)
   if FLAGS.report:
+    report = provenance.attach(report, begun)  # the compile host's, not the target's
     epath.Path(FLAGS.report).write_text(json.dumps(report, indent=2, sort_keys=True))
   sys.exit(EXIT_FITS if report["fits"] else EXIT_DOES_NOT_FIT)
 

@@ -19,12 +19,14 @@ decoder sequence length.
                                  the same example (0 where not docked).
     dock_mask    bool    [B, L]  True where the decoder input embedding is
                                  replaced by encoder output dock_index[b, t].
-    encoders     dict            one entry per configured encoder name:
-        type "vit":  pixels float32 [B, N, H, W, 3] (normalised), valid bool [B, N]
-        type "bert": tokens int32 [B, N, S], mask bool [B, N, S] (True = real token)
-        type "whisper": waveform float32 [B, N, S] (mono, cfg.sample_rate Hz,
+    encoders     dict            one entry per configured encoder name: the
+                                 arrays of its modality's record
+                                 (models/modalities/, `inputs`):
+        image "vit":  pixels float32 [B, N, H, W, 3] (normalised), valid bool [B, N]
+        text "bert":  tokens int32 [B, N, S], mask bool [B, N, S] (True = real token)
+        audio "whisper": waveform float32 [B, N, S] (mono, cfg.sample_rate Hz,
                      S = max_seconds * sample_rate, zero-padded), valid bool [B, N]
-        type "video": frames float32 [B, N, F, H, W, 3] (normalised like "vit"
+        video "video": frames float32 [B, N, F, H, W, 3] (normalised like image
                      pixels, F = cfg.frames), valid bool [B, N]
 
 Flattened encoder outputs. Each encoder `name` with N = max_items items of T
@@ -34,105 +36,16 @@ element j of encoder `name` is at `dock_offsets(cfg)[name] + n*T + j`.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Mapping
 
 import numpy as np
 
-from metalm_jax.registry import Registry
-
-# Per encoder type: (slot_length(enc_cfg) -> T, input_spec(enc_cfg, B) -> {key: (shape, dtype)}).
-MODALITIES = Registry("encoder modality")
-
-DECODER_KEYS = ("tokens", "targets", "loss_mask", "segment_ids", "positions",
-                "dock_index", "dock_mask")
-DECODER_DTYPES = {"tokens": np.int32, "targets": np.int32, "loss_mask": np.float32,
-                  "segment_ids": np.int32, "positions": np.int32,
-                  "dock_index": np.int32, "dock_mask": np.bool_}
-
-
-def _vit_slot_length(cfg) -> int:
-  if cfg.image_size % cfg.patch_size:
-    raise ValueError(f"image_size={cfg.image_size} is not a multiple of "
-                     f"patch_size={cfg.patch_size}")
-  return (cfg.image_size // cfg.patch_size) ** 2 + int(cfg.class_token)
-
-
-def _vit_inputs(cfg, b):
-  n, s = cfg.max_items, cfg.image_size
-  return {"pixels": ((b, n, s, s, 3), np.float32), "valid": ((b, n), np.bool_)}
-
-
-def _bert_slot_length(cfg) -> int:
-  return cfg.max_len
-
-
-def _bert_inputs(cfg, b):
-  shape = (b, cfg.max_items, cfg.max_len)
-  return {"tokens": (shape, np.int32), "mask": (shape, np.bool_)}
-
-
-def _num_vectors(cfg) -> int:
-  """Audio and video dock a configured number of vectors per clip."""
-  if cfg.num_vectors < 1:
-    raise ValueError(f"{cfg.type} encoder num_vectors={cfg.num_vectors} must be >= 1")
-  return cfg.num_vectors
-
-
-def _whisper_inputs(cfg, b):
-  samples = int(round(cfg.max_seconds * cfg.sample_rate))
-  return {"waveform": ((b, cfg.max_items, samples), np.float32),
-          "valid": ((b, cfg.max_items), np.bool_)}
-
-
-def _video_inputs(cfg, b):
-  n, f, s = cfg.max_items, cfg.frames, cfg.image_size
-  return {"frames": ((b, n, f, s, s, 3), np.float32), "valid": ((b, n), np.bool_)}
-
-
-MODALITIES.register("vit")((_vit_slot_length, _vit_inputs))
-MODALITIES.register("bert")((_bert_slot_length, _bert_inputs))
-MODALITIES.register("whisper")((_num_vectors, _whisper_inputs))
-MODALITIES.register("video")((_num_vectors, _video_inputs))
-
-
-def slot_length(enc_cfg) -> int:
-  """Vectors one item of this encoder docks (T)."""
-  return MODALITIES.get(enc_cfg.type)[0](enc_cfg)
-
-
-def dock_offsets(encoders_cfg: Mapping[str, Any]) -> Dict[str, int]:
-  """Offset of each encoder's block in the flattened encoder outputs."""
-  offsets, total = {}, 0
-  for name in sorted(encoders_cfg):
-    offsets[name] = total
-    cfg = encoders_cfg[name]
-    total += cfg.max_items * slot_length(cfg)
-  return offsets
-
-
-def num_dock_vectors(encoders_cfg: Mapping[str, Any]) -> int:
-  return sum(c.max_items * slot_length(c) for c in encoders_cfg.values())
-
-
-def batch_spec(model_cfg, batch_size: int, seq_len: int) -> Dict[str, Any]:
-  """{key: (shape, dtype)} for a batch (nested for `encoders`)."""
-  spec = {k: ((batch_size, seq_len), DECODER_DTYPES[k]) for k in DECODER_KEYS}
-  spec["encoders"] = {
-      name: MODALITIES.get(c.type)[1](c, batch_size)
-      for name, c in sorted(model_cfg.encoders.items())}
-  return spec
-
-
-def _map_spec(fn, spec):
-  if isinstance(spec, dict):
-    return {k: _map_spec(fn, v) for k, v in spec.items()}
-  return fn(*spec)
-
-
-def dummy_batch(model_cfg, batch_size: int, seq_len: int) -> Dict[str, Any]:
-  """A batch of zeros with the contract's shapes: nothing docked, all padding."""
-  return _map_spec(lambda shape, dtype: np.zeros(shape, dtype),
-                   batch_spec(model_cfg, batch_size, seq_len))
+# The shapes live with the model (metalm_jax/models/contract.py); the
+# per-encoder arrays come from each modality's record (models/modalities/).
+from metalm_jax.models.contract import (DECODER_DTYPES, DECODER_KEYS, batch_spec,  # noqa: F401
+                                        dock_offsets, dummy_batch, encoder_inputs,
+                                        num_dock_vectors)
+from metalm_jax.models.modalities import slot_length  # noqa: F401
 
 
 def validate_batch(batch: Mapping[str, Any], model_cfg, vocab_size: int) -> None:

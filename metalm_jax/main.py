@@ -25,6 +25,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from metalm_jax import config_names
+
 config_flags.DEFINE_config_file("config", None, "config file[:arg]", lock_config=True)
 flags.DEFINE_string("workdir", None, "checkpoints, metrics.jsonl, TensorBoard events")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process)")
@@ -51,7 +53,11 @@ def _config_error(argv, e: Exception):
 
 
 def parse_flags(argv):
-  """absl flag parsing; a bad --config or override exits naming it."""
+  """absl flag parsing (renamed --config fields read under their new names,
+  config_names.py); a bad --config or override exits naming it."""
+  argv = config_names.migrate_argv(argv)
+  if argv[1:] != sys.argv[1:]:
+    sys.argv[1:] = argv[1:]  # the config flag reads sys.argv too
   try:
     out = FLAGS(argv)
     FLAGS.config  # noqa: B018  loads the config file now

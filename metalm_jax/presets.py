@@ -9,7 +9,7 @@ overridden on the command line (`--config.model.decoder.num_layers=6`).
     data_config("vl" | "lang", size)   same size names (the data preset)
     logical_rules()                    logical axis -> mesh axes
     decoder / vit / bert / whisper / video / connector / stack_options: one component each
-    ENCODER_PRESETS                    encoder type -> its component builder
+    (each modality's record, models/modalities/, names its encoder builder)
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import os
 
 import ml_collections as mlc
 
-from metalm_jax.data.images import CLIP_MEAN, CLIP_STD
+from metalm_jax.media.images import CLIP_MEAN, CLIP_STD
 
 ConfigDict = mlc.ConfigDict
 
@@ -34,9 +34,20 @@ def stack_options(scan_layers=False, remat_policy="none", attention_impl="auto")
 
 
 def decoder(**kw) -> ConfigDict:
+  """The interface decoder; the defaults are GPT-2-shaped. Family fields
+  (metalm_jax/models/families.py builds Llama / Qwen2 / Gemma from them):
+  norm_type (layer | rms | rms_plus_one; `ln_eps` is its epsilon), mlp (dense
+  | gated: act(x W_gate) * x W_up, so SwiGLU = gated + silu, GeGLU = gated +
+  gelu_tanh), num_kv_heads (grouped-query attention, 0 = num_heads), qkv_bias
+  (q/k/v biases even with use_bias=False), rope_theta and rope_scaling
+  ({} or {"rope_type": "llama3", factor, low_freq_factor, high_freq_factor,
+  original_max_position_embeddings}; positions="rotary" only), embed_scale
+  (token embeddings times this, e.g. Gemma's sqrt(emb_dim))."""
   d = dict(vocab_size=1024, num_layers=2, emb_dim=64, num_heads=4, head_dim=0, mlp_dim=256,
            activation="gelu", norm="pre", positions="learned", max_len=256, dropout=0.0,
-           use_bias=True, ln_eps=1e-5, tie_embeddings=True, **stack_options())
+           use_bias=True, ln_eps=1e-5, tie_embeddings=True, norm_type="layer", mlp="dense",
+           num_kv_heads=0, qkv_bias=False, rope_theta=10000.0, rope_scaling={},
+           embed_scale=1.0, **stack_options())
   d.update(kw)
   return ConfigDict(d)
 
@@ -95,9 +106,6 @@ def video(**kw) -> ConfigDict:
   return ConfigDict(d)
 
 
-# Encoder type -> its preset builder (tiny defaults); the model property tests
-# (tests/test_model_properties.py) build one encoder of every registered type from here.
-ENCODER_PRESETS = {"vit": vit, "bert": bert, "whisper": whisper, "video": video}
 
 
 # ---- model sizes ----------------------------------------------------------------

@@ -11,7 +11,7 @@ os.environ["XLA_FLAGS"] = " ".join([
     "--xla_cpu_collective_call_terminate_timeout_seconds=60",
     # Tests are dominated by XLA:CPU compile time, not run time: compiling
     # without the expensive LLVM passes is ~5x faster and numerically the same
-    # computation (tests/test_main_helpers.env passes them to subprocesses).
+    # computation (tests/main_helpers.env passes them to subprocesses).
     "--xla_backend_optimization_level=0",
     "--xla_llvm_disable_expensive_passes=true",
 ]).strip()
@@ -37,10 +37,6 @@ import pytest  # noqa: E402
 from absl import flags  # noqa: E402
 
 flags.FLAGS.mark_as_parsed()
-
-
-def pytest_configure(config):
-  config.addinivalue_line("markers", "slow: long-running; excluded from the default run")
 
 
 @pytest.fixture(scope="session")

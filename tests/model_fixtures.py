@@ -81,3 +81,17 @@ def forward(model, variables, batch, **kw):
 
 def to_jnp(tree):
   return jax.tree.map(jnp.asarray, tree)
+
+
+def numpy_attention(x, p, mask):
+  """layers.Attention in numpy (float64 for float64 inputs): params `p` of
+  {query,key,value,out}.{kernel,bias}, boolean `mask` [B,1|H,Lq,Lk]."""
+  q = np.einsum("bte,ehd->bthd", x, p["query"]["kernel"]) + p["query"]["bias"]
+  k = np.einsum("bte,ehd->bthd", x, p["key"]["kernel"]) + p["key"]["bias"]
+  v = np.einsum("bte,ehd->bthd", x, p["value"]["kernel"]) + p["value"]["bias"]
+  s = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
+  s = np.where(mask, s, -np.inf)
+  w = np.exp(s - s.max(-1, keepdims=True))
+  w /= w.sum(-1, keepdims=True)
+  o = np.einsum("bhqk,bkhd->bqhd", w, v)
+  return np.einsum("bqhd,hde->bqe", o, p["out"]["kernel"]) + p["out"]["bias"]

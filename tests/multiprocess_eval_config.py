@@ -12,7 +12,7 @@ def get_config(arg=None):
   c.data.seq_len = 32
   c.batch_size = 8
   c.total_steps = 0
-  c.eval_every, c.eval_batches = 0, 1
+  c.eval_loss.every_steps, c.eval_loss.num_batches = 0, 1
   c.data_shards = 2
   c.mesh.update(data=2, fsdp=2, tensor=2)
   c.sharding.min_fsdp_size = 1024

@@ -1,6 +1,6 @@
-"""The stand-in trainer config (tests/test_train_standin.py) as a config file
+"""The stand-in trainer config (tests/train_standin.py) as a config file
 for the entry point: `--config=tests/standin_config.py`."""
-import tests.test_train_standin as S
+from tests import train_standin as S
 
 
 def get_config():

@@ -1,5 +1,5 @@
 """The real entry point (metalm_jax.main) on the stand-in data of
-tests/test_train_standin.py, for tests that send a signal at a given moment:
+tests/train_standin.py, for tests that send a signal at a given moment:
 
     METALM_TEST_HOOK=slow_restore|slow_save METALM_TEST_MARKER=FILE \
         python tests/standin_main.py --config=tests/standin_config.py --workdir=W
@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app  # noqa: E402
 
-import tests.test_train_standin as S  # noqa: E402
+from tests import train_standin as S  # noqa: E402
 from metalm_jax import main  # noqa: E402
 from metalm_jax.train import checkpoint as ckpt_lib  # noqa: E402
 from metalm_jax.train import trainer  # noqa: E402

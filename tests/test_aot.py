@@ -90,6 +90,8 @@ def test_tiny_fits_on_v5e_2x2_and_oversized_does_not(tmp_path):
                                         config.data.seq_len) * config.batch_size
   assert r["model_flops_per_step"] == pytest.approx(flops, rel=1e-9)
   assert r["compile_s"] > 0 and r["stacks"]["decoder"]["remat_policy"] == "none"
+  # metalm_jax/provenance.py: the compile host's devices, not the target's
+  assert r["provenance"]["platform"] == "cpu" and "--topology=v5e:2x2" in r["provenance"]["argv"]
 
   # A 2^24-word vocabulary replicated over data=4: 16 GiB of params + Adam
   # state per chip and 16 GiB of float32 logits; v5e has 16 GiB.

@@ -12,7 +12,7 @@ import pytest
 
 from metalm_jax.models import layers
 from metalm_jax.models.decoder import segment_mask
-from tests.test_layers import _attn
+from tests.model_fixtures import numpy_attention
 
 B, L, E, H, D = 2, 12, 32, 4, 8
 
@@ -51,7 +51,7 @@ def test_matches_float64_reference_float32(causal):
   p = _params(m, x)
   mask = np.asarray(segment_mask(jnp.asarray(seg)))
   out = np.asarray(jax.jit(lambda p, x, mk: m.apply({"params": p}, x, mk))(p, x, mask))
-  ref = _attn(x.astype(np.float64), jax.tree.map(np.float64, p), _ref_mask(seg, causal))
+  ref = numpy_attention(x.astype(np.float64), jax.tree.map(np.float64, p), _ref_mask(seg, causal))
   np.testing.assert_allclose(out, ref, atol=2e-5, rtol=1e-5)
 
 
@@ -64,7 +64,7 @@ def test_key_padding_mask_of_the_encoders():
   p = _params(m, x)
   out = np.asarray(m.apply({"params": p}, x, keys[:, None, None, :]))
   full = np.broadcast_to(keys[:, None, None, :], (B, 1, L, L))
-  ref = _attn(x.astype(np.float64), jax.tree.map(np.float64, p), full)
+  ref = numpy_attention(x.astype(np.float64), jax.tree.map(np.float64, p), full)
   np.testing.assert_allclose(out, ref, atol=2e-5, rtol=1e-5)
 
 
@@ -76,7 +76,7 @@ def test_bfloat16_compute_within_tolerance():
   p = _params(m, x)
   out = m.apply({"params": p}, x, segment_mask(jnp.asarray(seg)))
   assert out.dtype == jnp.bfloat16
-  ref = _attn(x.astype(np.float64), jax.tree.map(np.float64, p), _ref_mask(seg, True))
+  ref = numpy_attention(x.astype(np.float64), jax.tree.map(np.float64, p), _ref_mask(seg, True))
   err = np.abs(np.asarray(out, np.float64) - ref).max() / np.abs(ref).max()
   assert err < 3e-2, err
 

@@ -187,6 +187,8 @@ def test_quick_run_on_the_test_world(tmp_path):
     assert isinstance(r["holds"], bool)
   assert rows["nli_rank"]["holds"] is None  # its stages did not run
   assert out["icl"]["image episodes"]["mean"][0] is not None
+  prov = out["provenance"]  # metalm_jax/provenance.py; devices read in a child process
+  assert prov["argv"][1:] == cmd[2:] and (prov["platform"], prov["device_count"]) == ("cpu", 1)
 
 
 def test_icl_prompts_at_k4_fit_a_pretraining_row(tmp_path):

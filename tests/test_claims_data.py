@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from metalm_jax import batch as batch_lib
-from metalm_jax.data import formats, media, pipeline, prepare, sources, tasks, world
+from metalm_jax.data import formats, pipeline, prepare, sources, tasks, world
+from metalm_jax.models import modalities
 from tests import world_config as testing
 from metalm_jax.data.builders.common import as_str
 from metalm_jax.evaluate import prompts
@@ -118,7 +119,7 @@ def test_heldout_cluster_clean(setup):
 def _item_parts(cfg, item, kind):
   """An episode item's input parts as the in-context evaluation builds them."""
   if kind == "image":
-    pixels = media.MEDIA.get("image").load(item["image"], cfg.model.encoders.vision,
+    pixels = modalities.MODALITIES.get("image").load(item["image"], cfg.model.encoders.vision,
                                            (tuple(cfg.data.image_mean),
                                             tuple(cfg.data.image_std)), {})
     inputs = [prompts.Image(pixels)]

@@ -17,51 +17,9 @@ from metalm_jax import params_io  # noqa: E402
 from metalm_jax import presets  # noqa: E402
 from metalm_jax.convert import __main__ as cli  # noqa: E402
 from metalm_jax.convert import hf  # noqa: E402
+from tests.hf_fixtures import (BERT_CFGS, CLIP_CFGS, GPT2_CFGS, ROBERTA_CFGS, RTOL,  # noqa: E402
+                               build_hf, save_hf)
 
-RTOL = 1e-4
-
-
-def _save(model, path, seed):
-  """Perturbs every weight (so zero biases and unit norms are not trivially
-  mapped), then writes an HF model dir."""
-  g = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for p in model.parameters():
-      p.add_(0.1 * torch.randn(p.shape, generator=g))
-  model.save_pretrained(str(path))
-  return str(path)
-
-
-CLIP_CFGS = [
-    dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-         image_size=32, patch_size=8),
-    dict(hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=3,
-         image_size=28, patch_size=7, layer_norm_eps=1e-6),
-    dict(hidden_size=64, intermediate_size=80, num_hidden_layers=2, num_attention_heads=8,
-         image_size=16, patch_size=4, hidden_act="gelu"),
-]
-BERT_CFGS = [
-    dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-         vocab_size=61, max_position_embeddings=40),
-    dict(hidden_size=48, intermediate_size=72, num_hidden_layers=3, num_attention_heads=6,
-         vocab_size=100, max_position_embeddings=64, hidden_act="relu", type_vocab_size=3),
-    dict(hidden_size=40, intermediate_size=64, num_hidden_layers=2, num_attention_heads=5,
-         vocab_size=77, max_position_embeddings=48, hidden_act="gelu_new", layer_norm_eps=1e-5),
-]
-ROBERTA_CFGS = [
-    dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-         vocab_size=70, max_position_embeddings=42, type_vocab_size=1, pad_token_id=1),
-    dict(hidden_size=48, intermediate_size=96, num_hidden_layers=1, num_attention_heads=2,
-         vocab_size=90, max_position_embeddings=40, type_vocab_size=1, pad_token_id=3,
-         hidden_act="quick_gelu"),
-]
-GPT2_CFGS = [
-    dict(n_embd=32, n_layer=1, n_head=4, vocab_size=53, n_positions=40),
-    dict(n_embd=48, n_layer=3, n_head=6, vocab_size=97, n_positions=64, n_inner=80,
-         activation_function="gelu", layer_norm_epsilon=1e-6),
-    dict(n_embd=64, n_layer=2, n_head=2, vocab_size=71, n_positions=36,
-         activation_function="relu", tie_word_embeddings=False),
-]
 CASES = ([("vision", "CLIPVisionConfig", "CLIPVisionModel", c) for c in CLIP_CFGS]
          + [("text", "BertConfig", "BertModel", c) for c in BERT_CFGS]
          + [("text", "RobertaConfig", "RobertaModel", c) for c in ROBERTA_CFGS]
@@ -71,14 +29,10 @@ CASES = ([("vision", "CLIPVisionConfig", "CLIPVisionModel", c) for c in CLIP_CFG
          + [("video", "CLIPVisionConfig", "CLIPVisionModel", CLIP_CFGS[1])])
 
 
-def _build(cfg_cls, model_cls, kw):
-  return getattr(transformers, model_cls)(getattr(transformers, cfg_cls)(**kw))
-
-
 @pytest.mark.parametrize("component,cfg_cls,model_cls,kw", CASES,
                          ids=[f"{c[2]}-{i}" for i, c in enumerate(CASES)])
 def test_parity(tmp_path, component, cfg_cls, model_cls, kw):
-  d = _save(_build(cfg_cls, model_cls, kw), tmp_path / "hf", seed=len(str(kw)))
+  d = save_hf(build_hf(cfg_cls, model_cls, kw), tmp_path / "hf", seed=len(str(kw)))
   r = hf.check_hf(d, component, seed=1, batch=3)
   assert r["ok"], r
   assert r["rel"] <= RTOL and r["max_ref"] > 0.1  # non-trivial outputs
@@ -87,7 +41,7 @@ def test_parity(tmp_path, component, cfg_cls, model_cls, kw):
 
 def test_roberta_positions_are_offset(tmp_path):
   kw = ROBERTA_CFGS[1]
-  d = _save(_build("RobertaConfig", "RobertaModel", kw), tmp_path / "hf", seed=3)
+  d = save_hf(build_hf("RobertaConfig", "RobertaModel", kw), tmp_path / "hf", seed=3)
   imp = hf.load_hf(d, "text")
   off = kw["pad_token_id"] + 1
   assert imp.section.max_positions == kw["max_position_embeddings"] - off
@@ -98,7 +52,7 @@ def test_roberta_positions_are_offset(tmp_path):
 
 def test_check_hf_cli_flags_a_wrong_weight(tmp_path, capsys):
   from safetensors.numpy import load_file, save_file
-  d = _save(_build("GPT2Config", "GPT2LMHeadModel", GPT2_CFGS[0]), tmp_path / "hf", seed=0)
+  d = save_hf(build_hf("GPT2Config", "GPT2LMHeadModel", GPT2_CFGS[0]), tmp_path / "hf", seed=0)
   assert cli.main(["check-hf", f"--model_dir={d}", "--component=decoder"]) == 0
   out = capsys.readouterr().out
   assert "max_abs_diff=" in out and "max_rel_diff=" in out and "OK" in out
@@ -108,7 +62,8 @@ def test_check_hf_cli_flags_a_wrong_weight(tmp_path, capsys):
   w["transformer.h.0.mlp.c_fc.bias"] = w["transformer.h.0.mlp.c_fc.bias"] + 0.05
   save_file(w, path, metadata={"format": "pt"})
   orig = hf.hf_gpt2.Gpt2.run_hf
-  ref_dir = _save(_build("GPT2Config", "GPT2LMHeadModel", GPT2_CFGS[0]), tmp_path / "ref", seed=0)
+  ref_dir = save_hf(build_hf("GPT2Config", "GPT2LMHeadModel", GPT2_CFGS[0]), tmp_path / "ref",
+                    seed=0)
   try:  # HF reference reads the uncorrupted copy
     hf.hf_gpt2.Gpt2.run_hf = staticmethod(lambda _d, inputs: orig(ref_dir, inputs))
     assert cli.main(["check-hf", f"--model_dir={d}", "--component=decoder"]) == 1
@@ -118,8 +73,8 @@ def test_check_hf_cli_flags_a_wrong_weight(tmp_path, capsys):
 
 
 def test_torch_bin_is_read_with_weights_only(tmp_path):
-  model = _build("BertConfig", "BertModel", BERT_CFGS[0])
-  d = _save(model, tmp_path / "st", seed=5)
+  model = build_hf("BertConfig", "BertModel", BERT_CFGS[0])
+  d = save_hf(model, tmp_path / "st", seed=5)
   binary = tmp_path / "bin"
   binary.mkdir()
   torch.save(model.state_dict(), binary / "pytorch_model.bin")
@@ -147,7 +102,7 @@ def test_full_clip_dir_imports_vision_tower(tmp_path):
       text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                        num_attention_heads=4, vocab_size=50, max_position_embeddings=16),
       projection_dim=16)
-  d = _save(transformers.CLIPModel(cfg), tmp_path / "clip", seed=2)
+  d = save_hf(transformers.CLIPModel(cfg), tmp_path / "clip", seed=2)
   imp = hf.load_hf(d, "vision")
   assert imp.section.emb_dim == 32 and imp.section.image_size == 32
   assert any(k.startswith("text_model.") for k in imp.skipped)
@@ -157,7 +112,7 @@ def test_full_clip_dir_imports_vision_tower(tmp_path):
 
 
 def test_component_mismatch_is_named(tmp_path):
-  d = _save(_build("GPT2Config", "GPT2LMHeadModel", GPT2_CFGS[0]), tmp_path / "hf", seed=0)
+  d = save_hf(build_hf("GPT2Config", "GPT2LMHeadModel", GPT2_CFGS[0]), tmp_path / "hf", seed=0)
   with pytest.raises(ValueError, match="component='text'.*gpt2"):
     hf.load_hf(d, "text")
   cfg = json.load(open(os.path.join(d, "config.json")))
@@ -175,9 +130,11 @@ def test_assemble_metalm_from_clip_bert_gpt2(tmp_path, capsys):
   import ml_collections
   from metalm_jax.models import metalm
   dirs = {
-      "vision": _save(_build("CLIPVisionConfig", "CLIPVisionModel", CLIP_CFGS[0]), tmp_path / "c", 1),
-      "text": _save(_build("BertConfig", "BertModel", BERT_CFGS[0]), tmp_path / "b", 2),
-      "decoder": _save(_build("GPT2Config", "GPT2LMHeadModel", GPT2_CFGS[0]), tmp_path / "g", 3),
+      "vision": save_hf(build_hf("CLIPVisionConfig", "CLIPVisionModel", CLIP_CFGS[0]),
+                        tmp_path / "c", 1),
+      "text": save_hf(build_hf("BertConfig", "BertModel", BERT_CFGS[0]), tmp_path / "b", 2),
+      "decoder": save_hf(build_hf("GPT2Config", "GPT2LMHeadModel", GPT2_CFGS[0]),
+                         tmp_path / "g", 3),
   }
   outs = {}
   for comp, d in dirs.items():
@@ -228,7 +185,7 @@ def test_import_decoder_keeps_its_tokenizer(tmp_path):
       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
   n = tok.get_vocab_size()
   kw = dict(GPT2_CFGS[0], vocab_size=n, bos_token_id=0, eos_token_id=0)
-  d = _save(_build("GPT2Config", "GPT2LMHeadModel", kw), tmp_path / "hf", seed=4)
+  d = save_hf(build_hf("GPT2Config", "GPT2LMHeadModel", kw), tmp_path / "hf", seed=4)
   tok.save(os.path.join(d, "tokenizer.json"))
   out = str(tmp_path / "out")
   hf.import_hf(d, "decoder", out)
@@ -239,7 +196,7 @@ def test_import_decoder_keeps_its_tokenizer(tmp_path):
   assert t.decode(t.encode("the cat sits")) == "the cat sits"
   # A vocabulary larger than the decoder's is refused, naming both sizes.
   small = dict(kw, vocab_size=n - 5)
-  d2 = _save(_build("GPT2Config", "GPT2LMHeadModel", small), tmp_path / "hf2", seed=4)
+  d2 = save_hf(build_hf("GPT2Config", "GPT2LMHeadModel", small), tmp_path / "hf2", seed=4)
   tok.save(os.path.join(d2, "tokenizer.json"))
   with pytest.raises(ValueError, match=f"vocab_size={n} > .*vocab_size={n - 5}"):
     hf.import_hf(d2, "decoder", str(tmp_path / "out2"))
@@ -258,8 +215,8 @@ def test_hf_dir_on_gcs_reads_like_the_local_one(tmp_path, gcs_bucket):
   """An HF model dir on gs:// (the emulator): the same tree as the local copy,
   for a single safetensors file and for a sharded index."""
   from metalm_jax import storage
-  model = _build("BertConfig", "BertModel", BERT_CFGS[0])
-  local = _save(model, tmp_path / "st", seed=7)
+  model = build_hf("BertConfig", "BertModel", BERT_CFGS[0])
+  local = save_hf(model, tmp_path / "st", seed=7)
   sharded = str(tmp_path / "sharded")
   model.save_pretrained(sharded, max_shard_size="20KB")
   assert os.path.exists(os.path.join(sharded, "model.safetensors.index.json"))
@@ -285,7 +242,7 @@ def test_clip_fills_the_per_frame_vit_of_a_video_encoder(tmp_path, capsys):
   import ml_collections
   from metalm_jax.models import metalm
   from metalm_jax.train import init_params
-  d = _save(_build("CLIPVisionConfig", "CLIPVisionModel", CLIP_CFGS[0]), tmp_path / "c", 1)
+  d = save_hf(build_hf("CLIPVisionConfig", "CLIPVisionModel", CLIP_CFGS[0]), tmp_path / "c", 1)
   out = str(tmp_path / "out")
   assert cli.main(["import-hf", f"--model_dir={d}", "--component=video", f"--out={out}"]) == 0
   assert "init_components = {'encoders_video/video/vit'" in capsys.readouterr().out

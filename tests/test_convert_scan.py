@@ -17,8 +17,8 @@ from metalm_jax.convert import __main__ as cli  # noqa: E402
 from metalm_jax.convert import hf, hf_gpt2  # noqa: E402
 from metalm_jax.models import layout  # noqa: E402
 from metalm_jax.models.decoder import Decoder  # noqa: E402
-from tests.test_convert_hf import (BERT_CFGS, CLIP_CFGS, GPT2_CFGS, RTOL,  # noqa: E402
-                                   _build, _save)
+from tests.hf_fixtures import (BERT_CFGS, CLIP_CFGS, GPT2_CFGS, RTOL,  # noqa: E402
+                               build_hf, save_hf)
 
 SCAN_CASES = [("vision", "CLIPVisionConfig", "CLIPVisionModel", CLIP_CFGS[1]),
               ("text", "BertConfig", "BertModel", BERT_CFGS[1]),
@@ -28,7 +28,7 @@ SCAN_CASES = [("vision", "CLIPVisionConfig", "CLIPVisionModel", CLIP_CFGS[1]),
 @pytest.mark.parametrize("component,cfg_cls,model_cls,kw", SCAN_CASES,
                          ids=[c[2] for c in SCAN_CASES])
 def test_scanned_import_matches_hf(tmp_path, component, cfg_cls, model_cls, kw):
-  d = _save(_build(cfg_cls, model_cls, kw), tmp_path / "hf", seed=7)
+  d = save_hf(build_hf(cfg_cls, model_cls, kw), tmp_path / "hf", seed=7)
   imp = hf.load_hf(d, component, scan_layers=True)
   assert imp.section.scan_layers
   flat = params_io.flatten(imp.tree)
@@ -48,7 +48,7 @@ def _scanned_decoder(section):
 
 
 def test_unrolled_import_loads_into_a_scanned_decoder(tmp_path):
-  d = _save(_build("GPT2Config", "GPT2LMHeadModel", GPT2_CFGS[1]), tmp_path / "hf", seed=8)
+  d = save_hf(build_hf("GPT2Config", "GPT2LMHeadModel", GPT2_CFGS[1]), tmp_path / "hf", seed=8)
   out = str(tmp_path / "imported")
   assert cli.main(["import-hf", f"--model_dir={d}", "--component=decoder", f"--out={out}"]) == 0
   _, meta = params_io.load_params(out)
@@ -65,7 +65,7 @@ def test_unrolled_import_loads_into_a_scanned_decoder(tmp_path):
 
 
 def test_gpt2_round_trip_from_a_scanned_decoder(tmp_path):
-  d = _save(_build("GPT2Config", "GPT2LMHeadModel", GPT2_CFGS[2]), tmp_path / "hf", seed=9)
+  d = save_hf(build_hf("GPT2Config", "GPT2LMHeadModel", GPT2_CFGS[2]), tmp_path / "hf", seed=9)
   imp = hf.load_hf(d, "decoder", scan_layers=True)   # an untied lm_head too
   stacked = imp.tree
   assert stacked["layers"]["mlp"]["wi"]["kernel"].shape[0] == GPT2_CFGS[2]["n_layer"]

@@ -1,10 +1,11 @@
-"""Decoding real audio and video files (data/audio.py, data/video.py): the
+"""Decoding real audio and video files (media/audio.py, media/video.py): the
 numbers against float64 references (analytic sines, known grey levels), and
 every kind of bad input skipped or converted with its counter."""
 import numpy as np
 import pytest
 
-from metalm_jax.data import audio, images, tasks, video
+from metalm_jax.data import tasks
+from metalm_jax.media import audio, images, video
 from tests import media_fixtures as mf
 
 RATE = 16000

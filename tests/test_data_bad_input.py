@@ -8,10 +8,11 @@ import pytest
 from PIL import Image
 
 from metalm_jax import batch as batch_lib
-from metalm_jax.data import audio, images, packing, pipeline, video
+from metalm_jax.data import packing, pipeline
+from metalm_jax.media import audio, images, video
 from tests import world_config as testing
 from metalm_jax.data import prepare
-from metalm_jax.data.images import CLIP_MEAN, CLIP_STD
+from metalm_jax.media.images import CLIP_MEAN, CLIP_STD
 
 
 @pytest.fixture(scope="module")

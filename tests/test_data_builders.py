@@ -135,7 +135,8 @@ def test_build_cli(tmp_path):
   for vocab in (1000, 1024):
     assert (tmp_path / "tokenizers" / f"metalm_world_test_{vocab}_v{prepare.TOKENIZER_VERSION}.model").exists()
   assert len(tfds.data_source("metalm_world/test", data_dir=str(tmp_path))["train"]) == 64
-  from metalm_jax.data import images, world
+  from metalm_jax.data import world
+  from metalm_jax.media import images
   import ml_collections as mlc
   recs = prepare.world_records(mlc.ConfigDict(dict(data_dir=str(tmp_path), world="test")),
                                "test_heldout")
@@ -195,7 +196,7 @@ def audio_set(tmp_path_factory, data_dir):
 def test_audio_captions(audio_set, data_dir):
   """Clotho layout for train, AudioCaps layout for validation; bad files are
   stored and then counted by the decoder, missing files skipped at build."""
-  from metalm_jax.data import audio
+  from metalm_jax.media import audio
   from tests import media_fixtures as mf
   _, files = audio_set
   ds = tfds.data_source("metalm_audio_captions", data_dir=data_dir)
@@ -249,7 +250,7 @@ def video_set(tmp_path_factory, data_dir):
 
 
 def test_msrvtt(video_set, data_dir):
-  from metalm_jax.data import video
+  from metalm_jax.media import video
   ds = tfds.data_source("metalm_msrvtt", data_dir=data_dir)
   assert {k: len(v) for k, v in ds.items()} == {"train": 2, "validation": 1, "test": 1}
   rec = ds["test"][0]
@@ -270,7 +271,7 @@ def test_msrvtt(video_set, data_dir):
 def test_media_builders_through_mock_data(data_dir):
   """tfds.testing.mock_data fills the encoded-file fields with random text:
   every record comes out of the decoders skipped and counted, none raises."""
-  from metalm_jax.data import audio, video
+  from metalm_jax.media import audio, video
   import metalm_jax.data.builders  # noqa: F401
   with tfds.testing.mock_data(num_examples=3):
     clips = tfds.data_source("metalm_audio_captions", split="train", data_dir=data_dir)
@@ -289,7 +290,7 @@ def test_real_audio_and_video_through_the_pipeline(audio_set, video_set, data_di
   training decoder's output for one of the files (44.1 kHz stereo WAV, 3 s
   FLAC, 64x48 mp4), its row trained on one of that file's captions; the
   corrupt files are skipped and every conversion counted under one name."""
-  from metalm_jax.data import audio, video
+  from metalm_jax.media import audio, video
   from tests import av_fixtures
   (audio_root, afiles), (video_root, vfiles) = audio_set, video_set
   cfg = av_fixtures.av_test_config(

@@ -16,7 +16,7 @@ from metalm_jax import batch as batch_lib
 from metalm_jax.data import pipeline, prepare
 from tests import world_config as testing
 from metalm_jax.data import tokenizer as tok_lib
-from metalm_jax.data.images import CLIP_MEAN, CLIP_STD
+from metalm_jax.media.images import CLIP_MEAN, CLIP_STD
 
 
 @pytest.fixture(scope="module")

@@ -18,11 +18,10 @@ from configs import finetune_caption, finetune_vqa, pretrain_av
 from metalm_jax import batch as batch_lib
 from metalm_jax import presets
 from metalm_jax.data import formats, pipeline, prepare, sources, tasks
-from metalm_jax.data.images import CLIP_MEAN, CLIP_STD
+from metalm_jax.media.images import CLIP_MEAN, CLIP_STD
 from metalm_jax.evaluate import evaluators as E
-from metalm_jax.models import registry as model_registry
 from tests import av_fixtures
-from tests.test_formats import _agree
+from tests.eval_fixtures import assert_row_matches_prompt
 
 AV_SOURCES = {"audio_caption": "world_audio_caption",
               "audio_caption_prompted": "world_audio_caption_prompted",
@@ -133,7 +132,7 @@ def test_training_rows_and_evaluation_prompts_agree(world, name):
   recs = pipeline.data_source(cfg.data, AV_SOURCES[name], "train")
   for i in range(4):
     fields = src.extract(recs[i], np.random.default_rng([0, 0, i]))
-    ex, row = _agree(cfg, tok, name, fields, i, env=env)
+    ex, row = assert_row_matches_prompt(cfg, tok, name, fields, i, env=env)
     kinds = [type(p).__name__ for p in ex.parts[:len(fmt.media())]]
     assert kinds == [{"image": "Image", "audio": "Audio", "video": "Video"}[k]
                      for k, _ in fmt.media()]
@@ -169,15 +168,14 @@ def test_configs_build(world):
   assert presets.data_config("vl", "tiny").mixture.to_dict() == {
       "world_caption": 0.45, "world_interleaved": 0.25, "world_text": 0.2,
       "world_instructions": 0.1}
-  with av_fixtures.av_presets():
-    c = pretrain_av.get_config("size=tiny")
-    fa = finetune_caption.get_config("size=tiny,modality=audio")
-    fv = finetune_vqa.get_config("size=tiny,modality=video")
-    fi = finetune_vqa.get_config("size=tiny,modality=audio_image")
-    with pytest.raises(ValueError, match="modality='smell'"):
-      finetune_vqa.get_config("modality=smell")
-    with pytest.raises(ValueError, match="size='paper'"):
-      finetune_caption.get_config("size=paper,modality=video")
+  c = pretrain_av.get_config("size=tiny")
+  fa = finetune_caption.get_config("size=tiny,modality=audio")
+  fv = finetune_vqa.get_config("size=tiny,modality=video")
+  fi = finetune_vqa.get_config("size=tiny,modality=audio_image")
+  with pytest.raises(ValueError, match="modality='smell'"):
+    finetune_vqa.get_config("modality=smell")
+  with pytest.raises(ValueError, match="size='paper'"):
+    finetune_caption.get_config("size=paper,modality=video")
   types_ = {k: v.type for k, v in c.model.encoders.items()}
   assert types_ == {"vision": "vit", "text": "bert", "audio": "whisper", "video": "video"}
   assert c.model.encoders.vision.max_items == 4
@@ -193,11 +191,6 @@ def test_configs_build(world):
   assert finetune_vqa.get_config("size=tiny").data.mixture.to_dict() == {"world_vqa": 1.0}
 
 
-_HAVE_MODELS = all(t in model_registry.ENCODERS for t in ("whisper", "video"))
-
-
-@pytest.mark.skipif(not _HAVE_MODELS, reason="the 'whisper' and 'video' encoders are not "
-                    "registered in metalm_jax/models in this tree")
 def test_four_modality_training_steps(world, tmp_path):
   """A few steps of configs/pretrain_av.py (shrunk) on the test world: the
   trainer's checks pass and the loss is finite and falls."""
@@ -206,7 +199,7 @@ def test_four_modality_training_steps(world, tmp_path):
   cfg, _ = world
   c = pretrain_av.get_config("size=tiny,steps=12")
   c.data = copy.deepcopy(cfg.data)
-  c.batch_size, c.log_every, c.eval_every = 4, 1, 0
+  c.batch_size, c.log.every_steps, c.eval_loss.every_steps = 4, 1, 0
   c.checkpoint.async_save = False
   c.mesh.update(data=1, fsdp=1, tensor=1)
   c.optimizer.warmup_steps = 2

@@ -130,7 +130,7 @@ def test_a_file_without_media_brackets_loads_and_says_so(tok):
   """A tokenizer file of an older recipe (no <audio>/<video>) still loads with
   those ids None; docking audio with it is a clear error."""
   from sentencepiece import sentencepiece_model_pb2 as sp_pb2
-  from metalm_jax.data import media
+  from metalm_jax.models import modalities
   proto = sp_pb2.ModelProto()
   proto.ParseFromString(tok.__getstate__()["proto"])
   for p in proto.pieces:
@@ -138,6 +138,6 @@ def test_a_file_without_media_brackets_loads_and_says_so(tok):
       p.piece = "<old" + p.piece.replace("/", "_").strip("<>") + ">"
   old = tok_lib.Tokenizer(proto.SerializeToString())
   assert old.audio_start is None and old.video_end is None and old.image_start == tok.image_start
-  assert media.brackets(tok, "audio") == (tok.audio_start, tok.audio_end)
+  assert modalities.brackets(tok, "audio") == (tok.audio_start, tok.audio_end)
   with pytest.raises(ValueError, match="audio_start / audio_end"):
-    media.brackets(old, "audio")
+    modalities.brackets(old, "audio")

@@ -9,9 +9,11 @@ import wave
 import numpy as np
 from PIL import Image
 
-from metalm_jax.data import media, world
+from metalm_jax.data import world
+from metalm_jax.models.modalities import audio as audio_modality
+from metalm_jax.models.modalities import video as video_modality
 from metalm_jax.data import world_av as W
-from metalm_jax.data.images import CLIP_MEAN, CLIP_STD
+from metalm_jax.media.images import CLIP_MEAN, CLIP_STD
 
 RATE = W.SAMPLE_RATE
 
@@ -212,32 +214,32 @@ def _wav(x, rate=RATE, channels=1):
 
 
 def test_audio_loader_pads_cuts_downmixes_and_counts():
-  """The loader is data/audio.py's decoder: the world's WAVs, other rates,
+  """The loader is media/audio.py's decoder: the world's WAVs, other rates,
   stereo and bad bytes are converted or skipped under its counters."""
   size = int(AUDIO_CFG.max_seconds * RATE)
   short = np.sin(np.arange(3000) / 7) * 0.5
   stats = {}
-  got = media.load_audio(_wav(short), AUDIO_CFG, NORM, stats)
+  got = audio_modality.load(_wav(short), AUDIO_CFG, NORM, stats)
   ref = np.round(short * 32767) / 32768
   np.testing.assert_allclose(got[:3000], ref, atol=1e-7)
   assert got.dtype == np.float32 and got.shape == (size,) and not got[3000:].any()
   assert not any(stats.values())
   long = np.linspace(-0.5, 0.5, size + 100)
-  got = media.load_audio(_wav(long), AUDIO_CFG, NORM, stats)
+  got = audio_modality.load(_wav(long), AUDIO_CFG, NORM, stats)
   np.testing.assert_allclose(got, np.round(long[:size] * 32767) / 32768, atol=1e-7)
   assert stats == {"truncated_audio": 1}
   stereo = np.stack([short, -0.5 * short], 1).reshape(-1)
   stats = {}
-  got = media.load_audio(_wav(stereo, channels=2), AUDIO_CFG, NORM, stats)
+  got = audio_modality.load(_wav(stereo, channels=2), AUDIO_CFG, NORM, stats)
   np.testing.assert_allclose(got[:3000], 0.25 * np.round(short * 32767) / 32768, atol=1e-4)
   assert stats == {"converted_audio_channels": 1}
   stats = {}  # a waveform array at the encoder's rate: the same steps
-  np.testing.assert_array_equal(media.load_audio(long, AUDIO_CFG, NORM, stats),
+  np.testing.assert_array_equal(audio_modality.load(long, AUDIO_CFG, NORM, stats),
                                 long[:size].astype(np.float32))
   assert stats == {"truncated_audio": 1}
   stats = {}  # 8 kHz: resampled (a 400 Hz tone stays a 400 Hz tone)
   tone = 0.5 * np.sin(2 * np.pi * 400 * np.arange(4000) / 8000)
-  got = media.load_audio(_wav(tone, rate=8000), AUDIO_CFG, NORM, stats)
+  got = audio_modality.load(_wav(tone, rate=8000), AUDIO_CFG, NORM, stats)
   assert stats == {"resampled_audio": 1}
   assert abs(_amplitude(got[800:7200], 400) - 0.5) < 0.01
   for bad, key in ((b"RIFF1234WAVEjunk", "skipped_bad_audio"), (b"", "skipped_bad_audio"),
@@ -245,40 +247,40 @@ def test_audio_loader_pads_cuts_downmixes_and_counts():
                    (np.array(["not", "samples"]), "skipped_bad_audio"),
                    (_wav(np.zeros(3000)), "skipped_silent_audio")):
     stats = {}
-    assert media.load_audio(bad, AUDIO_CFG, NORM, stats) is None
+    assert audio_modality.load(bad, AUDIO_CFG, NORM, stats) is None
     assert stats == {key: 1}, bad[:20]
 
 
 def test_video_loader_resamples_frames_and_counts():
-  """Pictures are sampled in time by data/video.py's rule and counted under
+  """Pictures are sampled in time by media/video.py's rule and counted under
   its names."""
   imgs = [np.full((32, 32, 3), 40 * k, np.uint8) for k in range(6)]
   pngs = [world.png_bytes(x) for x in imgs]
   stats = {}
-  got = media.load_video(pngs[:4], VIDEO_CFG, NORM, stats)
+  got = video_modality.load(pngs[:4], VIDEO_CFG, NORM, stats)
   ref = (np.stack(imgs[:4]) / 255.0 - np.array(CLIP_MEAN)) / np.array(CLIP_STD)
   np.testing.assert_allclose(got, ref, atol=1e-5)
   assert got.shape == (4, 32, 32, 3) and not any(stats.values())
-  np.testing.assert_array_equal(media.load_video(np.stack(imgs[:4]), VIDEO_CFG, NORM, stats),
+  np.testing.assert_array_equal(video_modality.load(np.stack(imgs[:4]), VIDEO_CFG, NORM, stats),
                                 got)  # one uint8 array [F, H, W, 3]: the same
-  got = media.load_video(pngs, VIDEO_CFG, NORM, stats)  # 6 frames -> 4, uniform in time
+  got = video_modality.load(pngs, VIDEO_CFG, NORM, stats)  # 6 frames -> 4, uniform in time
   want = [0, 2, 3, 5]  # the source frames holding times 1/8, 3/8, 5/8, 7/8 of the clip
   np.testing.assert_allclose(got, ((np.stack([imgs[i] for i in want]) / 255.0 - CLIP_MEAN)
                                    / CLIP_STD), atol=1e-5)
   assert not any(stats.values())  # sampling more pictures than frames is no event
-  got = media.load_video(pngs[:2], VIDEO_CFG, NORM, stats)  # 2 -> 4: each shown twice
+  got = video_modality.load(pngs[:2], VIDEO_CFG, NORM, stats)  # 2 -> 4: each shown twice
   np.testing.assert_allclose(got, ((np.stack([imgs[i] for i in (0, 0, 1, 1)]) / 255.0
                                     - CLIP_MEAN) / CLIP_STD), atol=1e-5)
   assert stats == {"repeated_video_frames": 1}
   stats = {}
-  media.load_video([world.png_bytes(np.zeros((32, 40, 3), np.uint8))] * 4, VIDEO_CFG, NORM,
+  video_modality.load([world.png_bytes(np.zeros((32, 40, 3), np.uint8))] * 4, VIDEO_CFG, NORM,
                    stats)
   assert stats == {"resized_nonsquare_video": 1}
   for bad, key in (([], "skipped_empty_video"),
                    ([pngs[0], b"not a png", pngs[1], pngs[2]], "skipped_bad_video"),
                    (b"not a video file", "skipped_bad_video")):
     stats = {}
-    assert media.load_video(bad, VIDEO_CFG, NORM, stats) is None
+    assert video_modality.load(bad, VIDEO_CFG, NORM, stats) is None
     assert stats == {key: 1}
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from metalm_jax.evaluate import decode, prompts
-from tests.test_decode_fixtures import (  # noqa: F401  (autouse fixture)
+from tests.decode_fixtures import (  # noqa: F401  (autouse fixture)
     FakeTokenizer, full_float32_matmuls, tiny_model)
 
 N_NEW = 6

@@ -13,7 +13,7 @@ import numpy as np
 from metalm_jax import params_io
 from metalm_jax.models import metalm
 from tests import multiprocess_eval_config
-from tests import test_main_helpers as H
+from tests import main_helpers as H
 
 CONFIG = "tests/multiprocess_eval_config.py"
 EVALS = ("vqa", "caption", "classify", "icl", "loss")

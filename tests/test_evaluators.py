@@ -12,6 +12,7 @@ import pytest
 from metalm_jax import batch as batch_lib
 from metalm_jax.data import formats, pipeline
 from tests import world_config as testing
+from tests.eval_fixtures import append_tokens
 from metalm_jax.evaluate import evaluators as E
 from metalm_jax.evaluate import metrics as metrics_lib
 from metalm_jax.evaluate import prompts as P
@@ -45,7 +46,7 @@ def test_generation_batched_equals_one_by_one_full_forward(env):
   ids = [[] for _ in examples]
   done = [False] * len(examples)
   for _ in range(3):
-    rows = [_append(r, i, tok.pad) for r, i in zip(rows0, ids)]
+    rows = [append_tokens(r, i, tok.pad) for r, i in zip(rows0, ids)]
     logits = _logits_right_padded(env, env.model, rows)
     for b, (r, lg) in enumerate(zip(rows, logits)):
       nxt = int(np.argmax(lg[r["tokens"].shape[1] - 1]))
@@ -77,22 +78,6 @@ def _jit_apply(model):
   if model not in _APPLY:
     _APPLY[model] = jax.jit(model.apply)
   return _APPLY[model]
-
-
-def _append(row, ids, pad):
-  """Appends plain tokens to a one-row prompt batch (positions continue)."""
-  out = {k: v for k, v in row.items()}
-  n = len(ids)
-  cat = lambda x, vals: np.concatenate([x, np.asarray(vals, x.dtype)[None]], 1)
-  last = int(row["positions"][0, -1])
-  out["tokens"] = cat(row["tokens"], ids)
-  out["targets"] = cat(row["targets"], [pad] * n)
-  out["loss_mask"] = cat(row["loss_mask"], [0.0] * n)
-  out["segment_ids"] = cat(row["segment_ids"], [1] * n)
-  out["positions"] = cat(row["positions"], list(range(last + 1, last + 1 + n)))
-  out["dock_index"] = cat(row["dock_index"], [0] * n)
-  out["dock_mask"] = cat(row["dock_mask"], [False] * n)
-  return out
 
 
 def test_vqa_evaluator_metrics_and_files(env, tmp_path):
@@ -206,7 +191,7 @@ def test_classify_rank_matches_float64_likelihoods(env, tmp_path):
     row = P.build_batch([ex.parts], tok, env.model.cfg)
     for word in formats.NLI_WORDS:
       cand = tok.encode(word) + [tok.eos]
-      rows.append(_append(row, cand, tok.pad))
+      rows.append(append_tokens(row, cand, tok.pad))
       spans.append((row["tokens"].shape[1], cand))
   logits = _logits_right_padded(env, env.model, rows)
   ll = []

@@ -22,10 +22,8 @@ from metalm_jax.evaluate import evaluators as E
 from metalm_jax.evaluate import metrics as metrics_lib
 from metalm_jax.evaluate import prompts as P
 from metalm_jax.models import metalm
-from metalm_jax.models.registry import ENCODERS
 from tests import av_fixtures
 
-HAVE_VIDEO = "video" in ENCODERS
 NEW = 4  # max_new_tokens of every evaluator here: one generation compile
 EV = dict(num_examples=4, batch_size=4, max_new_tokens=NEW, num_baseline_examples=24,
           every_steps=1, bucket=64)
@@ -34,8 +32,6 @@ EV = dict(num_examples=4, batch_size=4, max_new_tokens=NEW, num_baseline_example
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
   cfg = av_fixtures.av_test_config(str(tmp_path_factory.mktemp("tfds")))
-  if not HAVE_VIDEO:  # the stand-in video config has no model behind it
-    del cfg.model.encoders["video"]
   small = dict(num_layers=1, emb_dim=32, num_heads=2, mlp_dim=64)
   for section in [cfg.model.decoder] + [cfg.model.encoders[n] for n in cfg.model.encoders]:
     section.update(small)
@@ -104,8 +100,6 @@ def test_audio_evaluators_equal_their_metrics_on_their_predictions(env, tmp_path
   _generated(env, evals["aq"], [r["prediction"] for r in rows["aq"]])
 
 
-@pytest.mark.skipif(not HAVE_VIDEO, reason="the 'video' encoder is not registered in "
-                    "metalm_jax/models in this tree")
 def test_video_evaluators_equal_their_metrics_on_their_predictions(env, tmp_path):
   evals = {"vc": dict(type="caption", source="world_video_caption", meteor=False),
            "vq": dict(type="vqa", source="world_video_qa")}

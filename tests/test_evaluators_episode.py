@@ -18,7 +18,7 @@ from tests import world_config as testing
 from metalm_jax.data.builders.common import as_str
 from metalm_jax.evaluate import evaluators as E
 from metalm_jax.evaluate import prompts as P
-from tests.test_evaluators import _append
+from tests.eval_fixtures import append_tokens
 
 NAMES = formats.BIND_NAMES
 PROMPT = formats.BIND_PROMPT
@@ -130,7 +130,7 @@ def _rank64(env, model, batch_prompts, words):
     row = P.build_batch([parts], tok, model.cfg)
     for w in words:
       cand = tok.encode(w) + [tok.eos]
-      rows.append(_append(row, cand, tok.pad))
+      rows.append(append_tokens(row, cand, tok.pad))
       spans.append((row["tokens"].shape[1], cand))
   width = max(r["tokens"].shape[1] for r in rows)
   keys = ("tokens", "targets", "loss_mask", "segment_ids", "positions", "dock_index", "dock_mask")

@@ -7,7 +7,7 @@ import os
 import jax
 import numpy as np
 
-import tests.test_train_standin as S
+from tests import train_standin as S
 from metalm_jax import params_io
 from metalm_jax.convert import export
 from metalm_jax.train import checkpoint as ckpt_lib

@@ -73,7 +73,7 @@ def _small(c, data_dir, **data):
   c.data = t.data
   for part in (c.model.decoder, c.model.encoders.vision, c.model.encoders.text):
     part.update(SMALL)
-  c.batch_size, c.log_every, c.eval_every, c.eval_batches = 4, 1, 0, 1
+  c.batch_size, c.log.every_steps, c.eval_loss.every_steps, c.eval_loss.num_batches = 4, 1, 0, 1
   c.metrics.peak_flops = 1e12
   c.checkpoint.async_save = False
   c.mesh.update(data=1, fsdp=1, tensor=1)
@@ -218,7 +218,7 @@ def test_pair_rows_dock_two_images(data_dir):
   assert ex.label == _trained_text(tok, batch, 0)
   # Where the right image equals the left one (scene unchanged), the
   # statements' truth follows from the left scene's objects alone.
-  from metalm_jax.data import images
+  from metalm_jax.media import images
   recs = pipeline.data_source(cfg.data, "world_pair", "train")
   checked = 0
   for i in range(40):

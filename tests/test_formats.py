@@ -13,10 +13,10 @@ import pytest
 from metalm_jax import batch as batch_lib
 from metalm_jax.data import formats, pipeline, sources, tasks
 from tests import world_config as testing
+from tests.eval_fixtures import assert_row_matches_prompt, eval_env
 from metalm_jax.data import prepare
 from metalm_jax.evaluate import evaluators as E
 from metalm_jax.evaluate import prompts
-from metalm_jax.models import metalm
 
 SOURCE = {"caption": "world_caption", "caption_prompted": "world_caption_prompted",
           "caption_instruct": "world_caption_instruct", "vqa": "world_vqa",
@@ -37,47 +37,6 @@ def world(tmp_path_factory):
   return cfg, prepare.load_tokenizer(cfg)
 
 
-def _env(cfg, tok):
-  return E.Env(cfg, metalm.build_model(cfg.model), None, tok, 0)
-
-
-def _agree(cfg, tok, name, fields, index, env=None):
-  """Builds the row (tasks.TASKS) and the prompt (evaluators) and checks them
-  (`env`: the evaluators' Env, default one over `cfg`)."""
-  fmt = formats.FORMATS.get(name)
-  ctx = pipeline.make_context(cfg, tok)
-  rng = np.random.default_rng([0, 0, index])
-  drawn = fmt.template(copy.deepcopy(rng))  # the template the row draws first
-  stats = tasks.new_stats()
-  out = tasks.TASKS.get(name)(ctx, copy.deepcopy(fields), rng, stats)
-  assert out["ok"], (name, {k: int(v) for k, v in stats.items()})
-  row = out["row"]
-  prompt = "" if name == "caption" else drawn  # pretraining captions have no prompt
-  ev = E.resolve(dict(type="classify" if fmt.labels else "vqa", prompt=prompt))
-  ex = E.make_example(fmt, fields, env or _env(cfg, tok), ev)
-  b = prompts.build_batch([ex.parts], tok, cfg.model)
-  n = b["tokens"].shape[1]
-  for key in ("tokens", "dock_mask", "dock_index", "positions"):
-    np.testing.assert_array_equal(b[key][0], row[key][:n], err_msg=f"{name} {key}")
-  for enc, arrays in b["encoders"].items():  # the items the prompt uses
-    used = arrays["valid"][0] if "valid" in arrays else arrays["mask"][0].any(-1)
-    for key, x in arrays.items():
-      np.testing.assert_allclose(x[0][used], row["encoders"][enc][key][used], atol=1e-6,
-                                 err_msg=f"{name} {enc}.{key}")
-  # After the prompt: the answer then </s>, and nothing else (up to padding).
-  real = int((row["segment_ids"] > 0).sum())
-  rest = list(row["tokens"][n:real])
-  answers = [ex.label] if fmt.answer != "captions" else ex.refs
-  assert any(rest == tok.encode(a) + [tok.eod] for a in answers), (name, tok.decode(rest))
-  trained = np.flatnonzero(row["loss_mask"])
-  assert trained[-1] == real - 2 and row["targets"][real - 2] == tok.eod
-  first = n + int(row["dock_mask"][n:real].sum())  # a caption prefix is docked, not trained
-  np.testing.assert_array_equal(trained, np.arange(first - 1, real - 1))
-  if fmt.answer != "captions":
-    assert ex.label == fmt.target(fmt.parse(fields)[0])
-  return ex, row
-
-
 @pytest.mark.parametrize("name", sorted(SOURCE))
 def test_training_rows_and_evaluation_prompts_agree(world, name):
   cfg, tok = world
@@ -86,10 +45,10 @@ def test_training_rows_and_evaluation_prompts_agree(world, name):
   recs = pipeline.data_source(cfg.data, SOURCE[name], "train")
   for i in range(RECORDS):
     fields = src.extract(recs[i], np.random.default_rng([0, 0, i]))
-    _agree(cfg, tok, name, fields, i)
+    assert_row_matches_prompt(cfg, tok, name, fields, i)
   # Without a `prompt`, evaluators use the format's evaluation template.
   fmt = formats.FORMATS.get(name)
-  ex = E.make_example(fmt, fields, _env(cfg, tok), E.resolve(dict(type="vqa")))
+  ex = E.make_example(fmt, fields, eval_env(cfg, tok), E.resolve(dict(type="vqa")))
   want = formats.CAPTION_PROMPT if name == "caption" else fmt.templates[0]
   assert ex.parts[-1].text == fmt.prompt(fmt.parse(fields)[0], want)
 
@@ -107,7 +66,7 @@ def test_long_premise_is_cut_and_split_alike(world, name, encoder):
   size = batch_lib.slot_length(cfg.model.encoders.text)
   assert len(tok.encode(LONG)) > 2 * size
   fields = {"premise": "  " + LONG + " ", "hypothesis": "the red circle is left", "label": 2}
-  ex, row = _agree(cfg, tok, name, fields, 3)
+  ex, row = assert_row_matches_prompt(cfg, tok, name, fields, 3)
   enc = [p for p in ex.parts if isinstance(p, prompts.EncodedText)]
   if not encoder:
     assert not enc and not row["dock_mask"].any()
@@ -121,7 +80,7 @@ def test_bad_fields_are_skipped_alike(world):
   """What the pipeline skips (counted) the evaluators skip too."""
   cfg, tok = world
   ctx = pipeline.make_context(cfg, tok)
-  env = _env(cfg, tok)
+  env = eval_env(cfg, tok)
   cases = [("nli", {"premise": "a b", "hypothesis": "c", "label": 7}, "skipped_bad_label"),
            ("nli", {"premise": " ", "hypothesis": "c", "label": 0}, "skipped_empty_text"),
            ("vqa", {"image": None, "question": "what?", "answers": ["", " "]},
@@ -163,7 +122,7 @@ def test_icl_demonstrations_are_training_rows(world, name):
   cfg, tok = world
   fmt, src = formats.FORMATS.get(name), sources.SOURCES.get(SOURCE[name])
   recs = pipeline.data_source(cfg.data, SOURCE[name], "train")
-  ctx, env = pipeline.make_context(cfg, tok), _env(cfg, tok)
+  ctx, env = pipeline.make_context(cfg, tok), eval_env(cfg, tok)
   ev = E.resolve(dict(type="icl"))
   fields = [src.extract(recs[i], np.random.default_rng([0, 0, i])) for i in range(3)]
   rows = [tasks.TASKS.get(name)(ctx, copy.deepcopy(f), np.random.default_rng([0, 0, i]),
@@ -226,7 +185,7 @@ def test_interleaved_rows_are_icl_prompts(world):
   cfg, tok = _interleaved_world(world)
   src = sources.SOURCES.get("world_interleaved")
   recs = pipeline.data_source(cfg.data, "world_interleaved", "train")
-  ctx, env = pipeline.make_context(cfg, tok), _env(cfg, tok)
+  ctx, env = pipeline.make_context(cfg, tok), eval_env(cfg, tok)
   ev = E.resolve(dict(type="icl"))
   t = batch_lib.slot_length(cfg.model.encoders.vision)
   seen = {}

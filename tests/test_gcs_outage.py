@@ -8,7 +8,7 @@ import time
 
 from metalm_jax.train import preemption
 from tests import gcs_emulator
-from tests import test_main_helpers as H
+from tests import main_helpers as H
 
 TOTAL = 40
 FLAGS = [f"--config.total_steps={TOTAL}", "--config.checkpoint.every_steps=2",

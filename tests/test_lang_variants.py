@@ -13,7 +13,7 @@ from metalm_jax.data import pipeline
 from metalm_jax.models import decoder as decoder_lib
 from metalm_jax.models import metalm, stack
 from metalm_jax.train import trainer as trainer_lib
-from tests.test_train_standin import CACHE_DIR
+from tests.train_standin import CACHE_DIR
 
 SMALL = dict(num_layers=1, emb_dim=32, num_heads=2, mlp_dim=64)
 
@@ -113,7 +113,7 @@ def test_tiny_variant_trains_one_step(data_dir, tmp_path, arg):
   c = _on_test_world(pretrain_lang.get_config(f"size=tiny,steps=1,{arg}"), data_dir)
   for part in [c.model.decoder, *c.model.encoders.values()]:
     part.update(SMALL)
-  c.batch_size, c.log_every, c.eval_every = 4, 1, 0
+  c.batch_size, c.log.every_steps, c.eval_loss.every_steps = 4, 1, 0
   c.metrics.peak_flops = 1e12
   c.checkpoint.async_save = False
   c.mesh.update(data=1, fsdp=1, tensor=1)

@@ -6,24 +6,13 @@ import pytest
 from scipy.special import erf
 
 from metalm_jax.models import layers
+from tests.model_fixtures import numpy_attention
 
 
 def _ln(x, p, eps):
   mu = x.mean(-1, keepdims=True)
   var = ((x - mu) ** 2).mean(-1, keepdims=True)
   return (x - mu) / np.sqrt(var + eps) * p["scale"] + p["bias"]
-
-
-def _attn(x, p, mask):
-  q = np.einsum("bte,ehd->bthd", x, p["query"]["kernel"]) + p["query"]["bias"]
-  k = np.einsum("bte,ehd->bthd", x, p["key"]["kernel"]) + p["key"]["bias"]
-  v = np.einsum("bte,ehd->bthd", x, p["value"]["kernel"]) + p["value"]["bias"]
-  s = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
-  s = np.where(mask, s, -np.inf)
-  w = np.exp(s - s.max(-1, keepdims=True))
-  w /= w.sum(-1, keepdims=True)
-  o = np.einsum("bhqk,bkhd->bqhd", w, v)
-  return np.einsum("bqhd,hde->bqe", o, p["out"]["kernel"]) + p["out"]["bias"]
 
 
 def _mlp(x, p):
@@ -43,11 +32,11 @@ def test_block_matches_numpy_float64(norm):
   p = jax.tree.map(lambda a: np.asarray(a, np.float64), nn.meta.unbox(v["params"]))
   x64 = x.astype(np.float64)
   if norm == "pre":
-    h = x64 + _attn(_ln(x64, p["ln_attn"], 1e-5), p["attn"], mask)
+    h = x64 + numpy_attention(_ln(x64, p["ln_attn"], 1e-5), p["attn"], mask)
     ref = h + _mlp(_ln(h, p["ln_mlp"], 1e-5), p["mlp"])
   else:
     a = 1.7 if norm == "deepnorm" else 1.0
-    h = _ln(a * x64 + _attn(x64, p["attn"], mask), p["ln_attn"], 1e-5)
+    h = _ln(a * x64 + numpy_attention(x64, p["attn"], mask), p["ln_attn"], 1e-5)
     ref = _ln(a * h + _mlp(h, p["mlp"]), p["ln_mlp"], 1e-5)
   np.testing.assert_allclose(out, ref, atol=2e-5, rtol=1e-4)  # float32 vs float64
 

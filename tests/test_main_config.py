@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from metalm_jax.train import trainer as trainer_lib
-from tests import test_main_helpers as H
+from tests import main_helpers as H
 
 
 def _main_fails(*argv):
@@ -65,7 +65,7 @@ def test_paper_configs_are_consistent():
 def test_runlocal_shrinks_any_size():
   from configs import pretrain_lang, pretrain_vl
   c = pretrain_vl.get_config("size=bench,runlocal")
-  assert (c.total_steps, c.batch_size, c.eval_every, c.model.decoder.num_layers) == (100, 8, 50, 4)
+  assert (c.total_steps, c.batch_size, c.eval_loss.every_steps, c.model.decoder.num_layers) == (100, 8, 50, 4)
   c = pretrain_lang.get_config("size=paper,runlocal,steps=7")
   assert c.total_steps == 7 and dict(c.mesh) == {"data": -1, "fsdp": 1, "tensor": 1}
   with pytest.raises(ValueError, match=r"config arg 'runlocl' is unknown"):

@@ -2,7 +2,7 @@
 import os
 import subprocess
 
-from tests.test_main_helpers import ROOT
+from tests.main_helpers import ROOT
 
 
 def _sh(script, *args):

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from tests import test_main_helpers as H
+from tests import main_helpers as H
 
 # Same mesh and data; only the collectives differ (gloo across processes vs
 # in-process), which may reorder float32 reductions.

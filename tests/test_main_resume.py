@@ -13,7 +13,7 @@ from metalm_jax import storage
 from metalm_jax.train import checkpoint as ckpt_lib
 from metalm_jax.train import metrics as metrics_lib
 from metalm_jax.train import preemption
-from tests import test_main_helpers as H
+from tests import main_helpers as H
 
 STEPS = ["--config.total_steps=24", "--config.checkpoint.every_steps=5"]
 
@@ -136,7 +136,7 @@ def test_gcs_workdir_sigkill_resume_export_eval_predictor(tmp_path, data_dir, re
   # An eval-only run initialised from the gs:// workdir, writing to another one.
   ev = gcs_bucket + "/eval"
   H.run(ev, data_dir, "--config.total_steps=0", f"--config.init_from={work}",
-        "--config.eval_batches=1", log=f"{tmp_path / 'eval'}.log")
+        "--config.eval_loss.num_batches=1", log=f"{tmp_path / 'eval'}.log")
   res = storage.read_json(ev + "/final_metrics.json")
   final = storage.read_json(work + "/final_metrics.json")
   assert np.isfinite(res["eval_loss"]) and res["eval_tokens"] > 0

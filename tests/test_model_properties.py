@@ -1,7 +1,7 @@
 """Model properties for every registered modality, without per-modality code.
 
-One small MetaLM holds one encoder of every type in batch.MODALITIES, built
-from presets.ENCODER_PRESETS with generic shrink fields; its random batch is
+One small MetaLM holds one encoder of every registered modality
+(models/modalities/), built from its record's preset with generic shrink fields; its random batch is
 built from batch.batch_spec alone (floats normal, ints below the encoder's
 vocab_size, bool arrays are validity masks over the leading dims of the data
 arrays: item 0 valid, the last third of a per-element mask padding, the other
@@ -22,12 +22,13 @@ parametrized by modality, so registering a modality adds its cases:
              the single-device logits and embeddings; every encoder and
              connector param carries logical axis names, some are on fsdp
 
-A modality registered in batch.MODALITIES without a presets.ENCODER_PRESETS
-entry (or an ENCODERS entry) fails its cases and the registration test.
+A newly registered modality runs every case here without further edits.
 Compiles are shared: random params from the abstract shapes (no init
 compile), one single-device and one sharded forward (logits and input
 embeddings together), one encoder+connector per modality.
 """
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -39,7 +40,7 @@ from metalm_jax import batch as batch_lib
 from metalm_jax import presets
 from metalm_jax.models import metalm
 from metalm_jax.models.connector import CONNECTORS
-from metalm_jax.models.registry import ENCODERS
+from metalm_jax.models import modalities
 
 ATOL = 1e-5  # float32, tiny widths: observed differences are ~1e-7
 B = 4        # one row per (data, fsdp) shard of the 2x2x2 mesh
@@ -47,23 +48,36 @@ VOCAB = 96   # divisible by the tensor axis
 # Applied to a preset wherever it has the field (tiny, shardable shapes).
 SHRINK = dict(max_items=2, num_layers=1, emb_dim=16, num_heads=2, mlp_dim=32, image_size=16,
               patch_size=8, max_len=6, vocab_size=VOCAB, temporal_layers=1)
-MODALITIES = list(batch_lib.MODALITIES)
+# Every registered modality, by its encoder type (the config's `type`).
+MODALITIES = sorted(modalities.encoder_types())
 
 
-def _missing(t):
-  return [what for what, reg in (("presets.ENCODER_PRESETS", presets.ENCODER_PRESETS),
-                                 ("models.registry.ENCODERS", ENCODERS)) if t not in reg]
+def test_every_modality_record_is_whole():
+  """Each record's preset builds its own encoder type, its encoder is a flax
+  module, and whole-item modalities have brackets and the input `valid`."""
+  assert set(MODALITIES) >= {"vit", "bert", "whisper", "video"}
+  for name in modalities.MODALITIES:
+    m = modalities.MODALITIES.get(name)
+    cfg = m.preset()
+    assert cfg.type == m.encoder_type, (name, cfg.type)
+    assert issubclass(m.encoder, nn.Module), name
+    spec = m.inputs(cfg, 3)
+    assert m.key in spec and all(shape[0] == 3 for shape, _ in spec.values()), (name, spec)
+    assert m.slot_length(cfg) >= 1
+    if m.docks_whole_items:
+      assert m.brackets is not None and "valid" in spec, name
 
 
-def test_every_registered_modality_has_a_preset_and_an_encoder():
-  missing = {t: _missing(t) for t in MODALITIES if _missing(t)}
-  assert not missing, f"modalities in batch.MODALITIES lacking entries: {missing}"
+def test_a_second_record_of_a_taken_encoder_type_is_refused():
+  image = modalities.MODALITIES.get("image")
+  with pytest.raises(ValueError, match="encoder type 'vit' of modality 'image2' is already"):
+    modalities.register(dataclasses.replace(image, name="image2"))
+  assert "image2" not in modalities.MODALITIES
 
 
 def encoder_cfg(t):
-  base = presets.ENCODER_PRESETS[t]()
-  assert base.type == t, f"presets.ENCODER_PRESETS[{t!r}] builds type {base.type!r}"
-  return presets.ENCODER_PRESETS[t](**{k: v for k, v in SHRINK.items() if k in base})
+  build = modalities.by_encoder_type(t).preset
+  return build(**{k: v for k, v in SHRINK.items() if k in build()})
 
 
 # ---- generic batch ------------------------------------------------------------
@@ -156,7 +170,7 @@ class World:
     cfg = presets.model_config("tiny")
     cfg.decoder.update(vocab_size=VOCAB, num_layers=2, emb_dim=32, num_heads=4, mlp_dim=64,
                        max_len=64)
-    cfg.encoders = {t: encoder_cfg(t) for t in MODALITIES if not _missing(t)}
+    cfg.encoders = {t: encoder_cfg(t) for t in MODALITIES}
     self.model = metalm.build_model(cfg)
     self.cfg = self.model.cfg
     # Random params of the model's shapes, boxes kept (compiling the init costs
@@ -232,11 +246,7 @@ def world():
 
 @pytest.fixture(params=MODALITIES)
 def modality(request):
-  t = request.param
-  if _missing(t):
-    pytest.fail(f"modality {t!r} is registered in batch.MODALITIES but has no entry in "
-                f"{' and '.join(_missing(t))}: its property tests cannot run")
-  return t
+  return request.param
 
 
 def perturb(world, name, select, seed):
@@ -285,7 +295,7 @@ def test_causal(world, modality):
 def test_docking_equals_connector_of_encoder(world, modality):
   cfg, name = world.cfg.encoders[modality], modality
   _, emb = world.run(world.batch)
-  encoder = ENCODERS.get(cfg.type)(cfg)
+  encoder = modalities.by_encoder_type(cfg.type).encoder(cfg)
   connector = CONNECTORS.get(cfg.connector.type)(cfg.connector, world.cfg.decoder.emb_dim)
 
   @jax.jit

@@ -51,7 +51,7 @@ def test_require_returns_the_module_and_passes_inner_failures_through(monkeypatc
 def test_missing_av_names_the_extra(monkeypatch):
   """Without PyAV the video decoder raises naming metalm_jax[media]; it never
   counts the files as bad."""
-  from metalm_jax.data import video
+  from metalm_jax.media import video
   _hide(monkeypatch, "av")
   with pytest.raises(ImportError, match=r"decoding video files .*metalm_jax\[media\]"):
     video.decode_video(b"\x00", frames=2, image_size=8)

@@ -2,7 +2,7 @@
 import re
 
 from metalm_jax.train import preemption
-from tests.test_main_helpers import ROOT
+from tests.main_helpers import ROOT
 
 
 def test_launchers_use_the_trainers_preempted_status():

@@ -5,7 +5,7 @@ import pytest
 from metalm_jax import batch as batch_lib
 from metalm_jax.evaluate import prompts
 from tests.model_fixtures import small_model_cfg
-from tests.test_decode_fixtures import FakeTokenizer, image
+from tests.decode_fixtures import FakeTokenizer, image
 
 
 @pytest.fixture(scope="module")

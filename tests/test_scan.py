@@ -8,7 +8,7 @@ import numpy as np
 from metalm_jax.evaluate import decode, prompts
 from metalm_jax.models import layout, metalm
 from tests.model_fixtures import build, forward, random_batch, small_model_cfg
-from tests.test_decode_fixtures import FakeTokenizer
+from tests.decode_fixtures import FakeTokenizer
 
 ATOL = 1e-5  # float32 at tiny widths; observed differences ~1e-7
 

@@ -8,7 +8,7 @@ import pytest
 
 from metalm_jax import batch as batch_lib
 from metalm_jax.evaluate import prompts, scoring
-from tests.test_decode_fixtures import (  # noqa: F401  (autouse fixture)
+from tests.decode_fixtures import (  # noqa: F401  (autouse fixture)
     FakeTokenizer, full_float32_matmuls, tiny_model)
 
 

@@ -24,16 +24,13 @@ from metalm_jax import presets
 from metalm_jax.convert import export, serving
 from metalm_jax.convert.hf_tokenizer import HfTokenizer
 from metalm_jax.convert.predictor import Predictor
-from metalm_jax.data import audio, formats, media, video, world
+from metalm_jax.data import formats, world
+from metalm_jax.media import audio, video
 from metalm_jax.evaluate import prompts
-from metalm_jax.models import metalm
-from metalm_jax.models.registry import ENCODERS
+from metalm_jax.models import metalm, modalities
 from tests import export_fixtures as F
 from tests import media_fixtures as mf
 
-HAVE_VIDEO = "video" in ENCODERS
-needs_video = pytest.mark.skipif(not HAVE_VIDEO, reason="the 'video' encoder is not registered "
-                                 "in metalm_jax/models in this tree")
 RATE, SECONDS = 16000, 0.25  # the audio encoder's clips: 4000 samples
 SEQ_LEN = 20   # export length = the reference decoder's 16-position bucket + NEW
 NEW = 4        # max_new_tokens
@@ -47,10 +44,9 @@ def model_cfg():
   encoders = dict(audio=presets.whisper(sample_rate=RATE, max_seconds=SECONDS, num_vectors=3,
                                         num_layers=1, emb_dim=16, num_heads=2, mlp_dim=32,
                                         connector=presets.connector("linear")))
-  if HAVE_VIDEO:
-    encoders["video"] = presets.ENCODER_PRESETS["video"](
-        frames=2, num_vectors=2, image_size=16, patch_size=8, num_layers=1, emb_dim=24,
-        num_heads=2, mlp_dim=48)
+  encoders["video"] = presets.video(
+      frames=2, num_vectors=2, image_size=16, patch_size=8, num_layers=1, emb_dim=24,
+      num_heads=2, mlp_dim=48)
   return ml_collections.ConfigDict(dict(
       dtype="float32",
       decoder=presets.decoder(vocab_size=64, num_layers=2, emb_dim=32, num_heads=2, mlp_dim=64,
@@ -85,7 +81,7 @@ def _train(av, kind, record):
   """The encoder input the training pipeline's loader makes of `record`."""
   enc = av["cfg"].encoders[kind]
   stats = {}
-  x = media.MEDIA.get(kind).load(record, enc, (F.MEAN, F.STD), stats)
+  x = modalities.MODALITIES.get(kind).load(record, enc, (F.MEAN, F.STD), stats)
   assert x is not None, stats
   return x
 
@@ -166,7 +162,6 @@ def test_exported_function_on_audio_equals_the_model(av):
   np.testing.assert_array_equal(other[3], got[3])
 
 
-@needs_video
 def test_raw_video_gets_the_training_frames_and_answers_equal_the_model(av):
   p = Predictor(av["out"], max_new_tokens=NEW, batch_size=4)
   tok, cfg = p.tokenizer, av["cfg"]

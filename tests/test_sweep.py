@@ -17,7 +17,7 @@ from metalm_jax.sweep import report as report_lib
 from metalm_jax.sweep import runner as runner_lib
 from metalm_jax.sweep import state as state_lib
 from metalm_jax.train import run_files
-from tests import test_main_helpers as H
+from tests import main_helpers as H
 
 LANG = "configs/pretrain_lang.py:size=tiny"
 GRID = "data.spans.ratio=0.15,0.25,0.35;model.encoders.text.connector.type=linear,mlp"

@@ -6,7 +6,7 @@ import os
 import grain
 import pytest
 
-import tests.test_train_standin as S
+from tests import train_standin as S
 from metalm_jax import storage
 from metalm_jax.train import config_checks
 from metalm_jax.train import trainer as trainer_lib

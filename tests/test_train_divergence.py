@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import tests.test_train_standin as S
+from tests import train_standin as S
 from metalm_jax.train import checkpoint as ckpt_lib
 from metalm_jax.train import divergence
 from metalm_jax.train import metrics as metrics_lib

@@ -3,7 +3,7 @@ evaluation over no tokens); check_config rejects negative eval / checkpoint / ev
 
 import pytest
 
-import tests.test_train_standin as S
+from tests import train_standin as S
 from metalm_jax.train import trainer as trainer_lib
 
 
@@ -28,8 +28,11 @@ def test_validation_split_without_a_batch_is_refused_before_training(tmp_path):
 
 
 @pytest.mark.parametrize("field,value,match", [
-    ("eval_batches", -1, r"config.eval_batches=-1: must be >= 1 when eval_every > 0"),
-    ("eval_batches", 0, r"config.eval_batches=0: must be >= 1 when eval_every > 0"),
+    ("eval_loss.num_batches", -1,
+     r"config.eval_loss.num_batches=-1: must be >= 1 when eval_loss.every_steps > 0"),
+    ("eval_loss.num_batches", 0,
+     r"config.eval_loss.num_batches=0: must be >= 1 when eval_loss.every_steps > 0"),
+    ("log.every_steps", 0, r"config.log.every_steps=0: must be > 0"),
     ("checkpoint.every_steps", -5, r"config.checkpoint.every_steps=-5: must be >= 0"),
     ("max_nonfinite_steps", 0, r"config.max_nonfinite_steps=0: must be >= 1"),
     ("evals", {"v": dict(type="vqa", every_steps=5, num_examples=-1)},
@@ -46,6 +49,6 @@ def test_counts_are_validated(field, value, match):
 
 
 def test_zero_eval_batches_is_fine_with_eval_off():
-  c = S.tiny_train_config(eval_every=0, eval_batches=0)
+  c = S.tiny_train_config(**{"eval_loss.every_steps": 0, "eval_loss.num_batches": 0})
   c.checkpoint.every_steps = 0
   trainer_lib.check_config(c, num_devices=8, process_count=1)

@@ -10,13 +10,13 @@ import time
 
 import pytest
 
-import tests.test_train_standin as S
+from tests import train_standin as S
 from metalm_jax.train import checkpoint as ckpt_lib
 from metalm_jax.train import eval_hooks
 from metalm_jax.train import preemption
 from metalm_jax.train import trainer as trainer_lib
 from metalm_jax.train import workdir_lock
-from tests import test_main_helpers as H
+from tests import main_helpers as H
 
 
 def _entries(w):

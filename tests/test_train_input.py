@@ -4,7 +4,7 @@ each; the iterator state round-trips through the checkpoint handler."""
 import numpy as np
 import pytest
 
-import tests.test_train_standin as S
+from tests import train_standin as S
 from metalm_jax.train import checkpoint as ckpt_lib
 from metalm_jax.train import digests as digests_lib
 from metalm_jax.train import input as input_lib

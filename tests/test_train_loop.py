@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import tests.test_train_standin as S
+from tests import train_standin as S
 from metalm_jax import params_io
 from metalm_jax.models import metalm
 from metalm_jax.train import checkpoint as ckpt_lib

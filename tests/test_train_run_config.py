@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-import tests.test_train_standin as S
+from tests import train_standin as S
 from metalm_jax.train import checkpoint as ckpt_lib
 from metalm_jax.train import run_config
 from metalm_jax.train import trainer as trainer_lib

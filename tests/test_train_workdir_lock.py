@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-import tests.test_train_standin as S
+from tests import train_standin as S
 from metalm_jax.train import trainer as trainer_lib
 from metalm_jax.train import workdir_lock as L
 

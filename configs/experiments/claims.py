@@ -147,8 +147,11 @@ def nli_gpt(a):
 
 def _multitask(a, model, data_fn):
   tiny = mlc.ConfigDict(dict(size="tiny", steps=a.steps, init=a.init))
-  c = F.base(tiny, model="tiny", kind="lang", data="tiny", mixture=MULTITASK_MIXTURE,
-             batch=16, steps=300, lr=5e-4, warmup=20, decay="linear", eval_every=300, ckpt=300)
+  c = F.base(tiny, mlc.ConfigDict(dict(model="tiny", data="tiny")),
+             {"batch_size": 16, "total_steps": 300, "optimizer.lr": 5e-4,
+              "optimizer.warmup_steps": 20, "optimizer.decay": "linear",
+              "eval_loss.every_steps": 300, "checkpoint.every_steps": 300},
+             kind="lang", mixture=MULTITASK_MIXTURE)
   c.model = model
   c.data = data_fn(c.data)
   c.data.mixture = dict(MULTITASK_MIXTURE)

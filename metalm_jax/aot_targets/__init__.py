@@ -10,7 +10,9 @@ Topology names:
                     GpuTargetConfig) describes the chip; 8 GPUs per host.
 
 Chip facts are the vendors' published figures (HBM per chip; dense bf16
-FLOP/s per chip). A GPU's HBM is read from its target config.
+FLOP/s per chip). A GPU's HBM is read from its target config. A GPU chip
+without a target config here is no compile target; its peak is still the MFU
+denominator of training on it (DEVICE_KINDS maps jax's device_kind to a chip).
 """
 from __future__ import annotations
 
@@ -45,7 +47,35 @@ CHIPS.register("v6e")(Chip("tpu", 32 * GiB, 918e12, 2, 1))
 # on some small dot shapes ("Couldn't find output tile sizes"): GEMMs go to cuBLAS.
 NO_AUTOTUNE_GPU = (("xla_gpu_enable_triton_gemm", False),)
 CHIPS.register("h100")(Chip("cuda", 0, 989e12, compiler_options=NO_AUTOTUNE_GPU))  # H100 SXM
+# No target config (MFU peaks only). Source: NVIDIA's datasheets, which print
+# bf16 tensor-core FLOP/s "with sparsity", twice the dense figure used here:
+# H100 PCIe 1,513 TFLOPS (NVIDIA H100 Tensor Core GPU datasheet); H200 SXM
+# 1,979 TFLOPS (NVIDIA H200 Tensor Core GPU datasheet); A100 (SXM4 and PCIe,
+# 40 and 80 GB) 624 TFLOPS (NVIDIA A100 Tensor Core GPU datasheet).
+CHIPS.register("h100_pcie")(Chip("cuda", 0, 756e12))
+CHIPS.register("h200")(Chip("cuda", 0, 989e12))
+CHIPS.register("a100")(Chip("cuda", 0, 312e12))
 GPUS_PER_HOST = 8
+
+# jax.Device.device_kind -> chip name above. TPU kinds as libtpu names them
+# (v5e is "TPU v5 lite", v5p "TPU v5", v6e "TPU v6 lite"; the marketing names
+# are listed too); GPU kinds are the CUDA device names.
+DEVICE_KINDS = {
+    "TPU v4": "v4",
+    "TPU v5 lite": "v5e", "TPU v5e": "v5e",
+    "TPU v5": "v5p", "TPU v5p": "v5p",
+    "TPU v6 lite": "v6e", "TPU v6e": "v6e",
+    "NVIDIA H100 80GB HBM3": "h100",
+    "NVIDIA H100 PCIe": "h100_pcie",
+    "NVIDIA H200": "h200",
+    "NVIDIA A100-SXM4-80GB": "a100", "NVIDIA A100-SXM4-40GB": "a100",
+    "NVIDIA A100 80GB PCIe": "a100", "NVIDIA A100-PCIE-40GB": "a100",
+}
+
+
+def chip_of_device_kind(device_kind: str) -> str:
+  """DEVICE_KINDS[device_kind], or "" for a kind not in it (CPU, other chips)."""
+  return DEVICE_KINDS.get(device_kind.strip(), "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +132,8 @@ def resolve(name: str) -> Target:
     if n < 1 or (n > GPUS_PER_HOST and n % GPUS_PER_HOST):
       raise bad(f"{n} GPUs: up to {GPUS_PER_HOST} or a multiple of {GPUS_PER_HOST}")
     hosts, per_host = (1, n) if n <= GPUS_PER_HOST else (n // GPUS_PER_HOST, GPUS_PER_HOST)
+    if not target_config_path(chip_name).exists():
+      raise bad(f"no target config for {chip_name} ({target_config_path(chip_name).name})")
     hbm = _gpu_hbm(target_config_path(chip_name).read_text(), chip_name)
     return Target(name, chip_name, chip, f"1x{hosts}x{per_host}", n, hbm)
   if chip.platform != "tpu":

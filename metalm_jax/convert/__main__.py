@@ -4,7 +4,8 @@
       [--scan_layers]
   python -m metalm_jax.convert check-hf --model_dir=D --component=... [--seed=0 --rtol=1e-4
       --scan_layers]
-  python -m metalm_jax.convert export-gpt2 --params_dir=P --out=HF_DIR
+  python -m metalm_jax.convert export-hf --params_dir=P --out=HF_DIR [--family=gpt2|llama|qwen2|gemma]
+  python -m metalm_jax.convert export-gpt2 --params_dir=P --out=HF_DIR   (= export-hf --family=gpt2)
 
 import-hf prints the model config section to copy into the MetaLM config;
 check-hf prints the differences and exits 1 above tolerance.
@@ -39,16 +40,16 @@ def _check(args):
   return 0 if r["ok"] else 1
 
 
-def _export_gpt2(args):
+def _export_hf(args):
   import ml_collections
   from metalm_jax import params_io
-  from metalm_jax.convert import export
+  from metalm_jax.convert import export, hf_export
   params, config = params_io.load_params(args.params_dir)
   section = export.decoder_section_from(config, args.params_dir)
   tree = params["decoder"] if "decoder" in params else params
-  from metalm_jax.convert.hf_gpt2 import save_gpt2
-  save_gpt2(args.out, ml_collections.ConfigDict(section), tree)
-  print(f"wrote HF GPT-2 dir {args.out}")
+  family, out = hf_export.save_hf_decoder(args.out, ml_collections.ConfigDict(section), tree,
+                                          args.family)
+  print(f"wrote HF {family} dir {out}")
   return 0
 
 
@@ -67,12 +68,19 @@ def main(argv=None) -> int:
       s.add_argument("--seed", type=int, default=0)
       s.add_argument("--batch", type=int, default=2)
       s.add_argument("--rtol", type=float, default=1e-4)
-  s = sub.add_parser("export-gpt2")
-  s.add_argument("--params_dir", required=True,
-                 help="an export params dir or an import-hf decoder dir")
-  s.add_argument("--out", required=True)
+  for name in ("export-hf", "export-gpt2"):
+    s = sub.add_parser(name)
+    s.add_argument("--params_dir", required=True,
+                   help="an export params dir or an import-hf decoder dir")
+    s.add_argument("--out", required=True)
+    if name == "export-hf":
+      s.add_argument("--family", default=None,
+                     help="HF family to write (default: the one the decoder's fields fit)")
+    else:
+      s.set_defaults(family="gpt2")
   args = p.parse_args(argv)
-  return {"import-hf": _import, "check-hf": _check, "export-gpt2": _export_gpt2}[args.cmd](args)
+  return {"import-hf": _import, "check-hf": _check, "export-hf": _export_hf,
+          "export-gpt2": _export_hf}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Export for serving: params-only safetensors, model config, a jax.export
-function and (when the decoder is GPT-2-shaped) an HF GPT-2 copy.
+function and (when the decoder is GPT-2, Llama, Qwen2 or Gemma shaped) an
+HF copy of the decoder.
 
 Export dir layout (`export_model`):
   params.safetensors   params only (no optimizer state). Names are the param
@@ -13,11 +14,11 @@ Export dir layout (`export_model`):
                        the normalisation constants of training (the run
                        config's data.image_mean / image_std), applied by the
                        Predictor with the training functions
-                       (metalm_jax/data/images.py); per audio / video encoder
+                       (metalm_jax/media/images.py); per audio / video encoder
                        the constants its inputs are decoded with (audio:
                        sample_rate, max_seconds, samples, silence_peak;
                        video: frames, image_size) and the decoding steps
-                       (data/audio.py, data/video.py, data/media.py).
+                       (media/audio.py, media/video.py, models/modalities/).
   next_token_logits.stablehlo
                        jax.export-serialised fn(params, batch) -> float32
                        [B, vocab]: logits after the last real position
@@ -29,8 +30,11 @@ Export dir layout (`export_model`):
                        (config.json serving.seq_len); lowered for
                        cpu, cuda and tpu (serving.platforms).
   tokenizer.json | tokenizer.model   when the run config names one.
-  hf_gpt2/             GPT-2 format of the decoder (if it maps), loadable by
-                       transformers.GPT2LMHeadModel.from_pretrained.
+  hf_<family>/         the decoder as an HF model dir of its family (hf_gpt2,
+                       hf_llama, hf_qwen2 or hf_gemma; convert/hf_export.py),
+                       loadable by the family's *ForCausalLM.from_pretrained;
+                       config.json "hf_decoder": {"family", "dir"} (and
+                       "hf_gpt2": "hf_gpt2" for GPT-2, as earlier exports).
 """
 from __future__ import annotations
 
@@ -47,21 +51,24 @@ from metalm_jax import batch as batch_lib
 from metalm_jax import params_io
 from metalm_jax import storage
 from metalm_jax.convert.serving import SERVING_KEYS, next_token_logits, serving_batch
-from metalm_jax.data import audio as audio_lib
-from metalm_jax.data import images
+from metalm_jax.media import audio as audio_lib
+from metalm_jax.media import images
 from metalm_jax.models import layout, metalm
 
 SERVING_FILE = "next_token_logits.stablehlo"
 NAMES_FILE = "param_names.json"
-GPT2_SUBDIR = "hf_gpt2"
-PREPROCESS_STEPS = ("metalm_jax.data.images: to_rgb (alpha composited over white, other modes "
+def hf_subdir(family: str) -> str:
+  """The export's subdir holding the decoder as an HF dir of `family`."""
+  return f"hf_{family}"
+
+PREPROCESS_STEPS = ("metalm_jax.media.images: to_rgb (alpha composited over white, other modes "
                     "converted to RGB), then preprocess_image (bicubic resize of the whole image "
                     "to the encoder's image_size, /255, (x - image_mean) / image_std)")
 
-AUDIO_STEPS = ("metalm_jax.data.audio: decode_audio (WAV / FLAC / OGG / MP3 via libsndfile; "
+AUDIO_STEPS = ("metalm_jax.media.audio: decode_audio (WAV / FLAC / OGG / MP3 via libsndfile; "
                "channels averaged to mono, polyphase resampling to sample_rate, cut to "
                "max_seconds, zero-padded to samples; clips with peak < silence_peak refused)")
-VIDEO_STEPS = ("metalm_jax.data.video: decode_video (PyAV / FFmpeg) or decode_frame_list "
+VIDEO_STEPS = ("metalm_jax.media.video: decode_video (PyAV / FFmpeg) or decode_frame_list "
                "(pictures at times 0, 1, ...): `frames` frames sampled uniformly in time "
                "(bin centres), each preprocessed like an image (image_mean / image_std)")
 
@@ -121,11 +128,15 @@ def check_params(model: metalm.MetaLM, params) -> None:
 
 
 def export_model(model_cfg, params, out: str, *, seq_len: Optional[int] = None,
-                 tokenizer: Optional[str] = None, hf_gpt2: bool = True,
+                 tokenizer: Optional[str] = None, hf_decoder: bool = True,
                  platforms=DEFAULT_PLATFORMS, image_mean=images.CLIP_MEAN,
-                 image_std=images.CLIP_STD) -> Dict[str, str]:
+                 image_std=images.CLIP_STD, hf_gpt2: Optional[bool] = None) -> Dict[str, str]:
   """Writes the export dir (see module docstring); returns {what: path}.
-  image_mean / image_std: the normalisation the model was trained with."""
+  image_mean / image_std: the normalisation the model was trained with.
+  hf_decoder: also write the decoder as an HF dir of its family, when it
+  maps to one (`hf_gpt2` is the older name of this switch)."""
+  if hf_gpt2 is not None:
+    hf_decoder = hf_gpt2
   norm = images.norm_constants(dict(image_mean=image_mean, image_std=image_std), "export_model")
   model = metalm.build_model(model_cfg)
   params = layout.match(jax.tree.map(np.asarray, nn.meta.unbox(params)), _abstract_params(model))
@@ -153,16 +164,19 @@ def export_model(model_cfg, params, out: str, *, seq_len: Optional[int] = None,
     name = "tokenizer" + (".json" if suffix == ".json" else suffix or ".model")
     storage.copy(tokenizer, storage.join(out, name))
     written["tokenizer"] = meta["tokenizer"] = name
-  if hf_gpt2:
-    from metalm_jax.convert import hf_gpt2 as g
+  if hf_decoder:
+    from metalm_jax.convert import hf_export
     try:
-      g.gpt2_config(model_cfg.decoder)
-    except ValueError as e:  # not GPT-2-shaped: a logged skip, not an error
-      logging.warning("export: decoder not written in GPT-2 format: %s", e)
+      family = hf_export.family_of(model_cfg.decoder)
+    except ValueError as e:  # no HF family expresses it: a logged skip, not an error
+      logging.warning("export: decoder not written as an HF model dir: %s", e)
     else:
-      written["hf_gpt2"] = g.save_gpt2(storage.join(out, GPT2_SUBDIR), model_cfg.decoder,
-                                       params["decoder"])
-      meta["hf_gpt2"] = GPT2_SUBDIR
+      sub = hf_subdir(family)
+      _, written[sub] = hf_export.save_hf_decoder(storage.join(out, sub), model_cfg.decoder,
+                                                  params["decoder"], family)
+      meta["hf_decoder"] = {"family": family, "dir": sub}
+      if family == "gpt2":
+        meta["hf_gpt2"] = sub
   storage.write_json(storage.join(out, params_io.CONFIG_FILE), meta)
   return written
 

@@ -13,7 +13,8 @@ config.json:
 or `model.decoder`; the trainer loads the params with
 `config.init_components = {params_key: OUT}` (an encoder named other than
 'vision' / 'text' / 'video' in the model config takes key 'encoders_<name>',
-or 'encoders_<name>/video/vit'). `check_hf` runs HF (torch) and ours on the same random
+or 'encoders_<name>/video/vit'). Decoders: HF model types gpt2 (hf_gpt2.py),
+llama, qwen2, gemma (hf_llama_like.py). `check_hf` runs HF (torch) and ours on the same random
 inputs and reports max |ours - ref| and the relative difference
 max |ours - ref| / max |ref|, over real (non-padding) positions.
 """
@@ -31,7 +32,7 @@ from metalm_jax.convert import hf_common as hc
 from metalm_jax.convert import hf_io
 from metalm_jax.models import layout
 # Importing the converter modules registers them.
-from metalm_jax.convert import hf_bert, hf_clip, hf_gpt2, hf_whisper  # noqa: F401
+from metalm_jax.convert import hf_bert, hf_clip, hf_gpt2, hf_llama_like, hf_whisper  # noqa: F401
 
 DEFAULT_RTOL = 1e-4  # float32 parity: max|ours-ref| / max|ref|
 

@@ -117,10 +117,9 @@ class ClipVideo(ClipVision):
   def parity_section(section):
     """No temporal layers, every ViT token meaned over frames: on a static clip
     these are CLIP's features of the image."""
-    from metalm_jax import batch as batch_lib
+    from metalm_jax.models.vision import tokens_per_image
     out = section.copy_and_resolve_references()
-    out.update(temporal_layers=0, pool="tokens",
-               num_vectors=batch_lib.MODALITIES.get("vit")[0](section))
+    out.update(temporal_layers=0, pool="tokens", num_vectors=tokens_per_image(section))
     return out
 
   @staticmethod

@@ -20,6 +20,11 @@ OUR_TO_HF_ACTIVATION = {"gelu": "gelu", "gelu_new": "gelu_new", "gelu_tanh": "ge
 
 # HF model_type -> converter (see hf_clip.py, hf_bert.py, hf_gpt2.py, hf_whisper.py).
 CONVERTERS = Registry("HF model_type")
+# Our decoder family -> its HF export format: an object with
+# hf_config(section) -> config.json dict (raises ValueError naming the
+# model.decoder field the format cannot express) and state_dict(section,
+# tree) -> {HF name: array} (see convert/hf_export.py).
+HF_DECODER_FORMATS = Registry("HF decoder family")
 # Component -> where its params go (`config.init_components` key; a '/' path
 # names a subtree below the top level). A converter may serve other components
 # through `variants` ({component: converter}, e.g. CLIP -> "video").
@@ -63,3 +68,17 @@ def attention(q_w, q_b, k_w, k_b, v_w, v_b, o_w, o_b, num_heads: int):
 def linear(get, name: str):
   """torch nn.Linear weight [out, in] -> ([in, out], bias)."""
   return get(f"{name}.weight").T, get(f"{name}.bias")
+
+
+def decoder_logits(section, tree, inputs) -> np.ndarray:
+  """Our Decoder's float32 logits [B, S, vocab] on inputs["tokens"] [B, S]
+  (positions 0..S-1, no padding): the `run_ours` of the decoder converters."""
+  import jax
+  import ml_collections
+  from metalm_jax.models.decoder import Decoder
+  tokens = inputs["tokens"]
+  b, s = tokens.shape
+  positions = np.broadcast_to(np.arange(s, dtype=np.int32), (b, s))
+  model = Decoder(ml_collections.FrozenConfigDict(section))
+  out = jax.jit(model.apply)({"params": tree}, tokens, positions, np.ones((b, s), np.int32))
+  return np.asarray(out)

@@ -71,17 +71,7 @@ class Gpt2:
     s = min(32, section.max_len)
     return {"tokens": rng.integers(0, section.vocab_size, (batch, s)).astype(np.int32)}
 
-  @staticmethod
-  def run_ours(section, tree, inputs):
-    import jax
-    import ml_collections
-    from metalm_jax.models.decoder import Decoder
-    tokens = inputs["tokens"]
-    b, s = tokens.shape
-    positions = np.broadcast_to(np.arange(s, dtype=np.int32), (b, s))
-    model = Decoder(ml_collections.FrozenConfigDict(section))
-    out = jax.jit(model.apply)({"params": tree}, tokens, positions, np.ones((b, s), np.int32))
-    return np.asarray(out)
+  run_ours = staticmethod(hc.decoder_logits)
 
   @staticmethod
   def run_hf(model_dir, inputs):
@@ -107,6 +97,13 @@ def gpt2_config(section) -> dict:
   need(section.emb_dim % section.num_heads == 0, "num_heads", "must divide emb_dim")
   need(section.get("head_dim", 0) in (0, section.emb_dim // section.num_heads), "head_dim",
        "GPT-2 needs head_dim = emb_dim / num_heads")
+  need(section.get("norm_type", "layer") == "layer", "norm_type", "GPT-2 uses LayerNorm")
+  need(section.get("mlp", "dense") == "dense", "mlp", "GPT-2's MLP is not gated")
+  need(section.get("num_kv_heads", 0) in (0, section.num_heads), "num_kv_heads",
+       "GPT-2 has one key/value head per query head")
+  need(not section.get("qkv_bias", False) or section.get("use_bias", True), "qkv_bias",
+       "GPT-2 has biases on every projection or none")
+  need(section.get("embed_scale", 1.0) == 1.0, "embed_scale", "GPT-2 does not scale embeddings")
   return {
       "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
       "vocab_size": section.vocab_size, "n_positions": section.max_len,
@@ -151,11 +148,14 @@ def decoder_to_gpt2(section, tree) -> dict:
 
 def save_gpt2(out_dir: str, section, tree) -> str:
   """Writes an HF GPT-2 model dir (config.json + model.safetensors)."""
-  from safetensors.numpy import save
   import flax.linen as nn
-  from metalm_jax import storage
+  from metalm_jax.convert import hf_io
   cfg = gpt2_config(section)
-  storage.write_bytes(storage.join(out_dir, "model.safetensors"),
-                      save(decoder_to_gpt2(section, nn.meta.unbox(tree)), metadata={"format": "pt"}))
-  storage.write_json(storage.join(out_dir, "config.json"), cfg)
-  return out_dir
+  return hf_io.write_hf_dir(out_dir, cfg, decoder_to_gpt2(section, nn.meta.unbox(tree)))
+
+
+@hc.HF_DECODER_FORMATS.register("gpt2")
+class Gpt2Format:
+  """Export of our decoder as GPT2LMHeadModel (convert/hf_export.py)."""
+  hf_config = staticmethod(gpt2_config)
+  state_dict = staticmethod(decoder_to_gpt2)

@@ -106,3 +106,13 @@ class WeightReader:
 
   def unused(self):
     return sorted(set(self._w) - self._used)
+
+
+def write_hf_dir(out_dir: str, config: Mapping, state_dict: Mapping[str, np.ndarray]) -> str:
+  """Writes an HF model dir: config.json and model.safetensors (float32,
+  contiguous; metadata format 'pt', as transformers writes it)."""
+  from safetensors.numpy import save
+  tensors = {k: np.ascontiguousarray(np.asarray(v, np.float32)) for k, v in state_dict.items()}
+  storage.write_bytes(storage.join(out_dir, SAFETENSORS), save(tensors, metadata={"format": "pt"}))
+  storage.write_json(storage.join(out_dir, "config.json"), dict(config))
+  return out_dir

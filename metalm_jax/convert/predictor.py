@@ -12,7 +12,7 @@ clips and videos.
 The prompts are the evaluation prompts of the task formats (data/formats.py,
 `KIND_FORMATS`), so a served answer is asked exactly as the evaluators ask.
 Every input goes through the training pipeline's own loader of its kind
-(data/media.py), with the encoder's constants from the served model config
+(models/modalities/), with the encoder's constants from the served model config
 and the normalisation training used (an export's config.json `preprocess`
 section, a workdir's run config `data.image_mean` / `image_std`):
 
@@ -22,12 +22,12 @@ section, a workdir's run config `data.image_mean` / `image_std`):
          [0, 255]); any size and mode: `images.to_rgb` (RGBA composited over
          white, grayscale / palette / CMYK made RGB), then `preprocess_image`
          at the encoder's image_size;
-  audio  a file path or encoded bytes (WAV, FLAC, OGG, MP3: data/audio.py
+  audio  a file path or encoded bytes (WAV, FLAC, OGG, MP3: media/audio.py
          decode_audio: downmix, resampling to the encoder's sample_rate, cut
          to max_seconds, zero-padding), (samples, rate), or a float waveform
          [n] or [n, channels] in [-1, 1] at the encoder's sample_rate; a clip
          the pipeline would skip (undecodable, silent) is refused by name;
-  video  a file path or encoded bytes (mp4, webm, ...: data/video.py
+  video  a file path or encoded bytes (mp4, webm, ...: media/video.py
          decode_video, frames sampled uniformly in time), or the pictures of
          a clip: a list of images (any of the image forms above) or one array
          [n, H, W, 3] of raw pixels, sampled by the same rule to the
@@ -63,11 +63,10 @@ from metalm_jax import params_io
 from metalm_jax import storage
 from metalm_jax.convert.serving import next_token_logits
 from metalm_jax.data import formats as formats_lib
-from metalm_jax.data import images as images_lib
-from metalm_jax.data import media as media_lib
+from metalm_jax.media import images as images_lib
 from metalm_jax.data.formats import CAPTION_PROMPT, VQA_TEMPLATE  # the task formats' prompts
 from metalm_jax.evaluate import decode, prompts
-from metalm_jax.models import metalm
+from metalm_jax.models import metalm, modalities
 from metalm_jax.registry import Registry
 
 MIN_BUCKET = 16  # smallest default length bucket
@@ -79,7 +78,7 @@ KIND_FORMATS = {"image": ("caption", "vqa"), "audio": ("audio_caption", "audio_q
 _REFUSALS = {"skipped_bad_image": "cannot be decoded as an image",
              "skipped_bad_audio": "cannot be decoded as audio",
              "skipped_silent_audio": "is silent (the pipeline skips clips whose peak is below "
-                                     "data/audio.py SILENCE_PEAK)",
+                                     "media/audio.py SILENCE_PEAK)",
              "skipped_bad_video": "cannot be decoded as a video",
              "skipped_empty_video": "holds no frame"}
 
@@ -203,7 +202,7 @@ def _decodable(image, where: str):
 
 
 def _decodable_audio(clip, where: str):
-  """A user's clip as data/audio.py reads it: file bytes, (samples, rate) or
+  """A user's clip as media/audio.py reads it: file bytes, (samples, rate) or
   a float waveform; refuses integer or non-numeric arrays (their scale is
   unknown) and arrays of more than two dimensions."""
   if isinstance(clip, (str, os.PathLike)):
@@ -220,7 +219,7 @@ def _decodable_audio(clip, where: str):
 
 
 def _decodable_video(video, where: str):
-  """A user's video as data/video.py reads it: file bytes, or its pictures
+  """A user's video as media/video.py reads it: file bytes, or its pictures
   (each checked as an image)."""
   if isinstance(video, (str, os.PathLike)):
     return _read_file(video, where, "video")
@@ -297,7 +296,7 @@ class Predictor:
     self.image_mean, self.image_std = served.norm["image_mean"], served.norm["image_std"]
     self.encoders = {}  # media kind -> the (first) encoder docking it
     for name in sorted(cfg.encoders):
-      kind = media_lib.kind_of_encoder(cfg.encoders[name].type)
+      kind = modalities.kind_of_encoder(cfg.encoders[name].type)
       if kind is not None:
         self.encoders.setdefault(kind, name)
     self.image_encoder = self.encoders.get("image")
@@ -306,7 +305,7 @@ class Predictor:
     if kind not in KIND_FORMATS:
       raise ValueError(f"kind={kind!r} is unknown; known: {sorted(KIND_FORMATS)}")
     if kind not in self.encoders:
-      enc_type = media_lib.MEDIA.get(kind).encoder_type
+      enc_type = modalities.MODALITIES.get(kind).encoder_type
       raise ValueError(f"the served model has no {enc_type!r} encoder; it cannot read "
                        f"{kind} (kind={kind!r})")
     return self.encoders[kind]
@@ -314,11 +313,11 @@ class Predictor:
   def preprocess(self, value, kind: str = "image", where: Optional[str] = None) -> np.ndarray:
     """A raw input of media `kind` -> its encoder's float32 input (image [S,
     S, 3], audio [samples], video [frames, S, S, 3]), exactly as training
-    (data/media.py); what training would skip is refused naming why."""
+    (models/modalities/); what training would skip is refused naming why."""
     name = self._kind(kind)
     where = where or kind
     stats: Dict[str, int] = {}
-    x = media_lib.MEDIA.get(kind).load(_DECODABLE[kind](value, where),
+    x = modalities.MODALITIES.get(kind).load(_DECODABLE[kind](value, where),
                                        self.model_cfg.encoders[name],
                                        (self.image_mean, self.image_std), stats)
     if x is None:
@@ -329,7 +328,7 @@ class Predictor:
   def part(self, value, kind: str = "image", where: Optional[str] = None):
     """A raw input as a prompt part (prompts.Image / Audio / Video) on its encoder."""
     name = self._kind(kind)
-    media_lib.brackets(self.tokenizer, kind)  # names the missing bracket tokens
+    modalities.brackets(self.tokenizer, kind)  # names the missing bracket tokens
     cls = next(c for c, k in prompts.MEDIA_PARTS.items() if k == kind)
     return cls(self.preprocess(value, kind, where), encoder=name)
 

@@ -11,7 +11,7 @@ A row or prompt, left to right ([..] = docked, * = trained in a row):
 
   images    image fields, each docked on its own item of the vision encoder;
   audio, video   sound-clip / video fields, each on its own item of the
-            audio ("whisper") / video encoder (data/media.py: kinds, loaders);
+            audio ("whisper") / video encoder (models/modalities/: kinds, loaders);
   encoded   a template of the text for the text encoder
             (config.data.spans.encoder): split over consecutive items of
             max_len tokens (`encoded_items="split"`; plain tokens when the

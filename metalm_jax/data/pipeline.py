@@ -7,7 +7,7 @@
 Per mixture entry (`config.data.mixture`: {source name: weight}, sources in
 `sources.SOURCES`): tfds.data_source -> this process's shard -> shuffle ->
 repeat -> per-example task (tasks.py; images decoded, resized, normalised;
-sound clips and videos decoded and docked the same way, data/media.py) ->
+sound clips and videos decoded and docked the same way, models/modalities/) ->
 DropFailed (caption / vqa / nli rows) or PackDocuments (text rows with
 language spans). Entries are mixed by weight (deterministic proportions),
 batched, and optionally produced by `config.data.num_workers` processes.
@@ -19,7 +19,7 @@ Batches follow metalm_jax/batch.py for `config.model`, plus one extra key:
            `skipped_bad_image`, `skipped_empty_text`, `skipped_bad_label`,
            `converted_image_mode`, `resized_nonsquare_image`, `truncated_text`,
            `skipped_unreadable_record` (with data.skip_corrupt_records), and
-           the audio / video decoders' counters (data/audio.py, data/video.py:
+           the audio / video decoders' counters (media/audio.py, media/video.py:
            `skipped_bad_audio`, `skipped_silent_audio`, `resampled_audio`, ...).
 
 The counts travel inside the batch, so they survive worker processes; call
@@ -37,12 +37,12 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from metalm_jax import batch as batch_lib
-from metalm_jax.data import media as media_lib
 from metalm_jax.data import packing
 from metalm_jax.data import prepare
 from metalm_jax.data import records as records_lib
 from metalm_jax.data import sources as sources_lib
 from metalm_jax.data import tasks as tasks_lib
+from metalm_jax.models import modalities
 
 
 def split_stats(batch: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, int]]:
@@ -80,8 +80,8 @@ def make_context(config, tokenizer) -> tasks_lib.Context:
     raise ValueError(f"config.data.seq_len={data.seq_len} exceeds "
                      f"config.model.decoder.max_len={model.decoder.max_len}")
   vision = by_type.get("vit", "")
-  for kind in media_lib.MEDIA:  # each docked kind: one item of it plus text fits a row
-    name = by_type.get(media_lib.MEDIA.get(kind).encoder_type, "")
+  for kind in modalities.media_kinds():  # each docked kind: one item of it plus text fits a row
+    name = by_type.get(modalities.MODALITIES.get(kind).encoder_type, "")
     if name:
       need = batch_lib.slot_length(model.encoders[name]) + 5
       if data.seq_len < need:

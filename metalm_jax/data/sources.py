@@ -18,7 +18,7 @@ Canonical fields per task:
     audio_caption / video_caption: audio (WAV bytes) / video (encoded
              frames), captions; audio_qa / video_qa: audio / video,
              question, answers; audio_image_qa: image, audio, question,
-             answers (data/media.py decodes audio and video)
+             answers (media/ decodes audio and video)
 
 Finetuning variants (`*_prompted`, `*_instruct`, `world_pair`) and the
 multitask text clusters (`world_text_qa`, `world_count`, `world_attribute`)
@@ -202,7 +202,7 @@ register("text_corpus", Source("text", lambda c: "metalm_text_corpus",
                                {"train": "train", "validation": "validation"},
                                _document("text")))
 # Real audio / video captions (data/builders/audio_captions.py, msrvtt.py):
-# encoded file bytes, decoded by data/audio.py / data/video.py in the pipeline.
+# encoded file bytes, decoded by media/audio.py / media/video.py in the pipeline.
 register("audio_captions", Source("audio_caption", lambda c: "metalm_audio_captions",
                                   {"train": "train", "validation": "validation",
                                    "test": "test"},

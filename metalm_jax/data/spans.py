@@ -157,7 +157,7 @@ def encoder_arrays(row: Row, model_cfg, images: Mapping[Tuple[str, int], np.ndar
   pixels, waveforms, video frames); text spans give the text encoder its tokens."""
   out = {}
   for name, enc in sorted(model_cfg.encoders.items()):
-    spec = batch_lib.MODALITIES.get(enc.type)[1](enc, 1)
+    spec = batch_lib.encoder_inputs(enc, 1)
     arrays = {k: np.zeros(shape[1:], dtype) for k, (shape, dtype) in spec.items()}
     if enc.type == "bert":
       arrays["tokens"][:] = pad_id

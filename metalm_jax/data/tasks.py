@@ -1,7 +1,7 @@
 """Per-example work of the pipeline: decode, tokenise and lay out one record.
 
 Tasks (registry `TASKS`, picked by the source's `task`):
-  (images, sound clips and videos are docked as the format says, data/media.py
+  (images, sound clips and videos are docked as the format says, models/modalities/
   decodes them; brackets `<image>`/`<audio>`/`<video>` ... around each)
   caption   pretraining: <s> <image> [image] </image> [prefix]? caption* </s>*
             (a random caption prefix may go through the text encoder);
@@ -36,10 +36,10 @@ import numpy as np
 
 from metalm_jax import batch as batch_lib
 from metalm_jax.data import formats as formats_lib
-from metalm_jax.data import media as media_lib
 from metalm_jax.data import records as records_lib
 from metalm_jax.data import sources as sources_lib
 from metalm_jax.data import spans as spans_lib
+from metalm_jax.models import modalities
 from metalm_jax.registry import Registry
 
 TASKS = Registry("task")
@@ -51,10 +51,10 @@ STAT_KEYS = (
     "skipped_unreadable_record",
     # images (and pictures of a video stored as pictures)
     "skipped_bad_image", "converted_image_mode", "resized_nonsquare_image",
-    # sound clips (data/audio.py)
+    # sound clips (media/audio.py)
     "skipped_bad_audio", "skipped_silent_audio", "converted_audio_channels",
     "resampled_audio", "truncated_audio",
-    # videos (data/video.py)
+    # videos (media/video.py)
     "skipped_bad_video", "skipped_empty_video", "converted_variable_frame_rate",
     "repeated_video_frames", "resized_nonsquare_video")
 
@@ -89,14 +89,14 @@ class Context:
   caption_contexts: tuple = ()  # texts drawn between image and caption (data)
 
   def encoder_for(self, kind: str) -> str:
-    """The encoder docking media `kind` (data/media.py), "" if none."""
+    """The encoder docking media `kind` (models/modalities/), "" if none."""
     return {"image": self.vision, "audio": self.audio, "video": self.video}[kind]
 
 
 def _load(ctx: Context, kind: str, value, stats) -> Optional[np.ndarray]:
   """One docked input of media `kind` as its encoder takes it (None: unusable, counted)."""
   name = ctx.encoder_for(kind)
-  return media_lib.MEDIA.get(kind).load(value, ctx.model_cfg.encoders[name],
+  return modalities.MODALITIES.get(kind).load(value, ctx.model_cfg.encoders[name],
                                         (ctx.image_mean, ctx.image_std), stats)
 
 
@@ -138,9 +138,9 @@ def _check_encoders(ctx: Context, fmt: formats_lib.Format) -> None:
   for kind, n in need.items():
     name = ctx.encoder_for(kind)
     if not name:
-      raise ValueError(f"task {fmt.name!r} needs a {media_lib.MEDIA.get(kind).encoder_type!r} "
+      raise ValueError(f"task {fmt.name!r} needs a {modalities.MODALITIES.get(kind).encoder_type!r} "
                        f"({kind}) encoder in config.model.encoders")
-    media_lib.brackets(ctx.tokenizer, kind)
+    modalities.brackets(ctx.tokenizer, kind)
     enc = ctx.model_cfg.encoders[name]
     if enc.max_items < n:
       raise ValueError(f"task {fmt.name!r} needs config.model.encoders.{name}.max_items "
@@ -153,7 +153,7 @@ def _add_media(ctx: Context, row: spans_lib.Row, kind: str, item: int) -> None:
   """A docked input of media `kind`: its opening bracket, its span on item
   `item` of its encoder, its closing bracket."""
   name = ctx.encoder_for(kind)
-  start, end = media_lib.brackets(ctx.tokenizer, kind)
+  start, end = modalities.brackets(ctx.tokenizer, kind)
   row.add_tokens([start], train=False)
   row.add_span(batch_lib.slot_length(ctx.model_cfg.encoders[name]), name, item)
   row.add_tokens([end], train=False)

@@ -7,7 +7,7 @@ A prompt is a list of parts:
                     item of a vision encoder, then `</image>`;
   Audio(waveform), Video(frames)   the same with `<audio>` ... `</audio>` on
                     an audio ("whisper") encoder, `<video>` ... `</video>` on
-                    a video encoder (data/media.py: the media kinds);
+                    a video encoder (models/modalities/: the modalities);
   EncodedText(str)  one decoder position per token, each docked one-to-one to
                     the same token of its own item of a language encoder
                     (the decoder input id there is the original token);
@@ -32,6 +32,7 @@ import numpy as np
 
 from metalm_jax import batch as batch_lib
 from metalm_jax.data import formats as formats_lib
+from metalm_jax.models import modalities
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,16 +61,17 @@ class Video:
   encoder: Optional[str] = None  # config name; default: the only "video" encoder
 
 
-# Docked whole-item parts -> their media kind (data/media.py).
+# Docked whole-item parts -> their modality (models/modalities/).
 MEDIA_PARTS = {Image: "image", Audio: "audio", Video: "video"}
 
 
 def part_encoder_type(part) -> Optional[str]:
   """The encoder type a part docks on (None for plain text and tokens)."""
-  from metalm_jax.data import media
   if type(part) in MEDIA_PARTS:
-    return media.MEDIA.get(MEDIA_PARTS[type(part)]).encoder_type
-  return "bert" if isinstance(part, EncodedText) else None
+    return modalities.MODALITIES.get(MEDIA_PARTS[type(part)]).encoder_type
+  if isinstance(part, EncodedText):
+    return modalities.MODALITIES.get("text").encoder_type
+  return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,16 +148,15 @@ def _(part: Tokens, row, tok, model_cfg, offsets):
 
 def _lay_out_media(part, row, tok, model_cfg, offsets):
   """A whole docked item (Image, Audio, Video): bracket, its span, bracket."""
-  from metalm_jax.data import media
-  kind = media.MEDIA.get(MEDIA_PARTS[type(part)])
+  kind = modalities.MODALITIES.get(MEDIA_PARTS[type(part)])
   name = _encoder_for(model_cfg, part.encoder, kind.encoder_type, part)
   cfg = model_cfg.encoders[name]
   value = np.asarray(getattr(part, dataclasses.fields(part)[0].name), np.float32)
-  want = batch_lib.MODALITIES.get(cfg.type)[1](cfg, 1)[kind.key][0][2:]
+  want = kind.inputs(cfg, 1)[kind.key][0][2:]
   if value.shape != tuple(want):
     raise ValueError(f"{type(part).__name__}.{dataclasses.fields(part)[0].name} has shape "
                      f"{value.shape}, model.encoders.{name} expects {tuple(want)}")
-  start, end = media.brackets(tok, kind.name)
+  start, end = modalities.brackets(tok, kind.name)
   item = _new_item(row, model_cfg, name, value)
   t = batch_lib.slot_length(cfg)
   base = offsets[name] + item * t

@@ -20,7 +20,17 @@ def segment_mask(segment_ids):
 class Decoder(nn.Module):
   """Pre-LN / DeepNorm causal Transformer with tied (or untied) output embedding.
 
-  cfg: the `model.decoder` config section (FrozenConfigDict).
+  cfg: the `model.decoder` config section (FrozenConfigDict). Besides the
+  GPT-2 shape (the presets.decoder defaults) it takes the Llama / Qwen2 /
+  Gemma family fields (norm_type, mlp, num_kv_heads, qkv_bias, rope_theta,
+  rope_scaling, embed_scale; metalm_jax/models/families.py).
+
+  `embed_scale` (Gemma: sqrt(emb_dim)) multiplies the token embeddings in
+  `embed`, in the compute dtype as HF's GemmaTextScaledWordEmbedding does
+  (bfloat16 rounds sqrt(2048) to 45.25). MetaLM replaces docked positions
+  after `embed`, so connector outputs are not scaled: as in HF's
+  Gemma-based VLMs (PaliGemma), text embeddings are scaled, image ones not.
+  The tied output head uses the unscaled table.
   """
   cfg: Any
   dtype: Any = jnp.float32
@@ -38,7 +48,7 @@ class Decoder(nn.Module):
     self.blocks = stack.build(cfg, self.dtype, causal=True, rotary=cfg.positions == "rotary",
                               field="model.decoder")
     if cfg.norm == "pre":
-      self.final_norm = layers.LayerNorm(cfg.ln_eps, self.dtype)
+      self.final_norm = layers.NORM_TYPES.get(cfg.get("norm_type", "layer"))(cfg.ln_eps, self.dtype)
     self.embed_dropout = nn.Dropout(cfg.get("dropout", 0.0))
     if not cfg.tie_embeddings:
       self.lm_head = nn.Dense(cfg.vocab_size, use_bias=False, dtype=self.dtype,
@@ -46,7 +56,12 @@ class Decoder(nn.Module):
                               kernel_init=layers.param_init(init, ("embed", "vocab")))
 
   def embed(self, tokens):
-    return self.embedder(tokens)
+    """Token embeddings [B, T, emb] in the compute dtype, times embed_scale."""
+    x = self.embedder(tokens)
+    scale = self.cfg.get("embed_scale", 1.0)
+    if scale != 1.0:
+      x = x * jnp.asarray(scale, self.dtype)
+    return x
 
   def __call__(self, tokens, positions, segment_ids, input_embeds: Optional[Any] = None,
                decode: bool = False, deterministic: bool = True):

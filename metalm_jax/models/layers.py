@@ -65,6 +65,36 @@ class LayerNorm(nn.Module):
     return y.astype(self.dtype)
 
 
+class RMSNorm(nn.Module):
+  """Root-mean-square norm with float32 statistics; one param `scale`.
+
+  plus_one=False (Llama, Qwen2): y = (x * rsqrt(mean(x^2) + eps)) cast to the
+  compute dtype, times `scale` (init 1), as HF's LlamaRMSNorm.
+  plus_one=True (Gemma): y = (x * rsqrt(mean(x^2) + eps) * (1 + scale)) in
+  float32, then cast; `scale` starts at 0 and holds HF's weight as it is."""
+  eps: float = 1e-6
+  dtype: Any = jnp.float32
+  plus_one: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    d = x.shape[-1]
+    init = nn.initializers.zeros if self.plus_one else nn.initializers.ones
+    scale = self.param("scale", param_init(init, ("norm",)), (d,))
+    xf = x.astype(jnp.float32)
+    normed = xf * jax.lax.rsqrt(jnp.square(xf).mean(-1, keepdims=True) + self.eps)
+    if self.plus_one:
+      return (normed * (1.0 + scale)).astype(self.dtype)
+    return normed.astype(self.dtype) * scale.astype(self.dtype)
+
+
+# model.<stack>.norm_type -> norm module class, called as cls(eps, dtype, name=...).
+NORM_TYPES = Registry("norm_type")
+NORM_TYPES.register("layer")(LayerNorm)
+NORM_TYPES.register("rms")(RMSNorm)
+NORM_TYPES.register("rms_plus_one")(functools.partial(RMSNorm, plus_one=True))
+
+
 def sinusoidal_table(length: int, dim: int) -> np.ndarray:
   """[length, dim] table: sin on the first half of channels, cos on the second."""
   half = dim // 2
@@ -76,11 +106,17 @@ def sinusoidal_table(length: int, dim: int) -> np.ndarray:
   return table
 
 
-def apply_rotary(x: Array, positions: Array) -> Array:
-  """Rotary embedding (rotate-half form) on x [B, T, H, D] at positions [B, T]."""
+def apply_rotary(x: Array, positions: Array, theta: float = 10000.0,
+                 freq_scale: Optional[tuple] = None) -> Array:
+  """Rotary embedding on x [B, T, H, D] at positions [B, T], in HF Llama's
+  rotate-half form: channel i pairs with channel i + D/2 (not interleaved),
+  inverse frequency theta^(-i / (D/2)) times `freq_scale[i]` (rope scaling,
+  metalm_jax/models/rotary.py). Computed in float32."""
   d = x.shape[-1]
   half = d // 2
-  inv = 1.0 / (10000.0 ** (jnp.arange(half, dtype=jnp.float32) / half))
+  inv = 1.0 / (theta ** (jnp.arange(half, dtype=jnp.float32) / half))
+  if freq_scale is not None:
+    inv = inv * jnp.asarray(freq_scale, jnp.float32)
   ang = positions[..., None].astype(jnp.float32) * inv  # [B, T, half]
   sin, cos = jnp.sin(ang)[:, :, None, :], jnp.cos(ang)[:, :, None, :]
   x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
@@ -153,6 +189,12 @@ class Attention(nn.Module):
   segments, key padding. In decode mode the cache holds keys for `cache_len`
   positions; `key_valid` [B, T] marks which of the T new positions are real
   tokens, and causality is by absolute cache position.
+  Grouped-query attention (`num_kv_heads` K < num_heads N, K dividing N):
+  keys and values have K heads (query head n reads kv head n // (N / K), as
+  HF's repeat_kv), the cache holds K heads, and their params / activations
+  carry the logical axes `kv_heads` / `act_kv_heads` (unmapped = replicated).
+  Rotary positions (`rotary`) are applied to q and k before caching, at the
+  absolute `positions` of every call, so decode steps rotate like a full pass.
   Activations named for remat policies (jax.ad_checkpoint.checkpoint_name):
   'query_proj', 'key_proj', 'value_proj' and 'attn_out' (the attention result
   before the output projection).
@@ -166,22 +208,34 @@ class Attention(nn.Module):
   impl: Optional[str] = "auto"
   out_init_scale: float = 1.0
   v_init_scale: float = 1.0
+  num_kv_heads: int = 0          # grouped-query attention; 0 = num_heads
+  qkv_bias: bool = False         # q/k/v biases even when use_bias is False (Qwen2)
+  rope_theta: float = 10000.0
+  rope_scale: Optional[tuple] = None  # per-frequency multipliers (models/rotary.py)
 
   @nn.compact
   def __call__(self, x, mask=None, positions=None, *, decode=False, key_valid=None):
     emb = x.shape[-1]
-    hd = (self.num_heads, self.head_dim)
-    proj = functools.partial(DenseND, dtype=self.dtype, use_bias=self.use_bias)
-    qkv_axes = ("embed", "heads", "kv")
-    q = proj(hd, qkv_axes, name="query")(x)
-    k = proj(hd, qkv_axes, name="key")(x)
-    v = proj(hd, qkv_axes, init_scale=self.v_init_scale, name="value")(x)
+    kv_heads = self.num_kv_heads or self.num_heads
+    proj = functools.partial(DenseND, dtype=self.dtype)
+    in_proj = functools.partial(proj, use_bias=self.use_bias or self.qkv_bias)
+    # Grouped keys/values get their own logical axis: K heads need not divide
+    # the mesh axis that shards the num_heads query heads.
+    grouped = kv_heads != self.num_heads
+    q_axes, act = ("embed", "heads", "kv"), ("act_batch", "act_length", "act_heads", "act_kv")
+    kv_axes = ("embed", "kv_heads", "kv") if grouped else q_axes
+    kv_act = ("act_batch", "act_length", "act_kv_heads", "act_kv") if grouped else act
+    q = in_proj((self.num_heads, self.head_dim), q_axes, name="query")(x)
+    k = in_proj((kv_heads, self.head_dim), kv_axes, name="key")(x)
+    v = in_proj((kv_heads, self.head_dim), kv_axes, init_scale=self.v_init_scale,
+                name="value")(x)
     if self.rotary:
-      q, k = apply_rotary(q, positions), apply_rotary(k, positions)
-    act = ("act_batch", "act_length", "act_heads", "act_kv")
+      rope = functools.partial(apply_rotary, positions=positions, theta=self.rope_theta,
+                               freq_scale=self.rope_scale)
+      q, k = rope(q), rope(k)
     q = checkpoint_name(constrain(q, act), "query_proj")
-    k = checkpoint_name(constrain(k, act), "key_proj")
-    v = checkpoint_name(constrain(v, act), "value_proj")
+    k = checkpoint_name(constrain(k, kv_act), "key_proj")
+    v = checkpoint_name(constrain(v, kv_act), "value_proj")
 
     causal = self.causal
     if decode:
@@ -195,7 +249,7 @@ class Attention(nn.Module):
                                        implementation=impl)
     out = checkpoint_name(constrain(out, act), "attn_out")
     return proj((emb,), ("heads", "kv", "embed"), n_in=2, init_scale=self.out_init_scale,
-                name="out")(out)
+                use_bias=self.use_bias, name="out")(out)
 
   def _update_cache(self, k, v, key_valid):
     """Writes the T new keys/values at the cache index and builds the
@@ -244,11 +298,46 @@ class Mlp(nn.Module):
                     bias_init=param_init(nn.initializers.zeros, ("embed",)), name="wo")(h)
 
 
+class GatedMlp(nn.Module):
+  """Gated MLP: wo(act(wi_gate(x)) * wi_up(x)). SwiGLU with activation
+  'silu' (Llama, Qwen2), GeGLU with 'gelu_tanh' (Gemma). Both hidden
+  pre-activations are named 'mlp_hidden' for the remat policies."""
+  hidden: int
+  activation: str = "silu"
+  dtype: Any = jnp.float32
+  use_bias: bool = False
+  init_scale: float = 1.0
+
+  @nn.compact
+  def __call__(self, x):
+    emb = x.shape[-1]
+    init = nn.initializers.variance_scaling(self.init_scale ** 2, "fan_avg", "uniform")
+    dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=jnp.float32,
+                              use_bias=self.use_bias)
+    wi = functools.partial(dense, self.hidden, kernel_init=param_init(init, ("embed", "mlp")),
+                           bias_init=param_init(nn.initializers.zeros, ("mlp",)))
+    gate = checkpoint_name(wi(name="wi_gate")(x), "mlp_hidden")
+    up = checkpoint_name(wi(name="wi_up")(x), "mlp_hidden")
+    h = constrain(ACTIVATIONS.get(self.activation)(gate) * up, ("act_batch", "act_length", "act_mlp"))
+    return dense(emb, kernel_init=param_init(init, ("mlp", "embed")),
+                 bias_init=param_init(nn.initializers.zeros, ("embed",)), name="wo")(h)
+
+
+# model.<stack>.mlp -> MLP module class, called as cls(hidden, activation, dtype=,
+# use_bias=, init_scale=, name=).
+MLP_KINDS = Registry("mlp")
+MLP_KINDS.register("dense")(Mlp)
+MLP_KINDS.register("gated")(GatedMlp)
+
 NORM_STYLES = ("pre", "post", "deepnorm")
 
 
 class Block(nn.Module):
   """One Transformer layer: attention + MLP with pre-LN, post-LN or DeepNorm.
+
+  The norm module (`norm_type`), the MLP (`mlp`: dense or gated), grouped
+  keys/values (`num_kv_heads`), q/k/v biases (`qkv_bias`) and the rotary
+  base / scaling are per-family choices (metalm_jax/models/families.py).
 
   DeepNorm (Wang et al., 2022): x <- LN(alpha * x + f(x)), with the value,
   output and MLP weights initialised scaled by beta (set by the caller).
@@ -272,6 +361,12 @@ class Block(nn.Module):
   deepnorm_alpha: float = 1.0
   deepnorm_beta: float = 1.0
   scan_carry: bool = False
+  norm_type: str = "layer"       # NORM_TYPES: layer | rms | rms_plus_one
+  mlp: str = "dense"             # MLP_KINDS: dense | gated
+  num_kv_heads: int = 0
+  qkv_bias: bool = False
+  rope_theta: float = 10000.0
+  rope_scale: Optional[tuple] = None
 
   @nn.compact
   def __call__(self, x, mask=None, positions=None, key_valid=None, decode=False,
@@ -279,12 +374,15 @@ class Block(nn.Module):
     beta = self.deepnorm_beta if self.norm == "deepnorm" else 1.0
     attn = Attention(self.num_heads, self.head_dim, dtype=self.dtype, use_bias=self.use_bias,
                      rotary=self.rotary, causal=self.causal, impl=self.attention_impl,
-                     out_init_scale=beta, v_init_scale=beta, name="attn")
-    mlp = Mlp(self.mlp_dim, self.activation, dtype=self.dtype, use_bias=self.use_bias,
-              init_scale=beta, name="mlp")
+                     out_init_scale=beta, v_init_scale=beta, num_kv_heads=self.num_kv_heads,
+                     qkv_bias=self.qkv_bias, rope_theta=self.rope_theta,
+                     rope_scale=self.rope_scale, name="attn")
+    mlp = MLP_KINDS.get(self.mlp)(self.mlp_dim, self.activation, dtype=self.dtype,
+                                  use_bias=self.use_bias, init_scale=beta, name="mlp")
     drop = lambda y: nn.Dropout(self.dropout)(y, deterministic=deterministic) if self.dropout else y
-    ln1 = LayerNorm(self.ln_eps, self.dtype, name="ln_attn")
-    ln2 = LayerNorm(self.ln_eps, self.dtype, name="ln_mlp")
+    norm = NORM_TYPES.get(self.norm_type)
+    ln1 = norm(self.ln_eps, self.dtype, name="ln_attn")
+    ln2 = norm(self.ln_eps, self.dtype, name="ln_mlp")
     call_attn = lambda y: attn(y, mask, positions, decode=decode, key_valid=key_valid)
     if self.norm == "pre":
       x = x + drop(call_attn(ln1(x)))

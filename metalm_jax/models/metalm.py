@@ -3,6 +3,8 @@
 The connector output for element j of a span replaces the decoder's input
 embedding at that span's j-th position; the batch says where through
 `dock_index` / `dock_mask` (see metalm_jax/batch.py). No cross-attention.
+Each encoder is its modality's module (models/modalities/), chosen by
+`model.encoders.<name>.type`.
 """
 from __future__ import annotations
 
@@ -14,12 +16,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from metalm_jax import batch as batch_lib
-from metalm_jax.models import layers
+from metalm_jax.models import contract, layers, modalities
 from metalm_jax.models import remat as remat_lib
+from metalm_jax.models import rotary as rotary_lib
 from metalm_jax.models.connector import CONNECTORS
 from metalm_jax.models.decoder import Decoder
-from metalm_jax.models.registry import ENCODERS
 
 
 class MetaLM(nn.Module):
@@ -31,7 +32,8 @@ class MetaLM(nn.Module):
     dtype = jnp.dtype(cfg.dtype)
     self.decoder = Decoder(cfg.decoder, dtype)
     names = sorted(cfg.encoders)
-    self.encoders = {n: ENCODERS.get(cfg.encoders[n].type)(cfg.encoders[n], dtype) for n in names}
+    self.encoders = {n: modalities.by_encoder_type(cfg.encoders[n].type).encoder(
+        cfg.encoders[n], dtype) for n in names}
     self.connectors = {
         n: CONNECTORS.get(cfg.encoders[n].connector.type)(
             cfg.encoders[n].connector, cfg.decoder.emb_dim, dtype) for n in names}
@@ -41,7 +43,7 @@ class MetaLM(nn.Module):
     outs = []
     for name in sorted(self.cfg.encoders):
       v = self.encoders[name](encoder_inputs[name], deterministic)  # [B, N, T, w]
-      expect = batch_lib.slot_length(self.cfg.encoders[name])
+      expect = modalities.slot_length(self.cfg.encoders[name])
       if v.shape[2] != expect:
         raise ValueError(f"encoder {name!r} emits {v.shape[2]} vectors per item, "
                          f"batch contract expects {expect}")
@@ -69,6 +71,29 @@ class MetaLM(nn.Module):
     return self.decoder(tokens, positions, segment_ids, decode=True)
 
 
+def check_decoder_family_fields(d, field: str) -> None:
+  """Checks the family fields of a decoder section (presets.decoder)."""
+  def need(cond, name, why):
+    if not cond:
+      raise ValueError(f"{field}.{name}={d.get(name)!r}: {why}")
+  need(d.get("norm_type", "layer") in layers.NORM_TYPES, "norm_type",
+       f"expected one of {list(layers.NORM_TYPES)}")
+  need(d.get("mlp", "dense") in layers.MLP_KINDS, "mlp", f"expected one of {list(layers.MLP_KINDS)}")
+  kv = d.get("num_kv_heads", 0)
+  need(isinstance(kv, int) and kv >= 0 and d.num_heads % (kv or d.num_heads) == 0,
+       "num_kv_heads", f"must be 0 (= num_heads) or divide num_heads={d.num_heads}")
+  need(d.get("embed_scale", 1.0) > 0, "embed_scale", "must be > 0")
+  need(d.get("rope_theta", 10000.0) > 0, "rope_theta", "must be > 0")
+  scaling = d.get("rope_scaling") or {}
+  need(not scaling or d.positions == "rotary", "rope_scaling",
+       f"needs positions='rotary' (positions={d.positions!r})")
+  rotary_lib.check(scaling.to_dict() if hasattr(scaling, "to_dict") else dict(scaling),
+                   f"{field}.rope_scaling")
+  head_dim = d.get("head_dim", 0) or d.emb_dim // d.num_heads
+  need(d.positions != "rotary" or head_dim % 2 == 0, "head_dim",
+       f"rotary positions need an even head_dim (got {head_dim})")
+
+
 def check_model_config(cfg) -> None:
   """Semantic checks that ConfigDict typing cannot express; names the field."""
   def need(cond, field, value, why):
@@ -86,18 +111,20 @@ def check_model_config(cfg) -> None:
   need(d.emb_dim % d.num_heads == 0 or d.get("head_dim", 0), "model.decoder.num_heads",
        d.num_heads, f"does not divide emb_dim={d.emb_dim}")
   need(d.norm in layers.NORM_STYLES, "model.decoder.norm", d.norm, f"expected {layers.NORM_STYLES}")
+  check_decoder_family_fields(d, "model.decoder")
   stack_options(d, "model.decoder")
   for name, e in cfg.encoders.items():
     f = f"model.encoders.{name}"
     stack_options(e, f)
-    need(e.type in ENCODERS, f + ".type", e.type, f"known: {list(ENCODERS)}")
+    types = modalities.encoder_types()
+    need(e.type in types, f + ".type", e.type, f"known: {sorted(types)}")
     need(e.connector.type in CONNECTORS, f + ".connector.type", e.connector.type,
          f"known: {list(CONNECTORS)}")
     need(e.emb_dim % e.num_heads == 0, f + ".num_heads", e.num_heads,
          f"does not divide emb_dim={e.emb_dim}")
     need(e.max_items >= 1, f + ".max_items", e.max_items, "must be >= 1")
-    batch_lib.slot_length(e)
-    check = getattr(ENCODERS.get(e.type), "check_config", None)
+    modalities.slot_length(e)
+    check = modalities.by_encoder_type(e.type).check_config
     if check is not None:
       check(e, f)
 
@@ -116,7 +143,7 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive
 
 
 def _dummy(model: MetaLM, batch_size: int, seq_len: int):
-  return jax.tree.map(jnp.asarray, batch_lib.dummy_batch(model.cfg, batch_size, seq_len))
+  return jax.tree.map(jnp.asarray, contract.dummy_batch(model.cfg, batch_size, seq_len))
 
 
 def init_variables(model: MetaLM, rng, batch_size: int = 1, seq_len: int = 8):

@@ -20,6 +20,7 @@ import flax.linen as nn
 
 from metalm_jax.models import layers, layout
 from metalm_jax.models import remat as remat_lib
+from metalm_jax.models import rotary as rotary_lib
 
 LAYER_AXIS = layout.STACKED  # logical name of the stacked axis; module name of a scanned stack
 # Block.__call__(self, x, mask, positions, key_valid, decode, deterministic):
@@ -27,15 +28,30 @@ LAYER_AXIS = layout.STACKED  # logical name of the stacked axis; module name of 
 _STATIC = (5, 6)
 
 
+def _as_dict(section) -> dict:
+  if not section:
+    return {}
+  return section.to_dict() if hasattr(section, "to_dict") else dict(section)
+
+
 def _block_fields(cfg, dtype, *, causal: bool, rotary: bool, deepnorm_layers: int):
+  """Block fields from a stack's config section. The family fields (norm_type,
+  mlp, num_kv_heads, qkv_bias, rope_theta, rope_scaling) default to the
+  GPT-2 / BERT / ViT shape when a section lacks them (encoders, old configs)."""
   head_dim = cfg.get("head_dim", 0) or cfg.emb_dim // cfg.num_heads
   n = deepnorm_layers or cfg.num_layers
+  theta = float(cfg.get("rope_theta", rotary_lib.DEFAULT_THETA))
+  scale = (rotary_lib.frequency_scale(head_dim, theta, _as_dict(cfg.get("rope_scaling")))
+           if rotary else None)
   return dict(
       num_heads=cfg.num_heads, head_dim=head_dim, mlp_dim=cfg.mlp_dim,
       activation=cfg.activation, norm=cfg.norm, ln_eps=cfg.ln_eps,
       dropout=cfg.get("dropout", 0.0), use_bias=cfg.get("use_bias", True), rotary=rotary,
       causal=causal, attention_impl=cfg.get("attention_impl", "auto"), dtype=dtype,
-      deepnorm_alpha=(2.0 * n) ** 0.25, deepnorm_beta=(8.0 * n) ** -0.25)
+      deepnorm_alpha=(2.0 * n) ** 0.25, deepnorm_beta=(8.0 * n) ** -0.25,
+      norm_type=cfg.get("norm_type", "layer"), mlp=cfg.get("mlp", "dense"),
+      num_kv_heads=cfg.get("num_kv_heads", 0), qkv_bias=cfg.get("qkv_bias", False),
+      rope_theta=theta, rope_scale=scale)
 
 
 def build(cfg, dtype, *, causal: bool = False, rotary: bool = False,

@@ -34,9 +34,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from metalm_jax import batch as batch_lib
 from metalm_jax.models import layers, stack
-from metalm_jax.models.vision import VisionEncoder
+from metalm_jax.models.vision import VisionEncoder, tokens_per_image
 from metalm_jax.registry import Registry
 
 POOLS = Registry("video pool")
@@ -94,7 +93,7 @@ def _frame_vector(x, cfg):
 
 
 def _vit_tokens(cfg) -> int:
-  return batch_lib.MODALITIES.get("vit")[0](cfg)  # ViT tokens per frame
+  return tokens_per_image(cfg)  # ViT tokens per frame
 
 
 POOLS.register("frames")(Pool(_frame_vector, lambda x: x[:, 0], lambda cfg: cfg.frames))

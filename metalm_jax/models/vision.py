@@ -9,6 +9,14 @@ import jax.numpy as jnp
 from metalm_jax.models import layers, stack
 
 
+def tokens_per_image(cfg) -> int:
+  """Vectors the encoder emits per image: patches (+1 class token)."""
+  if cfg.image_size % cfg.patch_size:
+    raise ValueError(f"image_size={cfg.image_size} is not a multiple of "
+                     f"patch_size={cfg.patch_size}")
+  return (cfg.image_size // cfg.patch_size) ** 2 + int(cfg.class_token)
+
+
 class VisionEncoder(nn.Module):
   """Returns every token's state [B, T, emb_dim], T = patches (+1 class token).
 

@@ -24,6 +24,8 @@ from typing import Any, Dict, List, Sequence, Tuple
 from absl import flags
 from ml_collections import config_flags
 
+from metalm_jax import config_names
+
 # A run named from no override at all (a grid without axes).
 BASE_NAME = "base"
 # Longer names keep this many characters and end with a hash of the full name.
@@ -50,11 +52,12 @@ class Run:
 
 
 def _field(text: str, where: str) -> str:
-  """'config.a.b' / '--config.a.b' / 'a.b' -> 'a.b' (checked for shape only)."""
+  """'config.a.b' / '--config.a.b' / 'a.b' -> 'a.b' (checked for shape only;
+  a renamed field under its new name, config_names.py)."""
   field = re.sub(r"^(--)?config\.", "", text.strip())
   if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*", field):
     raise SweepError(f"{where}: {text!r} is not a config field (like data.spans.ratio)")
-  return field
+  return config_names.new_field(field)
 
 
 def parse_grid(text: str) -> List[Axis]:

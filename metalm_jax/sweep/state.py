@@ -12,7 +12,7 @@ import dataclasses
 import json
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from metalm_jax import storage
+from metalm_jax import config_names, storage
 from metalm_jax.sweep import grid as grid_lib
 from metalm_jax.train import run_files
 
@@ -47,6 +47,11 @@ def load(root: str) -> Optional[Dict[str, Any]]:
   if not storage.exists(path):
     return None
   sweep = storage.read_json(path)
+  # Renamed config fields under their new names (config_names.py), so a sweep
+  # begun before a rename resumes with the same spec.
+  sweep["fixed"] = [config_names.migrate_flag(f) for f in sweep.get("fixed", [])]
+  for axis in sweep.get("grid", []):
+    axis["field"] = config_names.new_field(axis["field"])
   sweep["root"] = storage.join(root)
   for run in sweep["runs"]:
     run["workdir"] = workdir(root, run["name"])

@@ -7,7 +7,7 @@ from typing import Dict, Optional
 
 import jax
 
-from metalm_jax import params_io
+from metalm_jax import config_names, params_io
 from metalm_jax import sharding as shard_lib
 from metalm_jax import storage
 from metalm_jax.data import data_dir as data_dir_lib
@@ -32,8 +32,12 @@ def check_config(config, num_devices: Optional[int] = None,
   Returns the mesh sizes."""
   num_devices = jax.device_count() if num_devices is None else num_devices
   process_count = jax.process_count() if process_count is None else process_count
+  old = config_names.old_fields(config)
+  if old:
+    raise ValueError(f"config fields were renamed: {', '.join(old)}; set the new ones "
+                     "(metalm_jax/config_names.py)")
   for f in ("model", "data", "batch_size", "total_steps", "optimizer", "mesh", "checkpoint",
-            "logical_rules"):
+            "logical_rules", "log", "eval_loss"):
     _need(f in config, f, None, "missing")
   metalm.check_model_config(config.model)
   data_dir_lib.check_data_dir(config.data)
@@ -41,10 +45,11 @@ def check_config(config, num_devices: Optional[int] = None,
   _need(config.total_steps >= 0, "total_steps", config.total_steps, "must be >= 0")
   _need(config.total_steps > 0 or config.init_from or config.init_components,
         "total_steps", config.total_steps, "an eval-only run (0 steps) needs init_from")
-  _need(config.log_every > 0, "log_every", config.log_every, "must be > 0")
-  _need(config.eval_every >= 0, "eval_every", config.eval_every, "must be >= 0")
-  _need(config.eval_batches >= (1 if config.eval_every else 0), "eval_batches",
-        config.eval_batches, "must be >= 1 when eval_every > 0 (eval_every=0 turns it off)")
+  _need(config.log.every_steps > 0, "log.every_steps", config.log.every_steps, "must be > 0")
+  ev = config.eval_loss
+  _need(ev.every_steps >= 0, "eval_loss.every_steps", ev.every_steps, "must be >= 0")
+  _need(ev.num_batches >= (1 if ev.every_steps else 0), "eval_loss.num_batches",
+        ev.num_batches, "must be >= 1 when eval_loss.every_steps > 0 (0 turns it off)")
   sizes = dict(zip(shard_lib.MESH_AXES, shard_lib.mesh_shape(config.mesh, num_devices)))
   shards = sizes["data"] * sizes["fsdp"]
   _need(config.batch_size % shards == 0, "batch_size", config.batch_size,
@@ -52,10 +57,10 @@ def check_config(config, num_devices: Optional[int] = None,
   _need(config.batch_size % process_count == 0, "batch_size", config.batch_size,
         f"not divisible by the process count {process_count}")
   input_lib.num_shards(config, process_count)
-  eval_bs = config.get("eval_batch_size", 0) or config.batch_size
-  _need(eval_bs % input_lib.num_shards(config, process_count) == 0, "eval_batch_size", eval_bs,
-        "not divisible by the data shards")
-  _need(eval_bs % shards == 0, "eval_batch_size", eval_bs,
+  eval_bs = ev.batch_size or config.batch_size
+  _need(eval_bs % input_lib.num_shards(config, process_count) == 0, "eval_loss.batch_size",
+        eval_bs, "not divisible by the data shards")
+  _need(eval_bs % shards == 0, "eval_loss.batch_size", eval_bs,
         f"not divisible by the mesh's data shards ({shards})")
   opt = config.optimizer
   accum_steps = opt.grad_accum_steps

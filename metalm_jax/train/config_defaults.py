@@ -36,10 +36,11 @@ def trainer_config() -> mlc.ConfigDict:
   c.seed = 0
   c.batch_size = 8                # global, over all processes
   c.total_steps = 1000            # 0 with init_from: eval-only run
-  c.log_every = 10
-  c.eval_every = 100              # eval loss on the validation split; 0 = off
-  c.eval_batches = 4
-  c.eval_batch_size = 0           # 0 = batch_size
+  # Metrics leave the devices every log.every_steps (jsonl, TensorBoard, console).
+  c.log = mlc.ConfigDict(dict(every_steps=10))
+  # The loss on the validation split: every_steps (0 = off) over num_batches
+  # batches of batch_size rows (0 = batch_size).
+  c.eval_loss = mlc.ConfigDict(dict(every_steps=100, num_batches=4, batch_size=0))
   c.data_shards = 0               # pipeline shards; 0 = one per process (see train/input.py)
   c.optimizer = optimizer()
   c.max_nonfinite_steps = 3       # skipped steps (NaN/Inf, spikes) in a row before the run stops
@@ -56,7 +57,10 @@ def trainer_config() -> mlc.ConfigDict:
   c.checkpoint = mlc.ConfigDict(dict(
       every_steps=200, keep=3, async_save=True, restore_fallback=True, replica_parallel="auto",
       gcs_request_retries=dict(max_retries=8, initial_delay_s=1.0, max_delay_s=32.0)))
-  c.metrics = mlc.ConfigDict(dict(peak_flops=0.0))  # 0 = measure a matmul at start-up
+  # peak_flops: the MFU denominator per chip (CPU: per process); 0 = the chip's published
+  # dense bf16 peak (metalm_jax/aot_targets), a matmul measured at start-up on CPU or an
+  # unknown chip (train/metrics.py mfu_peak).
+  c.metrics = mlc.ConfigDict(dict(peak_flops=0.0))
   c.init_from = ""                # workdir / checkpoints dir / params dir: params only
   c.init_components = mlc.ConfigDict({}, type_safe=False)  # top-level name -> params dir
   c.evals = mlc.ConfigDict({}, type_safe=False)             # name -> {type, every_steps, ...}
@@ -71,7 +75,7 @@ def runlocal(c: mlc.ConfigDict, steps: int = 0) -> mlc.ConfigDict:
   """The `runlocal` arg of every training config: a quick smoke run of any
   size on one machine (100 steps unless `steps`, small batch, one data axis)."""
   c.total_steps = steps or 100
-  c.log_every, c.eval_every, c.checkpoint.every_steps = 5, 50, 50
+  c.log.every_steps, c.eval_loss.every_steps, c.checkpoint.every_steps = 5, 50, 50
   c.batch_size = min(c.batch_size, 8)
   c.optimizer.warmup_steps = min(c.optimizer.warmup_steps, 10)
   c.mesh.update(data=-1, fsdp=1, tensor=1)

@@ -1,4 +1,4 @@
-"""The trainer's evaluation hooks: the validation loss every `eval_every`
+"""The trainer's evaluation hooks: the validation loss every `eval_loss.every_steps`
 steps and the configured evaluators (metalm_jax.evaluate) every
 `evals[*].every_steps`; results go to the metrics writer and the console."""
 from __future__ import annotations
@@ -29,12 +29,12 @@ class EvalHooks:
                for ev in (self.trainer.config.evals or {}).values())
 
   def eval_loss(self, params) -> Dict[str, float]:
-    """Token-weighted CE and accuracy over `eval_batches` validation batches."""
+    """Token-weighted CE and accuracy over `eval_loss.num_batches` validation batches."""
     t, cfg = self.trainer, self.trainer.config
-    bs = cfg.eval_batch_size or cfg.batch_size
+    bs = cfg.eval_loss.batch_size or cfg.batch_size
     it = t._make_iter("validation", bs, False, 1)
     tot = {"loss_sum": 0.0, "correct_sum": 0.0, "weight": 0.0}
-    for _ in range(cfg.eval_batches):
+    for _ in range(cfg.eval_loss.num_batches):
       try:
         local, _ = t._split(next(it))
       except StopIteration:
@@ -49,7 +49,7 @@ class EvalHooks:
     w = tot["weight"]
     if w <= 0:  # never a perfect score from no data
       logging.warning("eval_loss: no validation tokens in %d batches of %d rows (split smaller "
-                      "than one batch?): reporting NaN", cfg.eval_batches, bs)
+                      "than one batch?): reporting NaN", cfg.eval_loss.num_batches, bs)
       return {"eval_loss": float("nan"), "eval_accuracy": float("nan"), "eval_tokens": 0.0}
     return {"eval_loss": tot["loss_sum"] / w, "eval_accuracy": tot["correct_sum"] / w,
             "eval_tokens": w}

@@ -6,7 +6,7 @@ FLOPs per example (what MFU counts), summed over the model's components:
   decoder:          n = L decoder positions
   encoder `name`:   n = max_items * slot_length (ViT patches+cls, BERT max_len),
                     its connector the same n; an encoder class's
-                    `flops_tokens(cfg)` ({subtree: (n per item, c)}) sets n and c
+                    record's `flops_tokens(cfg)` (models/modalities/) ({subtree: (n per item, c)}) sets n and c
                     for parts of it (the video encoder's per-frame ViT sees
                     frames * tokens per clip, its temporal layers frames)
   per component, training FLOPs = sum over matmul weights W of 2*|W|*n*k(W)
@@ -19,13 +19,14 @@ FLOPs per example (what MFU counts), summed over the model's components:
 """
 # No `from __future__ import annotations`: clu reads the field annotations.
 
+import dataclasses
 import io
 import logging
 import math
 import sys
 import tempfile
 import time
-from typing import Dict, Iterable, Mapping, Optional
+from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence
 
 import flax
 import jax
@@ -33,11 +34,12 @@ import jax.numpy as jnp
 import numpy as np
 from clu import metrics as clu_metrics
 
+from metalm_jax import aot_targets
 from metalm_jax import batch as batch_lib
 from metalm_jax import optional
 from metalm_jax import storage
 from metalm_jax.models import layout
-from metalm_jax.models.registry import ENCODERS
+from metalm_jax.models import modalities
 from metalm_jax.train import metrics_log
 from metalm_jax.train.state import map_with_names, trained_fraction
 
@@ -61,7 +63,7 @@ def _component_tokens(model_cfg, seq_len: int) -> Dict[str, tuple]:
     t = batch_lib.slot_length(enc)
     out[f"encoders_{name}"] = (enc.max_items * t, t)
     out[f"connectors_{name}"] = (enc.max_items * t, t)
-    parts = getattr(ENCODERS.get(enc.type), "flops_tokens", None)
+    parts = modalities.by_encoder_type(enc.type).flops_tokens
     for sub, (n, ctx) in (parts(enc) if parts else {}).items():
       out[f"encoders_{name}/{sub}"] = (enc.max_items * n, ctx)
   return out
@@ -96,7 +98,7 @@ def flops_per_example(model_cfg, params, trainable, seq_len: int) -> float:
 
 
 def measure_matmul_peak(size: int = 1024, dtype=jnp.float32, seconds: float = 1.0) -> float:
-  """Best FLOP/s of a square matmul on the default device (the MFU denominator)."""
+  """Best FLOP/s of a square matmul on the default device."""
   key = jax.random.key(0)
   a = jax.random.normal(key, (size, size), dtype)
   b = jax.random.normal(jax.random.fold_in(key, 1), (size, size), dtype)
@@ -110,12 +112,58 @@ def measure_matmul_peak(size: int = 1024, dtype=jnp.float32, seconds: float = 1.
   return 2.0 * size ** 3 / best
 
 
-def peak_flops(measured_single: float) -> float:
-  """System peak. CPU: fake devices share one host's cores, so the host peak is
-  one device's matmul peak (times processes); accelerators: per device x count."""
-  if jax.devices()[0].platform == "cpu":
-    return measured_single * jax.process_count()
-  return measured_single * jax.device_count()
+def matmul_dtype(platform: str):
+  """The dtype of a measured peak: float32 on CPU (CPU runs train in float32),
+  bfloat16 on an accelerator (as the published peaks are)."""
+  return jnp.float32 if platform == "cpu" else jnp.bfloat16
+
+
+@dataclasses.dataclass(frozen=True)
+class Peak:
+  """The MFU denominator: `per_chip` FLOP/s times `chips`. On CPU the fake
+  devices of a process share its host's cores, so a "chip" is a process."""
+  per_chip: float
+  chips: int
+  source: str
+  unit: str = "chip"
+
+  @property
+  def total(self) -> float:
+    return self.per_chip * self.chips
+
+  def describe(self) -> str:
+    return (f"MFU peak: {self.per_chip / 1e12:.4g}e12 FLOP/s per {self.unit} x {self.chips}, "
+            f"{self.source}")
+
+
+def mfu_peak(configured: float = 0.0, devices: Optional[Sequence] = None,
+             measure: Callable[..., float] = measure_matmul_peak) -> Peak:
+  """The peak FLOP/s that MFU divides by, per chip, in this order:
+  `configured` (config metrics.peak_flops) when > 0; the published dense bf16
+  peak of the devices' chip (aot_targets.DEVICE_KINDS by jax's device_kind);
+  else (CPU, a device kind not in the table) `measure(dtype=...)`, a square
+  matmul timed now. `devices` (default jax.devices()) need .platform,
+  .device_kind and .process_index."""
+  devices = list(jax.devices() if devices is None else devices)
+  first = devices[0]
+  cpu = first.platform == "cpu"
+  chips = len({d.process_index for d in devices}) if cpu else len(devices)
+  unit = "process" if cpu else "chip"
+  if configured > 0:
+    return Peak(float(configured), chips, "config metrics.peak_flops", unit)
+  chip = "" if cpu else aot_targets.chip_of_device_kind(first.device_kind)
+  if chip:
+    return Peak(aot_targets.CHIPS.get(chip).peak_bf16_flops, chips,
+                f"published dense bf16 peak of {chip} (device kind {first.device_kind!r})", unit)
+  if not cpu:
+    logging.warning("device kind %r is not in metalm_jax.aot_targets.DEVICE_KINDS: MFU is "
+                    "against a measured matmul, not the chip's published peak (set "
+                    "config.metrics.peak_flops to the chip's dense peak)", first.device_kind)
+  dtype = matmul_dtype(first.platform)
+  source = f"measured {jnp.dtype(dtype).name} matmul on {first.platform}"
+  if not cpu:
+    source += f" (device kind {first.device_kind!r}: no published peak in aot_targets)"
+  return Peak(float(measure(dtype=dtype)), chips, source, unit)
 
 
 def _fmt_time(s: float) -> str:

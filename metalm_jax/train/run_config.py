@@ -19,14 +19,14 @@ import json
 import logging
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from metalm_jax import storage
+from metalm_jax import config_names, storage
 from metalm_jax.train import run_files
 
 RUN_CONFIG_FILE = run_files.RUN_CONFIG_FILE
 
 # Fields that may change when a run resumes (a prefix covers its sub-fields).
 RESUMABLE = (
-    "total_steps", "log_every", "eval_every", "eval_batches", "eval_batch_size",
+    "total_steps", "log", "eval_loss",
     "max_nonfinite_steps", "loss_spike",
     "checkpoint",                       # every_steps, keep, async_save, restore_fallback
     "evals",                            # evaluators and their schedules
@@ -47,9 +47,15 @@ class ConfigDriftError(ValueError):
 
 
 def load(workdir) -> Optional[Dict[str, Any]]:
-  """WORKDIR/config.json as written (the tokenizer by its name in the workdir)."""
+  """WORKDIR/config.json as written (the tokenizer by its name in the
+  workdir), with renamed fields under their new names (config_names.py)."""
   p = storage.join(workdir, RUN_CONFIG_FILE)
-  return storage.read_json(p) if storage.exists(p) else None
+  if not storage.exists(p):
+    return None
+  saved, moved = config_names.migrate_tree(storage.read_json(p))
+  if moved:
+    logging.info("%s: read renamed fields under their new names: %s", p, ", ".join(moved))
+  return saved
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, Optional
 
-from metalm_jax import storage
+from metalm_jax import config_names, storage
 
 RUN_CONFIG_FILE = "config.json"
 RESULTS_FILE = "final_metrics.json"
@@ -56,12 +56,13 @@ def write_run_config(config, workdir: str, tokenizer: Optional[str], write: bool
 
 
 def load_run_config(workdir: str) -> Dict[str, Any]:
-  """WORKDIR/config.json as a dict; a tokenizer named inside the workdir comes
-  back as a full path (local or gs://)."""
+  """WORKDIR/config.json as a dict (renamed fields under their new names,
+  config_names.py); a tokenizer named inside the workdir comes back as a full
+  path (local or gs://)."""
   path = storage.join(workdir, RUN_CONFIG_FILE)
   if not storage.exists(path):
     raise FileNotFoundError(f"workdir {workdir!r} has no {RUN_CONFIG_FILE} (the run config)")
-  cfg = storage.read_json(path)
+  cfg, _ = config_names.migrate_tree(storage.read_json(path))
   data = cfg.get("data") or {}
   tok = data.get("tokenizer")
   if tok and "/" not in tok:

@@ -2,8 +2,8 @@
 
     state = restore(workdir) or init (+ init_from / init_components)
     for step: batch -> global arrays -> jitted step (state donated) -> metrics
-              every log_every: jsonl / TensorBoard / console
-              every eval_every: eval loss on the validation split
+              every log.every_steps: jsonl / TensorBoard / console
+              every eval_loss.every_steps: loss on the validation split
               every evals[*].every_steps: evaluators (metalm_jax.evaluate)
               every checkpoint.every_steps: async save (state + data iterator),
               except steps whose update was skipped (train/divergence.py)
@@ -233,8 +233,8 @@ class Trainer:
             f"config.total_steps={self.total} is below step {latest}, the latest checkpoint in "
             f"{ckpt.directory}: this run trained past it. Give total_steps >= {latest} to go "
             "on, or evaluate it with total_steps=0 and init_from= in another workdir")
-    if cfg.eval_every:
-      self.check_split("validation", cfg.eval_batch_size or cfg.batch_size)
+    if cfg.eval_loss.every_steps:
+      self.check_split("validation", cfg.eval_loss.batch_size or cfg.batch_size)
     train_iter = None
     if self.total:
       try:
@@ -290,7 +290,9 @@ class Trainer:
     spike_cfg = cfg.get("loss_spike") or {}
     factor = float(spike_cfg.get("factor", 0.0))
     train_step = self.jit_train_step(spike=factor > 0)
-    peak = cfg.metrics.peak_flops or metrics_lib.peak_flops(metrics_lib.measure_matmul_peak())
+    mfu_peak = metrics_lib.mfu_peak(cfg.metrics.peak_flops, list(self.mesh.devices.flat))
+    logging.info("%s", mfu_peak.describe())
+    peak = mfu_peak.total
     progress = metrics_lib.Progress(self.total, start)
     skipped, flops_ex, seq_len, last = dict(self._data_counters), None, None, {}
     guard = nonfinite.Guard(cfg.get("max_nonfinite_steps", 3), factor,
@@ -325,7 +327,7 @@ class Trainer:
         step += 1
         step_metrics.add(step, m)  # stays on the device until a log step (loop_metrics.py)
         profiler.maybe_stop(step, m["loss"])
-        log_due = step % cfg.log_every == 0 or step == self.total
+        log_due = step % cfg.log.every_steps == 0 or step == self.total
         stopping = stop.should_stop(step, sync_now=log_due)
         if log_due or stopping:
           last = step_metrics.fetch(step)
@@ -352,7 +354,8 @@ class Trainer:
             saved_at_stop = False
         if stopping:
           break
-        due_loss = cfg.eval_every and (step % cfg.eval_every == 0 or step == self.total)
+        every = cfg.eval_loss.every_steps
+        due_loss = every and (step % every == 0 or step == self.total)
         ev = self.evals.evaluate(state["params"], step, due_loss, self.evals.evals_due(step))
         last.update(ev)
         if ev:

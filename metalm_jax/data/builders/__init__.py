@@ -4,7 +4,7 @@ text / JSONL corpus, audio captions (Clotho / AudioCaps layout) and MSR-VTT
 video captions. Importing this package registers them with tfds.
 
 Images, audio and video are stored as their encoded file bytes (a scalar
-object Tensor); the pipeline decodes them (`metalm_jax.data.images`, `.audio`,
+object Tensor); the pipeline decodes them (`metalm_jax.media.images`, `.audio`,
 `.video`), so a corrupt or odd file is handled there, with a counter, instead
 of failing a build or a read.
 """

@@ -15,7 +15,7 @@ per row, rows of the same file are merged). A file is looked up in the
 split's audio folder, then in manual_dir itself.
 
 Records: clip_id (the CSV's file value), audio (the file's bytes, decoded by
-the pipeline: data/audio.py, where corrupt or odd audio is counted), captions.
+the pipeline: media/audio.py, where corrupt or odd audio is counted), captions.
 A CSV row whose file is missing is skipped at build time, counted and logged;
 a split without a CSV is not built.
 """

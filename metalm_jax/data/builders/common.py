@@ -10,7 +10,7 @@ def encoded_image() -> tfds.features.Tensor:
 
 def encoded_file() -> tfds.features.Tensor:
   """An encoded file's bytes (image, audio, video), decoded by the pipeline
-  (data/images.py, data/audio.py, data/video.py)."""
+  (media/images.py, media/audio.py, media/video.py)."""
   return tfds.features.Tensor(shape=(), dtype=np.object_)
 
 

@@ -8,7 +8,7 @@ manual_dir layout (as distributed):
     TrainValVideo/video0.mp4 ...   TestVideo/video7010.mp4 ...
 (a video is also found in videos/all/, videos/ or manual_dir itself).
 Splits: train, validation (MSR-VTT's "validate"), test. Records: video_id,
-video (the mp4 bytes, decoded by the pipeline: data/video.py, where
+video (the mp4 bytes, decoded by the pipeline: media/video.py, where
 unreadable or odd videos are counted), captions (20 per video in MSR-VTT). A
 video whose file is missing is skipped at build time, counted and logged.
 """

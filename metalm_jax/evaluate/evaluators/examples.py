@@ -1,7 +1,7 @@
 """Evaluation examples from a data source, laid out by the task's format
 (data/formats.py, the same definition the training rows follow): images,
 sound clips and videos on their own encoder items (loaded as the pipeline
-loads them, data/media.py), the encoded text on the text encoder the
+loads them, models/modalities/), the encoded text on the text encoder the
 pipeline uses (config.data.spans.encoder) cut and split at the same token
 boundaries as in training, then the prompt; the answer is the example's label."""
 from __future__ import annotations
@@ -17,6 +17,7 @@ from metalm_jax import batch as batch_lib
 from metalm_jax.data import formats as formats_lib
 from metalm_jax.evaluate import prompts
 from metalm_jax.evaluate.evaluators.common import Env, Example
+from metalm_jax.models import modalities
 
 
 def format_of(ev) -> formats_lib.Format:
@@ -31,10 +32,9 @@ _PARTS = {"image": prompts.Image, "audio": prompts.Audio, "video": prompts.Video
 
 
 def _media_part(env: Env, kind: str, value, stats: Optional[dict] = None):
-  """A docked input of media `kind` as the pipeline loads it (data/media.py):
+  """A docked input of media `kind` as the pipeline loads it (its modality's loader):
   the prompt part, or None when unusable (`stats`: the loader's counters)."""
-  from metalm_jax.data import media
-  m = media.MEDIA.get(kind)
+  m = modalities.MODALITIES.get(kind)
   names = [n for n in sorted(env.model.cfg.encoders)
            if env.model.cfg.encoders[n].type == m.encoder_type]
   if not names:

@@ -11,6 +11,7 @@ import grain
 import ml_collections as mlc
 import numpy as np
 
+from metalm_jax import config_names
 from metalm_jax import batch as batch_lib
 from metalm_jax import presets
 from metalm_jax.train import config_defaults
@@ -34,19 +35,18 @@ def tiny_train_config(**kw):
   c.data = mlc.ConfigDict(dict(seq_len=SEQ_LEN, num_examples=256))
   c.batch_size = 8
   c.total_steps = 6
-  c.log_every = 1
-  c.eval_every = 3
-  c.eval_batches = 2
+  c.log.every_steps = 1
+  c.eval_loss.every_steps = 3
+  c.eval_loss.num_batches = 2
   c.optimizer.lr = 3e-3
   c.optimizer.warmup_steps = 2
   c.checkpoint.every_steps = 3
   c.metrics.peak_flops = 1e11
   c.mesh.update(data=-1, fsdp=1, tensor=1)
   c.compilation_cache_dir = CACHE_DIR
-  for k, v in kw.items():
-    node, *rest = k.split(".")
+  for k, v in kw.items():  # dotted fields; `eval_every=0` is read as its new name
     target = c
-    parts = k.split(".")
+    parts = config_names.new_field(k).split(".")
     for p in parts[:-1]:
       target = target[p]
     target[parts[-1]] = v

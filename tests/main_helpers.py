@@ -10,14 +10,14 @@ import time
 import pytest
 
 from metalm_jax.train import metrics as metrics_lib
-from tests.test_train_standin import CACHE_DIR
+from tests.train_standin import CACHE_DIR
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SMALL = [
     "--config=configs/pretrain_vl.py:size=tiny",
     "--config.data.world=test", "--config.data.seq_len=32",
-    "--config.batch_size=8", "--config.log_every=1", "--config.eval_every=0",
+    "--config.batch_size=8", "--config.log.every_steps=1", "--config.eval_loss.every_steps=0",
     "--config.metrics.peak_flops=1e11", "--config.optimizer.warmup_steps=2",
     f"--config.compilation_cache_dir={CACHE_DIR}",
     "--config.model.decoder.num_layers=1", "--config.model.decoder.emb_dim=32",

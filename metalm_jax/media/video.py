@@ -40,7 +40,7 @@ import numpy as np
 from absl import logging
 
 from metalm_jax import optional
-from metalm_jax.data import images as images_lib
+from metalm_jax.media import images as images_lib
 
 STAT_KEYS = ("skipped_bad_video", "skipped_empty_video", "converted_variable_frame_rate",
              "repeated_video_frames", "resized_nonsquare_video")
