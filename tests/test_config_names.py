@@ -10,7 +10,8 @@ import pytest
 from metalm_jax import config_names, storage
 from metalm_jax.sweep import grid as grid_lib
 from metalm_jax.sweep import state as state_lib
-from metalm_jax.train import run_config, run_files
+from metalm_jax import run_files
+from metalm_jax.train import run_config
 from metalm_jax.train import trainer as trainer_lib
 from tests import main_helpers as H
 from tests import train_standin as S

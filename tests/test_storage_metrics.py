@@ -8,7 +8,7 @@ import pytest
 from metalm_jax import storage
 from metalm_jax.train import metrics as metrics_lib
 from metalm_jax.train import metrics_log
-from metalm_jax.train import run_files
+from metalm_jax import run_files
 
 
 @pytest.fixture(params=["local", "gs"])

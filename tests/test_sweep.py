@@ -16,7 +16,7 @@ from metalm_jax.sweep import grid as grid_lib
 from metalm_jax.sweep import report as report_lib
 from metalm_jax.sweep import runner as runner_lib
 from metalm_jax.sweep import state as state_lib
-from metalm_jax.train import run_files
+from metalm_jax import run_files
 from tests import main_helpers as H
 
 LANG = "configs/pretrain_lang.py:size=tiny"

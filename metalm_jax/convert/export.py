@@ -48,7 +48,7 @@ import ml_collections
 import numpy as np
 
 from metalm_jax import batch as batch_lib
-from metalm_jax import params_io
+from metalm_jax import params_io, run_files
 from metalm_jax import storage
 from metalm_jax.convert.serving import SERVING_KEYS, next_token_logits, serving_batch
 from metalm_jax.media import audio as audio_lib
@@ -196,7 +196,7 @@ def restore_checkpoint_params(workdir: str, step: Optional[int] = None) -> Tuple
   """(params as numpy, step) from `workdir/checkpoints` (Orbax, item `state`
   holding `params`); only the params are read, onto the host."""
   import orbax.checkpoint as ocp
-  directory = storage.join(workdir, "checkpoints")
+  directory = storage.join(workdir, run_files.CHECKPOINTS_DIR)
   if not storage.path(directory).is_dir():
     raise FileNotFoundError(f"--workdir={workdir!r} has no checkpoints/ directory")
   mgr = ocp.CheckpointManager(
@@ -220,8 +220,7 @@ def restore_checkpoint_params(workdir: str, step: Optional[int] = None) -> Tuple
 
 
 def load_run_config(workdir: str) -> Dict[str, Any]:
-  """WORKDIR/config.json, its tokenizer as a full path (train/run_files.py)."""
-  from metalm_jax.train import run_files
+  """WORKDIR/config.json, its tokenizer as a full path (run_files.py)."""
   cfg = run_files.load_run_config(workdir)
   if "model" not in cfg:
     raise ValueError(f"{workdir}/config.json has no 'model' section")

@@ -36,7 +36,7 @@ section, a workdir's run config `data.image_mean` / `image_std`):
 `path` is detected: an export dir (params.safetensors + config.json, written
 by convert/export.py) is served without the training stack (no optax / orbax /
 grain imports); a training workdir (config.json + checkpoints/, see
-train/run_files.py) has only the params of its latest checkpoint step restored
+run_files.py) has only the params of its latest checkpoint step restored
 (Orbax, imported only then). The tokenizer is the one stored in either.
 
 Decoding is greedy with the KV cache (metalm_jax.evaluate.decode.greedy);
@@ -59,7 +59,7 @@ import ml_collections
 import numpy as np
 from PIL import Image as PILImage
 
-from metalm_jax import params_io
+from metalm_jax import params_io, run_files
 from metalm_jax import storage
 from metalm_jax.convert.serving import next_token_logits
 from metalm_jax.data import formats as formats_lib
@@ -141,7 +141,7 @@ def load(path: str, step: Optional[int] = None) -> Served:
     if step is not None:
       raise ValueError(f"step={step} given, but {path!r} is an export dir (one set of params)")
     return load_export(path)
-  if storage.exists(storage.join(path, "checkpoints")):
+  if storage.exists(storage.join(path, run_files.CHECKPOINTS_DIR)):
     return load_workdir(path, step)
   raise FileNotFoundError(f"{path!r} is neither an export dir ({params_io.PARAMS_FILE} + "
                           f"config.json) nor a training workdir (config.json + checkpoints/)")

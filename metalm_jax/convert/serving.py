@@ -7,6 +7,7 @@ from typing import Any, Dict, Mapping
 
 import jax
 import jax.numpy as jnp
+from metalm_jax import storage
 
 SERVING_KEYS = ("tokens", "segment_ids", "positions", "dock_index", "dock_mask")
 
@@ -28,5 +29,4 @@ def next_token_logits(model, params, batch):
 def load_serving(path: str) -> jax.export.Exported:
   """Deserialises an exported serving function; call it as
   `exported.call(params, serving_batch(batch))`."""
-  from metalm_jax import storage
   return jax.export.deserialize(bytearray(storage.read_bytes(path)))

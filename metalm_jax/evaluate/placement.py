@@ -28,6 +28,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from metalm_jax import sharding as shard_lib
+from metalm_jax.models import metalm
 
 BATCH_AXIS = "act_batch"  # the logical name of the batch dimension of activations
 DEFAULT_RULES = ((BATCH_AXIS, ("data", "fsdp")),)  # configs without logical_rules
@@ -57,7 +58,6 @@ class Placement:
     shardings from the model's logical axis names (as the trainer derives
     them). A mesh that does not fit the devices here (a run config from
     another machine) becomes data parallel over all of them."""
-    from metalm_jax.models import metalm
     data_parallel = dict(data=-1, fsdp=1, tensor=1)
     try:
       mesh = shard_lib.make_mesh(config.get("mesh") or data_parallel)

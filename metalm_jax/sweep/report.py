@@ -19,12 +19,12 @@ import math
 import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from metalm_jax import optional, storage
+from metalm_jax import optional, run_files, storage
 from metalm_jax.sweep import grid as grid_lib
 from metalm_jax.sweep import state as state_lib
 
 REPORT_MD, REPORT_JSON, REPORT_PNG = "report.md", "report.json", "report.png"
-EVALS_DIR = "evals"
+EVALS_DIR = run_files.EVALS_DIR
 # Shown when --metrics is not given (those some run has), then every
 # "<evaluator>/<metric>" key.
 DEFAULT_METRICS = ("loss", "accuracy", "eval_loss", "eval_accuracy")

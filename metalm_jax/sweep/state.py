@@ -2,7 +2,7 @@
 runs with their status, rewritten whole at every change (DIR may be gs://).
 
 A run is finished when its workdir holds final_metrics.json (written by the
-trainer at the end of a run, train/run_files.py) for at least its
+trainer at the end of a run, run_files.py) for at least its
 total_steps; that file, not the recorded status, decides what is skipped, so
 runs finished elsewhere (commands printed for a cluster) count too.
 """
@@ -14,10 +14,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from metalm_jax import config_names, storage
 from metalm_jax.sweep import grid as grid_lib
-from metalm_jax.train import run_files
+from metalm_jax import run_files
 
 SWEEP_FILE = "sweep.json"
-CHECKPOINTS = "checkpoints"  # train/checkpoint.CKPT_SUBDIR, named here without importing jax
+CHECKPOINTS = run_files.CHECKPOINTS_DIR
 
 # Statuses: pending (not started), running (started; interrupted if nothing
 # runs it now), done, failed (exit status != 0), preempted (exit status 42).

@@ -42,12 +42,13 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint._src.metadata import array_metadata_store as _array_metadata_store
 from orbax.checkpoint._src.serialization import tensorstore_utils as _ts_utils
 
-from metalm_jax import storage
+from metalm_jax import run_files, storage
 
 from metalm_jax.train import digests as digests_lib
 from metalm_jax.train import nonfinite
+from metalm_jax.models import layout
 
-CKPT_SUBDIR = "checkpoints"
+CKPT_SUBDIR = run_files.CHECKPOINTS_DIR
 # Files every saved step holds (Orbax 0.12 layout); checked before a restore so
 # that a missing one is named instead of surfacing as a tree-structure error.
 REQUIRED_FILES = ("state/_METADATA", "data_iter")
@@ -226,7 +227,7 @@ def _sigint_deferred(step: int):
 
 # Where the guard moves checkpoints saved after the last good step of a
 # divergence (train/divergence.py), beside CKPT_SUBDIR in the workdir.
-DIVERGED_SUBDIR = "checkpoints_diverged"
+DIVERGED_SUBDIR = run_files.DIVERGED_DIR
 
 
 class Checkpointer:
@@ -399,7 +400,6 @@ def restore_params(path: str, abstract_params):
   step dir; onto the shardings `abstract_params` carries (ShapeDtypeStructs).
   A checkpoint of the other layer layout (unrolled vs scanned stacks) is read
   in its own layout and converted (metalm_jax/models/layout.py)."""
-  from metalm_jax.models import layout
   path = storage.join(path)
   if storage.path(path).joinpath(CKPT_SUBDIR).is_dir():
     path = storage.join(path, CKPT_SUBDIR)

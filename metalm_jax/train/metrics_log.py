@@ -21,9 +21,9 @@ import json
 import logging
 from typing import Dict, List, Mapping, Optional
 
-from metalm_jax import storage
+from metalm_jax import run_files, storage
 
-METRICS_FILE = "metrics.jsonl"
+METRICS_FILE = run_files.METRICS_FILE
 CHUNK_DIR = "metrics"
 CHUNK_RECORDS = 200
 

@@ -1,7 +1,7 @@
 """The run's config.json and config drift on resume.
 
 WORKDIR/config.json holds the config of the run whose checkpoints live there
-(export and evaluation read it). The trainer rewrites it (train/run_files.py) only after a
+(export and evaluation read it). The trainer rewrites it (run_files.py) only after a
 successful restore (or a fresh start), so a restart that fails leaves the
 old file in place.
 
@@ -20,7 +20,7 @@ import logging
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from metalm_jax import config_names, storage
-from metalm_jax.train import run_files
+from metalm_jax import run_files
 
 RUN_CONFIG_FILE = run_files.RUN_CONFIG_FILE
 

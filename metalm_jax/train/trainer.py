@@ -17,7 +17,7 @@ The workdir may be local or gs:// (every file through metalm_jax/storage.py).
 
 Around the loop: config checks (train/config_checks.py), init_from /
 init_components (train/init_params.py), the evaluation hooks
-(train/eval_hooks.py), run files and the tokenizer (train/run_files.py).
+(train/eval_hooks.py), run files and the tokenizer (run_files.py).
 """
 from __future__ import annotations
 
@@ -44,18 +44,18 @@ from metalm_jax.train import nonfinite
 from metalm_jax.train import preemption
 from metalm_jax.train import profile as profile_lib
 from metalm_jax.train import run_config
-from metalm_jax.train import run_files
+from metalm_jax import run_files
 from metalm_jax.train import state as state_lib
 from metalm_jax.train import steps as steps_lib
 from metalm_jax.train import workdir_lock
 from metalm_jax.train.config_checks import check_config
+from metalm_jax.data import pipeline
 
 RESULTS_FILE = run_files.RESULTS_FILE
 RUN_CONFIG_FILE = run_files.RUN_CONFIG_FILE
 
 
 def _default_data():
-  from metalm_jax.data import pipeline
   return pipeline
 
 
@@ -189,7 +189,7 @@ class Trainer:
   # ---- the run -----------------------------------------------------------
   def write_run_config(self) -> str:
     """WORKDIR/config.json: the run config, read by export and evaluation, with
-    the tokenizer copied into the workdir (train/run_files.py)."""
+    the tokenizer copied into the workdir (run_files.py)."""
     with storage.errors(f"writing the run config to {self.workdir}"):
       return run_files.write_run_config(self.config, self.workdir,
                                         run_files.run_tokenizer(self.config), write=self.is_main)

@@ -28,6 +28,7 @@ import uuid
 from typing import Any, Dict, Optional
 
 from etils import epath
+from metalm_jax import storage
 
 LOCK_FILE = "run.lock.json"
 STALE_AFTER_S = 600.0
@@ -155,7 +156,6 @@ def lock_for_run(workdir, force: bool = False):
   import numpy as np
   from jax.experimental import multihost_utils
   lock, error = _NoLock(), ""
-  from metalm_jax import storage
   if jax.process_index() == 0:
     try:
       with storage.errors(f"locking the workdir {workdir}"):

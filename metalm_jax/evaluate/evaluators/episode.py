@@ -19,13 +19,13 @@ from typing import Any, Dict, List, Tuple
 from metalm_jax.data import formats as formats_lib
 from metalm_jax.evaluate import prompts, stats
 from metalm_jax.evaluate.evaluators import common, examples, icl, predict
+from metalm_jax.data import sources
 
 
 def item_format(ev) -> formats_lib.Format:
   """The evaluator's `format`, or the item format its source's task maps to."""
   if ev.format:
     return formats_lib.FORMATS.get(ev.format)
-  from metalm_jax.data import sources
   task = sources.SOURCES.get(ev.source).task
   mapping = formats_lib.EPISODE_ITEM_FORMATS
   if task not in mapping:

@@ -18,13 +18,13 @@ from metalm_jax.data import formats as formats_lib
 from metalm_jax.evaluate import prompts
 from metalm_jax.evaluate.evaluators.common import Env, Example
 from metalm_jax.models import modalities
+from metalm_jax.data import pipeline, sources
 
 
 def format_of(ev) -> formats_lib.Format:
   """The evaluator's `format`, or that of its source's task."""
   if ev.format:
     return formats_lib.FORMATS.get(ev.format)
-  from metalm_jax.data import sources
   return formats_lib.FORMATS.get(sources.SOURCES.get(ev.source).task)
 
 
@@ -105,7 +105,6 @@ def load_records(env: Env, ev, split: str, num: int, seed: int,
   per record; None: unusable, counted in `counts` under the pipeline's names),
   in record order with the record's index; returns (per record, skipped).
   `ev.blind`: media parts blanked (`blank`), records chosen as without."""
-  from metalm_jax.data import pipeline, sources
   if not ev.source:
     raise ValueError("evals.*.source is empty; name a data source (metalm_jax/data/sources.py)")
   src = sources.SOURCES.get(ev.source)

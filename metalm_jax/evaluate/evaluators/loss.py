@@ -14,6 +14,7 @@ import numpy as np
 
 from metalm_jax.evaluate.evaluators import common
 from metalm_jax.models import loss as loss_lib
+from metalm_jax.data import pipeline
 
 
 @functools.lru_cache(maxsize=None)
@@ -37,7 +38,6 @@ def _global_batch(pl, batch, size: int, rows: int):
 def eval_loss(env: common.Env, ev):
   """Every process reads the same pipeline batches and runs its rows of each;
   the step's sums (replicated) are added over batches in float64."""
-  from metalm_jax.data import pipeline
   config = ml_collections.ConfigDict(env.config.to_dict())
   if ev.mixture:
     config.data.mixture = dict(ev.mixture)

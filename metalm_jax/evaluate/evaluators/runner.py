@@ -11,8 +11,10 @@ import flax.linen as nn
 import jax
 from etils import epath
 
+from metalm_jax import run_files
 from metalm_jax.evaluate import placement as placement_lib
 from metalm_jax.evaluate.evaluators import common
+from metalm_jax.data import prepare
 
 
 def markdown_table(results: Dict[str, Dict[str, float]]) -> str:
@@ -28,7 +30,7 @@ def markdown_table(results: Dict[str, Dict[str, float]]) -> str:
 def write_results(workdir, step: int, results, predictions) -> epath.Path:
   """Writes step_<step>.json / .md and <name>_step_<step>.jsonl (each file in
   one write: a workdir may be an object store); returns the dir."""
-  out = epath.Path(workdir) / "evals"
+  out = epath.Path(workdir) / run_files.EVALS_DIR
   out.mkdir(parents=True, exist_ok=True)
   (out / f"step_{step}.json").write_text(
       json.dumps({"step": step, "results": results}, indent=2, sort_keys=True))
@@ -44,7 +46,7 @@ def write_results(workdir, step: int, results, predictions) -> epath.Path:
 def read_predictions(workdir, name: str, step: int) -> Optional[List[Dict[str, Any]]]:
   """The rows `write_results` wrote for evaluator `name` at `step` (None when
   there is no such file)."""
-  path = epath.Path(workdir) / "evals" / f"{name}_step_{step}.jsonl"
+  path = epath.Path(workdir) / run_files.EVALS_DIR / f"{name}_step_{step}.jsonl"
   if not path.exists():
     return None
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -57,7 +59,6 @@ def run_evals(config, model, params, step: int, workdir, names: Optional[Sequenc
   their results and predictions (process 0); returns {"<name>/<metric>": value}
   on every process. `placement`: the trainer's mesh, rules and param
   shardings (default: the config's mesh over all devices). Every process calls it."""
-  from metalm_jax.data import prepare
   evals = dict(config.get("evals") or {})
   if names is None:
     names = [n for n in sorted(evals) if step % max(int(evals[n].get("every_steps", 1)), 1) == 0]

@@ -1,6 +1,14 @@
-"""The files a run leaves in its workdir besides checkpoints and metrics:
-config.json (the run config, read by export, evaluation and the notebook)
-with the tokenizer copied in, and final_metrics.json.
+"""A run's workdir, in one place (the trainer writes it; export, the
+Predictor, evaluation, sweeps and the notebook read it):
+
+    config.json            the run config (`write_run_config`, `load_run_config`)
+    tokenizer.model|.json  a copy of the run's tokenizer
+    final_metrics.json     the final metrics (`write_results`)
+    metrics.jsonl          one line per log / eval step (train/metrics_log.py)
+    checkpoints/<step>/    Orbax steps (train/checkpoint.py)
+    checkpoints_diverged/  steps set aside after a divergence (train/divergence.py)
+    evals/                 evaluator results and predictions per step
+    profile/, tensorboard/ traces and events
 
 A workdir is portable: config.json names the tokenizer by a file name inside
 the workdir (`data.tokenizer: "tokenizer.model"`), so a workdir copied to
@@ -17,6 +25,10 @@ from metalm_jax import config_names, storage
 RUN_CONFIG_FILE = "config.json"
 RESULTS_FILE = "final_metrics.json"
 TOKENIZER_STEM = "tokenizer"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINTS_DIR = "checkpoints"
+DIVERGED_DIR = "checkpoints_diverged"
+EVALS_DIR = "evals"
 
 
 def _tokenizer_name(src: str) -> str:
