@@ -198,3 +198,47 @@ def test_cycle_checker_finds_a_planted_cycle(tmp_path):
     (pkg / unit / "__init__.py").write_text(body)
   (pkg / "presets.py").write_text("from metalm_jax.data import images\n")
   assert _cycles(_package_edges(pkg)) == [("data", "presets"), ("evaluate", "train")]
+
+
+# The library's layers, lowest first: a package (or top-level module) may
+# import only from lower layers (utilities in layer 0 may import each other).
+LAYERS = (
+    ("registry", "optional", "storage", "config_names", "provenance", "aot_targets"),
+    ("media",),                          # decoders of images, audio, video
+    ("presets",),                        # model and data presets
+    ("models",),                         # modules, modality records, batch shapes
+    ("batch",),                          # the batch contract
+    ("data", "params_io", "sharding"),   # pipeline; params files; mesh and rules
+    ("run_files",),                      # the workdir's files
+    ("evaluate",),
+    ("train",),
+    ("convert", "sweep"),                # serving, HF import/export; sweeps
+    ("aot", "export", "main"),           # entry points
+)
+
+
+def _layer_violations(edges, layers):
+  index = {u: i for i, layer in enumerate(layers) for u in layer}
+  units = {u for edge in edges for u in edge}
+  unplaced = sorted(units - set(index))
+  upward = sorted(f"{a} -> {b} ({where})" for (a, b), where in edges.items()
+                  if a in index and b in index and index[b] >= index[a] and index[a] > 0)
+  return unplaced, upward
+
+
+def test_packages_import_only_lower_layers():
+  unplaced, upward = _layer_violations(_package_edges(PACKAGE), LAYERS)
+  assert unplaced == [], f"place these in LAYERS: {unplaced}"
+  assert upward == []
+
+
+def test_layer_checker_finds_an_upward_import(tmp_path):
+  pkg = tmp_path / "metalm_jax"
+  (pkg / "models").mkdir(parents=True)
+  (pkg / "models" / "__init__.py").write_text("def f():\n  from metalm_jax.data import x\n")
+  (pkg / "data").mkdir()
+  (pkg / "data" / "__init__.py").write_text("from metalm_jax import models\n")
+  (pkg / "fresh.py").write_text("from metalm_jax import models\n")
+  unplaced, upward = _layer_violations(_package_edges(pkg), LAYERS)
+  assert unplaced == ["fresh"]
+  assert upward == ["models -> data (models/__init__.py:2)"]
