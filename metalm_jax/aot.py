@@ -29,6 +29,7 @@ import sys
 import time
 from typing import Any, Dict
 
+from metalm_jax import absl_run
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -186,4 +187,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  absl_run.run(main, flags_parser=parse_flags)

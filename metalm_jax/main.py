@@ -22,6 +22,7 @@ import os
 import re
 import sys
 
+from metalm_jax import absl_run
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -115,4 +116,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  absl_run.run(main, flags_parser=parse_flags)

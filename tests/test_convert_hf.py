@@ -176,7 +176,7 @@ def test_assemble_metalm_from_clip_bert_gpt2(tmp_path, capsys):
 
 def test_import_decoder_keeps_its_tokenizer(tmp_path):
   from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-  from metalm_jax.convert.hf_tokenizer import HfTokenizer
+  from metalm_jax.data.hf_tokenizer import HfTokenizer
   tok = Tokenizer(models.BPE())
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tok.decoder = decoders.ByteLevel()

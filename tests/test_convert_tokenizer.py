@@ -5,7 +5,7 @@ import pytest
 
 tokenizers = pytest.importorskip("tokenizers")
 
-from metalm_jax.convert.hf_tokenizer import HfTokenizer  # noqa: E402
+from metalm_jax.data.hf_tokenizer import HfTokenizer  # noqa: E402
 
 WORDS = ["a", "cat", "dog", "sits", "on", "the", "mat", "question", "answer", ":", "?"]
 
@@ -60,8 +60,8 @@ def test_missing_file_is_named(tmp_path):
 
 
 def test_tokenizer_file_registry(tmp_path):
-  from metalm_jax.convert.predictor import load_tokenizer
   from metalm_jax.data.tokenizer import Tokenizer, train_tokenizer
+  from metalm_jax.data.tokenizer_kinds import load as load_tokenizer
   _word_level(tmp_path / "tokenizer.json", ["<pad>", "<unk>", "<s>", "</s>"])
   assert isinstance(load_tokenizer(str(tmp_path / "tokenizer.json")), HfTokenizer)
   sp = str(tmp_path / "tok.model")

@@ -106,8 +106,10 @@ def _gqa_np(x, p, pos, inv, qkv_bias):
   return np.einsum("bqhd,hde->bqe", np.einsum("bhqk,bkhd->bqhd", w, v), p["out"]["kernel"])
 
 
-ACT_NP = {"silu": lambda h: h / (1 + np.exp(-h)),
-          "gelu_tanh": lambda h: 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h ** 3)))}
+ACT_NP = {
+    "silu": lambda h: h / (1 + np.exp(-h)),
+    "gelu_tanh": lambda h: 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h ** 3))),
+}
 
 
 def _decoder_np(section, p, tokens, pos):

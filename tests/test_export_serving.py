@@ -58,7 +58,7 @@ def test_params_and_names_reload_exactly(setup):
 
 @pytest.mark.parametrize("n", [1, 3])
 def test_serialised_function_matches_model(setup, n):
-  from metalm_jax.convert.hf_tokenizer import HfTokenizer
+  from metalm_jax.data.hf_tokenizer import HfTokenizer
   cfg, model = setup["cfg"], setup["model"]
   tok = HfTokenizer(setup["tok_path"])
   batch = _prompt_batch(cfg, tok, n)

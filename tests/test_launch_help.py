@@ -101,3 +101,21 @@ def test_python_scripts_answer_help():
   for script, p in runs.items():
     assert p.returncode == 0, (script, p.stdout[-1000:], p.stderr[-2000:])
     assert says_usage(script, p.stdout), (script, p.stdout[:1000])
+
+
+# The library's entry points (`python -m ...`), as the docs spell them.
+ENTRY_POINTS = ["metalm_jax.main", "metalm_jax.export", "metalm_jax.convert",
+                "metalm_jax.sweep", "metalm_jax.aot", "metalm_jax.data.build",
+                "metalm_jax.data.tokenizer"]
+
+
+def test_entry_points_answer_help():
+  def run(module):
+    return subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
+                          text=True, timeout=120)
+  with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    runs = dict(zip(ENTRY_POINTS, pool.map(run, ENTRY_POINTS)))
+  for module, p in runs.items():
+    assert p.returncode == 0, (module, p.stdout[-1000:], p.stderr[-2000:])
+    assert "usage" in p.stdout.lower() or "flags:" in p.stdout, (module, p.stdout[:500])

@@ -203,7 +203,8 @@ def test_cycle_checker_finds_a_planted_cycle(tmp_path):
 # The library's layers, lowest first: a package (or top-level module) may
 # import only from lower layers (utilities in layer 0 may import each other).
 LAYERS = (
-    ("registry", "optional", "storage", "config_names", "provenance", "aot_targets"),
+    ("registry", "optional", "storage", "config_names", "provenance", "aot_targets",
+     "absl_run"),
     ("media",),                          # decoders of images, audio, video
     ("presets",),                        # model and data presets
     ("models",),                         # modules, modality records, batch shapes

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from metalm_jax import optional
-from metalm_jax.convert import hf_tokenizer
+from metalm_jax.data import hf_tokenizer
 from metalm_jax.train import metrics as metrics_lib
 
 

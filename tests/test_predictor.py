@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from metalm_jax import params_io
-from metalm_jax.convert.hf_tokenizer import HfTokenizer
+from metalm_jax.data.hf_tokenizer import HfTokenizer
 from metalm_jax.convert.predictor import (CAPTION_PROMPT, VQA_TEMPLATE, Predictor,
                                           bucket_length)
 from metalm_jax.data import tasks

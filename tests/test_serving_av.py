@@ -22,7 +22,7 @@ import pytest
 
 from metalm_jax import presets
 from metalm_jax.convert import export, serving
-from metalm_jax.convert.hf_tokenizer import HfTokenizer
+from metalm_jax.data.hf_tokenizer import HfTokenizer
 from metalm_jax.convert.predictor import Predictor
 from metalm_jax.data import formats, world
 from metalm_jax.media import audio, video

@@ -1,13 +1,16 @@
 """CLI.
 
   python -m metalm_jax.convert import-hf --model_dir=D --component=vision|text|audio|decoder|video --out=OUT
-      [--scan_layers]
+      [--scan_layers] [--no-add_special_tokens]
   python -m metalm_jax.convert check-hf --model_dir=D --component=... [--seed=0 --rtol=1e-4
       --scan_layers]
-  python -m metalm_jax.convert export-hf --params_dir=P --out=HF_DIR [--family=gpt2|llama|qwen2|gemma]
+  python -m metalm_jax.convert export-hf --params_dir=P --out=HF_DIR
+      [--family=gpt2|llama|qwen2|gemma]
   python -m metalm_jax.convert export-gpt2 --params_dir=P --out=HF_DIR   (= export-hf --family=gpt2)
 
-import-hf prints the model config section to copy into the MetaLM config;
+import-hf prints the model config section to copy into the MetaLM config; for
+a decoder with a tokenizer.json it adds the project's special tokens the
+tokenizer lacks, and their embedding rows, unless --no-add_special_tokens;
 check-hf prints the differences and exits 1 above tolerance.
 """
 from __future__ import annotations
@@ -18,11 +21,16 @@ import sys
 
 
 def _import(args):
+  from metalm_jax import params_io, storage
   from metalm_jax.convert import hf
-  imp = hf.import_hf(args.model_dir, args.component, args.out, scan_layers=args.scan_layers)
+  imp = hf.import_hf(args.model_dir, args.component, args.out, scan_layers=args.scan_layers,
+                     add_special_tokens=args.add_special_tokens)
   key = hf.hc.COMPONENT_KEYS[args.component]
   where = "model.decoder" if args.component == "decoder" else f"model.encoders.{args.component}"
   print(f"wrote {args.out}; skipped {len(imp.skipped)} HF weights")
+  added = storage.read_json(storage.join(args.out, params_io.CONFIG_FILE)).get("added_tokens")
+  if added:
+    print(f"added to tokenizer.json (rows = mean of the original rows): {added}")
   print(f"load it with: config.init_components = {{'{key}': '{args.out}'}}")
   print(f"config section for {where}:")
   print(json.dumps(imp.section.to_dict(), indent=2, sort_keys=True))
@@ -64,6 +72,9 @@ def main(argv=None) -> int:
                    help="stacked (scanned) layer params and section scan_layers=True")
     if name == "import-hf":
       s.add_argument("--out", required=True)
+      s.add_argument("--add_special_tokens", action=argparse.BooleanOptionalAction, default=True,
+                     help="decoder: add the project's special tokens its tokenizer.json lacks, "
+                          "with embedding rows initialised as the mean of the existing ones")
     else:
       s.add_argument("--seed", type=int, default=0)
       s.add_argument("--batch", type=int, default=2)

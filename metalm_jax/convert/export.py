@@ -50,6 +50,7 @@ import numpy as np
 from metalm_jax import batch as batch_lib
 from metalm_jax import params_io, run_files
 from metalm_jax import storage
+from metalm_jax.convert import hf_export
 from metalm_jax.convert.serving import SERVING_KEYS, next_token_logits, serving_batch
 from metalm_jax.media import audio as audio_lib
 from metalm_jax.media import images
@@ -165,7 +166,6 @@ def export_model(model_cfg, params, out: str, *, seq_len: Optional[int] = None,
     storage.copy(tokenizer, storage.join(out, name))
     written["tokenizer"] = meta["tokenizer"] = name
   if hf_decoder:
-    from metalm_jax.convert import hf_export
     try:
       family = hf_export.family_of(model_cfg.decoder)
     except ValueError as e:  # no HF family expresses it: a logged skip, not an error

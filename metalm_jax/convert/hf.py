@@ -94,25 +94,34 @@ def load_hf(model_dir: str, component: str, scan_layers: bool = False) -> Import
 TOKENIZER_FILES = ("tokenizer.json", "special_tokens_map.json", "tokenizer_config.json")
 
 
-def import_hf(model_dir: str, component: str, out: str, scan_layers: bool = False) -> Imported:
+def import_hf(model_dir: str, component: str, out: str, scan_layers: bool = False,
+              add_special_tokens: bool = True) -> Imported:
   """Converts and writes a params dir for `config.init_components` (either
   layout loads into either model layout). A tokenizer.json in `model_dir`
   (with its HF side files) is copied along, so an imported decoder keeps its
-  own vocabulary (`HfTokenizer(out/tokenizer.json)`)."""
+  own vocabulary (`HfTokenizer(out/tokenizer.json)`). For a decoder, with
+  `add_special_tokens` the project's special tokens the tokenizer lacks are
+  added to the copy, and their embedding rows (the mean of the original
+  rows) to the params; `section.vocab_size` grows to match and config.json's
+  `added_tokens` lists {token: id} (convert/hf_vocab.py)."""
+  from metalm_jax.convert import hf_vocab
+  from metalm_jax.data.hf_tokenizer import HfTokenizer
   imp = load_hf(model_dir, component, scan_layers)
   meta = {"component": component, "params_key": hc.COMPONENT_KEYS[component],
-          "hf_model_type": imp.hf_model_type, "section": imp.section.to_dict(),
-          "skipped_weights": imp.skipped}
+          "hf_model_type": imp.hf_model_type, "skipped_weights": imp.skipped}
   copied = [f for f in TOKENIZER_FILES if storage.exists(storage.join(model_dir, f))]
   for f in copied:
     storage.copy(storage.join(model_dir, f), storage.join(out, f))
   if "tokenizer.json" in copied:
-    from metalm_jax.convert.hf_tokenizer import HfTokenizer
-    vocab = HfTokenizer(storage.join(out, "tokenizer.json")).vocab_size
+    tok_path = storage.join(out, "tokenizer.json")
+    vocab = HfTokenizer(tok_path).vocab_size
     if vocab > imp.section.get("vocab_size", vocab):
       raise ValueError(f"{model_dir}/tokenizer.json has vocab_size={vocab} > the model's "
                        f"vocab_size={imp.section.vocab_size}")
+    if add_special_tokens and component == "decoder":
+      meta["added_tokens"] = hf_vocab.add_special_tokens(tok_path, imp.tree, imp.section)
     meta["tokenizer"] = "tokenizer.json"
+  meta["section"] = imp.section.to_dict()
   params_io.save_params(out, imp.tree, meta)
   return imp
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict
 
+import jax
+import ml_collections
 import numpy as np
 
+from metalm_jax.models.decoder import Decoder
 from metalm_jax.registry import Registry
 
 # HF `hidden_act` / `activation_function` -> our layers.ACTIVATIONS name.
@@ -73,9 +76,6 @@ def linear(get, name: str):
 def decoder_logits(section, tree, inputs) -> np.ndarray:
   """Our Decoder's float32 logits [B, S, vocab] on inputs["tokens"] [B, S]
   (positions 0..S-1, no padding): the `run_ours` of the decoder converters."""
-  import jax
-  import ml_collections
-  from metalm_jax.models.decoder import Decoder
   tokens = inputs["tokens"]
   b, s = tokens.shape
   positions = np.broadcast_to(np.arange(s, dtype=np.int32), (b, s))

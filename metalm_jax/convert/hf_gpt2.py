@@ -9,10 +9,13 @@ reshapes and splits, so ours -> GPT-2 -> ours is bit-exact.
 """
 from __future__ import annotations
 
+import flax.linen as nn
 import numpy as np
 
 from metalm_jax import presets
 from metalm_jax.convert import hf_common as hc
+from metalm_jax.convert import hf_io
+from metalm_jax.models import layout
 
 
 def _ln(tree):
@@ -108,7 +111,8 @@ def gpt2_config(section) -> dict:
       "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
       "vocab_size": section.vocab_size, "n_positions": section.max_len,
       "n_embd": section.emb_dim, "n_layer": section.num_layers, "n_head": section.num_heads,
-      "n_inner": section.mlp_dim, "activation_function": hc.OUR_TO_HF_ACTIVATION[section.activation],
+      "n_inner": section.mlp_dim,
+      "activation_function": hc.OUR_TO_HF_ACTIVATION[section.activation],
       "layer_norm_epsilon": section.ln_eps, "tie_word_embeddings": bool(section.tie_embeddings),
       "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
       "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
@@ -120,7 +124,6 @@ def gpt2_config(section) -> dict:
 def decoder_to_gpt2(section, tree) -> dict:
   """Our decoder params (unboxed numpy; unrolled or scanned layout) -> GPT-2
   state dict (HF names)."""
-  from metalm_jax.models import layout
   tree = layout.unstack(tree)
   emb = section.emb_dim
   sd = {"transformer.wte.weight": tree["embedder"]["embedding"],
@@ -148,8 +151,6 @@ def decoder_to_gpt2(section, tree) -> dict:
 
 def save_gpt2(out_dir: str, section, tree) -> str:
   """Writes an HF GPT-2 model dir (config.json + model.safetensors)."""
-  import flax.linen as nn
-  from metalm_jax.convert import hf_io
   cfg = gpt2_config(section)
   return hf_io.write_hf_dir(out_dir, cfg, decoder_to_gpt2(section, nn.meta.unbox(tree)))
 

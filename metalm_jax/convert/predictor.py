@@ -63,11 +63,11 @@ from metalm_jax import params_io, run_files
 from metalm_jax import storage
 from metalm_jax.convert.serving import next_token_logits
 from metalm_jax.data import formats as formats_lib
+from metalm_jax.data import tokenizer_kinds
 from metalm_jax.media import images as images_lib
 from metalm_jax.data.formats import CAPTION_PROMPT, VQA_TEMPLATE  # the task formats' prompts
 from metalm_jax.evaluate import decode, prompts
 from metalm_jax.models import metalm, modalities
-from metalm_jax.registry import Registry
 
 MIN_BUCKET = 16  # smallest default length bucket
 
@@ -81,26 +81,6 @@ _REFUSALS = {"skipped_bad_image": "cannot be decoded as an image",
                                      "media/audio.py SILENCE_PEAK)",
              "skipped_bad_video": "cannot be decoded as a video",
              "skipped_empty_video": "holds no frame"}
-
-# File extension -> loader(path) -> tokenizer object.
-TOKENIZER_FILES = Registry("tokenizer file type")
-
-
-@TOKENIZER_FILES.register(".json")
-def _hf_tokenizer(path):
-  from metalm_jax.convert.hf_tokenizer import HfTokenizer
-  return HfTokenizer(path)
-
-
-@TOKENIZER_FILES.register(".model")
-def _sentencepiece(path):
-  from metalm_jax.data.tokenizer import Tokenizer
-  return Tokenizer.from_file(path)
-
-
-def load_tokenizer(path: str):
-  return TOKENIZER_FILES.get(storage.path(path).suffix)(path)
-
 
 # ------------------------------------------------------------------ loading
 
@@ -283,7 +263,7 @@ class Predictor:
     if tokenizer is None:
       if served.tokenizer is None:
         raise ValueError(f"{served.where} holds no tokenizer file; pass tokenizer=")
-      tokenizer = load_tokenizer(served.tokenizer)
+      tokenizer = tokenizer_kinds.load(served.tokenizer)
     if tokenizer.vocab_size > cfg.decoder.vocab_size:
       raise ValueError(f"tokenizer vocab_size={tokenizer.vocab_size} > "
                        f"model.decoder.vocab_size={cfg.decoder.vocab_size}")

@@ -6,7 +6,9 @@ the Grain pipeline.
                   VQAv2, text corpus
     prepare.py    first-use build of the world + tokenizer under a file lock
     build.py      CLI: python -m metalm_jax.data.build --data_dir=...
-    tokenizer.py  SentencePiece `Tokenizer`, `train_tokenizer`, `load_tokenizer`
+    tokenizer.py  SentencePiece `Tokenizer`, `train_tokenizer`
+    hf_tokenizer.py  HF tokenizer.json `HfTokenizer`, `add_project_specials`
+    tokenizer_kinds.py  tokenizer files by suffix (.model, .json): `load`
     images.py     `to_rgb`, `preprocess_image` (shared with evaluators/export)
     sources.py    named sources (mixture entries) -> tfds name + task
     formats.py    each task's format (templates, label words, fields, answer)

@@ -10,6 +10,7 @@ named in `--manual` (tfds name:folder of official files).
 """
 from __future__ import annotations
 
+from metalm_jax import absl_run
 from absl import app, flags
 
 import ml_collections as mlc
@@ -46,4 +47,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  absl_run.run(main)

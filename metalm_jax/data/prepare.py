@@ -17,6 +17,7 @@ import string
 import tensorflow_datasets as tfds
 
 from metalm_jax.data import tokenizer as tok_lib
+from metalm_jax.data import tokenizer_kinds
 
 
 def data_dir(data_cfg) -> str:
@@ -127,15 +128,14 @@ def ensure_prepared(data_cfg, vocab_size: int) -> str:
   return path
 
 
-def load_tokenizer(config) -> tok_lib.Tokenizer:
-  """The tokenizer of a run config (`config.data.tokenizer`, or the embedded
+def load_tokenizer(config):
+  """The tokenizer of a run config (`config.data.tokenizer`: a SentencePiece
+  .model or an HF tokenizer.json, data/tokenizer_kinds.py; or the embedded
   one, prepared on first use). Checks its size against the decoder vocab."""
   want = config.model.decoder.vocab_size
   path = config.data.tokenizer or ensure_prepared(config.data, want)
-  tok = tok_lib.Tokenizer.from_file(path)
-  if tok.vocab_size != want:
-    raise ValueError(f"config.data.tokenizer={path!r} has vocab_size={tok.vocab_size}, but "
-                     f"config.model.decoder.vocab_size={want}")
+  tok = tokenizer_kinds.load(path)
+  tokenizer_kinds.check_vocab(tok, path, want, "config.model.decoder.vocab_size")
   return tok
 
 

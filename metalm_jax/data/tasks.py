@@ -388,6 +388,10 @@ def text_task(ctx: Context, fields, rng, stats):
   last sentence <eod>. Sentences longer than a row and documents over
   max_doc_tokens are truncated (counted)."""
   tok = ctx.tokenizer
+  if tok.eop is None:
+    raise ValueError(f"tokenizer {type(tok).__name__} has no eop id (<eop>, the end of a "
+                     "paragraph in text documents); add it to a tokenizer.json with "
+                     "data/hf_tokenizer.py add_project_specials (import-hf does for a decoder)")
   paras = split_sentences(fields["text"])
   if not paras:
     return _fail(stats, "skipped_empty_text")

@@ -162,9 +162,10 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app, flags
+  from absl import flags
+  from metalm_jax import absl_run
   flags.DEFINE_string("input", "", "comma-separated .txt / .jsonl files")
   flags.DEFINE_integer("vocab_size", 32000, "exact vocabulary size")
   flags.DEFINE_string("output", "tokenizer.model", "output .model path")
   flags.DEFINE_string("model_type", "unigram", "unigram or bpe")
-  app.run(main)
+  absl_run.run(main)

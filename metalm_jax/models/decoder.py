@@ -38,7 +38,8 @@ class Decoder(nn.Module):
   def setup(self):
     cfg = self.cfg
     if cfg.positions not in POSITION_SCHEMES:
-      raise ValueError(f"model.decoder.positions={cfg.positions!r}; expected one of {POSITION_SCHEMES}")
+      raise ValueError(f"model.decoder.positions={cfg.positions!r}; "
+                       f"expected one of {POSITION_SCHEMES}")
     init = nn.initializers.normal(0.02)
     self.embedder = nn.Embed(cfg.vocab_size, cfg.emb_dim, dtype=self.dtype, param_dtype=jnp.float32,
                              embedding_init=layers.param_init(init, ("vocab", "embed")))
@@ -48,7 +49,8 @@ class Decoder(nn.Module):
     self.blocks = stack.build(cfg, self.dtype, causal=True, rotary=cfg.positions == "rotary",
                               field="model.decoder")
     if cfg.norm == "pre":
-      self.final_norm = layers.NORM_TYPES.get(cfg.get("norm_type", "layer"))(cfg.ln_eps, self.dtype)
+      norm = layers.NORM_TYPES.get(cfg.get("norm_type", "layer"))
+      self.final_norm = norm(cfg.ln_eps, self.dtype)
     self.embed_dropout = nn.Dropout(cfg.get("dropout", 0.0))
     if not cfg.tie_embeddings:
       self.lm_head = nn.Dense(cfg.vocab_size, use_bias=False, dtype=self.dtype,

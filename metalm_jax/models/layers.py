@@ -318,7 +318,8 @@ class GatedMlp(nn.Module):
                            bias_init=param_init(nn.initializers.zeros, ("mlp",)))
     gate = checkpoint_name(wi(name="wi_gate")(x), "mlp_hidden")
     up = checkpoint_name(wi(name="wi_up")(x), "mlp_hidden")
-    h = constrain(ACTIVATIONS.get(self.activation)(gate) * up, ("act_batch", "act_length", "act_mlp"))
+    h = ACTIVATIONS.get(self.activation)(gate) * up
+    h = constrain(h, ("act_batch", "act_length", "act_mlp"))
     return dense(emb, kernel_init=param_init(init, ("mlp", "embed")),
                  bias_init=param_init(nn.initializers.zeros, ("embed",)), name="wo")(h)
 

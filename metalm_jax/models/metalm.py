@@ -78,7 +78,8 @@ def check_decoder_family_fields(d, field: str) -> None:
       raise ValueError(f"{field}.{name}={d.get(name)!r}: {why}")
   need(d.get("norm_type", "layer") in layers.NORM_TYPES, "norm_type",
        f"expected one of {list(layers.NORM_TYPES)}")
-  need(d.get("mlp", "dense") in layers.MLP_KINDS, "mlp", f"expected one of {list(layers.MLP_KINDS)}")
+  need(d.get("mlp", "dense") in layers.MLP_KINDS, "mlp",
+       f"expected one of {list(layers.MLP_KINDS)}")
   kv = d.get("num_kv_heads", 0)
   need(isinstance(kv, int) and kv >= 0 and d.num_heads % (kv or d.num_heads) == 0,
        "num_kv_heads", f"must be 0 (= num_heads) or divide num_heads={d.num_heads}")

@@ -5,6 +5,7 @@ import shlex
 import sys
 from typing import List, Optional, Sequence
 
+from metalm_jax import absl_run
 from absl import app, flags
 
 from metalm_jax import storage
@@ -90,4 +91,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  absl_run.run(main, flags_parser=parse_flags)

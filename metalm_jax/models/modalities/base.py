@@ -104,7 +104,8 @@ def brackets(tokenizer, kind: str) -> tuple:
   if None in ids:
     raise ValueError(f"tokenizer {type(tokenizer).__name__} has no {m.brackets[0]} / "
                      f"{m.brackets[1]} ids (the {kind} brackets); train one with them "
-                     "(data/tokenizer.py)")
+                     "(data/tokenizer.py), or add them to a tokenizer.json (data/hf_tokenizer.py "
+                     "add_project_specials; import-hf does for a decoder)")
   return ids
 
 
