@@ -15,7 +15,8 @@ caption the world's sound clips or videos instead, on the four-modality model
 of configs/pretrain_av.py (init from its run), zero-shot prompt
 "Describe this sound:" / "Describe this video:".
 
-    python -m metalm_jax.main --config=configs/finetune_caption.py:size=tiny,modality=audio,init=/tmp/av \
+    python -m metalm_jax.main \
+        --config=configs/finetune_caption.py:size=tiny,modality=audio,init=/tmp/av \
         --workdir=/tmp/audio_caption
 """
 from configs import common

@@ -2,7 +2,8 @@
 metalm_jax/data/formats.py, the *_instruct formats) over task clusters, with one
 cluster held out and evaluated zero-shot.
 
-    python -m metalm_jax.main --config=configs/finetune_multitask.py:size=tiny,heldout=nli,init=/tmp/vl \
+    python -m metalm_jax.main \
+        --config=configs/finetune_multitask.py:size=tiny,heldout=nli,init=/tmp/vl \
         --workdir=/tmp/multitask
 
 arg keys: size, steps, init, heldout (caption | vqa | nli | none).

@@ -18,7 +18,8 @@ others): questions about the world's sound clips (`world_audio_qa`), videos
 (`world_audio_image_qa`: answers need both), on the four-modality model of
 configs/pretrain_av.py (init from its run).
 
-    python -m metalm_jax.main --config=configs/finetune_vqa.py:size=tiny,modality=video,init=/tmp/av \
+    python -m metalm_jax.main \
+        --config=configs/finetune_vqa.py:size=tiny,modality=video,init=/tmp/av \
         --workdir=/tmp/video_qa
 """
 from configs import common

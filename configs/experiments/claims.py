@@ -5,7 +5,8 @@ before the run, and one config per stage.
     python -m metalm_jax.main --config=configs/experiments/claims.py:stage=vl_pretrain \
         --workdir=/tmp/claims/vl_pretrain/base
     python -m metalm_jax.main \
-        --config=configs/experiments/claims.py:stage=vqa_ft,init=/tmp/claims/vl_pretrain/base,blank=1 \
+        --config=configs/experiments/claims.py:stage=vqa_ft,init=/tmp/claims/vl_pretrain/base,\
+blank=1 \
         --workdir=/tmp/claims/vqa_ft_blind/seed=0
 
 arg keys: stage (STAGES below), init (the workdir the stage starts from),
@@ -314,7 +315,8 @@ ROWS = (
          _ref("nli_gpt", "nli", "correct_generate"),
          "the same-size GPT, pretrained on the same text, finetuned in full, same budget",
          _NLI_EVAL, prediction="prediction"),
-    _row("heldout_nli", "section 4.1 Table 1: multitask tuning, held-out cluster (NLI 79.1 vs 65.0)",
+    _row("heldout_nli",
+         "section 4.1 Table 1: multitask tuning, held-out cluster (NLI 79.1 vs 65.0)",
          "held-out NLI accuracy (ranked) after tuning on QA, counting and attribute clusters",
          _LANG_MODEL, "all weights", _ref("mt_metalm", "heldout_nli", "correct_rank"),
          _ref("mt_gpt", "heldout_nli", "correct_rank"), "the same-size GPT, tuned identically",

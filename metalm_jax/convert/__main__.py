@@ -1,6 +1,7 @@
 """CLI.
 
-  python -m metalm_jax.convert import-hf --model_dir=D --component=vision|text|audio|decoder|video --out=OUT
+  python -m metalm_jax.convert import-hf --model_dir=D \
+      --component=vision|text|audio|decoder|video --out=OUT
       [--scan_layers] [--no-add_special_tokens]
   python -m metalm_jax.convert check-hf --model_dir=D --component=... [--seed=0 --rtol=1e-4
       --scan_layers]
@@ -67,7 +68,8 @@ def main(argv=None) -> int:
   for name in ("import-hf", "check-hf"):
     s = sub.add_parser(name)
     s.add_argument("--model_dir", required=True)
-    s.add_argument("--component", required=True, choices=["vision", "text", "audio", "decoder", "video"])
+    s.add_argument("--component", required=True,
+                   choices=["vision", "text", "audio", "decoder", "video"])
     s.add_argument("--scan_layers", action="store_true",
                    help="stacked (scanned) layer params and section scan_layers=True")
     if name == "import-hf":

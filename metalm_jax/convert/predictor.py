@@ -43,9 +43,9 @@ Decoding is greedy with the KV cache (metalm_jax.evaluate.decode.greedy);
 prompts are laid out by metalm_jax.evaluate.prompts (left padding, `<image>`,
 T docked positions, `</image>`; `<audio>` / `<video>` the same way). Prompts
 are sorted by length and run in batches of `batch_size` rows (fewer, a power
-of two, when a call has fewer prompts); each batch is left-padded to a length bucket (`bucket_length`:
-powers of two >= 16 by default) and a short batch is filled with copies of its
-last prompt, whose answers are dropped. So a compile happens once per (bucket,
+of two, when a call has fewer prompts); each batch is left-padded to a length
+bucket (`bucket_length`: powers of two >= 16 by default) and a short batch is
+filled with copies of its last prompt, whose answers are dropped. So a compile happens once per (bucket,
 rows, max_new_tokens), not once per new prompt length; padding changes no
 answer (pad positions are segment 0, invisible to the prompt).
 """
@@ -65,7 +65,7 @@ from metalm_jax.convert.serving import next_token_logits
 from metalm_jax.data import formats as formats_lib
 from metalm_jax.data import tokenizer_kinds
 from metalm_jax.media import images as images_lib
-from metalm_jax.data.formats import CAPTION_PROMPT, VQA_TEMPLATE  # the task formats' prompts
+from metalm_jax.data.formats import CAPTION_PROMPT, VQA_TEMPLATE  # noqa: F401  re-exported
 from metalm_jax.evaluate import decode, prompts
 from metalm_jax.models import metalm, modalities
 

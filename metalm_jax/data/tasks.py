@@ -138,7 +138,8 @@ def _check_encoders(ctx: Context, fmt: formats_lib.Format) -> None:
   for kind, n in need.items():
     name = ctx.encoder_for(kind)
     if not name:
-      raise ValueError(f"task {fmt.name!r} needs a {modalities.MODALITIES.get(kind).encoder_type!r} "
+      enc_type = modalities.MODALITIES.get(kind).encoder_type
+      raise ValueError(f"task {fmt.name!r} needs a {enc_type!r} "
                        f"({kind}) encoder in config.model.encoders")
     modalities.brackets(ctx.tokenizer, kind)
     enc = ctx.model_cfg.encoders[name]

@@ -299,7 +299,7 @@ def document(objs: Sequence[Obj], rng: np.random.Generator, paragraphs: int) -> 
   n = len(objs)
   paras = []
   intro = [f"this picture has {NUMBER_WORDS[n]} object{'s' if n > 1 else ''}.",
-           f"the background is gray."]
+           "the background is gray."]
   intro.append(f"we can see {_join([o.phrase() for o in objs])}.")
   paras.append(intro)
   for p in range(1, paragraphs):

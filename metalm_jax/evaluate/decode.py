@@ -274,7 +274,8 @@ def _beam_loop(params, batch, eos_id, pad_id, length_penalty, *, model, beam_siz
     alive_seq, alive_lp, fin_seq, fin_score, src, tok = expand(
         t, logprobs, alive_seq, alive_lp, fin_seq, fin_score)
     rows = (jnp.arange(b)[:, None] * k + src).reshape(-1)
-    return t + 1, _gather_rows(cache, rows), tok.reshape(-1), alive_seq, alive_lp, fin_seq, fin_score
+    return (t + 1, _gather_rows(cache, rows), tok.reshape(-1), alive_seq, alive_lp, fin_seq,
+            fin_score)
 
   t, _, _, alive_seq, alive_lp, fin_seq, fin_score = jax.lax.while_loop(cond, body, state)
   # Beams still alive at the end count as finished at their full length.

@@ -79,7 +79,8 @@ def normalize_vqa_answer(answer: str) -> str:
   return _normalise_words(_strip_punctuation(text))
 
 
-def vqa_accuracy(prediction: str, answers: Sequence[str], *, strict_official: bool = False) -> float:
+def vqa_accuracy(prediction: str, answers: Sequence[str], *,
+                 strict_official: bool = False) -> float:
   """VQAv2 accuracy of one prediction against the human answers (10 in VQAv2).
 
   For each human answer left out in turn, the prediction scores
@@ -121,7 +122,8 @@ def java_available() -> bool:
   return shutil.which("java") is not None
 
 
-def tokenize_captions(captions: Dict[str, List[str]], use_java: Optional[bool] = None) -> Dict[str, List[str]]:
+def tokenize_captions(captions: Dict[str, List[str]],
+                      use_java: Optional[bool] = None) -> Dict[str, List[str]]:
   """{id: [caption]} -> {id: [tokenised caption]} with pycocoevalcap's PTB
   tokenizer when Java is present, else `simple_tokenize`."""
   use_java = java_available() if use_java is None else use_java
@@ -201,7 +203,9 @@ def caption_metrics_per_example(
       from pycocoevalcap.spice.spice import Spice
       out["SPICE"] = float(Spice().compute_score(gts, res)[0])
     elif spice:
-      raise ValueError("spice=True needs Java and pycocoevalcap/spice/lib/stanford-corenlp-3.6.0.jar")
+      raise ValueError("spice=True needs Java and "
+                       "pycocoevalcap/spice/lib/stanford-corenlp-3.6.0.jar")
     else:
-      logging.info("caption_metrics: SPICE skipped (needs Java and the CoreNLP jar, not downloaded)")
+      logging.info("caption_metrics: SPICE skipped (needs Java and the CoreNLP jar, "
+                   "not downloaded)")
   return out, per_example

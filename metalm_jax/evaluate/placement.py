@@ -92,7 +92,7 @@ class Placement:
       raise ValueError(f"evals.*.batch_size={batch_size} must be >= 1")
     return -(-batch_size // self.shards) * self.shards
 
-  @functools.lru_cache(maxsize=None)
+  @functools.lru_cache(maxsize=None)  # noqa: B019  a few Placements live for the whole run
   def process_rows(self, rows: int) -> Tuple[int, ...]:
     """Rows of a [rows, ...] batch-sharded array held by this process's devices."""
     index = self.batch.addressable_devices_indices_map((rows,))
@@ -206,5 +206,5 @@ def map_rows(placement: Placement, items: Sequence[Any], batch_size: int,
     ids = [r * rows_per_item + c for r in mine for c in range(rows_per_item)]
     out = placement.gather(run(placement.global_array(local, ids, size * rows_per_item)))
     real = min(size, n - start) * rows_per_item
-    outs.append(jax.tree.map(lambda x: np.asarray(x)[:real], out))
+    outs.append(jax.tree.map(lambda x, real=real: np.asarray(x)[:real], out))
   return jax.tree.map(lambda *xs: np.concatenate(xs, 0), *outs)

@@ -106,7 +106,8 @@ def _encoder_for(model_cfg, name: Optional[str], enc_type: str, part) -> str:
   if name is not None:
     if name not in model_cfg.encoders or model_cfg.encoders[name].type != enc_type:
       raise ValueError(f"{type(part).__name__}.encoder={name!r} is not a {enc_type!r} "
-                       f"encoder of the model; encoders: {dict((k, v.type) for k, v in model_cfg.encoders.items())}")
+                       "encoder of the model; encoders: "
+                       f"{dict((k, v.type) for k, v in model_cfg.encoders.items())}")
     return name
   names = [k for k in sorted(model_cfg.encoders) if model_cfg.encoders[k].type == enc_type]
   if len(names) != 1:

@@ -46,7 +46,8 @@ def sequence_logprobs(model: MetaLM, params, batch, placement=None) -> Scores:
   return placement.call(placement.jit(_sequence_logprobs, model=model), params, batch)
 
 
-def append_candidates(prompt_batch: Mapping[str, Any], candidates: Sequence[Sequence[Sequence[int]]],
+def append_candidates(prompt_batch: Mapping[str, Any],
+                      candidates: Sequence[Sequence[Sequence[int]]],
                       pad_id: int, cand_len: int | None = None) -> Dict[str, Any]:
   """Rows b*C + c = prompt b followed by candidates[b][c] (numpy batch).
 

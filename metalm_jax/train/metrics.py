@@ -5,8 +5,9 @@ progress line, a loss-curve PNG).
 FLOPs per example (what MFU counts), summed over the model's components:
   decoder:          n = L decoder positions
   encoder `name`:   n = max_items * slot_length (ViT patches+cls, BERT max_len),
-                    its connector the same n; an encoder class's
-                    record's `flops_tokens(cfg)` (models/modalities/) ({subtree: (n per item, c)}) sets n and c
+                    its connector the same n; the modality record's
+                    `flops_tokens(cfg)` (models/modalities/;
+                    {subtree: (n per item, c)}) sets n and c
                     for parts of it (the video encoder's per-frame ViT sees
                     frames * tokens per clip, its temporal layers frames)
   per component, training FLOPs = sum over matmul weights W of 2*|W|*n*k(W)

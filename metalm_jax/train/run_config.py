@@ -104,7 +104,8 @@ def check_resume(workdir, now: Mapping[str, Any]) -> List[str]:
            for k, a, b in changes if not is_resumable(k)]
   if fatal:
     raise ConfigDriftError(
-        f"the config differs from the run in {storage.join(workdir, RUN_CONFIG_FILE)} in fields that change the model "
+        f"the config differs from the run in {storage.join(workdir, RUN_CONFIG_FILE)} in fields "
+        "that change the model "
         "or the data; use a new workdir (with init_from=) or restore these values:\n  " +
         "\n  ".join(fatal))
   lines = [f"{k}: {_show(a)} (checkpoint) -> {_show(b)} (now)" for k, a, b in changes]

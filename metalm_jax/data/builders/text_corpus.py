@@ -25,7 +25,8 @@ class MetalmTextCorpus(tfds.core.GeneratorBasedBuilder):
   """Documents from .txt / .jsonl files."""
 
   VERSION = tfds.core.Version("1.0.0")
-  MANUAL_DOWNLOAD_INSTRUCTIONS = "Put train/ (and validation/) folders of .txt/.jsonl in manual_dir."
+  MANUAL_DOWNLOAD_INSTRUCTIONS = ("Put train/ (and validation/) folders of .txt/.jsonl in "
+                                  "manual_dir.")
 
   def _info(self):
     return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({

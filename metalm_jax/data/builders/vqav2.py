@@ -26,7 +26,8 @@ class MetalmVqav2(tfds.core.GeneratorBasedBuilder):
   """VQAv2 questions with 10 human answers each."""
 
   VERSION = tfds.core.Version("1.0.0")
-  MANUAL_DOWNLOAD_INSTRUCTIONS = "Put the VQAv2 question/annotation JSON and COCO images in manual_dir."
+  MANUAL_DOWNLOAD_INSTRUCTIONS = ("Put the VQAv2 question/annotation JSON and COCO images in "
+                                  "manual_dir.")
 
   def _info(self):
     return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({

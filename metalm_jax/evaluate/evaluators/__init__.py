@@ -74,5 +74,5 @@ from metalm_jax.evaluate.evaluators.runner import (markdown_table, read_predicti
 __all__ = ["DEFAULTS", "EVALUATORS", "Env", "Example", "clean_label", "defaults", "demonstrations",
            "episode_prompts", "format_of", "generate_texts", "item_format", "items_needed",
            "load_episodes", "load_examples", "make_example", "markdown_table", "mean",
-           "model_for", "prompt_seq_len", "rank_choices", "read_predictions", "resolve", "run_evals",
-           "train_majority", "with_max_items", "write_results"]
+           "model_for", "prompt_seq_len", "rank_choices", "read_predictions", "resolve",
+           "run_evals", "train_majority", "with_max_items", "write_results"]
