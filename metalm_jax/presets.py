@@ -200,6 +200,9 @@ def logical_rules():
       ("embed", "fsdp"), ("embed_in", None), ("heads", "tensor"), ("kv", None),
       ("mlp", "tensor"), ("vocab", "tensor"), ("length", None), ("norm", None),
       ("layers", None),  # the stacked axis of scanned layers (never sharded)
+      # Grouped-query attention's key/value heads (fewer than `heads`, often
+      # fewer than the tensor axis): replicated, as their weights are small.
+      ("kv_heads", None), ("act_kv_heads", None),
   ]
 
 
