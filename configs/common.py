@@ -92,6 +92,38 @@ def pretrain_config(a, s, fields: Mapping[str, Any], kind: str) -> mlc.ConfigDic
   return c
 
 
+# The decoder's size and compute fields, kept when `decoder=FAMILY` swaps its shape.
+DECODER_DIMS = ("vocab_size", "num_layers", "emb_dim", "num_heads", "mlp_dim", "max_len",
+                "dropout", "scan_layers", "remat_policy", "attention_impl")
+# `vision=` arg: the vision tower's shape (presets.vit fields), sizes kept.
+VISION_SHAPES = {"clip": presets.vit, "siglip": presets.siglip}
+VISION_DIMS = ("max_items", "image_size", "patch_size", "num_layers", "emb_dim", "num_heads",
+               "mlp_dim", "dropout", "connector", "scan_layers", "remat_policy",
+               "attention_impl")
+
+
+def set_shapes(model: mlc.ConfigDict, decoder: str = "", vision: str = "") -> mlc.ConfigDict:
+  """The `decoder=` / `vision=` args of the experiment files: the decoder
+  becomes family `decoder` (presets.FAMILIES: gpt2, llama, qwen2, gemma) and
+  the vision tower `vision` (clip, siglip) at the model's sizes ("" keeps
+  it). E.g. size=tiny,decoder=llama,vision=siglip is the tiny model with
+  modern_vl's shapes."""
+  if decoder:
+    if decoder not in presets.FAMILIES:
+      raise ValueError(f"config arg decoder={decoder!r} is unknown; known: "
+                       f"{list(presets.FAMILIES)}")
+    dims = {k: model.decoder[k] for k in DECODER_DIMS}
+    model.decoder = presets.decoder_family(decoder, **dims)
+  if vision:
+    if vision not in VISION_SHAPES:
+      raise ValueError(f"config arg vision={vision!r} is unknown; known: {sorted(VISION_SHAPES)}")
+    if "vision" not in model.encoders:
+      raise ValueError(f"config arg vision={vision!r}: this model has no vision encoder")
+    old = model.encoders.vision
+    model.encoders.vision = VISION_SHAPES[vision](**{k: old[k] for k in VISION_DIMS})
+  return model
+
+
 def add_av_encoders(model: mlc.ConfigDict) -> mlc.ConfigDict:
   """A four-modality model: `model` (vision and text encoders) plus an audio
   encoder `audio` (type "whisper") and a video encoder `video` (type "video"),

@@ -32,6 +32,7 @@ def base(a, s, fields, *, kind: str, mixture: dict) -> mlc.ConfigDict:
   c.model = presets.model_config(s.model)
   c.data = presets.data_config(kind, s.data)
   c.data.mixture = dict(mixture)
+  common.set_shapes(c.model, a.get("decoder", ""), a.get("vision", ""))
   c.optimizer.update(decay="constant", end_lr_frac=0.0)
   common.set_fields(c, fields)
   if a.steps:
@@ -45,7 +46,7 @@ def base(a, s, fields, *, kind: str, mixture: dict) -> mlc.ConfigDict:
 def parse(arg, sizes, knobs=(), **extra):
   """(the parsed arg, the size's presets and `knobs`, its fields): see
   common.pick_size."""
-  a = common.parse_arg(arg, size="tiny", steps=0, init="", **extra)
+  a = common.parse_arg(arg, size="tiny", steps=0, init="", decoder="", vision="", **extra)
   return (a,) + common.pick_size(a, sizes, knobs)
 
 

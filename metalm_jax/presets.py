@@ -4,7 +4,7 @@ The experiment files in configs/ (the user's) build their ConfigDicts from
 these; the library never imports configs/. Every field can still be
 overridden on the command line (`--config.model.decoder.num_layers=6`).
 
-    model_config("tiny" | "bench" | "paper_vl" | "paper_lang")
+    model_config("tiny" | "bench" | "paper_vl" | "paper_lang" | "modern_vl" | "modern_tiny")
     gpt_baseline(model_cfg), gpt_baseline_data(data_cfg)   the same-size GPT
     data_config("vl" | "lang", size)   same size names (the data preset)
     logical_rules()                    logical axis -> mesh axes
@@ -19,6 +19,7 @@ import os
 import ml_collections as mlc
 
 from metalm_jax.media.images import CLIP_MEAN, CLIP_STD
+from metalm_jax.registry import Registry
 
 ConfigDict = mlc.ConfigDict
 
@@ -35,7 +36,7 @@ def stack_options(scan_layers=False, remat_policy="none", attention_impl="auto")
 
 def decoder(**kw) -> ConfigDict:
   """The interface decoder; the defaults are GPT-2-shaped. Family fields
-  (metalm_jax/models/families.py builds Llama / Qwen2 / Gemma from them):
+  (the decoder families below build Llama / Qwen2 / Gemma from them):
   norm_type (layer | rms | rms_plus_one; `ln_eps` is its epsilon), mlp (dense
   | gated: act(x W_gate) * x W_up, so SwiGLU = gated + silu, GeGLU = gated +
   gelu_tanh), num_kv_heads (grouped-query attention, 0 = num_heads), qkv_bias
@@ -108,6 +109,70 @@ def video(**kw) -> ConfigDict:
 
 
 
+# ---- decoder families -------------------------------------------------------------
+# Decoder families: the `model.decoder` fields that make a GPT-2, Llama,
+# Qwen2 or Gemma shaped interface decoder.
+#
+#     decoder_family("llama", num_layers=16, emb_dim=2048, ...)  -> ConfigDict
+#
+# Each family is presets.decoder() (tiny sizes) with the family's fields set;
+# keyword arguments override any field. What each family is, as HF defines it:
+#
+# - gpt2: LayerNorm, learned positions, GELU (tanh) MLP, biases, tied head.
+# - llama: RMSNorm (weight * normed), rotary positions (rope_theta, optional
+#   Llama-3 rope_scaling), SwiGLU MLP, grouped-query attention (num_kv_heads),
+#   no biases, untied head.
+# - qwen2: Llama plus q/k/v biases (qkv_bias); head tied or not.
+# - gemma: RMSNorm with (1 + weight), GeGLU with tanh-approximated GELU,
+#   token embeddings times sqrt(emb_dim) (embed_scale), tied head, head_dim
+#   independent of emb_dim / num_heads.
+#
+# HF import / export of these: metalm_jax/convert/hf_llama_like.py.
+FAMILIES = Registry("decoder family")
+
+
+@FAMILIES.register("gpt2")
+def gpt2(**kw):
+  return decoder(**{"activation": "gelu_new", **kw})
+
+
+def _llama_fields(**kw):
+  fields = dict(norm_type="rms", mlp="gated", activation="silu", positions="rotary",
+                use_bias=False, qkv_bias=False, tie_embeddings=False, ln_eps=1e-5,
+                rope_theta=500000.0, num_kv_heads=2)
+  fields.update(kw)
+  return fields
+
+
+@FAMILIES.register("llama")
+def llama(**kw):
+  return decoder(**_llama_fields(**kw))
+
+
+@FAMILIES.register("qwen2")
+def qwen2(**kw):
+  return decoder(**_llama_fields(**{"qkv_bias": True, "ln_eps": 1e-6,
+                                            "rope_theta": 1000000.0, **kw}))
+
+
+@FAMILIES.register("gemma")
+def gemma(**kw):
+  """Tiny default: 4 query heads of head_dim 32 over emb_dim 64, one kv head
+  (Gemma-2B is multi-query). embed_scale follows the final emb_dim unless given."""
+  fields = dict(norm_type="rms_plus_one", mlp="gated", activation="gelu_tanh",
+                positions="rotary", use_bias=False, qkv_bias=False, tie_embeddings=True,
+                ln_eps=1e-6, rope_theta=10000.0, num_kv_heads=1, head_dim=32)
+  fields.update(kw)
+  emb_dim = fields.get("emb_dim", decoder().emb_dim)
+  fields.setdefault("embed_scale", float(emb_dim) ** 0.5)
+  return decoder(**fields)
+
+
+def decoder_family(name: str, **kw):
+  """The `model.decoder` section of family `name` (FAMILIES), fields overridden by kw."""
+  return FAMILIES.get(name)(**kw)
+
+
 # ---- model sizes ----------------------------------------------------------------
 def _tiny():
   return ConfigDict(dict(
@@ -157,7 +222,53 @@ def _paper_lang():
                               **stack_options(scan_layers=True)))))
 
 
-MODEL_SIZES = {"tiny": _tiny, "bench": _bench, "paper_vl": _paper_vl, "paper_lang": _paper_lang}
+def siglip(**kw) -> ConfigDict:
+  """A SigLIP-shaped ViT (vit fields): patch conv with bias, no class token,
+  no pre-LayerNorm, tanh-GELU, post-LayerNorm on every token, eps 1e-6.
+  Tiny sizes by default; SigLIP-B/16 is image_size 224, patch 16, 12 x 768,
+  12 heads, MLP 3072."""
+  return vit(**{**dict(class_token=False, pre_norm=False, final_norm=True, patch_bias=True,
+                       activation="gelu_tanh", ln_eps=1e-6), **kw})
+
+
+# Llama-3.2-1B's decoder (HF config of meta-llama/Llama-3.2-1B): 16 x 2048,
+# 32 heads of 64 (8 kv heads), SwiGLU 8192, vocab 128256, rope_theta 5e5 with
+# Llama-3 scaling (factor 32, low / high frequency factors 1 / 4, 8192
+# original positions), tied head.
+LLAMA_3_2_1B = dict(vocab_size=128256, num_layers=16, emb_dim=2048, num_heads=32, num_kv_heads=8,
+                    head_dim=64, mlp_dim=8192, tie_embeddings=True, rope_theta=500000.0,
+                    rope_scaling=dict(rope_type="llama3", factor=32.0, low_freq_factor=1.0,
+                                      high_freq_factor=4.0,
+                                      original_max_position_embeddings=8192))
+
+
+def _modern_vl():
+  """Today's foundation models docked: a Llama-3.2-1B-shaped decoder and a
+  SigLIP-B/16-shaped ViT at 224 px with the 3-layer MLP connector (the
+  pairing MaxText / Levanter use for VLMs). Layers scanned; the decoder
+  rematerialised ('full'). Import real weights into it with
+  `python -m metalm_jax.convert import-hf` (docs/weights-and-serving.md)."""
+  return ConfigDict(dict(
+      dtype="bfloat16",
+      decoder=llama(**LLAMA_3_2_1B, max_len=4096,
+                    **stack_options(scan_layers=True, remat_policy="full")),
+      encoders=dict(vision=siglip(image_size=224, patch_size=16, num_layers=12, emb_dim=768,
+                                  num_heads=12, mlp_dim=3072, connector=connector("mlp"),
+                                  **stack_options(scan_layers=True)))))
+
+
+def _modern_tiny():
+  """modern_vl's shapes at tiny sizes (CPU): a Llama-shaped decoder (2 x 64,
+  4 heads, 2 kv heads) and a SigLIP-shaped ViT at 64 px, with the tiny
+  preset's text encoder."""
+  return ConfigDict(dict(
+      dtype="float32",
+      decoder=llama(tie_embeddings=True),
+      encoders=dict(vision=siglip(), text=bert(max_items=2, max_len=16))))
+
+
+MODEL_SIZES = {"tiny": _tiny, "bench": _bench, "paper_vl": _paper_vl, "paper_lang": _paper_lang,
+               "modern_vl": _modern_vl, "modern_tiny": _modern_tiny}
 
 
 def model_config(size: str) -> ConfigDict:

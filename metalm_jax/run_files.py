@@ -2,7 +2,8 @@
 Predictor, evaluation, sweeps and the notebook read it):
 
     config.json            the run config (`write_run_config`, `load_run_config`)
-    tokenizer.model|.json  a copy of the run's tokenizer
+    tokenizer.model|.json  a copy of the run's tokenizer (with a tokenizer.json's
+                           HF side files: special_tokens_map.json, ...)
     final_metrics.json     the final metrics (`write_results`)
     metrics.jsonl          one line per log / eval step (train/metrics_log.py)
     checkpoints/<step>/    Orbax steps (train/checkpoint.py)
@@ -21,6 +22,7 @@ import json
 from typing import Any, Dict, Optional
 
 from metalm_jax import config_names, storage
+from metalm_jax.data import hf_tokenizer
 
 RUN_CONFIG_FILE = "config.json"
 RESULTS_FILE = "final_metrics.json"
@@ -34,6 +36,20 @@ EVALS_DIR = "evals"
 def _tokenizer_name(src: str) -> str:
   suffix = storage.path(src).suffix
   return TOKENIZER_STEM + (".json" if suffix == ".json" else suffix or ".model")
+
+
+def copy_tokenizer(src: str, directory: str) -> str:
+  """Copies tokenizer file `src` into `directory` as tokenizer.model|.json,
+  with the HF side files next to a tokenizer.json (they name its bos / eos /
+  pad / unk: data/hf_tokenizer.py), so it loads there as it did at `src`;
+  returns its name."""
+  name = _tokenizer_name(src)
+  storage.copy(src, storage.join(directory, name))
+  if name.endswith(".json"):
+    parent = str(storage.path(src).parent)
+    for f in hf_tokenizer.side_files(src):
+      storage.copy(storage.join(parent, f), storage.join(directory, f))
+  return name
 
 
 def run_tokenizer(config, must_exist: bool = True) -> Optional[str]:
@@ -62,7 +78,7 @@ def write_run_config(config, workdir: str, tokenizer: Optional[str], write: bool
   out = storage.join(workdir, RUN_CONFIG_FILE)
   if write:
     if tokenizer:
-      storage.copy(tokenizer, storage.join(workdir, _tokenizer_name(tokenizer)))
+      copy_tokenizer(tokenizer, workdir)
     storage.write_json(out, run_config_json(config, tokenizer))
   return out
 

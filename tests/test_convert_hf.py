@@ -188,7 +188,7 @@ def test_import_decoder_keeps_its_tokenizer(tmp_path):
   d = save_hf(build_hf("GPT2Config", "GPT2LMHeadModel", kw), tmp_path / "hf", seed=4)
   tok.save(os.path.join(d, "tokenizer.json"))
   out = str(tmp_path / "out")
-  hf.import_hf(d, "decoder", out)
+  hf.import_hf(d, "decoder", out, add_special_tokens=False)  # added ones: test_hf_specials.py
   _, meta = params_io.load_params(out)
   assert meta["tokenizer"] == "tokenizer.json"
   t = HfTokenizer(os.path.join(out, meta["tokenizer"]))

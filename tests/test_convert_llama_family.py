@@ -23,7 +23,8 @@ import ml_collections  # noqa: E402
 from metalm_jax import params_io  # noqa: E402
 from metalm_jax.convert import __main__ as cli  # noqa: E402
 from metalm_jax.convert import hf, hf_common, hf_export, hf_gpt2  # noqa: E402
-from metalm_jax.models import families, layout  # noqa: E402
+from metalm_jax import presets  # noqa: E402
+from metalm_jax.models import layout  # noqa: E402
 from metalm_jax.models.decoder import Decoder  # noqa: E402
 from tests.hf_fixtures import RTOL, save_hf  # noqa: E402
 
@@ -182,7 +183,7 @@ EXPORT = {"llama": dict(num_heads=6, emb_dim=48, num_kv_heads=2, rope_theta=500.
 
 
 def _ours(family, seed, **kw):
-  section = families.decoder_family(family, **{**dict(vocab_size=67, emb_dim=32, num_heads=4,
+  section = presets.decoder_family(family, **{**dict(vocab_size=67, emb_dim=32, num_heads=4,
                                                      mlp_dim=64, max_len=128),
                                               **EXPORT[family], **kw})
   model = Decoder(ml_collections.FrozenConfigDict(section))
@@ -247,7 +248,7 @@ def test_export_model_writes_the_decoder_in_its_family(tmp_path):
   from metalm_jax.models import metalm
   cfg = presets.model_config("tiny")
   cfg.encoders = {}
-  cfg.decoder = families.llama(vocab_size=67, emb_dim=32, num_heads=4, mlp_dim=64, max_len=32)
+  cfg.decoder = presets.llama(vocab_size=67, emb_dim=32, num_heads=4, mlp_dim=64, max_len=32)
   model = metalm.build_model(cfg)
   params = metalm.init_variables(model, jax.random.key(0))["params"]
   out = str(tmp_path / "export")
@@ -267,7 +268,7 @@ def test_export_model_writes_the_decoder_in_its_family(tmp_path):
     ("llama", "norm", "deepnorm"), ("gemma", "embed_scale", 1.0),
     ("gemma", "activation", "gelu"), ("qwen2", "positions", "learned")])
 def test_decoders_no_family_expresses_are_refused_with_reasons(family, field, value):
-  section = families.decoder_family(family, **{field: value})
+  section = presets.decoder_family(family, **{field: value})
   with pytest.raises(ValueError, match=f"0 HF families.*{family}: model.decoder.{field}"):
     hf_export.family_of(section)
 
@@ -275,5 +276,5 @@ def test_decoders_no_family_expresses_are_refused_with_reasons(family, field, va
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gemma"])
 def test_gpt2_export_refuses_the_new_families(family):
   with pytest.raises(ValueError, match="model.decoder"):
-    hf_gpt2.gpt2_config(families.decoder_family(family))
-  assert hf_export.family_of(families.decoder_family("gpt2")) == "gpt2"
+    hf_gpt2.gpt2_config(presets.decoder_family(family))
+  assert hf_export.family_of(presets.decoder_family("gpt2")) == "gpt2"

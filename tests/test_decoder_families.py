@@ -1,4 +1,4 @@
-"""Decoder families (Llama, Qwen2, Gemma; metalm_jax/models/families.py):
+"""Decoder families (Llama, Qwen2, Gemma; metalm_jax/presets.py, decoder families):
 the new pieces against independent float64 numpy references, the KV cache
 against the full forward for each family, docking with Gemma's embedding
 scale, remat, scanned layers, sharding and config checks.
@@ -18,7 +18,7 @@ from jax.sharding import Mesh
 
 from metalm_jax import batch as batch_lib
 from metalm_jax import presets
-from metalm_jax.models import families, layers, metalm, rotary
+from metalm_jax.models import layers, metalm, rotary
 from metalm_jax.models.decoder import Decoder
 from tests.model_fixtures import build, forward, random_batch, small_model_cfg, to_jnp
 
@@ -38,7 +38,7 @@ FAMILY_KW = {
 
 
 def _section(family, **kw):
-  return families.decoder_family(family, **{**FAMILY_KW[family], **kw})
+  return presets.decoder_family(family, **{**FAMILY_KW[family], **kw})
 
 
 def _init(section, seed=0, noise=0.05):
@@ -262,7 +262,7 @@ def test_gemma_docking_scales_text_not_connector_outputs():
   """MetaLM with a Gemma decoder: token positions get embedding * sqrt(d),
   docked positions the connector output as it is (PaliGemma's choice);
   prefill + cached steps equal the full forward with docked spans."""
-  cfg = small_model_cfg("rotary", **{k: v for k, v in families.gemma(
+  cfg = small_model_cfg("rotary", **{k: v for k, v in presets.gemma(
       emb_dim=32, num_heads=4, head_dim=16, num_kv_heads=2).items()
       if k in ("norm_type", "mlp", "activation", "use_bias", "tie_embeddings", "ln_eps",
                "num_kv_heads", "head_dim", "embed_scale", "rope_theta")})
@@ -300,7 +300,7 @@ def test_gemma_docking_scales_text_not_connector_outputs():
 
 def test_embed_scale_is_rounded_in_the_compute_dtype():
   """bfloat16: sqrt(2048) = 45.2548... is applied as 45.25, as HF's Gemma does."""
-  sec = families.gemma(vocab_size=11, emb_dim=2048, num_layers=1, num_heads=1, mlp_dim=8)
+  sec = presets.gemma(vocab_size=11, emb_dim=2048, num_layers=1, num_heads=1, mlp_dim=8)
   model = Decoder(ml_collections.FrozenConfigDict(sec), jnp.bfloat16)
   tok = np.arange(4, dtype=np.int32)[None]
   v = model.init(jax.random.key(0), tok, method=Decoder.embed)
@@ -363,7 +363,7 @@ def test_sharded_gqa_equals_single_device():
 def test_bad_family_fields_are_refused_by_name(field, value, match):
   cfg = presets.model_config("tiny")
   cfg.encoders = {}
-  cfg.decoder = families.llama()
+  cfg.decoder = presets.llama()
   cfg.decoder[field] = value
   with pytest.raises(ValueError, match=match):
     metalm.build_model(cfg)
@@ -374,9 +374,9 @@ def test_rope_scaling_needs_rotary_and_families_are_registered():
   cfg.decoder.rope_scaling = LLAMA3
   with pytest.raises(ValueError, match="needs positions='rotary'"):
     metalm.build_model(cfg)
-  assert set(families.FAMILIES) >= {"gpt2", "llama", "qwen2", "gemma"}
+  assert set(presets.FAMILIES) >= {"gpt2", "llama", "qwen2", "gemma"}
   with pytest.raises(KeyError, match="unknown decoder family 'mistral'"):
-    families.decoder_family("mistral")
-  assert families.gemma(emb_dim=256).embed_scale == 16.0
-  assert families.decoder_family("gpt2").to_dict() == presets.decoder(
+    presets.decoder_family("mistral")
+  assert presets.gemma(emb_dim=256).embed_scale == 16.0
+  assert presets.decoder_family("gpt2").to_dict() == presets.decoder(
       activation="gelu_new").to_dict()

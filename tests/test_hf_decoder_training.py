@@ -100,3 +100,4 @@ def test_imported_llama_trains_on_the_world_with_its_tokenizer(tmp_path):
   assert open(run_cfg["data"]["tokenizer"]).read() == open(
       os.path.join(out, "tokenizer.json")).read()
   assert HfTokenizer(run_cfg["data"]["tokenizer"]).image_start == added["<image>"]
+  assert os.path.exists(os.path.join(work, "special_tokens_map.json"))  # names bos / eos

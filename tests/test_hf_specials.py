@@ -197,3 +197,21 @@ def test_a_tokenizer_without_eop_is_named_by_the_text_task(tmp_path):
   ctx = types.SimpleNamespace(tokenizer=HfTokenizer(path), seq_len=64, max_doc_tokens=256)
   with pytest.raises(ValueError, match="no eop id .*add_project_specials"):
     tasks.TASKS.get("text")(ctx, {"text": "a cat.\n\na dog."}, None, tasks.new_stats())
+
+
+def test_copied_tokenizer_keeps_the_roles_its_side_files_name(tmp_path):
+  """A workdir or export copies a tokenizer.json with its HF side files, so a
+  bos / eos named only there (Llama-3-Instruct's eos is <|eot_id|>) stays."""
+  from metalm_jax import run_files
+  src = tmp_path / "model"
+  src.mkdir()
+  train_bpe(TEXTS, str(src / "tokenizer.json"), ("<|begin|>", "<|end|>", "<|eot|>"))
+  (src / "special_tokens_map.json").write_text(json.dumps(
+      {"bos_token": "<|begin|>", "eos_token": {"content": "<|eot|>"}}))
+  want = HfTokenizer(str(src / "tokenizer.json"))
+  assert (want.bos, want.eos) == (0, 2)
+  assert run_files.copy_tokenizer(str(src / "tokenizer.json"), str(tmp_path / "work")) == (
+      "tokenizer.json")
+  got = HfTokenizer(str(tmp_path / "work" / "tokenizer.json"))
+  assert (got.bos, got.eos, got.pad) == (want.bos, want.eos, want.pad)
+  assert sorted(os.listdir(tmp_path / "work")) == ["special_tokens_map.json", "tokenizer.json"]

@@ -29,7 +29,8 @@ Export dir layout (`export_model`):
                        size is symbolic, the sequence length fixed
                        (config.json serving.seq_len); lowered for
                        cpu, cuda and tpu (serving.platforms).
-  tokenizer.json | tokenizer.model   when the run config names one.
+  tokenizer.json | tokenizer.model   when the run config names one (a
+                       tokenizer.json with its HF side files).
   hf_<family>/         the decoder as an HF model dir of its family (hf_gpt2,
                        hf_llama, hf_qwen2 or hf_gemma; convert/hf_export.py),
                        loadable by the family's *ForCausalLM.from_pretrained;
@@ -161,9 +162,7 @@ def export_model(model_cfg, params, out: str, *, seq_len: Optional[int] = None,
           "preprocess": {**{k: list(v) for k, v in norm.items()}, "steps": PREPROCESS_STEPS,
                          "encoders": media_preprocess(model_cfg)}}
   if tokenizer:
-    suffix = storage.path(tokenizer).suffix
-    name = "tokenizer" + (".json" if suffix == ".json" else suffix or ".model")
-    storage.copy(tokenizer, storage.join(out, name))
+    name = run_files.copy_tokenizer(tokenizer, out)  # with a tokenizer.json's HF side files
     written["tokenizer"] = meta["tokenizer"] = name
   if hf_decoder:
     try:

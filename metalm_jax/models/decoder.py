@@ -23,7 +23,7 @@ class Decoder(nn.Module):
   cfg: the `model.decoder` config section (FrozenConfigDict). Besides the
   GPT-2 shape (the presets.decoder defaults) it takes the Llama / Qwen2 /
   Gemma family fields (norm_type, mlp, num_kv_heads, qkv_bias, rope_theta,
-  rope_scaling, embed_scale; metalm_jax/models/families.py).
+  rope_scaling, embed_scale; metalm_jax/presets.py, decoder families).
 
   `embed_scale` (Gemma: sqrt(emb_dim)) multiplies the token embeddings in
   `embed`, in the compute dtype as HF's GemmaTextScaledWordEmbedding does

@@ -338,7 +338,7 @@ class Block(nn.Module):
 
   The norm module (`norm_type`), the MLP (`mlp`: dense or gated), grouped
   keys/values (`num_kv_heads`), q/k/v biases (`qkv_bias`) and the rotary
-  base / scaling are per-family choices (metalm_jax/models/families.py).
+  base / scaling are per-family choices (metalm_jax/presets.py, decoder families).
 
   DeepNorm (Wang et al., 2022): x <- LN(alpha * x + f(x)), with the value,
   output and MLP weights initialised scaled by beta (set by the caller).
