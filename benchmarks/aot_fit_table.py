@@ -46,6 +46,9 @@ ROWS = [
      ["--config.optimizer.grad_accum_steps=8"]),
     ("paper_lang", "configs/pretrain_lang.py:size=paper", "h100x8",
      ["--config.optimizer.grad_accum_steps=8"]),
+    # Llama-3.2-1B-shaped decoder + SigLIP-B/16-shaped ViT (presets.modern_vl).
+    ("modern_vl", "configs/pretrain_vl.py:size=modern", "v5e-16", []),
+    ("modern_vl", "configs/pretrain_vl.py:size=modern", "h100x8", []),
 ]
 
 flags.DEFINE_list("rows", [], "MODEL/TOPOLOGY rows to run (default: all)")

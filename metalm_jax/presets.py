@@ -43,12 +43,23 @@ def decoder(**kw) -> ConfigDict:
   (q/k/v biases even with use_bias=False), rope_theta and rope_scaling
   ({} or {"rope_type": "llama3", factor, low_freq_factor, high_freq_factor,
   original_max_position_embeddings}; positions="rotary" only), embed_scale
-  (token embeddings times this, e.g. Gemma's sqrt(emb_dim))."""
+  (token embeddings times this, e.g. Gemma's sqrt(emb_dim)).
+
+  lora: low-rank adapters (metalm_jax/models/lora.py), off unless `enabled`:
+  rank, alpha (scale alpha / rank), targets (projection names: query, key,
+  value, out; wi, wo for the dense MLP; wi_gate, wi_up, wo for the gated one),
+  dropout on the adapter input, init of A ("peft" | "gaussian"; B starts at
+  zero), freeze ("decoder": the decoder's base weights are frozen, "all":
+  every non-adapter param; explicit optimizer groups still decide for their
+  own params). `lora` in kw updates these fields (a dict of some of them)."""
+  lora = dict(enabled=False, rank=8, alpha=16.0, targets=["query", "key", "value", "out"],
+              dropout=0.0, init="peft", freeze="decoder")
+  lora.update(kw.pop("lora", None) or {})
   d = dict(vocab_size=1024, num_layers=2, emb_dim=64, num_heads=4, head_dim=0, mlp_dim=256,
            activation="gelu", norm="pre", positions="learned", max_len=256, dropout=0.0,
            use_bias=True, ln_eps=1e-5, tie_embeddings=True, norm_type="layer", mlp="dense",
            num_kv_heads=0, qkv_bias=False, rope_theta=10000.0, rope_scaling={},
-           embed_scale=1.0, **stack_options())
+           embed_scale=1.0, lora=lora, **stack_options())
   d.update(kw)
   return ConfigDict(d)
 

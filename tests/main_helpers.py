@@ -50,9 +50,9 @@ def env(devices: int = 1):
 def start(workdir, data_dir, *flags, devices=1, log=None, environ=None):
   cmd = [sys.executable, "-m", "metalm_jax.main", f"--workdir={workdir}", *SMALL,
          f"--config.data.data_dir={data_dir}", *flags]
-  out = open(log or os.path.join(str(workdir) + ".log"), "ab")
-  return subprocess.Popen(cmd, cwd=ROOT, env=environ or env(devices), stdout=out,
-                          stderr=subprocess.STDOUT)
+  with open(log or os.path.join(str(workdir) + ".log"), "ab") as out:  # the child keeps its copy
+    return subprocess.Popen(cmd, cwd=ROOT, env=environ or env(devices), stdout=out,
+                            stderr=subprocess.STDOUT)
 
 
 def run(workdir, data_dir, *flags, devices=1, timeout=300, log=None):

@@ -71,6 +71,7 @@ def _nbytes(tree):
   return sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
 
 
+@pytest.mark.integration
 def test_tiny_fits_on_v5e_2x2_and_oversized_does_not(tmp_path):
   p, r = _aot(tmp_path, "tiny")
   assert p.returncode == 0, p.stderr[-4000:]

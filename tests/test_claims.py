@@ -168,6 +168,7 @@ def test_stage_configs_share_budgets():
   assert set(protocol.MULTITASK_MIXTURE) == set(sources.MULTITASK_SOURCES)
 
 
+@pytest.mark.integration
 def test_quick_run_on_the_test_world(tmp_path):
   """--quick stages on the test world: VL pretraining then the zero-shot
   evaluations; the rows they feed get values and intervals."""

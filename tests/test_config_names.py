@@ -74,6 +74,7 @@ def test_sweep_old_set_and_saved_spec_use_the_new_names(tmp_path):
   assert got["grid"] == [{"field": "eval_loss.num_batches", "values": ["1", "2"]}]
 
 
+@pytest.mark.integration
 def test_main_reads_an_old_flag_under_the_new_name():
   """The entry point's flag parsing with `--config.log_every=7
   --config.eval_every=0`: the old names reach the new fields, with a note."""

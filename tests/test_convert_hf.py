@@ -211,6 +211,7 @@ def test_bfloat16_safetensors_are_read(tmp_path):
   np.testing.assert_array_equal(got["b"], np.arange(4))
 
 
+@pytest.mark.integration
 def test_hf_dir_on_gcs_reads_like_the_local_one(tmp_path, gcs_bucket):
   """An HF model dir on gs:// (the emulator): the same tree as the local copy,
   for a single safetensors file and for a sharded index."""

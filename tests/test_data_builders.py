@@ -128,6 +128,7 @@ def test_glue_mnli_through_mock_data(data_dir):
   assert words <= {"true", "neither", "false"} and words
 
 
+@pytest.mark.integration
 def test_build_cli(tmp_path):
   out = subprocess.run([sys.executable, "-m", "metalm_jax.data.build", f"--data_dir={tmp_path}",
                         "--world=test", "--vocab_size=1000,1024"], capture_output=True, text=True)

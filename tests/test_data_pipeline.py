@@ -143,6 +143,7 @@ def test_same_seed_same_batches_and_exact_resume(data_dir, kind):
     _assert_same(x, y)
 
 
+@pytest.mark.integration
 def test_resume_with_worker_processes_through_orbax(data_dir, tmp_path):
   cfg = testing.test_config("vl", "tiny", data_dir, num_workers=2)
   it = pipeline.make_iterator(cfg, "train", batch_size=4)
@@ -216,6 +217,7 @@ print(prepare.ensure_prepared(cfg.data, 1024))
 """
 
 
+@pytest.mark.integration
 def test_concurrent_first_use_prepares_once(tmp_path):
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   code = _PREPARE.format(root=root, d=str(tmp_path))

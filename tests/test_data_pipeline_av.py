@@ -191,6 +191,7 @@ def test_configs_build(world):
   assert finetune_vqa.get_config("size=tiny").data.mixture.to_dict() == {"world_vqa": 1.0}
 
 
+@pytest.mark.integration
 def test_four_modality_training_steps(world, tmp_path):
   """A few steps of configs/pretrain_av.py (shrunk) on the test world: the
   trainer's checks pass and the loss is finite and falls."""

@@ -74,6 +74,7 @@ def test_load_tokenizer_checks_vocab(tmp_path, tok):
     prepare.load_tokenizer(cfg)
 
 
+@pytest.mark.integration
 def test_cli_trains_on_a_user_corpus(tmp_path):
   corpus = tmp_path / "c.txt"
   corpus.write_text("\n".join(TEXTS))

@@ -9,11 +9,14 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from metalm_jax import params_io
 from metalm_jax.models import metalm
 from tests import multiprocess_eval_config
 from tests import main_helpers as H
+
+pytestmark = pytest.mark.integration
 
 CONFIG = "tests/multiprocess_eval_config.py"
 EVALS = ("vqa", "caption", "classify", "icl", "loss")

@@ -6,12 +6,15 @@ import os
 
 import jax
 import numpy as np
+import pytest
 
 from tests import train_standin as S
 from metalm_jax import params_io
 from metalm_jax.convert import export
 from metalm_jax.train import checkpoint as ckpt_lib
 from metalm_jax.train import trainer as trainer_lib
+
+pytestmark = pytest.mark.integration
 
 
 def test_export_of_a_trainer_workdir(tmp_path):

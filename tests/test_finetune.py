@@ -80,6 +80,7 @@ def _small(c, data_dir, **data):
   return c
 
 
+@pytest.mark.integration
 def test_frozen_decoder_nli_finetune_with_evaluator(data_dir, tmp_path):
   c = finetune_nli.get_config("size=tiny,steps=3")
   _small(c, data_dir, mixture={"world_nli_encoded": 1.0}, seq_len=96)

@@ -6,9 +6,13 @@ the last complete one, and the metrics stay complete."""
 import os
 import time
 
+import pytest
+
 from metalm_jax.train import preemption
 from tests import gcs_emulator
 from tests import main_helpers as H
+
+pytestmark = pytest.mark.integration
 
 TOTAL = 40
 FLAGS = [f"--config.total_steps={TOTAL}", "--config.checkpoint.every_steps=2",

@@ -29,6 +29,8 @@ from tests import world_config as testing  # noqa: E402
 from tests.hf_fixtures import build_hf, save_hf  # noqa: E402
 from tests.hf_tokenizer_fixtures import LLAMA_SPECIALS, world_bpe  # noqa: E402
 
+pytestmark = pytest.mark.integration
+
 STEPS = 10
 LLAMA = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False,

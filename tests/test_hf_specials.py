@@ -56,6 +56,7 @@ def test_specials_are_appended_and_old_ids_kept(tmp_path):
   assert t.decode([t.bos, n + 1, *t.encode("a cat"), n + 2, t.eop]) == "a cat"
   again = hf_tokenizer.add_project_specials(dst, str(tmp_path / "c.json"))
   assert again.tokens == {} and again.old_size == again.new_size == n + 7
+  assert open(tmp_path / "c.json").read() == open(dst).read()
   assert pickle.loads(pickle.dumps(t)).encode(TEXTS[1]) == t.encode(TEXTS[1])  # grain workers
 
 

@@ -108,6 +108,7 @@ def test_tiny_deepnorm_scales_init_by_beta():
     np.testing.assert_array_equal(ld["attn"]["query"]["kernel"], lp["attn"]["query"]["kernel"])
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("arg", ["norm=deepnorm", "baseline=gpt"])
 def test_tiny_variant_trains_one_step(data_dir, tmp_path, arg):
   c = _on_test_world(pretrain_lang.get_config(f"size=tiny,steps=1,{arg}"), data_dir)

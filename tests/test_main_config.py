@@ -19,6 +19,7 @@ def _main_fails(*argv):
   return p.stdout + p.stderr
 
 
+@pytest.mark.integration
 def test_flag_errors_name_the_field():
   vl = "--config=configs/pretrain_vl.py:size=tiny"
   assert "config error in --config.optimizer.lrr=3e-4" in _main_fails(
@@ -72,6 +73,7 @@ def test_runlocal_shrinks_any_size():
     pretrain_vl.get_config("runlocl")
 
 
+@pytest.mark.integration
 def test_gcs_data_dir_stops_at_start_up_naming_the_ways():
   """array_record cannot read gs:// (metalm_jax/data/data_dir.py): one line
   naming the field and the supported ways, before anything compiles."""

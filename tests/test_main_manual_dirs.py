@@ -6,6 +6,7 @@ import subprocess
 import sys
 import types
 
+import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
@@ -41,6 +42,7 @@ def _coco(root):
   (root / "dataset_coco.json").write_text(json.dumps({"images": images}))
 
 
+@pytest.mark.integration
 def test_manual_dirs_override_through_main(tmp_path):
   _coco(tmp_path / "coco")
   data_dir, work = tmp_path / "tfds", tmp_path / "w"

@@ -7,6 +7,8 @@ import pytest
 
 from tests import main_helpers as H
 
+pytestmark = pytest.mark.integration
+
 # Same mesh and data; only the collectives differ (gloo across processes vs
 # in-process), which may reorder float32 reductions.
 ATOL = 1e-5

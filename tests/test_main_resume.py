@@ -15,6 +15,8 @@ from metalm_jax.train import metrics as metrics_lib
 from metalm_jax.train import preemption
 from tests import main_helpers as H
 
+pytestmark = pytest.mark.integration
+
 STEPS = ["--config.total_steps=24", "--config.checkpoint.every_steps=5"]
 
 

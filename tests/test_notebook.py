@@ -35,6 +35,8 @@ from metalm_jax.data import world
 from metalm_jax.train import metrics as metrics_lib
 from tests import export_fixtures as F
 
+pytestmark = pytest.mark.integration
+
 nbclient = pytest.importorskip("nbclient")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -198,6 +198,7 @@ print(json.dumps(dict(caps=caps, ans=ans, heavy=heavy)))
 """
 
 
+@pytest.mark.integration
 def test_predictor_on_raw_images_without_training_stack(setup, raw):
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
   script = PREDICT_SCRIPT.format(root=ROOT, out=setup["out"], raw=str(setup["tmp"] / "raw"))

@@ -107,6 +107,7 @@ def test_devices_from_a_child_process(monkeypatch):
   assert "no backend here" in failed["devices_error"]
 
 
+@pytest.mark.integration
 def test_train_step_benchmark_writes_provenance(tmp_path):
   out = tmp_path / "step.json"
   env = dict(os.environ, JAX_PLATFORMS="cpu",  # one device, conftest's fast compile flags

@@ -11,7 +11,7 @@ from metalm_jax.train import metrics_log
 from metalm_jax import run_files
 
 
-@pytest.fixture(params=["local", "gs"])
+@pytest.fixture(params=["local", pytest.param("gs", marks=pytest.mark.integration)])
 def workdir(request, tmp_path):
   if request.param == "local":
     return str(tmp_path / "run")
@@ -104,6 +104,7 @@ def test_plotting_failure_is_a_warning(tmp_path, caplog, monkeypatch):
   assert "loss curve not written (RuntimeError: no display)" in caplog.text
 
 
+@pytest.mark.integration
 def test_writer_tensorboard_and_png_on_gcs(gcs_bucket):
   work = gcs_bucket + "/tb_run"
   w = metrics_lib.Writer(work)
@@ -119,6 +120,7 @@ def test_writer_tensorboard_and_png_on_gcs(gcs_bucket):
   assert storage.read_bytes(png)[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.integration
 def test_run_config_names_the_tokenizer_inside_the_workdir(tmp_path, gcs_bucket):
   import ml_collections
   tok = tmp_path / "sp.model"

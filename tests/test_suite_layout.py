@@ -1,4 +1,5 @@
-"""The test suite's own layout (docs/development.md#markers): every
+"""The test suite's own layout (docs/development.md#markers and
+#test-layout-and-warnings): every
 tests/test_*.py holds tests and every shared helper lives in a helper module
 (a tests/*.py not named test_*), no test file imports another test module or
 an underscore name from anywhere in tests/, pytest.ini registers exactly the
@@ -20,14 +21,40 @@ TESTS = ROOT / "tests"
 MARKERS = {"slow", "integration"}
 # pytest's own marks (no registration needed).
 BUILTIN_MARKS = {"parametrize", "skip", "skipif", "xfail", "usefixtures", "filterwarnings"}
-# Modules whose every test runs a whole training or evaluation job, a
-# subprocess, several processes or the GCS emulator: module-level
-# `pytestmark = pytest.mark.integration`.
+# Integration (docs/development.md#markers): a test that runs a job end to
+# end: one of our programs in a subprocess (`python -m metalm_jax.main`, a
+# CLI, the notebook, launch/aot.sh), training steps through trainer.train,
+# several processes, or the GCS emulator. Dry runs and --help of the launch
+# scripts and fresh-interpreter import checks are unit tests.
+# Modules whose every test is one (module-level `pytestmark`):
 INTEGRATION_MODULES = [
-    "test_aot", "test_evaluate_multiprocess", "test_gcs_outage", "test_main_config",
-    "test_main_launch", "test_main_manual_dirs", "test_main_multiprocess", "test_main_resume",
-    "test_notebook", "test_preemption_status", "test_sweep", "test_train_exit_paths",
+    "test_evaluate_multiprocess", "test_export_trainer", "test_gcs_outage",
+    "test_hf_decoder_training", "test_main_multiprocess", "test_main_resume", "test_notebook",
+    "test_train_exit_paths",
 ]
+# Single tests (`@pytest.mark.integration`), module -> test functions: the
+# long ones (a unit run without them stays short).
+INTEGRATION_TESTS = {
+    "test_aot": ["test_tiny_fits_on_v5e_2x2_and_oversized_does_not"],
+    "test_claims": ["test_quick_run_on_the_test_world"],
+    "test_data_pipeline": ["test_concurrent_first_use_prepares_once",
+                           "test_resume_with_worker_processes_through_orbax"],
+    "test_data_pipeline_av": ["test_four_modality_training_steps"],
+    "test_finetune": ["test_frozen_decoder_nli_finetune_with_evaluator"],
+    "test_main_config": ["test_flag_errors_name_the_field",
+                         "test_gcs_data_dir_stops_at_start_up_naming_the_ways"],
+    "test_main_manual_dirs": ["test_manual_dirs_override_through_main"],
+    "test_predictor": ["test_predictor_on_raw_images_without_training_stack"],
+    "test_sweep": ["test_sweep_of_the_real_main"],
+    "test_train_divergence": ["test_huge_lr_from_scratch_then_a_sane_restart_trains",
+                              "test_good_run_pushed_to_huge_lr_keeps_its_last_good_step"],
+    "test_train_loop": ["test_meshes_agree_and_checkpoint_moves_across_meshes"],
+    "test_train_nonfinite": ["test_trainer_skips_counts_and_stops_with_finite_checkpoints"],
+}
+# A test that takes one of these fixtures, or runs `python -m metalm_jax.main`
+# through tests/main_helpers.py, is an integration test (checked for every test).
+INTEGRATION_FIXTURES = {"gcs_bucket", "gcs_emulator"}
+INTEGRATION_CALLS = re.compile(r"\bH\.(start|run|run_module)\(")
 
 
 def _modules():
@@ -138,13 +165,22 @@ def test_warnings_are_filtered_narrowly():
     assert not module.startswith("metalm_jax"), f"hides our own warnings: {line}"
 
 
+def _marks(decorators) -> set[str]:
+  return {m for d in decorators for m in re.findall(r"pytest\.mark\.(\w+)", ast.unparse(d))}
+
+
 def _module_marks(tree: ast.Module) -> set[str]:
   marks = set()
   for node in tree.body:
     if (isinstance(node, ast.Assign)
         and any(isinstance(t, ast.Name) and t.id == "pytestmark" for t in node.targets)):
-      marks |= set(re.findall(r"pytest\.mark\.(\w+)", ast.unparse(node.value)))
+      marks |= _marks([node.value])
   return marks
+
+
+def _test_functions(tree: ast.Module):
+  return {n.name: n for n in tree.body
+          if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name.startswith("test")}
 
 
 @pytest.mark.parametrize("name", INTEGRATION_MODULES)
@@ -153,6 +189,32 @@ def test_known_integration_modules_carry_the_marker(name):
   assert path.exists(), f"tests/{name}.py is gone: update INTEGRATION_MODULES"
   assert "integration" in _module_marks(_tree(path)), (
       f"tests/{name}.py: add `pytestmark = pytest.mark.integration`")
+
+
+@pytest.mark.parametrize("name", sorted(INTEGRATION_TESTS))
+def test_known_integration_tests_carry_the_marker(name):
+  tree = _tree(TESTS / f"{name}.py")
+  functions = _test_functions(tree)
+  module = _module_marks(tree)
+  for fn in INTEGRATION_TESTS[name]:
+    assert fn in functions, f"tests/{name}.py::{fn} is gone: update INTEGRATION_TESTS"
+    assert "integration" in module | _marks(functions[fn].decorator_list), (
+        f"tests/{name}.py::{fn}: add @pytest.mark.integration")
+
+
+def test_emulator_and_main_subprocess_tests_carry_the_marker():
+  bad = []
+  for path in _test_modules():
+    tree = _tree(path)
+    if "integration" in _module_marks(tree):
+      continue
+    src = path.read_text(encoding="utf-8")
+    for name, fn in _test_functions(tree).items():
+      args = {a.arg for a in fn.args.args}
+      if ((args & INTEGRATION_FIXTURES or INTEGRATION_CALLS.search(ast.get_source_segment(src, fn)))
+          and "integration" not in _marks(fn.decorator_list)):
+        bad.append(f"{path.name}::{name}")
+  assert not bad, "add @pytest.mark.integration to:\n" + "\n".join(bad)
 
 
 def test_test_sh_prints_durations_and_answers_help():

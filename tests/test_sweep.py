@@ -74,6 +74,7 @@ def test_bad_grid_is_named_before_anything_runs(tmp_path, grid, fixed, match):
   assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.integration
 def test_cli_prints_commands_and_names_a_bad_field(tmp_path):
   root = str(tmp_path / "s")
   p = _sweep_cli(f"--config={LANG}", "--grid=data.spans.ratio=0.15,0.25;seed=1,2",
@@ -224,6 +225,7 @@ def test_sweep_constants_match_the_trainer():
   assert runner_lib.PREEMPTED == preemption.PREEMPTED_EXIT_CODE
 
 
+@pytest.mark.integration
 def test_sweep_of_the_real_main(tmp_path):
   """2 runs (seed=0,1: one compiled program, the second from the compile
   cache) of 1 step each on the test world; then the same command skips both."""

@@ -33,6 +33,7 @@ def _copy(trained, tmp_path):
   return w, os.path.join(w, "checkpoints", "6")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("where", ["d", "ocdbt.process_0/d"])
 def test_truncated_file_falls_back_to_the_previous_step(trained, tmp_path, caplog, where):
   w, step6 = _copy(trained, tmp_path)
@@ -58,6 +59,7 @@ def test_truncated_file_falls_back_to_the_previous_step(trained, tmp_path, caplo
   assert step == 6
 
 
+@pytest.mark.integration
 def test_missing_metadata_is_named_and_fallback_can_be_off(trained, tmp_path):
   w, step6 = _copy(trained, tmp_path)
   os.remove(os.path.join(step6, "state", "_METADATA"))
@@ -100,6 +102,7 @@ def _flip_bit(path, offset, bit=3):
     f.write(bytes([b ^ (1 << bit)]))
 
 
+@pytest.mark.integration
 def test_bit_flip_in_a_stored_value_is_named_and_falls_back(trained, tmp_path, restorer, caplog):
   """One bit of one stored value changed in a way the storage decodes without
   an error (rewritten through tensorstore): only the digest can see it."""
@@ -123,6 +126,7 @@ def test_bit_flip_in_a_stored_value_is_named_and_falls_back(trained, tmp_path, r
   assert not [r for r in caplog.records if "without checking" in r.getMessage()]
 
 
+@pytest.mark.integration
 def test_bit_flip_in_a_data_file_is_never_restored_silently(trained, tmp_path, restorer, caplog):
   """A raw bit flip in the largest data file: a decode error or a digest
   mismatch (which one depends on where the bit falls), never a silent restore."""
@@ -140,6 +144,7 @@ def test_bit_flip_in_a_data_file_is_never_restored_silently(trained, tmp_path, r
   jax.tree.map(np.testing.assert_array_equal, state, ref)
 
 
+@pytest.mark.integration
 def test_edited_iterator_position_is_named_and_falls_back(trained, tmp_path, restorer, caplog):
   w, step6 = _copy(trained, tmp_path)
   path = os.path.join(step6, "data_iter", "process_0-of-1.json")
@@ -155,6 +160,7 @@ def test_edited_iterator_position_is_named_and_falls_back(trained, tmp_path, res
                          "data-iterator state: digest "), line
 
 
+@pytest.mark.integration
 def test_checkpoint_without_digests_restores_with_a_note(trained, tmp_path, restorer, caplog):
   """A checkpoint written before digests existed: no `digests` item, the
   iterator file holds the bare state."""

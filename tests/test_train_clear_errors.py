@@ -48,6 +48,7 @@ def test_nonfinite_lr_is_refused(lr):
     config_checks.check_config(c, num_devices=8, process_count=1)
 
 
+@pytest.mark.integration
 def test_total_steps_below_the_restored_step_says_so(tmp_path):
   w = str(tmp_path / "w")
   trainer_lib.train(S.tiny_train_config(total_steps=3, eval_every=0), w, data=S)

@@ -33,6 +33,7 @@ def _steps(w):
   return sorted(int(d) for d in os.listdir(os.path.join(w, "checkpoints")) if d.isdigit())
 
 
+@pytest.mark.integration
 def test_huge_lr_from_scratch_then_a_sane_restart_trains(tmp_path):
   w = str(tmp_path / "w")
   c = _cfg(1e6, 8)
@@ -54,6 +55,7 @@ def test_huge_lr_from_scratch_then_a_sane_restart_trains(tmp_path):
   assert all(np.isfinite(v) and v < 10 for v in losses.values()), losses
 
 
+@pytest.mark.integration
 def test_good_run_pushed_to_huge_lr_keeps_its_last_good_step(tmp_path):
   w = str(tmp_path / "w")
   trainer_lib.train(_cfg(3e-3, 4), w, data=S)

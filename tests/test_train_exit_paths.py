@@ -18,6 +18,8 @@ from metalm_jax.train import trainer as trainer_lib
 from metalm_jax.train import workdir_lock
 from tests import main_helpers as H
 
+pytestmark = pytest.mark.integration
+
 
 def _entries(w):
   return sorted(os.listdir(os.path.join(w, "checkpoints")))

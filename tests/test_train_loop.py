@@ -40,6 +40,7 @@ def _compare(a, b, steps):
   np.testing.assert_allclose([a[s] for s in steps], [b[s] for s in steps], atol=MESH_ATOL)
 
 
+@pytest.mark.integration
 def test_meshes_agree_and_checkpoint_moves_across_meshes(tmp_path):
   one = jax.devices()[:1]
   w8, w1 = str(tmp_path / "mesh222"), str(tmp_path / "single")

@@ -86,6 +86,7 @@ def test_step_skips_nonfinite_update():
     jax.tree.map(np.testing.assert_array_equal, bad[k], good[k])
 
 
+@pytest.mark.integration
 def test_trainer_skips_counts_and_stops_with_finite_checkpoints(tmp_path):
   w = str(tmp_path / "w")
   c = S.tiny_train_config(total_steps=8, eval_every=0, max_nonfinite_steps=2)

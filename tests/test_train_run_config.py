@@ -31,6 +31,7 @@ def test_diff_and_resumable_fields():
   assert run_config.is_resumable("evals.vqa.num_examples")
 
 
+@pytest.mark.integration
 def test_restart_refuses_model_drift_and_logs_resumable_changes(tmp_path, monkeypatch, caplog):
   w = str(tmp_path / "w")
   c = S.tiny_train_config(total_steps=3, eval_every=0)

@@ -29,6 +29,7 @@ def _holder(workdir):
   return p
 
 
+@pytest.mark.integration
 def test_second_run_refuses_naming_the_first_then_takes_a_dead_lock(tmp_path):
   w = tmp_path / "w"
   p = _holder(w)

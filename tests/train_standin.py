@@ -1,5 +1,6 @@
 """A tiny stand-in for metalm_jax.data.pipeline (same make_iterator /
-split_stats signatures) plus small train configs, for trainer unit tests.
+split_stats signatures) plus small train configs, for the trainer tests
+(a helper module: no tests here).
 
 Each example is a learnable toy: an image docked at positions 1..T, then an
 arithmetic token run whose step is fixed and whose start is random.

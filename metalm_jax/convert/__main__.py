@@ -2,9 +2,9 @@
 
   python -m metalm_jax.convert import-hf --model_dir=D \
       --component=vision|text|audio|decoder|video --out=OUT
-      [--scan_layers] [--no-add_special_tokens]
+      [--scan_layers] [--no-add_special_tokens] [--option FIELD=VALUE ...]
   python -m metalm_jax.convert check-hf --model_dir=D --component=... [--seed=0 --rtol=1e-4
-      --scan_layers]
+      --scan_layers --option FIELD=VALUE ...]
   python -m metalm_jax.convert export-hf --params_dir=P --out=HF_DIR
       [--family=gpt2|llama|qwen2|gemma]
   python -m metalm_jax.convert export-gpt2 --params_dir=P --out=HF_DIR   (= export-hf --family=gpt2)
@@ -12,7 +12,9 @@
 import-hf prints the model config section to copy into the MetaLM config; for
 a decoder with a tokenizer.json it adds the project's special tokens the
 tokenizer lacks, and their embedding rows, unless --no-add_special_tokens;
-check-hf prints the differences and exits 1 above tolerance.
+check-hf prints the differences and exits 1 above tolerance. `--option` sets a
+section field the converter offers (SigLIP: `--option readout=map` docks its
+attention-pooled vector instead of every token and imports the pooling head).
 """
 from __future__ import annotations
 
@@ -21,11 +23,23 @@ import json
 import sys
 
 
+def _field_value(item: str):
+  """argparse type of --option: 'FIELD=VALUE' -> (field, value) (a string)."""
+  field, sep, value = item.partition("=")
+  if not sep or not field:
+    raise argparse.ArgumentTypeError(f"{item!r}: expected FIELD=VALUE")
+  return field, value
+
+
+def _options(args):
+  return dict(args.option)
+
+
 def _import(args):
   from metalm_jax import params_io, storage
   from metalm_jax.convert import hf
   imp = hf.import_hf(args.model_dir, args.component, args.out, scan_layers=args.scan_layers,
-                     add_special_tokens=args.add_special_tokens)
+                     add_special_tokens=args.add_special_tokens, options=_options(args))
   key = hf.hc.COMPONENT_KEYS[args.component]
   where = "model.decoder" if args.component == "decoder" else f"model.encoders.{args.component}"
   print(f"wrote {args.out}; skipped {len(imp.skipped)} HF weights")
@@ -41,7 +55,7 @@ def _import(args):
 def _check(args):
   from metalm_jax.convert import hf
   r = hf.check_hf(args.model_dir, args.component, seed=args.seed, batch=args.batch,
-                  rtol=args.rtol, scan_layers=args.scan_layers)
+                  rtol=args.rtol, scan_layers=args.scan_layers, options=_options(args))
   print(f"{r['component']} ({r['hf_model_type']}) output {r['shape']}: "
         f"max_abs_diff={r['max_abs']:.3e} max_rel_diff={r['rel']:.3e} "
         f"(max|ref|={r['max_ref']:.3e}, tolerance rel {r['rtol']:.1e}) "
@@ -72,6 +86,9 @@ def main(argv=None) -> int:
                    choices=["vision", "text", "audio", "decoder", "video"])
     s.add_argument("--scan_layers", action="store_true",
                    help="stacked (scanned) layer params and section scan_layers=True")
+    s.add_argument("--option", action="append", default=[], type=_field_value,
+                   metavar="FIELD=VALUE",
+                   help="a section field the converter offers (SigLIP: readout=tokens|map)")
     if name == "import-hf":
       s.add_argument("--out", required=True)
       s.add_argument("--add_special_tokens", action=argparse.BooleanOptionalAction, default=True,

@@ -36,6 +36,16 @@ Export dir layout (`export_model`):
                        loadable by the family's *ForCausalLM.from_pretrained;
                        config.json "hf_decoder": {"family", "dir"} (and
                        "hf_gpt2": "hf_gpt2" for GPT-2, as earlier exports).
+  lora/                with LoRA adapters exported `lora="separate"`: a params
+                       dir of only the adapters (convert/lora_export.py).
+
+LoRA (model.decoder.lora on): `lora="merge"` (default) folds the adapters
+into the base kernels (W + alpha / rank * A . B) before anything is
+written, so params, the serving function, config.json (lora.enabled False)
+and the HF dir are those of a plain decoder; `lora="separate"` keeps them
+apart: params.safetensors and the serving function hold the adapters as
+their own tensors, the HF dir holds the base decoder, and lora/ the
+adapters alone. config.json "lora" records the mode, rank, alpha and targets.
 """
 from __future__ import annotations
 
@@ -51,7 +61,7 @@ import numpy as np
 from metalm_jax import batch as batch_lib
 from metalm_jax import params_io, run_files
 from metalm_jax import storage
-from metalm_jax.convert import hf_export
+from metalm_jax.convert import hf_export, lora_export
 from metalm_jax.convert.serving import SERVING_KEYS, next_token_logits, serving_batch
 from metalm_jax.media import audio as audio_lib
 from metalm_jax.media import images
@@ -132,16 +142,25 @@ def check_params(model: metalm.MetaLM, params) -> None:
 def export_model(model_cfg, params, out: str, *, seq_len: Optional[int] = None,
                  tokenizer: Optional[str] = None, hf_decoder: bool = True,
                  platforms=DEFAULT_PLATFORMS, image_mean=images.CLIP_MEAN,
-                 image_std=images.CLIP_STD, hf_gpt2: Optional[bool] = None) -> Dict[str, str]:
+                 image_std=images.CLIP_STD, hf_gpt2: Optional[bool] = None,
+                 lora: str = "merge") -> Dict[str, str]:
   """Writes the export dir (see module docstring); returns {what: path}.
   image_mean / image_std: the normalisation the model was trained with.
   hf_decoder: also write the decoder as an HF dir of its family, when it
-  maps to one (`hf_gpt2` is the older name of this switch)."""
+  maps to one (`hf_gpt2` is the older name of this switch). lora: "merge"
+  or "separate", for a decoder with LoRA adapters (module docstring)."""
   if hf_gpt2 is not None:
     hf_decoder = hf_gpt2
   norm = images.norm_constants(dict(image_mean=image_mean, image_std=image_std), "export_model")
+  lora_export.check_mode(lora)
+  lora_meta = lora_export.summary(model_cfg.decoder, lora)
+  params = jax.tree.map(np.asarray, nn.meta.unbox(params))
+  adapters_section = model_cfg.decoder
+  if lora_meta and lora == "merge":
+    merged_cfg, params = lora_export.merge_model(model_cfg, params)
+    model_cfg = ml_collections.ConfigDict(merged_cfg)
   model = metalm.build_model(model_cfg)
-  params = layout.match(jax.tree.map(np.asarray, nn.meta.unbox(params)), _abstract_params(model))
+  params = layout.match(params, _abstract_params(model))
   check_params(model, params)
   seq_len = int(seq_len or model_cfg.decoder.max_len)
   too_long = model_cfg.decoder.positions != "rotary" and seq_len > model_cfg.decoder.max_len
@@ -161,6 +180,12 @@ def export_model(model_cfg, params, out: str, *, seq_len: Optional[int] = None,
   meta = {"model": cfg_dict, "serving": serving,
           "preprocess": {**{k: list(v) for k, v in norm.items()}, "steps": PREPROCESS_STEPS,
                          "encoders": media_preprocess(model_cfg)}}
+  if lora_meta:
+    meta["lora"] = lora_meta
+    if lora == "separate":
+      sub = storage.join(out, lora_export.ADAPTERS_DIR)
+      written["lora"] = lora_export.save_adapters(sub, adapters_section, params["decoder"])
+      meta["lora"]["dir"] = lora_export.ADAPTERS_DIR
   if tokenizer:
     name = run_files.copy_tokenizer(tokenizer, out)  # with a tokenizer.json's HF side files
     written["tokenizer"] = meta["tokenizer"] = name
@@ -171,9 +196,12 @@ def export_model(model_cfg, params, out: str, *, seq_len: Optional[int] = None,
       logging.warning("export: decoder not written as an HF model dir: %s", e)
     else:
       sub = hf_subdir(family)
+      # The base decoder when the adapters stay apart (lora="separate").
       _, written[sub] = hf_export.save_hf_decoder(storage.join(out, sub), model_cfg.decoder,
-                                                  params["decoder"], family)
+                                                  params["decoder"], family, lora=lora)
       meta["hf_decoder"] = {"family": family, "dir": sub}
+      if lora_meta:
+        meta["hf_decoder"]["lora"] = lora  # "merge": merged; "separate": the base
       if family == "gpt2":
         meta["hf_gpt2"] = sub
   storage.write_json(storage.join(out, params_io.CONFIG_FILE), meta)
@@ -235,8 +263,10 @@ def run_tokenizer(run_cfg: Mapping[str, Any]) -> Optional[str]:
 
 
 def export_workdir(workdir: str, out: str, *, seq_len: Optional[int] = None,
-                   tokenizer: Optional[str] = None, step: Optional[int] = None) -> Dict[str, str]:
-  """Latest checkpoint of a training run -> export dir."""
+                   tokenizer: Optional[str] = None, step: Optional[int] = None,
+                   lora: str = "merge") -> Dict[str, str]:
+  """Latest checkpoint of a training run -> export dir (`lora`: how LoRA
+  adapters are written, "merge" or "separate")."""
   run_cfg = load_run_config(workdir)
   model_cfg = ml_collections.ConfigDict(run_cfg["model"])
   params, step = restore_checkpoint_params(workdir, step)
@@ -246,7 +276,8 @@ def export_workdir(workdir: str, out: str, *, seq_len: Optional[int] = None,
     logging.warning("export: the run config names no tokenizer (data.tokenizer); the "
                     "Predictor will need one passed in")
   norm = images.norm_constants(run_cfg.get("data"), f"{workdir}/config.json data")
-  written = export_model(model_cfg, params, out, seq_len=seq_len, tokenizer=tok, **norm)
+  written = export_model(model_cfg, params, out, seq_len=seq_len, tokenizer=tok, lora=lora,
+                         **norm)
   written["step"] = str(step)
   return written
 
@@ -262,7 +293,8 @@ def decoder_section_from(config: Optional[Mapping[str, Any]], where: str) -> Dic
 
 
 def main(argv=None) -> int:
-  """python -m metalm_jax.export --workdir=W --out=D [--seq_len=N --tokenizer=F --step=S]"""
+  """python -m metalm_jax.export --workdir=W --out=D [--seq_len=N --tokenizer=F --step=S
+  --lora=merge|separate]"""
   import argparse
   p = argparse.ArgumentParser(prog="python -m metalm_jax.export")
   p.add_argument("--workdir", required=True, help="training run dir (config.json, checkpoints/)")
@@ -271,9 +303,12 @@ def main(argv=None) -> int:
                  help="sequence length of the serving function (default decoder max_len)")
   p.add_argument("--tokenizer", default=None, help="tokenizer file (default: data.tokenizer)")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
+  p.add_argument("--lora", choices=lora_export.MODES, default="merge",
+                 help="LoRA adapters: merged into the base kernels, or kept apart with an "
+                      "adapters-only params dir lora/ (default merge)")
   args = p.parse_args(argv)
   written = export_workdir(args.workdir, args.out, seq_len=args.seq_len,
-                           tokenizer=args.tokenizer, step=args.step)
+                           tokenizer=args.tokenizer, step=args.step, lora=args.lora)
   for what, path in sorted(written.items()):
     print(f"{what}: {path}")
   return 0

@@ -13,7 +13,9 @@ config.json:
 or `model.decoder`; the trainer loads the params with
 `config.init_components = {params_key: OUT}` (an encoder named other than
 'vision' / 'text' / 'video' in the model config takes key 'encoders_<name>',
-or 'encoders_<name>/video/vit'). Decoders: HF model types gpt2 (hf_gpt2.py),
+or 'encoders_<name>/video/vit'). Vision: HF model types clip / clip_vision_model
+(hf_clip.py), siglip / siglip_vision_model (hf_siglip.py; option readout=map
+imports its pooling head). Decoders: HF model types gpt2 (hf_gpt2.py),
 llama, qwen2, gemma (hf_llama_like.py). `check_hf` runs HF (torch) and ours on the same random
 inputs and reports max |ours - ref| and the relative difference
 max |ours - ref| / max |ref|, over real (non-padding) positions.
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -32,7 +34,8 @@ from metalm_jax.convert import hf_common as hc
 from metalm_jax.convert import hf_io
 from metalm_jax.models import layout
 # Importing the converter modules registers them.
-from metalm_jax.convert import hf_bert, hf_clip, hf_gpt2, hf_llama_like, hf_whisper  # noqa: F401
+from metalm_jax.convert import (hf_bert, hf_clip, hf_gpt2, hf_llama_like, hf_siglip,  # noqa: F401
+                                hf_whisper)
 
 DEFAULT_RTOL = 1e-4  # float32 parity: max|ours-ref| / max|ref|
 
@@ -66,15 +69,18 @@ def converter_for(model_type: str, component: str):
   return conv
 
 
-def load_hf(model_dir: str, component: str, scan_layers: bool = False) -> Imported:
+def load_hf(model_dir: str, component: str, scan_layers: bool = False,
+            options: Optional[Dict[str, Any]] = None) -> Imported:
   """Reads config and weights of `model_dir` and maps them to ours; with
   `scan_layers` the layers are stacked (metalm_jax/models/layout.py) and the
-  section says scan_layers=True."""
+  section says scan_layers=True. `options`: section fields the converter lets
+  the user pick (its `options`, e.g. SigLIP's {"readout": "map"})."""
   config = hf_io.read_config(model_dir)
   model_type = config.get("model_type")
   conv = converter_for(model_type, component)
   hf_cfg = _hf_config(config)
   section = conv.section(hf_cfg)
+  hc.apply_options(conv, section, options, model_type)
   side = getattr(conv, "side_settings", None)  # e.g. Whisper's feature extractor
   if side is not None:
     section.update(side(model_dir, hf_cfg))
@@ -95,7 +101,8 @@ TOKENIZER_FILES = ("tokenizer.json", "special_tokens_map.json", "tokenizer_confi
 
 
 def import_hf(model_dir: str, component: str, out: str, scan_layers: bool = False,
-              add_special_tokens: bool = True) -> Imported:
+              add_special_tokens: bool = True,
+              options: Optional[Dict[str, Any]] = None) -> Imported:
   """Converts and writes a params dir for `config.init_components` (either
   layout loads into either model layout). A tokenizer.json in `model_dir`
   (with its HF side files) is copied along, so an imported decoder keeps its
@@ -106,7 +113,7 @@ def import_hf(model_dir: str, component: str, out: str, scan_layers: bool = Fals
   `added_tokens` lists {token: id} (convert/hf_vocab.py)."""
   from metalm_jax.convert import hf_vocab
   from metalm_jax.data.hf_tokenizer import HfTokenizer
-  imp = load_hf(model_dir, component, scan_layers)
+  imp = load_hf(model_dir, component, scan_layers, options)
   meta = {"component": component, "params_key": hc.COMPONENT_KEYS[component],
           "hf_model_type": imp.hf_model_type, "skipped_weights": imp.skipped}
   copied = [f for f in TOKENIZER_FILES if storage.exists(storage.join(model_dir, f))]
@@ -137,10 +144,11 @@ def compare(ours: np.ndarray, ref: np.ndarray, valid: np.ndarray) -> Dict[str, f
 
 
 def check_hf(model_dir: str, component: str, *, seed: int = 0, batch: int = 2,
-             rtol: float = DEFAULT_RTOL, scan_layers: bool = False) -> Dict[str, Any]:
+             rtol: float = DEFAULT_RTOL, scan_layers: bool = False,
+             options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
   """Runs HF and ours (unrolled, or scanned with stacked params) on the same
   random inputs; returns the differences and `ok` (rel <= rtol)."""
-  imp = load_hf(model_dir, component, scan_layers)
+  imp = load_hf(model_dir, component, scan_layers, options)
   conv = converter_for(imp.hf_model_type, component)
   inputs = conv.random_inputs(imp.section, np.random.default_rng(seed), batch, imp.hf_config)
   ref, valid = conv.run_hf(model_dir, inputs)

@@ -23,6 +23,25 @@ def _vision_cfg(hf_cfg):
   return getattr(hf_cfg, "vision_config", None) or hf_cfg
 
 
+def encoder_layers(get, num_layers: int, heads: int):
+  """`layers_<i>` of our stack from HF's `encoder.layers.<i>` (CLIP's layer
+  names and pre-LN layout; SigLIP's vision layers are the same)."""
+  out = {}
+  for i in range(num_layers):
+    p = f"encoder.layers.{i}"
+    a = f"{p}.self_attn"
+    out[f"layers_{i}"] = {
+        "attn": hc.attention(*hc.linear(get, f"{a}.q_proj"), *hc.linear(get, f"{a}.k_proj"),
+                             *hc.linear(get, f"{a}.v_proj"), *hc.linear(get, f"{a}.out_proj"),
+                             heads),
+        "ln_attn": hc.layer_norm(get, f"{p}.layer_norm1"),
+        "ln_mlp": hc.layer_norm(get, f"{p}.layer_norm2"),
+        "mlp": {"wi": hc.dense(*hc.linear(get, f"{p}.mlp.fc1")),
+                "wo": hc.dense(*hc.linear(get, f"{p}.mlp.fc2"))},
+    }
+  return out
+
+
 @hc.CONVERTERS.register("clip_vision_model")
 @hc.CONVERTERS.register("clip")
 class ClipVision:
@@ -53,18 +72,7 @@ class ClipVision:
         "pre_norm": hc.layer_norm(get, "pre_layrnorm"),
         "final_norm": hc.layer_norm(get, "post_layernorm"),
     }
-    for i in range(section.num_layers):
-      p = f"encoder.layers.{i}"
-      a = f"{p}.self_attn"
-      vit[f"layers_{i}"] = {
-          "attn": hc.attention(*hc.linear(get, f"{a}.q_proj"), *hc.linear(get, f"{a}.k_proj"),
-                               *hc.linear(get, f"{a}.v_proj"), *hc.linear(get, f"{a}.out_proj"),
-                               heads),
-          "ln_attn": hc.layer_norm(get, f"{p}.layer_norm1"),
-          "ln_mlp": hc.layer_norm(get, f"{p}.layer_norm2"),
-          "mlp": {"wi": hc.dense(*hc.linear(get, f"{p}.mlp.fc1")),
-                  "wo": hc.dense(*hc.linear(get, f"{p}.mlp.fc2"))},
-      }
+    vit.update(encoder_layers(get, section.num_layers, heads))
     return {"vit": vit}
 
   @staticmethod

@@ -48,6 +48,20 @@ def require(cond: bool, field: str, value: Any, why: str) -> None:
     raise ValueError(f"HF config {field}={value!r}: {why}")
 
 
+def apply_options(conv, section, options, model_type: str) -> None:
+  """Sets the section fields the user picked at import (`options`, e.g.
+  {"readout": "map"}); a converter lists what it takes in `conv.options`
+  ({field: allowed values}). Anything else is refused naming the option."""
+  allowed = getattr(conv, "options", {})
+  for name, value in (options or {}).items():
+    if name not in allowed:
+      raise ValueError(f"option {name}={value!r}: HF model_type={model_type!r} takes "
+                       f"{sorted(allowed) or 'no options'}")
+    if value not in allowed[name]:
+      raise ValueError(f"option {name}={value!r}: expected one of {list(allowed[name])}")
+    section[name] = value
+
+
 def layer_norm(get: Callable[[str], np.ndarray], prefix: str, weight="weight", bias="bias"):
   return {"scale": get(f"{prefix}.{weight}"), "bias": get(f"{prefix}.{bias}")}
 

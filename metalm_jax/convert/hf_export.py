@@ -8,15 +8,18 @@ so `family_of` picks it from the section's fields; `save_hf_decoder` writes
 config.json + model.safetensors that the family's `*ForCausalLM.from_pretrained`
 loads with our logits. The mappings are transposes and reshapes: ours -> HF ->
 ours (`import-hf`) is bit-exact.
+
+A decoder with LoRA adapters (models/lora.py) is written merged (`lora`
+"merge": W + alpha / rank * A . B) or as its base ("separate"; the adapters
+then go apart: convert/lora_export.py save_adapters).
 """
 from __future__ import annotations
 
 from typing import Dict, Optional, Tuple
 
-import flax.linen as nn
 
 from metalm_jax.convert import hf_common as hc
-from metalm_jax.convert import hf_io
+from metalm_jax.convert import hf_io, lora_export
 # Importing the format modules registers them.
 from metalm_jax.convert import hf_gpt2, hf_llama_like  # noqa: F401
 
@@ -44,16 +47,19 @@ def family_of(section) -> str:
   return fits[0]
 
 
-def hf_decoder(section, tree, family: Optional[str] = None) -> Tuple[str, dict, dict]:
+def hf_decoder(section, tree, family: Optional[str] = None,
+               lora: str = "merge") -> Tuple[str, dict, dict]:
   """(family, config.json dict, state dict) of the decoder params `tree`
-  (boxed or not; unrolled or scanned)."""
+  (boxed or not; unrolled or scanned; LoRA adapters merged or left out as
+  `lora` says)."""
   family = family or family_of(section)
   fmt = hc.HF_DECODER_FORMATS.get(family)
   cfg = fmt.hf_config(section)
-  return family, cfg, fmt.state_dict(section, nn.meta.unbox(tree))
+  return family, cfg, fmt.state_dict(section, lora_export.decoder_tree(section, tree, lora))
 
 
-def save_hf_decoder(out_dir: str, section, tree, family: Optional[str] = None) -> Tuple[str, str]:
+def save_hf_decoder(out_dir: str, section, tree, family: Optional[str] = None,
+                    lora: str = "merge") -> Tuple[str, str]:
   """Writes the HF dir; returns (family, out_dir)."""
-  family, cfg, sd = hf_decoder(section, tree, family)
+  family, cfg, sd = hf_decoder(section, tree, family, lora)
   return family, hf_io.write_hf_dir(out_dir, cfg, sd)

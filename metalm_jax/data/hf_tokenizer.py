@@ -128,9 +128,12 @@ def add_project_specials(src: str, dst: str) -> AddedSpecials:
   tok = have._tok
   old_size = max(tok.get_vocab(with_added_tokens=True).values(), default=-1) + 1
   todo = [PROJECT_SPECIALS[role] for role in have.missing_specials]
-  if todo:
-    lib = _tokenizers_lib(src)
-    tok.add_special_tokens([lib.AddedToken(t, special=True, normalized=False) for t in todo])
+  if not todo:  # the file as it is, byte for byte
+    if storage.path(src) != storage.path(dst):
+      storage.copy(src, dst)
+    return AddedSpecials({}, old_size, old_size)
+  lib = _tokenizers_lib(src)
+  tok.add_special_tokens([lib.AddedToken(t, special=True, normalized=False) for t in todo])
   added = {t: tok.token_to_id(t) for t in todo}
   if sorted(added.values()) != list(range(old_size, old_size + len(todo))):
     raise ValueError(f"{src}: the added special tokens got ids {added}, not the ids after the "

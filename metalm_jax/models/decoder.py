@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from metalm_jax.models import layers, stack
+from metalm_jax.models import lora as lora_lib
 
 POSITION_SCHEMES = ("learned", "sinusoidal", "rotary")
 
@@ -31,6 +32,10 @@ class Decoder(nn.Module):
   after `embed`, so connector outputs are not scaled: as in HF's
   Gemma-based VLMs (PaliGemma), text embeddings are scaled, image ones not.
   The tied output head uses the unscaled table.
+
+  `lora` (metalm_jax/models/lora.py): low-rank adapters on the projections
+  of every layer that `lora.targets` names, when `lora.enabled`; embeddings,
+  norms and the head have none.
   """
   cfg: Any
   dtype: Any = jnp.float32
@@ -47,7 +52,7 @@ class Decoder(nn.Module):
       self.pos_embedding = self.param("pos_embedding", layers.param_init(init, ("length", "embed")),
                                       (cfg.max_len, cfg.emb_dim))
     self.blocks = stack.build(cfg, self.dtype, causal=True, rotary=cfg.positions == "rotary",
-                              field="model.decoder")
+                              field="model.decoder", lora=lora_lib.from_section(cfg.get("lora")))
     if cfg.norm == "pre":
       norm = layers.NORM_TYPES.get(cfg.get("norm_type", "layer"))
       self.final_norm = norm(cfg.ln_eps, self.dtype)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
+from metalm_jax.models import lora as lora_lib
 from metalm_jax.registry import Registry
 
 Array = jax.Array
@@ -128,16 +129,25 @@ class DenseND(nn.Module):
   """y = x . W + b, contracting the last `n_in` dims of x with the leading
   dims of W [in..., out...]. Glorot-uniform init times `init_scale`, with fans
   over all in / out dims (written out, rather than flax DenseGeneral, whose
-  flat-shape init clashes with logical sharding constraints under a mesh)."""
+  flat-shape init clashes with logical sharding constraints under a mesh).
+
+  `lora` (metalm_jax/models/lora.py): adds a low-rank adapter, params
+  `lora_a` [in..., r] and `lora_b` [r, out...] next to `kernel`:
+  y + (alpha / r) * (dropout(x) . A) . B. They are created after `kernel`
+  and `bias`, so an unrolled stack's base params init as without them (in
+  nn.scan, flax's rng counters carry over between its traces, so a scanned
+  base inits differently; a LoRA base is loaded from init_from /
+  init_components anyway)."""
   out_shape: tuple
   axes: tuple
   n_in: int = 1
   init_scale: float = 1.0
   use_bias: bool = True
   dtype: Any = jnp.float32
+  lora: Optional[lora_lib.Lora] = None
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, deterministic: bool = True):
     n_in, n_out = self.n_in, len(self.out_shape)
     in_shape = x.shape[x.ndim - n_in:]
     init = nn.initializers.variance_scaling(
@@ -151,7 +161,24 @@ class DenseND(nn.Module):
       b = self.param("bias", param_init(nn.initializers.zeros, self.axes[n_in:]),
                      tuple(self.out_shape))
       y = y + b.astype(self.dtype)
+    if self.lora is not None:
+      y = y + self._adapter(x, in_shape, deterministic)
     return y
+
+  def _adapter(self, x, in_shape, deterministic):
+    lora, n_in = self.lora, self.n_in
+    rank_axis = lora_lib.RANK_AXIS
+    a = self.param(lora_lib.A_NAME,
+                   param_init(lora_lib.INITS.get(lora.init)(lora.rank, n_in),
+                              self.axes[:n_in] + (rank_axis,)),
+                   in_shape + (lora.rank,))
+    b = self.param(lora_lib.B_NAME,
+                   param_init(nn.initializers.zeros, (rank_axis,) + self.axes[n_in:]),
+                   (lora.rank,) + tuple(self.out_shape))
+    x = x.astype(self.dtype)
+    if lora.dropout:
+      x = nn.Dropout(lora.dropout)(x, deterministic=deterministic)
+    return lora_lib.delta(x, a.astype(self.dtype), b.astype(self.dtype), n_in, lora.scale)
 
 
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")
@@ -212,12 +239,17 @@ class Attention(nn.Module):
   qkv_bias: bool = False         # q/k/v biases even when use_bias is False (Qwen2)
   rope_theta: float = 10000.0
   rope_scale: Optional[tuple] = None  # per-frequency multipliers (models/rotary.py)
+  lora: Optional[lora_lib.Lora] = None  # adapters on the projections lora.targets names
 
   @nn.compact
-  def __call__(self, x, mask=None, positions=None, *, decode=False, key_valid=None):
+  def __call__(self, x, mask=None, positions=None, *, decode=False, key_valid=None,
+               deterministic=True):
     emb = x.shape[-1]
     kv_heads = self.num_kv_heads or self.num_heads
-    proj = functools.partial(DenseND, dtype=self.dtype)
+    def proj(*args, name, **kw):
+      lora = self.lora.on(name) if self.lora else None
+      dense = DenseND(*args, dtype=self.dtype, lora=lora, name=name, **kw)
+      return lambda y: dense(y, deterministic)
     in_proj = functools.partial(proj, use_bias=self.use_bias or self.qkv_bias)
     # Grouped keys/values get their own logical axis: K heads need not divide
     # the mesh axis that shards the num_heads query heads.
@@ -278,54 +310,58 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
+  """wo(act(wi(x))). `lora` adapts the projections its targets name (wi, wo)."""
   hidden: int
   activation: str = "gelu"
   dtype: Any = jnp.float32
   use_bias: bool = True
   init_scale: float = 1.0
+  lora: Optional[lora_lib.Lora] = None
 
   @nn.compact
-  def __call__(self, x):
-    emb = x.shape[-1]
-    init = nn.initializers.variance_scaling(self.init_scale ** 2, "fan_avg", "uniform")
-    h = nn.Dense(self.hidden, dtype=self.dtype, param_dtype=jnp.float32, use_bias=self.use_bias,
-                 kernel_init=param_init(init, ("embed", "mlp")),
-                 bias_init=param_init(nn.initializers.zeros, ("mlp",)), name="wi")(x)
+  def __call__(self, x, deterministic: bool = True):
+    dense = _mlp_dense(self, deterministic)
+    h = dense((self.hidden,), ("embed", "mlp"), "wi")(x)
     h = ACTIVATIONS.get(self.activation)(checkpoint_name(h, "mlp_hidden"))
     h = constrain(h, ("act_batch", "act_length", "act_mlp"))
-    return nn.Dense(emb, dtype=self.dtype, param_dtype=jnp.float32, use_bias=self.use_bias,
-                    kernel_init=param_init(init, ("mlp", "embed")),
-                    bias_init=param_init(nn.initializers.zeros, ("embed",)), name="wo")(h)
+    return dense((x.shape[-1],), ("mlp", "embed"), "wo")(h)
 
 
 class GatedMlp(nn.Module):
   """Gated MLP: wo(act(wi_gate(x)) * wi_up(x)). SwiGLU with activation
   'silu' (Llama, Qwen2), GeGLU with 'gelu_tanh' (Gemma). Both hidden
-  pre-activations are named 'mlp_hidden' for the remat policies."""
+  pre-activations are named 'mlp_hidden' for the remat policies. `lora`
+  adapts the projections its targets name (wi_gate, wi_up, wo)."""
   hidden: int
   activation: str = "silu"
   dtype: Any = jnp.float32
   use_bias: bool = False
   init_scale: float = 1.0
+  lora: Optional[lora_lib.Lora] = None
 
   @nn.compact
-  def __call__(self, x):
-    emb = x.shape[-1]
-    init = nn.initializers.variance_scaling(self.init_scale ** 2, "fan_avg", "uniform")
-    dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=jnp.float32,
-                              use_bias=self.use_bias)
-    wi = functools.partial(dense, self.hidden, kernel_init=param_init(init, ("embed", "mlp")),
-                           bias_init=param_init(nn.initializers.zeros, ("mlp",)))
-    gate = checkpoint_name(wi(name="wi_gate")(x), "mlp_hidden")
-    up = checkpoint_name(wi(name="wi_up")(x), "mlp_hidden")
+  def __call__(self, x, deterministic: bool = True):
+    dense = _mlp_dense(self, deterministic)
+    gate = checkpoint_name(dense((self.hidden,), ("embed", "mlp"), "wi_gate")(x), "mlp_hidden")
+    up = checkpoint_name(dense((self.hidden,), ("embed", "mlp"), "wi_up")(x), "mlp_hidden")
     h = ACTIVATIONS.get(self.activation)(gate) * up
     h = constrain(h, ("act_batch", "act_length", "act_mlp"))
-    return dense(emb, kernel_init=param_init(init, ("mlp", "embed")),
-                 bias_init=param_init(nn.initializers.zeros, ("embed",)), name="wo")(h)
+    return dense((x.shape[-1],), ("mlp", "embed"), "wo")(h)
+
+
+def _mlp_dense(mlp, deterministic):
+  """(out_shape, axes, name) -> x -> y: a projection of MLP module `mlp`
+  (glorot-uniform times its init_scale; params kernel, bias, adapters)."""
+  def make(out_shape, axes, name):
+    lora = mlp.lora.on(name) if mlp.lora else None
+    dense = DenseND(out_shape, axes, init_scale=mlp.init_scale, use_bias=mlp.use_bias,
+                    dtype=mlp.dtype, lora=lora, name=name)
+    return lambda y: dense(y, deterministic)
+  return make
 
 
 # model.<stack>.mlp -> MLP module class, called as cls(hidden, activation, dtype=,
-# use_bias=, init_scale=, name=).
+# use_bias=, init_scale=, lora=, name=) and applied as mlp(x, deterministic).
 MLP_KINDS = Registry("mlp")
 MLP_KINDS.register("dense")(Mlp)
 MLP_KINDS.register("gated")(GatedMlp)
@@ -339,6 +375,8 @@ class Block(nn.Module):
   The norm module (`norm_type`), the MLP (`mlp`: dense or gated), grouped
   keys/values (`num_kv_heads`), q/k/v biases (`qkv_bias`) and the rotary
   base / scaling are per-family choices (metalm_jax/presets.py, decoder families).
+  `lora` puts low-rank adapters on the attention / MLP projections its
+  targets name (metalm_jax/models/lora.py).
 
   DeepNorm (Wang et al., 2022): x <- LN(alpha * x + f(x)), with the value,
   output and MLP weights initialised scaled by beta (set by the caller).
@@ -368,6 +406,7 @@ class Block(nn.Module):
   qkv_bias: bool = False
   rope_theta: float = 10000.0
   rope_scale: Optional[tuple] = None
+  lora: Optional[lora_lib.Lora] = None  # adapters (models/lora.py); the decoder's only
 
   @nn.compact
   def __call__(self, x, mask=None, positions=None, key_valid=None, decode=False,
@@ -377,14 +416,17 @@ class Block(nn.Module):
                      rotary=self.rotary, causal=self.causal, impl=self.attention_impl,
                      out_init_scale=beta, v_init_scale=beta, num_kv_heads=self.num_kv_heads,
                      qkv_bias=self.qkv_bias, rope_theta=self.rope_theta,
-                     rope_scale=self.rope_scale, name="attn")
-    mlp = MLP_KINDS.get(self.mlp)(self.mlp_dim, self.activation, dtype=self.dtype,
-                                  use_bias=self.use_bias, init_scale=beta, name="mlp")
+                     rope_scale=self.rope_scale, lora=self.lora, name="attn")
+    mlp_mod = MLP_KINDS.get(self.mlp)(self.mlp_dim, self.activation, dtype=self.dtype,
+                                      use_bias=self.use_bias, init_scale=beta, lora=self.lora,
+                                      name="mlp")
+    mlp = lambda y: mlp_mod(y, deterministic)
     drop = lambda y: nn.Dropout(self.dropout)(y, deterministic=deterministic) if self.dropout else y
     norm = NORM_TYPES.get(self.norm_type)
     ln1 = norm(self.ln_eps, self.dtype, name="ln_attn")
     ln2 = norm(self.ln_eps, self.dtype, name="ln_mlp")
-    call_attn = lambda y: attn(y, mask, positions, decode=decode, key_valid=key_valid)
+    call_attn = lambda y: attn(y, mask, positions, decode=decode, key_valid=key_valid,
+                               deterministic=deterministic)
     if self.norm == "pre":
       x = x + drop(call_attn(ln1(x)))
       x = x + drop(mlp(ln2(x)))

@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from metalm_jax.models import contract, layers, modalities
+from metalm_jax.models import lora as lora_lib
 from metalm_jax.models import remat as remat_lib
 from metalm_jax.models import rotary as rotary_lib
 from metalm_jax.models.connector import CONNECTORS
@@ -113,6 +114,7 @@ def check_model_config(cfg) -> None:
        d.num_heads, f"does not divide emb_dim={d.emb_dim}")
   need(d.norm in layers.NORM_STYLES, "model.decoder.norm", d.norm, f"expected {layers.NORM_STYLES}")
   check_decoder_family_fields(d, "model.decoder")
+  lora_lib.check(d, "model.decoder")
   stack_options(d, "model.decoder")
   for name, e in cfg.encoders.items():
     f = f"model.encoders.{name}"

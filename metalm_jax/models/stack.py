@@ -14,11 +14,12 @@ and `attention_impl` (layers.resolve_attention_impl).
 """
 from __future__ import annotations
 
-from typing import Any, List
+from typing import Any, List, Optional
 
 import flax.linen as nn
 
 from metalm_jax.models import layers, layout
+from metalm_jax.models import lora as lora_lib
 from metalm_jax.models import remat as remat_lib
 from metalm_jax.models import rotary as rotary_lib
 
@@ -55,9 +56,12 @@ def _block_fields(cfg, dtype, *, causal: bool, rotary: bool, deepnorm_layers: in
 
 
 def build(cfg, dtype, *, causal: bool = False, rotary: bool = False,
-          deepnorm_layers: int = 0, field: str = "model") -> List[nn.Module]:
+          deepnorm_layers: int = 0, field: str = "model",
+          lora: Optional[lora_lib.Lora] = None) -> List[nn.Module]:
   """The blocks of a stack from its config section (num_layers, scan_layers,
-  remat_policy, attention_impl, ...); apply them with `apply`."""
+  remat_policy, attention_impl, ...); apply them with `apply`. `lora`: the
+  adapters of every block (the decoder's `lora` section, models/lora.py);
+  scanned, they are stacked on the `layers` axis like the other params."""
   scan = bool(cfg.get("scan_layers", False))
   wrap, policy = remat_lib.policy(remat_lib.policy_name(cfg, field))
   cls = layers.Block
@@ -66,6 +70,7 @@ def build(cfg, dtype, *, causal: bool = False, rotary: bool = False,
     cls = nn.remat(cls, policy=policy, prevent_cse=not scan, static_argnums=_STATIC)
   fields = _block_fields(cfg, dtype, causal=causal, rotary=rotary,
                          deepnorm_layers=deepnorm_layers)
+  fields["lora"] = lora
   if not scan:
     return [cls(**fields, name=f"layers_{i}") for i in range(cfg.num_layers)]
   scanned = nn.scan(

@@ -47,6 +47,7 @@ from metalm_jax import run_files, storage
 from metalm_jax.train import digests as digests_lib
 from metalm_jax.train import nonfinite
 from metalm_jax.models import layout
+from metalm_jax.models import lora as lora_lib
 
 CKPT_SUBDIR = run_files.CHECKPOINTS_DIR
 # Files every saved step holds (Orbax 0.12 layout); checked before a restore so
@@ -399,7 +400,10 @@ def restore_params(path: str, abstract_params):
   """Params only, from a workdir (latest checkpoint), a checkpoints dir or one
   step dir; onto the shardings `abstract_params` carries (ShapeDtypeStructs).
   A checkpoint of the other layer layout (unrolled vs scanned stacks) is read
-  in its own layout and converted (metalm_jax/models/layout.py)."""
+  in its own layout and converted (metalm_jax/models/layout.py). A checkpoint
+  without LoRA adapters read for a model with them returns the params
+  without the adapters (the caller keeps fresh ones: models/lora.py
+  fill_missing)."""
   path = storage.join(path)
   if storage.path(path).joinpath(CKPT_SUBDIR).is_dir():
     path = storage.join(path, CKPT_SUBDIR)
@@ -417,6 +421,8 @@ def restore_params(path: str, abstract_params):
   checkpointer = ocp.PyTreeCheckpointer()
   meta = checkpointer.metadata(state_dir)
   saved = _plain(getattr(meta, "item_metadata", meta)["params"])
+  if lora_lib.has_adapters(abstract_params) and not lora_lib.has_adapters(saved):
+    abstract_params, _ = lora_lib.split(abstract_params)
   target = {"params": layout.match(abstract_params, saved)}
   restored = checkpointer.restore(
       state_dir,

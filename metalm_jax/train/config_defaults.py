@@ -16,6 +16,11 @@ def optimizer(**kw) -> mlc.ConfigDict:
   groups: {name: {regex, frozen, lr_mult}}; a param (name like
   'encoders_text/bert/layers_3/attn/query/kernel') joins the group whose regex
   matches (re.search; at most one may match), else the default group.
+  Optional per group: exclude (a list of regexes; a name matching one is not
+  in the group) and fallback (True: the group takes only params no other
+  group matches). With model.decoder.lora on, the adapters train and the
+  base is frozen unless a group here says otherwise (train/state.py
+  resolve_groups).
   encoder_top_layers: {encoder name: k}: only the top k layers of that
   encoder train (and a final norm after them); its embeddings and lower
   layers are frozen; 0 freezes the encoder, -1 (or its num_layers) trains

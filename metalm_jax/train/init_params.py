@@ -2,7 +2,10 @@
 latest checkpoint of a workdir / checkpoints dir: params only) and then
 `init_components` (subtrees, each from a params dir: a top-level name such as
 'decoder', or a '/' path such as 'encoders_video/video/vit'). Names,
-shapes and dtypes must match the model's; no NaN/Inf."""
+shapes and dtypes must match the model's; no NaN/Inf. Params without LoRA
+adapters (a base: HF import, a run without LoRA) load into a model with
+them: the adapters keep their fresh init (B = 0, so the model starts as the
+base; models/lora.py)."""
 from __future__ import annotations
 
 import logging
@@ -13,12 +16,22 @@ import numpy as np
 
 from metalm_jax import params_io
 from metalm_jax import storage
+from metalm_jax.models import lora as lora_lib
 from metalm_jax.train import checkpoint as ckpt_lib
 
 
 def check_same_tree(field: str, want, got):
   """Names, shapes and dtypes of loaded params must match the model's; no NaN/Inf."""
   params_io.check_params(want, got, f"config.{field}", dtypes=True)
+
+
+def _with_fresh_adapters(field: str, loaded, fresh):
+  """`loaded` plus `fresh`'s LoRA adapters when it has none (logged)."""
+  out, n = lora_lib.fill_missing(loaded, fresh)
+  if n:
+    logging.info("config.%s holds no LoRA adapters: %d adapter params keep their fresh init",
+                 field, n)
+  return out
 
 
 def _put(tree, shardings):
@@ -33,16 +46,18 @@ def load_init(config, state, shardings):
     path = config.init_from
     if storage.exists(storage.join(path, params_io.PARAMS_FILE)):
       loaded, _ = params_io.load_params(path, like=params)
+      loaded = _with_fresh_adapters("init_from", loaded, params)
       check_same_tree("init_from", params, loaded)
       params = _put(loaded, shardings["params"])
     else:
       target = ckpt_lib.with_shardings(params, shardings["params"])
-      params = ckpt_lib.restore_params(path, target)
+      params = _with_fresh_adapters("init_from", ckpt_lib.restore_params(path, target), params)
     logging.info("params initialised from %s", path)
   for name, path in sorted((config.init_components or {}).items()):
     keys = name.split("/")
     want, shard = _subtree(params, keys, name), _subtree(shardings["params"], keys, name)
     loaded, _ = params_io.load_params(path, like=want)
+    loaded = _with_fresh_adapters(f"init_components.{name}", loaded, want)
     check_same_tree(f"init_components.{name}", want, loaded)
     params = _replace(params, keys, _put(loaded, shard))
     logging.info("params[%r] initialised from %s", name, path)

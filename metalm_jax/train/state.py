@@ -2,6 +2,14 @@
 decay on norms and biases, parameter groups by regex (frozen or with their own
 learning-rate multiplier).
 
+A group is {regex, frozen, lr_mult} plus optionally `exclude` (regexes: a
+name matching one is not in the group) and `fallback` (the group takes only
+params that no other group matches). Frozen groups get optax.set_to_zero:
+no Adam moments exist for their params (multi_transform masks them out of
+the trained groups' state). `resolve_groups` adds the groups other fields
+imply: optimizer.encoder_top_layers and model.decoder.lora (adapters train,
+the base is frozen; models/lora.py).
+
 Group regexes are written against unrolled names ('.../layers_3/...'). A
 param of a scanned stack ('.../layers/...', leading layer axis) is matched
 slice by slice through those names: when some of its layers are frozen and
@@ -18,7 +26,7 @@ boxed version is only built abstractly to read the sharding specs.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Dict, Mapping
+from typing import Any, Callable, Dict, List, Mapping
 
 import flax.linen as nn
 import jax
@@ -27,6 +35,7 @@ import numpy as np
 import optax
 
 from metalm_jax.models import layout
+from metalm_jax.models import lora as lora_lib
 
 DEFAULT_GROUP = "default"
 SKIPPED_KEY = "skipped_nonfinite_steps"  # steps whose update was skipped (train/steps.py)
@@ -51,11 +60,16 @@ def _groups(opt_cfg) -> Dict[str, Any]:
     raise ValueError(f"optimizer.groups.{DEFAULT_GROUP}: the name is reserved for "
                      "parameters that match no group")
   for name, g in groups.items():
-    try:
-      re.compile(g["regex"])
-    except re.error as e:
-      raise ValueError(f"optimizer.groups.{name}.regex={g['regex']!r}: {e}") from None
+    for field, rx in [("regex", g["regex"])] + [("exclude", x) for x in g.get("exclude") or ()]:
+      try:
+        re.compile(rx)
+      except re.error as e:
+        raise ValueError(f"optimizer.groups.{name}.{field}={rx!r}: {e}") from None
   return groups
+
+
+def _plain(node) -> Dict[str, Any]:
+  return node.to_dict() if hasattr(node, "to_dict") else dict(node)
 
 
 # Group name of the frozen lower part of encoder <name> (optimizer.encoder_top_layers).
@@ -75,15 +89,9 @@ def below_top_regex(encoder: str, num_layers: int, top: int) -> str:
   return rf"^encoders_{encoder}/(?!(.*/)?(layers_({keep})|final_norm)/)"
 
 
-def resolve_groups(opt_cfg, model_cfg):
-  """`opt_cfg` with `encoder_top_layers` ({encoder name: k}: only the top k
-  layers of that encoder train, -1 = all) turned into frozen groups
-  (BELOW_TOP_GROUP) next to `groups`; `opt_cfg` itself when there is none.
-  An unknown encoder or k out of [-1, num_layers] is an error naming it."""
+def _top_layer_groups(opt_cfg, model_cfg, groups) -> Dict[str, Any]:
+  """Frozen groups (BELOW_TOP_GROUP) from `encoder_top_layers`."""
   tops = dict(opt_cfg.get("encoder_top_layers", {}) or {})
-  if not tops:
-    return opt_cfg
-  groups = dict(opt_cfg.get("groups", {}) or {})
   for name, k in sorted(tops.items()):
     field = f"optimizer.encoder_top_layers.{name}"
     if name not in model_cfg.encoders:
@@ -99,14 +107,88 @@ def resolve_groups(opt_cfg, model_cfg):
     if group in groups:
       raise ValueError(f"optimizer.groups.{group}: the name is reserved for {field}")
     groups[group] = dict(regex=below_top_regex(name, num, k), frozen=True, lr_mult=1.0)
+  return groups
+
+
+# The groups model.decoder.lora implies (`resolve_groups`).
+LORA_GROUP = "lora_adapters"       # the adapters: trained
+LORA_BASE_GROUP = "lora_frozen_base"  # lora.freeze's scope minus adapters: frozen (fallback)
+
+
+def _lora_groups(model_cfg, groups) -> Dict[str, Any]:
+  """With model.decoder.lora on: the adapters form LORA_GROUP (trained; every
+  other group excludes them), and the non-adapter params of the scope
+  `lora.freeze` names form LORA_BASE_GROUP, frozen, as a fallback: a param an
+  explicit group matches follows that group."""
+  section = model_cfg.decoder.get("lora") if "decoder" in model_cfg else None
+  if not lora_lib.enabled(section):
+    return groups
+  for name in (LORA_GROUP, LORA_BASE_GROUP):
+    if name in groups:
+      raise ValueError(f"optimizer.groups.{name}: the name is reserved for model.decoder.lora")
+  scope = section.get("freeze", "decoder")
+  if scope not in lora_lib.FREEZE_SCOPES:
+    raise ValueError(f"model.decoder.lora.freeze={scope!r}: known: "
+                     f"{sorted(lora_lib.FREEZE_SCOPES)}")
+  adapters = lora_lib.ADAPTER_REGEX
+  out = {n: {**_plain(g), "exclude": list(g.get("exclude") or ()) + [adapters]}
+         for n, g in groups.items()}
+  out[LORA_GROUP] = dict(regex=adapters, frozen=False, lr_mult=1.0)
+  out[LORA_BASE_GROUP] = dict(regex=lora_lib.FREEZE_SCOPES[scope], exclude=[adapters],
+                              frozen=True, lr_mult=1.0, fallback=True)
+  return out
+
+
+def resolve_groups(opt_cfg, model_cfg):
+  """`opt_cfg` with the groups other config fields imply added to `groups`:
+  - `encoder_top_layers` ({encoder name: k}: only the top k layers of that
+    encoder train, -1 = all): frozen groups BELOW_TOP_GROUP; an unknown
+    encoder or k out of [-1, num_layers] is an error naming it;
+  - `model.decoder.lora` when enabled (`_lora_groups`): adapters train, the
+    base of `lora.freeze`'s scope is frozen unless an explicit group says
+    otherwise.
+  `opt_cfg` itself when neither applies."""
+  groups = {n: _plain(g) for n, g in (opt_cfg.get("groups", {}) or {}).items()}
+  resolved = _lora_groups(model_cfg, _top_layer_groups(opt_cfg, model_cfg, dict(groups)))
+  if resolved == groups:
+    return opt_cfg
   out = opt_cfg.to_dict() if hasattr(opt_cfg, "to_dict") else dict(opt_cfg)
-  out.update(groups=groups, encoder_top_layers={})
+  out.update(groups=resolved, encoder_top_layers={})
   return type(opt_cfg)(out) if hasattr(opt_cfg, "to_dict") else out
 
 
+def describe_groups(params, opt_cfg) -> List[str]:
+  """One line per optimizer group: its rule and the params it holds (the
+  trainer logs the resolution)."""
+  groups = _groups(opt_cfg)
+  sizes: Dict[str, list] = {}
+  def add(n, x):
+    sizes.setdefault(_label(n, x, groups), []).append(int(np.prod(np.shape(x))))
+  map_with_names(add, params)
+  lines = []
+  for name in sorted(groups) + [DEFAULT_GROUP]:
+    g = groups.get(name, {})
+    rule = (f"regex {g['regex']!r}" + (f" except {list(g['exclude'])}" if g.get("exclude") else "")
+            + (" (only params no other group matches)" if g.get("fallback") else "")
+            if name in groups else "params no group matches")
+    how = "frozen" if g.get("frozen", False) else f"trained, lr x {float(g.get('lr_mult', 1.0))}"
+    n = sizes.get(name, [])
+    lines.append(f"{name}: {rule}: {how}: {sum(n):,} params in {len(n)} arrays")
+  return lines
+
+
+def _matches(c, name: str) -> bool:
+  return bool(re.search(c["regex"], name)) and not any(
+      re.search(x, name) for x in c.get("exclude") or ())
+
+
 def group_of(name: str, groups: Mapping[str, Any]) -> str:
-  """The group whose regex matches the param name (re.search); one at most."""
-  hits = [g for g, c in sorted(groups.items()) if re.search(c["regex"], name)]
+  """The group whose regex matches the param name (re.search) and none of
+  whose `exclude` regexes do; one at most, fallback groups only when no
+  other group matches."""
+  hits = [g for g, c in sorted(groups.items()) if not c.get("fallback") and _matches(c, name)]
+  if not hits:
+    hits = [g for g, c in sorted(groups.items()) if c.get("fallback") and _matches(c, name)]
   if len(hits) > 1:
     raise ValueError(f"param {name!r} matches several optimizer.groups: {hits}; "
                      "make the regexes disjoint (e.g. with a (?!...) lookahead)")

@@ -85,7 +85,8 @@ class Trainer:
     self.rules = shard_lib.rules_from_config(config.logical_rules)
     self.model = metalm.build_model(config.model)
     self.total = config.total_steps
-    # optimizer.encoder_top_layers resolved into frozen groups (train/state.py)
+    # optimizer.encoder_top_layers and model.decoder.lora resolved into groups
+    # (train/state.py resolve_groups; logged with the params each holds)
     self.opt_cfg = state_lib.resolve_groups(config.optimizer, config.model)
     self.lr_fn = state_lib.lr_schedule(self.opt_cfg, max(self.total, 1))
     self.tx = state_lib.make_optimizer(self.opt_cfg, max(self.total, 1))
@@ -114,6 +115,8 @@ class Trainer:
         self.abstract_state["params"], self.shardings["params"], self.mesh,
         self.config.sharding.min_fsdp_size)
     self.trainable = state_lib.trainable_mask(self.abstract_state["params"], self.opt_cfg)
+    for line in state_lib.describe_groups(self.abstract_state["params"], self.opt_cfg):
+      logging.info("optimizer group %s", line)
     self._init_jit = jax.jit(init_state, out_shardings=self.shardings,
                              compiler_options=metalm.FAST_COMPILE)
     self._rng = rng

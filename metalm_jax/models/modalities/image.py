@@ -1,4 +1,5 @@
-"""Images: a CLIP-shaped ViT (encoder type "vit"), every token docked."""
+"""Images: a CLIP- or SigLIP-shaped ViT (encoder type "vit"), every token docked
+(readout "tokens") or its attention-pooled vector (readout "map")."""
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -10,7 +11,7 @@ import numpy as np
 from metalm_jax import presets
 from metalm_jax.media import images as images_lib
 from metalm_jax.models.modalities import base
-from metalm_jax.models.vision import VisionEncoder, tokens_per_image
+from metalm_jax.models.vision import VisionEncoder, flops_tokens, tokens_per_image
 
 
 class VitItems(nn.Module):
@@ -49,4 +50,4 @@ def load(value, enc_cfg, norm, stats) -> Optional[np.ndarray]:
 IMAGE = base.register(base.Modality(
     name="image", encoder_type="vit", encoder=VitItems, preset=presets.vit, inputs=inputs,
     slot_length=tokens_per_image, key="pixels", brackets=("image_start", "image_end"),
-    load=load))
+    load=load, flops_tokens=flops_tokens))
