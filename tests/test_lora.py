@@ -43,9 +43,14 @@ def _decoder(section):
 
 
 def _init(model, seed=0):
-  t = np.zeros((1, 4), np.int32)
-  return jax.tree.map(np.asarray, nn.meta.unbox(model.init(jax.random.key(seed), t, t, t + 1)
+  t = jnp.zeros((1, 4), jnp.int32)
+  init = jax.jit(model.init, compiler_options=metalm.FAST_COMPILE)
+  return jax.tree.map(np.asarray, nn.meta.unbox(init(jax.random.key(seed), t, t, t + 1)
                                                 ["params"]))
+
+
+def _logits(model, params, tok, pos, seg):
+  return np.asarray(jax.jit(model.apply)({"params": params}, tok, pos, seg))
 
 
 def _tokens(vocab, b=2, length=12, seed=0):
@@ -91,8 +96,8 @@ def test_fresh_adapter_gives_the_base_logits_exactly(family, scan):
     is_b = lora_lib.B_NAME in jax.tree_util.keystr(path)
     assert (not x.any()) if is_b else x.std() > 0, path
   tok, pos, seg = _tokens(SMALL["vocab_size"])
-  got = np.asarray(model.apply({"params": params}, tok, pos, seg))
-  want = np.asarray(base_model.apply({"params": base}, tok, pos, seg))
+  got = _logits(model, params, tok, pos, seg)
+  want = _logits(base_model, base, tok, pos, seg)
   np.testing.assert_array_equal(got, want)
 
 
@@ -148,14 +153,14 @@ def test_merged_params_give_the_unmerged_logits(family, scan):
   model = _decoder(section)
   params = _randomize_adapters(_init(model))
   tok, pos, seg = _tokens(SMALL["vocab_size"])
-  want = np.asarray(model.apply({"params": params}, tok, pos, seg))
+  want = _logits(model, params, tok, pos, seg)
   cfg, merged = lora_export.merge_model({"decoder": section.to_dict()}, {"decoder": params})
   assert cfg["decoder"]["lora"]["enabled"] is False
   assert not lora_lib.has_adapters(merged)
   base_model = _decoder(ml_collections.ConfigDict(cfg["decoder"]))
-  got = np.asarray(base_model.apply({"params": merged["decoder"]}, tok, pos, seg))
+  got = _logits(base_model, merged["decoder"], tok, pos, seg)
   base, _ = lora_lib.split(params)
-  plain = np.asarray(base_model.apply({"params": base}, tok, pos, seg))
+  plain = _logits(base_model, base, tok, pos, seg)
   assert np.abs(plain - want).max() > 1e-2  # the adapters matter
   np.testing.assert_allclose(got, want, atol=MERGE_ATOL, rtol=MERGE_RTOL)
 
@@ -314,7 +319,7 @@ def test_serving_and_hf_export_merge_or_keep_the_adapters_apart(tmp_path):
       metalm.init_variables(model, jax.random.key(0))["params"])))
   tok, pos, seg = _tokens(SMALL["vocab_size"])
   dec = _decoder(cfg.decoder)
-  want = np.asarray(dec.apply({"params": params["decoder"]}, tok, pos, seg))
+  want = _logits(dec, params["decoder"], tok, pos, seg)
 
   out = str(tmp_path / "merged")
   export.export_model(cfg, params, out, seq_len=16, platforms=("cpu",))
@@ -324,7 +329,7 @@ def test_serving_and_hf_export_merge_or_keep_the_adapters_apart(tmp_path):
   assert meta["lora"] == {"mode": "merge", "rank": 4, "alpha": 6.0, "scale": 1.5,
                           "targets": ALL["llama"]}
   merged_dec = _decoder(ml_collections.ConfigDict(meta["model"]["decoder"]))
-  got = np.asarray(merged_dec.apply({"params": loaded["decoder"]}, tok, pos, seg))
+  got = _logits(merged_dec, loaded["decoder"], tok, pos, seg)
   np.testing.assert_allclose(got, want, atol=MERGE_ATOL, rtol=MERGE_RTOL)
   # The HF dir holds the plain decoder's export of the merged params.
   _, _, plain_sd = hf_export.hf_decoder(merged_dec.cfg, loaded["decoder"])
