@@ -71,11 +71,14 @@ def connector(type_="mlp", **kw) -> ConfigDict:
 
 
 def vit(**kw) -> ConfigDict:
-  """CLIP-shaped ViT (pre-LN, quick_gelu, class token, no patch bias)."""
+  """CLIP-shaped ViT (pre-LN, quick_gelu, class token, no patch bias).
+  readout: "tokens" docks every token, "map" SigLIP's attention-pooling head
+  (one vector; models/vision.py)."""
   d = dict(type="vit", max_items=1, image_size=64, patch_size=16, num_layers=2, emb_dim=64,
            num_heads=4, head_dim=0, mlp_dim=256, activation="quick_gelu", norm="pre",
            ln_eps=1e-5, class_token=True, pre_norm=True, final_norm=True, patch_bias=False,
-           dropout=0.0, use_bias=True, connector=connector("mlp"), **stack_options())
+           readout="tokens", dropout=0.0, use_bias=True, connector=connector("mlp"),
+           **stack_options())
   d.update(kw)
   return ConfigDict(d)
 

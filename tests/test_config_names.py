@@ -87,3 +87,21 @@ def test_main_reads_an_old_flag_under_the_new_name():
   assert p.returncode == 0, p.stderr[-2000:]
   assert "GOT 7 0" in p.stdout
   assert "--config.log_every is now --config.log.every_steps" in p.stderr
+
+
+def test_a_run_written_before_the_decoder_families_resumes_without_drift(tmp_path):
+  """Fields added since (decoder family fields, the ViT readout) are absent
+  from an older run's config.json: at the values that build the old model
+  they are no drift; another value is."""
+  from configs import pretrain_vl
+  now = run_files.run_config_json(pretrain_vl.get_config("size=tiny"), None)
+  old = json.loads(json.dumps(now))
+  for f in ("norm_type", "mlp", "num_kv_heads", "qkv_bias", "rope_theta", "rope_scaling",
+            "embed_scale"):
+    del old["model"]["decoder"][f]
+  del old["model"]["encoders"]["vision"]["readout"]
+  storage.write_json(str(tmp_path / run_files.RUN_CONFIG_FILE), old)
+  assert run_config.check_resume(str(tmp_path), now) == []
+  now["model"]["decoder"]["norm_type"] = "rms"
+  with pytest.raises(run_config.ConfigDriftError, match=r"model.decoder.norm_type: <absent>"):
+    run_config.check_resume(str(tmp_path), now)

@@ -28,7 +28,8 @@ from tests.hf_fixtures import RTOL, save_hf  # noqa: E402
 from tests.model_fixtures import build, forward, random_batch, small_model_cfg  # noqa: E402
 
 # Odd sizes on purpose: 48 px / 8 px patches (36 tokens), 40 px / 10 px (16),
-# 30 px / 7 px (16; the last 2 rows and columns unseen, as so400m/14 at 384 px).
+# 30 px / 7 px (16; HF does not see the last 2 rows and columns, as so400m/14 at
+# 384 px: ours is 28 px, HF gets a random margin).
 SIGLIP_CFGS = {
     "48-8": dict(image_size=48, patch_size=8, hidden_size=32, intermediate_size=64,
                  num_hidden_layers=2, num_attention_heads=4),  # gelu_pytorch_tanh, eps 1e-6
@@ -59,6 +60,8 @@ def test_parity(dirs, name, readout, scan):
                   options={"readout": readout})
   assert r["ok"] and r["rel"] <= RTOL and r["max_ref"] > 0.1, r
   tokens = (kw["image_size"] // kw["patch_size"]) ** 2  # no class token
+  if name == "30-7":
+    assert hf.load_hf(dirs[name], "vision").section.image_size == 28
   assert r["shape"] == [3, tokens if readout == "tokens" else 1, kw["hidden_size"]]
 
 

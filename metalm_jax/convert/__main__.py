@@ -6,7 +6,7 @@
   python -m metalm_jax.convert check-hf --model_dir=D --component=... [--seed=0 --rtol=1e-4
       --scan_layers --option FIELD=VALUE ...]
   python -m metalm_jax.convert export-hf --params_dir=P --out=HF_DIR
-      [--family=gpt2|llama|qwen2|gemma]
+      [--family=gpt2|llama|qwen2|gemma] [--lora=merge|separate]
   python -m metalm_jax.convert export-gpt2 --params_dir=P --out=HF_DIR   (= export-hf --family=gpt2)
 
 import-hf prints the model config section to copy into the MetaLM config; for
@@ -65,14 +65,18 @@ def _check(args):
 
 def _export_hf(args):
   import ml_collections
-  from metalm_jax import params_io
-  from metalm_jax.convert import export, hf_export
+  from metalm_jax import params_io, storage
+  from metalm_jax.convert import export, hf_export, lora_export
   params, config = params_io.load_params(args.params_dir)
   section = export.decoder_section_from(config, args.params_dir)
   tree = params["decoder"] if "decoder" in params else params
-  family, out = hf_export.save_hf_decoder(args.out, ml_collections.ConfigDict(section), tree,
-                                          args.family)
+  section = ml_collections.ConfigDict(section)
+  family, out = hf_export.save_hf_decoder(args.out, section, tree, args.family, lora=args.lora)
   print(f"wrote HF {family} dir {out}")
+  if args.lora == "separate" and lora_export.lora_section(section) is not None:
+    where = lora_export.save_adapters(storage.join(out, lora_export.ADAPTERS_DIR), section,
+                                      tree)
+    print(f"wrote the LoRA adapters (the HF dir holds the base) to {where}")
   return 0
 
 
@@ -103,6 +107,9 @@ def main(argv=None) -> int:
     s.add_argument("--params_dir", required=True,
                    help="an export params dir or an import-hf decoder dir")
     s.add_argument("--out", required=True)
+    s.add_argument("--lora", choices=("merge", "separate"), default="merge",
+                   help="LoRA adapters: merged into the kernels, or the base written and the "
+                        "adapters to OUT/lora (convert/lora_export.py)")
     if name == "export-hf":
       s.add_argument("--family", default=None,
                      help="HF family to write (default: the one the decoder's fields fit)")

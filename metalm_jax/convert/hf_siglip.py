@@ -15,15 +15,22 @@ Option `readout` (section field, models/vision.py READOUTS):
                       parity vs HF's `pooler_output`. Its weights go to
                       `vit/map_head`; with "tokens" they are skipped.
 
-An `image_size` that `patch_size` does not divide maps as HF runs it (VALID
-patch conv: the remainder rows / columns are not seen; so400m/14 at 384 px).
+An HF `image_size` that `patch_size` does not divide (so400m/14 at 384 px)
+maps to the largest multiple, the pixels HF's VALID patch conv sees (378 px:
+27 x 27 patches): our encoder on the top-left 378 x 378 of a 384 px image
+equals HF on the whole of it, whatever the unseen margin holds (`check_hf`
+feeds HF the image with a random margin). Our pipeline resizes images to 378
+px instead of 384-and-ignore-6.
+
 Refused, naming the HF field: non-square `image_size` / `patch_size`, a
-`patch_size` above `image_size`, `num_channels` != 3, `hidden_size` not divisible by
-`num_attention_heads`, `hidden_act` without an equivalent, nonzero
-`attention_dropout` (our attention drops no probabilities), and
+`patch_size` above `image_size`, `num_channels` != 3, `hidden_size` not
+divisible by `num_attention_heads`, `hidden_act` without an equivalent,
+nonzero `attention_dropout` (our attention drops no probabilities), and
 readout="map" with `vision_use_head` false.
 """
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 
@@ -79,13 +86,17 @@ class SiglipVision:
     image, patch = _square(v.image_size, "image_size"), _square(v.patch_size, "patch_size")
     hc.require(1 <= patch <= image, "patch_size", v.patch_size,
                f"expected 1 <= patch_size <= image_size={v.image_size}")
+    if image % patch:
+      logging.info("SigLIP image_size=%d, patch_size=%d: HF sees the top-left %d px; "
+                   "section image_size=%d", image, patch, image - image % patch,
+                   image - image % patch)
     hc.require(v.hidden_size % v.num_attention_heads == 0, "num_attention_heads",
                v.num_attention_heads, f"does not divide hidden_size={v.hidden_size}")
     hc.require(v.num_channels == 3, "num_channels", v.num_channels, "only RGB (3) is supported")
     hc.require(not v.attention_dropout, "attention_dropout", v.attention_dropout,
                "attention probabilities are not dropped here (models/layers.py)")
     return presets.siglip(
-        image_size=image, patch_size=patch, num_layers=v.num_hidden_layers,
+        image_size=image - image % patch, patch_size=patch, num_layers=v.num_hidden_layers,
         emb_dim=v.hidden_size, num_heads=v.num_attention_heads, mlp_dim=v.intermediate_size,
         activation=hc.activation(v.hidden_act, "hidden_act"), ln_eps=v.layer_norm_eps,
         norm="pre", use_bias=True, head_dim=0, dropout=0.0, readout="tokens")
@@ -94,7 +105,8 @@ class SiglipVision:
   def params(get, section, hf_cfg):
     v = _vision_cfg(hf_cfg)
     if section.readout == "map":
-      hc.require(getattr(v, "vision_use_head", True), "vision_use_head", v.vision_use_head,
+      use_head = getattr(v, "vision_use_head", True)
+      hc.require(use_head, "vision_use_head", use_head,
                  "readout='map' needs SigLIP's attention-pooling head")
     vit = {
         # torch conv [out, in, kh, kw] -> flax [kh, kw, in, out]
@@ -110,9 +122,13 @@ class SiglipVision:
 
   @staticmethod
   def random_inputs(section, rng: np.random.Generator, batch: int, hf_cfg=None):
-    """Pixels, and the readout whose HF output `run_hf` returns."""
+    """Pixels for ours; for HF the same pixels with a random margin up to HF's
+    image_size (which its patch conv does not see); and the readout whose HF
+    output `run_hf` returns."""
     s = section.image_size
-    return {"pixels": rng.standard_normal((batch, s, s, 3)).astype(np.float32),
+    full = s if hf_cfg is None else _square(_vision_cfg(hf_cfg).image_size, "image_size")
+    hf_pixels = rng.standard_normal((batch, full, full, 3)).astype(np.float32)
+    return {"pixels": np.ascontiguousarray(hf_pixels[:, :s, :s]), "hf_pixels": hf_pixels,
             "readout": section.readout}
 
   @staticmethod
@@ -127,7 +143,7 @@ class SiglipVision:
     import torch
     from transformers import SiglipVisionModel
     model = SiglipVisionModel.from_pretrained(model_dir, dtype=torch.float32).eval()
-    pixels = torch.from_numpy(inputs["pixels"]).permute(0, 3, 1, 2)
+    pixels = torch.from_numpy(inputs.get("hf_pixels", inputs["pixels"])).permute(0, 3, 1, 2)
     with torch.no_grad():
       ref = HF_OUTPUTS[inputs["readout"]](model(pixel_values=pixels))
     return ref.numpy(), np.ones(ref.shape[:2], bool)

@@ -39,13 +39,10 @@ def readout_of(cfg) -> Readout:
 
 
 def vit_tokens(cfg) -> int:
-  """Tokens the Transformer layers run on per image: patches (+1 class token).
-  The patch conv is VALID, as HF's CLIP / SigLIP: when patch_size does not
-  divide image_size, the last image_size % patch_size rows and columns are not
-  seen (SigLIP so400m/14 at 384 px: 27 x 27 patches)."""
-  if not 1 <= cfg.patch_size <= cfg.image_size:
-    raise ValueError(f"{FIELD}.patch_size={cfg.patch_size}: expected 1 <= patch_size <= "
-                     f"image_size={cfg.image_size}")
+  """Tokens the Transformer layers run on per image: patches (+1 class token)."""
+  if cfg.image_size % cfg.patch_size:
+    raise ValueError(f"image_size={cfg.image_size} is not a multiple of "
+                     f"patch_size={cfg.patch_size}")
   return (cfg.image_size // cfg.patch_size) ** 2 + int(cfg.class_token)
 
 

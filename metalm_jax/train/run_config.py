@@ -15,6 +15,7 @@ differing field:
 """
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -38,6 +39,19 @@ RESUMABLE = (
     "data.data_dir", "data.manual_dirs",  # where the files are, not what they hold
     "data.read_threads", "data.prefetch_buffer", "data.skip_corrupt_records",
 )
+
+# Sections added after runs were written: absent from an older run's
+# config.json, a section is no drift while it is off (`enabled` False).
+ADDED_SECTIONS = ("model.decoder.lora",)
+# Fields added after runs were written, with the value that builds the model
+# those runs had: absent from an older config.json, a field at this value is
+# no drift (`*` matches an encoder name).
+ADDED_FIELDS = {
+    "model.decoder.norm_type": "layer", "model.decoder.mlp": "dense",
+    "model.decoder.num_kv_heads": 0, "model.decoder.qkv_bias": False,
+    "model.decoder.rope_theta": 10000.0, "model.decoder.rope_scaling": {},
+    "model.decoder.embed_scale": 1.0, "model.encoders.*.readout": "tokens",
+}
 
 _ABSENT = object()
 
@@ -81,11 +95,20 @@ def _show(v) -> str:
 
 
 def diff(saved: Mapping[str, Any], now: Mapping[str, Any]) -> List[Tuple[str, Any, Any]]:
-  """(field, saved value, new value) for every differing leaf field."""
+  """(field, saved value, new value) for every differing leaf field; an
+  ADDED_SECTIONS section the saved config lacks counts only when it is on,
+  an ADDED_FIELDS field only when it differs from the old behaviour."""
   a, b = flatten(saved), flatten(now)
+  for sec in ADDED_SECTIONS:
+    inside = lambda k, sec=sec: k == sec or k.startswith(sec + ".")
+    if b.get(f"{sec}.enabled") is False and not any(inside(k) for k in a):
+      b = {k: v for k, v in b.items() if not inside(k)}
   out = []
   for k in sorted(set(a) | set(b)):
     va, vb = a.get(k, _ABSENT), b.get(k, _ABSENT)
+    if va is _ABSENT and any(fnmatch.fnmatchcase(k, pat) and vb == legacy
+                             for pat, legacy in ADDED_FIELDS.items()):
+      continue  # a field added since, at the value the old run had
     if va != vb:
       out.append((k, va, vb))
   return out
