@@ -328,6 +328,7 @@ def logical_rules():
       # Grouped-query attention's key/value heads (fewer than `heads`, often
       # fewer than the tensor axis): replicated, as their weights are small.
       ("kv_heads", None), ("act_kv_heads", None),
+      ("lora_rank", None),  # LoRA adapters: sharded like their base kernel but the rank
   ]
 
 

@@ -13,6 +13,7 @@ absolute on logits up to 0.41: float32 rounding of the merged kernels and
 another summation order); cached decoding against the full forward 1e-5
 (as tests/test_decoder_families.py)."""
 import json
+import logging
 
 import flax.linen as nn
 import jax
@@ -267,7 +268,7 @@ def test_the_frozen_decoder_nli_recipe_with_adapters_on_top():
   assert len(moments) == 2 * len(trained)
 
 
-def test_trainer_moves_only_adapters_and_keeps_moments_only_for_them(tmp_path):
+def test_trainer_moves_only_adapters_and_keeps_moments_only_for_them(tmp_path, caplog):
   """A scanned LoRA decoder initialised from a base params dir (unrolled, no
   adapters: they keep their fresh init), freeze="all": after 3 steps every
   base param is bit-identical and every adapter moved; Adam's state holds
@@ -285,7 +286,13 @@ def test_trainer_moves_only_adapters_and_keeps_moments_only_for_them(tmp_path):
   c.checkpoint.async_save = False
   c.mesh.update(data=1, fsdp=1, tensor=1)
   work = str(tmp_path / "run")
+  caplog.set_level(logging.INFO)
   t = trainer_lib.Trainer(c, work, data=S, devices=one)
+  logged = [r.getMessage() for r in caplog.records if "optimizer group" in r.getMessage()]
+  assert any(m.startswith("optimizer group lora_adapters:") and "trained" in m and
+             "in 8 arrays" in m for m in logged), logged
+  assert any(m.startswith("optimizer group lora_frozen_base:") and "frozen" in m
+             for m in logged), logged
   abstract = t.abstract_state
   names = _adapter_names(abstract["params"])
   assert len(names) == 8  # 4 projections x (A, B), stacked over the layers

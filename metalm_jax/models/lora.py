@@ -191,8 +191,9 @@ def merged_kernel(kernel, a, b, scale: float) -> np.ndarray:
 
 
 def merge(tree, scale: float) -> Dict[str, Any]:
-  """`tree` with every adapted kernel replaced by W + scale * A . B and the
-  adapters removed (numpy leaves)."""
+  """`tree` with every adapted kernel replaced by W + scale * A . B (a numpy
+  array of the kernel's dtype) and the adapters removed; other leaves as
+  they are."""
   if not isinstance(tree, Mapping):
     return tree
   out = {k: merge(v, scale) for k, v in tree.items() if k not in (A_NAME, B_NAME)}
