@@ -3,7 +3,8 @@
     python -m metalm_jax.main --config=configs/pretrain_vl.py:size=tiny --workdir=/tmp/vl
     python -m metalm_jax.main --config=configs/pretrain_vl.py:size=paper --workdir=gs://...
     python -m metalm_jax.main --config=configs/pretrain_vl.py:size=modern --workdir=gs://...
-    python -m metalm_jax.main --config=configs/pretrain_vl.py:size=tiny,decoder=llama,vision=siglip \
+    python -m metalm_jax.main \
+        --config=configs/pretrain_vl.py:size=tiny,decoder=llama,vision=siglip \
         --workdir=/tmp/vl_llama
 
 arg keys: size (tiny | bench | paper | modern), steps (0 = the size's default),

@@ -29,6 +29,9 @@ bash launch/setup_venv.sh test
 # it is set up here with the test venv, not inside the timed test run.
 bash launch/aot.sh --setup_only
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+# Lint first (ruff.toml: pycodestyle, pyflakes, bugbear at 100 columns).
+echo "[test] ruff check"
+.venv/bin/ruff check --quiet .
 WORKERS="${METALM_TEST_WORKERS:-2}"
 XDIST=()
 if [[ "$WORKERS" != "0" ]]; then

@@ -134,7 +134,8 @@ def test_build_cli(tmp_path):
                         "--world=test", "--vocab_size=1000,1024"], capture_output=True, text=True)
   assert out.returncode == 0, out.stderr[-2000:]
   for vocab in (1000, 1024):
-    assert (tmp_path / "tokenizers" / f"metalm_world_test_{vocab}_v{prepare.TOKENIZER_VERSION}.model").exists()
+    name = f"metalm_world_test_{vocab}_v{prepare.TOKENIZER_VERSION}.model"
+    assert (tmp_path / "tokenizers" / name).exists()
   assert len(tfds.data_source("metalm_world/test", data_dir=str(tmp_path))["train"]) == 64
   from metalm_jax.data import world
   from metalm_jax.media import images

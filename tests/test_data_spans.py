@@ -59,7 +59,7 @@ def test_layout_matches_reference_and_never_trains_on_seen_tokens():
   cfg = presets.model_config("tiny")
   offsets = batch_lib.dock_offsets(cfg.encoders)
   rng = np.random.default_rng(0)
-  for trial in range(50):
+  for _ in range(50):
     row = spans.Row(64, pad_id=0)
     row.start_segment()
     row.add_tokens([2, 5], train=False)

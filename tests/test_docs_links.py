@@ -168,7 +168,8 @@ def test_checker_catches_breakage(tmp_path, monkeypatch):
   docs.mkdir()
   (tmp_path / "metalm_jax").mkdir()
   (tmp_path / "metalm_jax" / "here.py").write_text("")
-  (docs / "a.md").write_text("# Title\n\n## Sub part\n\n[ok](#sub-part) [ok](../metalm_jax/here.py)\n"
+  (docs / "a.md").write_text("# Title\n\n## Sub part\n\n[ok](#sub-part) "
+                             "[ok](../metalm_jax/here.py)\n"
                              "[broken](missing.md) [bad anchor](a.md#nowhere)\n"
                              "`metalm_jax/here.py` `metalm_jax/gone.py` "
                              "`metalm_jax/{here,gone2}.py`\n"

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from metalm_jax import params_io
-from metalm_jax import presets
 from metalm_jax.convert import export, serving
 from metalm_jax.evaluate import prompts
 from tests import export_fixtures as F

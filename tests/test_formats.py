@@ -236,7 +236,7 @@ def test_interleaved_and_instruction_sources_are_deterministic(world):
   for source in ("world_interleaved", "world_instructions"):
     c = copy.deepcopy(cfg)
     c.data.mixture = {source: 1.0}
-    get = lambda seed: pipeline.split_stats(next(pipeline.make_iterator(
+    get = lambda seed, c=c: pipeline.split_stats(next(pipeline.make_iterator(
         c, "train", batch_size=4, seed=seed)))[0]
     a, b, other = get(3), get(3), get(4)
     for key in ("tokens", "dock_index", "loss_mask"):

@@ -44,7 +44,8 @@ for info in pkgutil.walk_packages(metalm_jax.__path__, "metalm_jax."):
 print("WALKED", walked)
 print("IMPORTED", n)
 print("ATTEMPTS", sorted(set(attempts)))
-print("CONFIGS_LOADED", sorted(m for m in sys.modules if m == "configs" or m.startswith("configs.")))
+print("CONFIGS_LOADED", sorted(m for m in sys.modules
+                               if m == "configs" or m.startswith("configs.")))
 print("FAILED", failed)
 """
 
@@ -214,7 +215,7 @@ LAYERS = (
     ("evaluate",),
     ("train",),
     ("convert", "sweep"),                # serving, HF import/export; sweeps
-    ("aot", "export", "main"),           # entry points
+    ("aot", "export", "main", "serve"),  # entry points (serve: the HTTP server)
 )
 
 

@@ -66,7 +66,8 @@ def test_paper_configs_are_consistent():
 def test_runlocal_shrinks_any_size():
   from configs import pretrain_lang, pretrain_vl
   c = pretrain_vl.get_config("size=bench,runlocal")
-  assert (c.total_steps, c.batch_size, c.eval_loss.every_steps, c.model.decoder.num_layers) == (100, 8, 50, 4)
+  assert (c.total_steps, c.batch_size, c.eval_loss.every_steps,
+          c.model.decoder.num_layers) == (100, 8, 50, 4)
   c = pretrain_lang.get_config("size=paper,runlocal,steps=7")
   assert c.total_steps == 7 and dict(c.mesh) == {"data": -1, "fsdp": 1, "tensor": 1}
   with pytest.raises(ValueError, match=r"config arg 'runlocl' is unknown"):

@@ -49,7 +49,8 @@ def test_gpu_slurm_dry_run_prints_the_batch_script():
   for line in ("#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=8",
                "#SBATCH --partition=a100", "+ sbatch <batch script>"):
     assert line in out.splitlines(), line
-  for line in ("#SBATCH --requeue", "#SBATCH --signal=TERM@120", '  scontrol requeue "$SLURM_JOB_ID"'):
+  for line in ("#SBATCH --requeue", "#SBATCH --signal=TERM@120",
+               '  scontrol requeue "$SLURM_JOB_ID"'):
     assert line in out.splitlines(), line
   assert "\nrc=$?\nif [[ $rc -eq 42 ]]; then" in out
   srun = [l for l in out.splitlines() if l.startswith("srun ")]

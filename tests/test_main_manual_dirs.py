@@ -18,7 +18,8 @@ from tests.train_standin import CACHE_DIR
 TINY_PAPER = [  # the paper caption config, shrunk to a CPU smoke run
     "--config=configs/finetune_caption.py:size=paper", "--config.data.world=test",
     "--config.data.seq_len=64", "--config.batch_size=2", "--config.total_steps=1",
-    "--config.eval_loss.every_steps=0", "--config.log.every_steps=1", "--config.model.dtype=float32",
+    "--config.eval_loss.every_steps=0", "--config.log.every_steps=1",
+    "--config.model.dtype=float32",
     "--config.metrics.peak_flops=1e11", "--config.sharding.min_fsdp_size=1024",
     f"--config.compilation_cache_dir={CACHE_DIR}",
     "--config.model.decoder.vocab_size=1024", "--config.model.decoder.num_layers=1",

@@ -45,7 +45,8 @@ def _committed_steps(workdir):
   (no atomic rename there); a step dir without it is half written."""
   storage.refresh(workdir)
   return [s for s in _ckpt_steps(workdir)
-          if (storage.path(workdir) / ckpt_lib.CKPT_SUBDIR / str(s) / "commit_success.txt").exists()]
+          if (storage.path(workdir) / ckpt_lib.CKPT_SUBDIR / str(s)
+              / "commit_success.txt").exists()]
 
 
 def _wait_committed(proc, workdir, timeout=300):

@@ -39,10 +39,12 @@ def test_text_encoder_is_bidirectional_and_ignores_padding():
   mask = np.array([[1, 1, 1, 1, 0, 0]] * 2, bool)
   p = enc.init(jax.random.key(0), tokens, mask)
   out = np.asarray(enc.apply(p, tokens, mask))
-  late = tokens.copy(); late[:, 3] = (late[:, 3] + 1) % 97
+  late = tokens.copy()
+  late[:, 3] = (late[:, 3] + 1) % 97
   out_late = np.asarray(enc.apply(p, late, mask))
   assert np.abs(out_late[:, 0] - out[:, 0]).max() > 1e-4  # early position sees a late token
-  padded = tokens.copy(); padded[:, 4:] = (padded[:, 4:] + 5) % 97
+  padded = tokens.copy()
+  padded[:, 4:] = (padded[:, 4:] + 5) % 97
   out_pad = np.asarray(enc.apply(p, padded, mask))
   np.testing.assert_allclose(out_pad[:, :4], out[:, :4], atol=ATOL)
 
@@ -54,7 +56,8 @@ def test_vision_encoder_is_bidirectional():
   p = enc.init(jax.random.key(0), px)
   out = np.asarray(enc.apply(p, px))
   assert out.shape == (1, batch_lib.slot_length(cfg), cfg.emb_dim)
-  px2 = px.copy(); px2[:, 8:, 8:] += 1.0  # only the last patch changes
+  px2 = px.copy()
+  px2[:, 8:, 8:] += 1.0  # only the last patch changes
   out2 = np.asarray(enc.apply(p, px2))
   assert np.abs(out2[:, :4] - out[:, :4]).max() > 1e-4
 
@@ -76,7 +79,8 @@ def test_decoder_padding_does_not_change_real_positions():
 def test_packed_segments_do_not_attend_across():
   model, v = build(small_model_cfg())
   b = random_batch(model, dock=False, left_pad=(0, 0))
-  seg = np.ones_like(b["segment_ids"]); seg[:, 10:] = 2
+  seg = np.ones_like(b["segment_ids"])
+  seg[:, 10:] = 2
   pos = np.concatenate([np.arange(10), np.arange(14)])[None].repeat(2, 0).astype(np.int32)
   packed = {**b, "segment_ids": seg, "positions": pos}
   out = forward(model, v, packed)

@@ -19,7 +19,6 @@ import glob
 import io
 import json
 import os
-import shutil
 import site
 import subprocess
 import sys

@@ -33,7 +33,8 @@ def test_missing_tokenizers_names_the_extra(tmp_path, monkeypatch):
   path = tmp_path / "tokenizer.json"
   path.write_text("{}")
   _hide(monkeypatch, "tokenizers")
-  with pytest.raises(ImportError, match=r"tokenizer.json .*metalm_jax\[hf\].*metalm_jax\[notebook\]"):
+  with pytest.raises(ImportError,
+                     match=r"tokenizer.json .*metalm_jax\[hf\].*metalm_jax\[notebook\]"):
     hf_tokenizer.HfTokenizer(str(path))
 
 

@@ -100,7 +100,8 @@ def test_icl_text_demonstrations_go_through_the_language_encoder(cfg):
   t = cfg.encoders.text.max_len
   np.testing.assert_array_equal(b["dock_index"][0], [0, off["text"], off["text"] + 1, 0, 0,
                                                      off["text"] + t, off["text"] + t + 1])
-  np.testing.assert_array_equal(b["encoders"]["text"]["tokens"][0, 1, :2], tok.encode("awful movie"))
+  np.testing.assert_array_equal(b["encoders"]["text"]["tokens"][0, 1, :2],
+                                tok.encode("awful movie"))
   # Row 1 (k=0): left padded, its one item is item 0.
   np.testing.assert_array_equal(b["segment_ids"][1], [0, 0, 0, 0, 0, 1, 1])
   np.testing.assert_array_equal(b["dock_mask"][1], [False] * 6 + [True])

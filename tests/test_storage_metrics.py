@@ -135,7 +135,8 @@ def test_run_config_names_the_tokenizer_inside_the_workdir(tmp_path, gcs_bucket)
   local = tmp_path / "copied"
   for name in ("config.json", "tokenizer.model"):
     storage.copy(f"{work}/{name}", local / name)
-  assert run_files.load_run_config(str(local))["data"]["tokenizer"] == str(local / "tokenizer.model")
+  got = run_files.load_run_config(str(local))["data"]["tokenizer"]
+  assert got == str(local / "tokenizer.model")
   assert run_files.load_run_config(work)["data"]["tokenizer"] == work + "/tokenizer.model"
 
 

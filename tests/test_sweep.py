@@ -37,7 +37,8 @@ def test_grid_expands_in_order_with_parsed_values_and_stable_names(tmp_path):
   sweep = state_lib.plan(str(tmp_path), LANG, GRID, ["total_steps=7", "--config.seed=3"])
   names = [r["name"] for r in sweep["runs"]]
   assert names == [f"data.spans.ratio={r},model.encoders.text.connector.type={c}"
-                   for r in ("0.15", "0.25", "0.35") for c in ("linear", "mlp")]  # last axis fastest
+                   for r in ("0.15", "0.25", "0.35")
+                   for c in ("linear", "mlp")]  # last axis fastest
   first = sweep["runs"][0]
   assert first["values"] == {"data.spans.ratio": 0.15,
                              "model.encoders.text.connector.type": "linear"}

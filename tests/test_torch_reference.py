@@ -91,7 +91,8 @@ def test_same_params_and_formula_flops(pair):
   assert torch_reference.count_params(ref) == metalm.count_params(params)
   trainable = jax.tree.map(lambda _: True, params)
   ours = metrics.flops_per_example(cfg.model, params, trainable, L)
-  assert torch_reference.formula_flops_per_example(ref, cfg.model, L) == pytest.approx(ours, rel=1e-12)
+  got = torch_reference.formula_flops_per_example(ref, cfg.model, L)
+  assert got == pytest.approx(ours, rel=1e-12)
 
 
 def test_rejects_models_it_cannot_express():

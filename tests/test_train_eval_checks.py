@@ -1,5 +1,6 @@
 """A validation split with no batch is refused before training (never an
-evaluation over no tokens); check_config rejects negative eval / checkpoint / evaluator counts, naming the field."""
+evaluation over no tokens); check_config rejects negative eval / checkpoint /
+evaluator counts, naming the field."""
 
 import pytest
 

@@ -35,7 +35,8 @@ def _abstract(model_cfg, opt_cfg):
   model = metalm.build_model(model_cfg)
   tx = st.make_optimizer(opt_cfg, 10)
   def init_params(rng):
-    return model.init(rng, jax.tree.map(jnp.asarray, batch_lib.dummy_batch(model.cfg, 1, 8)))["params"]
+    dummy = jax.tree.map(jnp.asarray, batch_lib.dummy_batch(model.cfg, 1, 8))
+    return model.init(rng, dummy)["params"]
   boxed = jax.eval_shape(lambda r: st.init_state(init_params(r), tx), jax.random.key(0))
   return boxed, st.unbox(boxed)
 

@@ -134,7 +134,8 @@ def test_overlapping_groups_and_bad_regex_are_errors():
   c = _opt_cfg()
   c.groups = {"a": dict(regex="kernel$", frozen=False, lr_mult=1.0),
               "b": dict(regex="^enc/", frozen=True, lr_mult=1.0)}
-  with pytest.raises(ValueError, match=r"'enc/kernel' matches several optimizer.groups: \['a', 'b'\]"):
+  with pytest.raises(ValueError,
+                     match=r"'enc/kernel' matches several optimizer.groups: \['a', 'b'\]"):
     st.param_labels(params, c)
   c.groups = {"bad": dict(regex="(", frozen=False, lr_mult=1.0)}
   with pytest.raises(ValueError, match=r"optimizer.groups.bad.regex='\('"):

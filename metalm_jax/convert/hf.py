@@ -2,7 +2,8 @@
 
 `import_hf` writes a params dir (metalm_jax.params_io) holding the subtree
 that goes at `params[<params_key>]` ('encoders_vision' = {'vit': ...},
-'encoders_text' = {'bert': ...}, 'encoders_audio' = {'whisper': ...}, 'decoder'; a '/' path for a deeper subtree:
+'encoders_text' = {'bert': ...}, 'encoders_audio' = {'whisper': ...}, 'decoder'; a '/'
+path for a deeper subtree:
 'encoders_video/video/vit', the per-frame ViT of a video encoder), with
 config.json:
 

@@ -45,7 +45,8 @@ T docked positions, `</image>`; `<audio>` / `<video>` the same way). Prompts
 are sorted by length and run in batches of `batch_size` rows (fewer, a power
 of two, when a call has fewer prompts); each batch is left-padded to a length
 bucket (`bucket_length`: powers of two >= 16 by default) and a short batch is
-filled with copies of its last prompt, whose answers are dropped. So a compile happens once per (bucket,
+filled with copies of its last prompt, whose answers are dropped. So a compile
+happens once per (bucket,
 rows, max_new_tokens), not once per new prompt length; padding changes no
 answer (pad positions are segment 0, invisible to the prompt).
 """

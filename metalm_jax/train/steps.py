@@ -77,7 +77,7 @@ def make_train_step(model, tx, opt_cfg, lr_fn: Callable, seed: int, accum_steps:
     denom = jnp.maximum(w, 1.0)
     g = jax.tree.map(lambda x: x / denom, g)
     trainable = state_lib.trainable_mask(g, opt_cfg)
-    grad_norm = optax.global_norm(jax.tree.map(state_lib.mask_frozen, g, trainable))
+    grad_norm = optax.tree.norm(jax.tree.map(state_lib.mask_frozen, g, trainable))
     loss = s / denom
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     spiked = finite & (loss > max_loss) if max_loss is not None else jnp.zeros((), bool)
