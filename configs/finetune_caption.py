@@ -18,11 +18,22 @@ of configs/pretrain_av.py (init from its run), zero-shot prompt
     python -m metalm_jax.main \
         --config=configs/finetune_caption.py:size=tiny,modality=audio,init=/tmp/av \
         --workdir=/tmp/audio_caption
+
+arg `dataset=NAME`: your own data set (docs/your-data.md), built into the data
+dir with `python -m metalm_jax.data.build --data_dir=D --world= --jsonl=NAME:FOLDER`:
+trains on source NAME_caption_prompted (NAME_audio_caption_prompted,
+NAME_video_caption_prompted with modality=audio / video) and evaluates CIDEr
+on NAME's validation split, at any size.
+
+    python -m metalm_jax.main \
+        --config=configs/finetune_caption.py:size=tiny,dataset=pets,init=/tmp/vl \
+        --workdir=/tmp/pets_caption --config.data.data_dir=D
 """
 from configs import common
 from configs import finetune_common as F
 from metalm_jax.data import formats
 
+DATASET_KINDS = {"image": "caption", "audio": "audio_caption", "video": "video_caption"}
 # modality -> (world source, zero-shot prompt)
 MODALITIES = {"image": ("world_caption", formats.CAPTION_PROMPT),
               "audio": ("world_audio_caption", formats.AUDIO_CAPTION_PROMPT),
@@ -42,16 +53,20 @@ SIZES = {
 
 
 def get_config(arg=None):
-  a, s, fields = F.parse(arg, SIZES, KNOBS, modality="image")
+  a, s, fields = F.parse(arg, SIZES, KNOBS, modality="image", dataset="")
   n, beam = s.examples, s.beam
-  source, prompt = F.modality_choice(a, MODALITIES, (s.source, formats.CAPTION_PROMPT))
+  if a.dataset:  # your own data set: the modality's zero-shot prompt, its validation split
+    source = F.dataset_source(a, DATASET_KINDS)
+    prompt = MODALITIES[a.modality][1]
+  else:
+    source, prompt = F.modality_choice(a, MODALITIES, (s.source, formats.CAPTION_PROMPT))
   c = F.base(a, s, fields, kind="vl", mixture={source + "_prompted": 1.0})
   every = c.eval_loss.every_steps
   c.data.spans.prefix_max = 0  # no caption prefix through the text encoder here
   if a.modality != "image":
     common.add_av_encoders(c.model)
   decoding = dict(method="beam", beam_size=beam) if beam > 1 else dict(method="greedy")
-  split = "test" if a.size == "paper" else "validation"
+  split = "test" if a.size == "paper" and not a.dataset else "validation"
   c.evals = {
       "caption": F.evaluator("caption", source, every, prompt="caption:", split=split,
                              num_examples=n, max_new_tokens=32, **decoding),

@@ -6,6 +6,9 @@ Every finetune config takes `size` (tiny | paper), `steps` (0 = default) and
 --config.init_from). tiny runs on the embedded world in CPU minutes; paper
 uses the real data sets through the sources in metalm_jax/data/sources.py
 (their files under config.data.manual_dirs) at the paper's settings.
+finetune_caption.py and finetune_vqa.py also take `dataset=NAME`: your own
+data set built into config.data.data_dir (docs/your-data.md), trained on its
+train split and evaluated on its validation split at any size.
 """
 from __future__ import annotations
 
@@ -63,6 +66,16 @@ def modality_choice(a, modalities: dict, default):
     raise ValueError(f"config arg modality={a.modality!r} has only size=tiny (the embedded "
                      f"world), got size={a.size!r}")
   return modalities[a.modality]
+
+
+def dataset_source(a, kinds: dict) -> str:
+  """The source of your own data set `a.dataset` (built into config.data.data_dir
+  with `python -m metalm_jax.data.build --jsonl=NAME:FOLDER`; data/user_sets.py)
+  for `a.modality` (kinds: modality -> the source's suffix)."""
+  if a.modality not in kinds:
+    raise ValueError(f"config arg modality={a.modality!r} has no source of a data set "
+                     f"(dataset={a.dataset!r}); known: {sorted(kinds)}")
+  return f"{a.dataset}_{kinds[a.modality]}"
 
 
 def evaluator(type_: str, source: str, every: int, **kw) -> dict:

@@ -21,12 +21,21 @@ configs/pretrain_av.py (init from its run).
     python -m metalm_jax.main \
         --config=configs/finetune_vqa.py:size=tiny,modality=video,init=/tmp/av \
         --workdir=/tmp/video_qa
+
+arg `dataset=NAME`: your own data set (docs/your-data.md), built into the data
+dir with `python -m metalm_jax.data.build --data_dir=D --world= --jsonl=NAME:FOLDER`:
+trains on source NAME_vqa (NAME_audio_qa, NAME_video_qa with modality=audio /
+video) and evaluates VQA accuracy on NAME's validation split, at any size.
+
+    python -m metalm_jax.main --config=configs/finetune_vqa.py:size=tiny,dataset=pets,init=/tmp/vl \
+        --workdir=/tmp/pets_vqa --config.data.data_dir=D
 """
 from configs import common
 from configs import finetune_common as F
 
 MODALITIES = {"image": "world_vqa", "audio": "world_audio_qa", "video": "world_video_qa",
               "audio_image": "world_audio_image_qa"}  # modality -> world source
+DATASET_KINDS = {"image": "vqa", "audio": "audio_qa", "video": "video_qa"}  # -> source suffix
 
 KNOBS = ("source", "examples")  # the trained and evaluated source; evaluated examples
 SIZES = {
@@ -42,8 +51,9 @@ SIZES = {
 
 
 def get_config(arg=None):
-  a, s, fields = F.parse(arg, SIZES, KNOBS, modality="image")
-  source = F.modality_choice(a, MODALITIES, s.source)
+  a, s, fields = F.parse(arg, SIZES, KNOBS, modality="image", dataset="")
+  source = (F.dataset_source(a, DATASET_KINDS) if a.dataset
+            else F.modality_choice(a, MODALITIES, s.source))
   c = F.base(a, s, fields, kind="vl", mixture={source: 1.0})
   if a.modality != "image":
     common.add_av_encoders(c.model)

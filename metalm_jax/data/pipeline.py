@@ -114,9 +114,9 @@ def data_source(data_cfg, source_name: str, split: str, skip_corrupt: bool = Fal
   if src.module:  # without TensorFlow, tfds does not import its catalogue eagerly
     importlib.import_module(src.module)
   tfds_split = sources_lib.tfds_split(source_name, split)
-  return records_lib.CheckedRecords(
-      tfds.data_source(name, split=tfds_split, data_dir=prepare.data_dir(data_cfg)),
-      name, tfds_split, skip=skip_corrupt)
+  records = (src.read(data_cfg, tfds_split) if src.read else
+             tfds.data_source(name, split=tfds_split, data_dir=prepare.data_dir(data_cfg)))
+  return records_lib.CheckedRecords(records, name, tfds_split, skip=skip_corrupt)
 
 
 def _seed(*parts: int) -> int:

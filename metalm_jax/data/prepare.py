@@ -154,3 +154,25 @@ def ensure_manual(name: str, data_cfg) -> None:
       tfds.disable_progress_bar()
       builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
           manual_dir=os.path.expanduser(manual)))
+
+
+def ensure_jsonl(name: str, folder: str, data_cfg, max_bad_fraction: float = 0.1,
+                 shards: str = "") -> str:
+  """Builds your data set NAME from FOLDER's JSONL manifests, or from WebDataset
+  `shards` (builders/jsonl.py), into the data dir if it is not there; returns
+  its directory."""
+  from metalm_jax.data import user_sets
+  from metalm_jax.data.builders import jsonl
+  user_sets.check_name(name)
+  make = lambda: jsonl.MetalmJsonl(  # noqa: E731
+      config=jsonl.JsonlConfig(name=name, folder=folder, shards=shards,
+                               max_bad_fraction=max_bad_fraction),
+      data_dir=data_dir(data_cfg), file_format="array_record")
+  builder = make()
+  if not builder.is_prepared():
+    with file_lock(os.path.join(data_dir(data_cfg), ".metalm_prepare.lock")):
+      builder = make()
+      if not builder.is_prepared():
+        tfds.disable_progress_bar()
+        builder.download_and_prepare()
+  return user_sets.builder_dir(data_cfg, name)

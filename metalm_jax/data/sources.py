@@ -24,19 +24,30 @@ Finetuning variants (`*_prompted`, `*_instruct`, `world_pair`) and the
 multitask text clusters (`world_text_qa`, `world_count`, `world_attribute`)
 are at the end. The source sets of the claims' measurements (docs/claims.md)
 are named here: ZERO_SHOT_VL_SOURCES, LANGUAGE_SOURCES, MULTITASK_SOURCES.
+Your own data sets (docs/your-data.md) are not registered here: the
+registry's fallback (data/user_sets.py) answers their names, NAME_caption,
+NAME_vqa, NAME_text, ..., and reads them from the data dir.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Callable, Dict, Mapping
+from typing import Any, Callable, Dict, Mapping, Optional
 
 import numpy as np
 
 from metalm_jax.data.builders.common import as_str
 from metalm_jax.registry import Registry
 
-SOURCES = Registry("data source")
+
+
+def _user_source(name: str):
+  """The sources of your own data sets (NAME_caption, ...; data/user_sets.py)."""
+  from metalm_jax.data import user_sets
+  return user_sets.source(name)
+
+
+SOURCES = Registry("data source", fallback=_user_source)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +58,9 @@ class Source:
   extract: Callable[[Mapping[str, Any], np.random.Generator], Dict[str, Any]]
   embedded: bool = False               # the embedded world (prepared on first use)
   module: str = ""                     # module defining a catalogue builder (imported first)
+  # (data_cfg, tfds split) -> random-access records, for data sets read from
+  # their folder rather than by tfds name (your own data: data/user_sets.py)
+  read: Optional[Callable[[Any, str], Any]] = None
 
 
 def _world_name(data_cfg) -> str:
