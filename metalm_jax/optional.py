@@ -12,6 +12,8 @@ EXTRAS = {
     "matplotlib": ("plot", "notebook"),
     "tokenizers": ("hf", "notebook"),
     "av": ("media",),
+    "fastapi": ("serve",),
+    "uvicorn": ("serve",),
 }
 
 

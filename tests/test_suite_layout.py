@@ -31,7 +31,7 @@ INTEGRATION_MODULES = [
     "test_evaluate_multiprocess", "test_export_trainer", "test_gcs_outage",
     "test_hf_decoder_training", "test_main_multiprocess", "test_main_resume",
     "test_main_your_data", "test_notebook", "test_serve", "test_serve_audio",
-    "test_serve_limits", "test_train_exit_paths",
+    "test_serve_continuous", "test_serve_limits", "test_train_exit_paths",
 ]
 # Single tests (`@pytest.mark.integration`), module -> test functions: the
 # long ones (a unit run without them stays short).
