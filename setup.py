@@ -48,7 +48,8 @@ EXTRAS = {
     # launch/setup_venv.sh uses first when that host answers (it says which).
     "hf": ["torch==2.13.0", "transformers>=5,<6", TOKENIZERS],
     "eval": ["pycocoevalcap>=1.2"],
-    "notebook": ["nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6", MATPLOTLIB, TOKENIZERS],
+    "notebook": ["nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6", MATPLOTLIB, TOKENIZERS,
+                 "tqdm>=4.60"],
     # gs:// workdirs, export and params dirs (etils.epath -> fsspec -> gcsfs).
     "gcs": ["gcsfs>=2024.2"],
     # Real video files (media/video.py): PyAV, whose wheel bundles FFmpeg (~100 MB).

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job: create .venv if needed, install, build the embedded data set,
-# and pretrain the tiny vision-language MetaLM on CPU (<= 10 min on 2 cores).
+# and pretrain the tiny vision-language MetaLM on CPU (<= 10 min on 2 cores);
+# then caption and question a few unseen validation scenes (WORKDIR/demo.png).
 #
 #   bash launch/local.sh                       # workdir: ./workdir_local_vl
 #   WORKDIR=/tmp/vl bash launch/local.sh --config.total_steps=1000 --config.optimizer.lr=1e-3
@@ -52,3 +53,7 @@ print(f"  metrics:      {os.path.join(workdir, 'metrics.jsonl')}")
 print(f"  TensorBoard:  tensorboard --logdir {os.path.join(workdir, 'tensorboard')}")
 print(f"  loss curve:   {os.path.join(workdir, 'loss_curve.png')}")
 PYEOF
+
+# What the model learned: captions and answers on unseen validation scenes
+# (demo.png in the workdir), and the commands that serve it and open the notebook.
+"$PY" -m metalm_jax.demo --workdir="$WORKDIR"

@@ -106,7 +106,7 @@ def test_python_scripts_answer_help():
 # The library's entry points (`python -m ...`), as the docs spell them.
 ENTRY_POINTS = ["metalm_jax.main", "metalm_jax.export", "metalm_jax.convert",
                 "metalm_jax.sweep", "metalm_jax.aot", "metalm_jax.data.build",
-                "metalm_jax.data.tokenizer"]
+                "metalm_jax.data.tokenizer", "metalm_jax.demo"]
 
 
 def test_entry_points_answer_help():

@@ -215,7 +215,8 @@ LAYERS = (
     ("evaluate",),
     ("train",),
     ("convert", "sweep"),                # serving, HF import/export; sweeps
-    ("aot", "export", "main", "serve"),  # entry points (serve: the HTTP server)
+    ("checkpoint_eval",),                # the evaluators on a workdir / export dir
+    ("aot", "export", "main", "serve", "demo"),  # entry points (serve: the HTTP server)
 )
 
 

@@ -11,6 +11,10 @@ restart is needed. Two cases, on the tiny model of tests/export_fixtures.py (a t
     JPEG, a file that is no image) and a question;
   - its export dir with no image folder: the embedded world's scenes and their
     own questions.
+The workdir case also runs the metrics cells: VQA and caption evaluators on
+the small `test` world through metalm_jax.checkpoint_eval (results equal to
+an in-process `evaluate`, the worst examples drawn), compared with the export
+dir (the same params: every difference 0).
 The notebook's captions and answers must equal an in-process Predictor's on the
 same files (greedy ids, so exact; the workdir's latest step holds the exported
 params).
@@ -29,6 +33,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from metalm_jax import checkpoint_eval
 from metalm_jax.convert.predictor import Predictor
 from metalm_jax.data import world
 from metalm_jax.train import metrics as metrics_lib
@@ -42,6 +47,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "notebooks", "evaluate_checkpoint.ipynb")
 KERNEL = "metalm-notebook-test"
 NEW_TOKENS = 4
+EVALS = dict(
+    vqa=dict(type="vqa", source="world_vqa", num_examples=4, batch_size=4, max_new_tokens=3,
+             num_baseline_examples=8),
+    caption=dict(type="caption", source="world_caption", num_examples=3, batch_size=4,
+                 max_new_tokens=4, meteor=False, num_baseline_examples=8))
+NO_EVALS = dict(EVALS={}, SPLIT="validation", NUM_EXAMPLES=4, DATA_DIR="", WORLD="",
+                COMPARE_DIR="", NUM_WORST=2)
 VERSIONS = ("import importlib.metadata as m, json; "
             "print(json.dumps({n: m.version(n) for n in ('jax', 'jaxlib')}))")
 
@@ -141,8 +153,10 @@ def test_notebook_on_a_workdir_and_the_users_images(venv, model, tmp_path, monke
   (folder / "a_scan.JPG").write_bytes(buf.getvalue())
   (folder / "notes.txt").write_text("not an image")
   questions = ["what colour is the cat ?"]
+  data_dir = str(tmp_path / "tfds")
   code, text, work = _run(venv, monkeypatch, tmp_path, dict(
-      MODEL_DIR=model["workdir"], IMAGE_DIR=str(folder), QUESTIONS=questions, NUM_IMAGES=5))
+      NO_EVALS, MODEL_DIR=model["workdir"], IMAGE_DIR=str(folder), QUESTIONS=questions,
+      NUM_IMAGES=5, EVALS=EVALS, DATA_DIR=data_dir, WORLD="test", COMPARE_DIR=model["export"]))
 
   assert "model from the workdir" in text[2]
   named = json.loads(open(os.path.join(model["workdir"], "config.json")).read())["data"]
@@ -155,13 +169,33 @@ def test_notebook_on_a_workdir_and_the_users_images(venv, model, tmp_path, monke
   assert (work / "predictions.png").read_bytes()[:4] == b"\x89PNG"
   # The curves: the three logged steps and the one evaluation.
   assert "{'loss': 3, 'eval_loss': 1}" in text[5]
-  assert len(_images(code)) == 2 and (work / "curves.png").exists()
+  # Metrics: the trainer's evaluators, as an in-process evaluate() gives them.
+  want = checkpoint_eval.evaluate(
+      model["workdir"], {n: dict(e, split="validation") for n, e in EVALS.items()},
+      data=dict(data_dir=data_dir, world="test"), out_dir=str(tmp_path / "want"), progress=False)
+  got = json.loads((work / "metrics_notebook_run.json").read_text())
+  assert got["step"] == 7 and got["results"] == want.results
+  assert json.dumps(want.results, sort_keys=True) in text[6]
+  # The worst examples: NUM_WORST per scored evaluator, lowest score first.
+  worst = [l.split(" ") for l in text[7].splitlines() if l.startswith(("vqa ", "caption "))]
+  assert [(w[0], int(w[1])) for w in worst] == [
+      (n, r["index"]) for n in ("caption", "vqa") for r in want.rows[n][:2]]
+  assert "examples shown: 4" in text[7]
+  assert (work / "worst_vqa.png").exists() and (work / "worst_caption.png").exists()
+  # Side by side with the export of the same params: equal metrics.
+  cmp = json.loads((work / "compare.json").read_text())
+  assert {(r["evaluator"], r["metric"]) for r in cmp["rows"]} == {
+      (n, k) for n, r in want.results.items() for k in r}
+  assert all(r["diff"] == 0 or np.isnan(r["diff"]) for r in cmp["rows"])
+  assert f"compared {len(cmp['rows'])} metrics" in text[8]
+  assert (work / "compare.png").exists()
+  assert len(_images(code)) == 2 + 2 + 1 and (work / "curves.png").exists()
 
 
 def test_notebook_on_an_export_dir_and_the_embedded_world(venv, model, tmp_path, monkeypatch):
   export_dir = model["export"]
   code, text, work = _run(venv, monkeypatch, tmp_path, dict(
-      MODEL_DIR=export_dir, IMAGE_DIR="", QUESTIONS=["unused"], NUM_IMAGES=2))
+      NO_EVALS, MODEL_DIR=export_dir, IMAGE_DIR="", QUESTIONS=["unused"], NUM_IMAGES=2))
 
   assert "model from the export dir" in text[2]
   assert "tokenizer: HfTokenizer, the file config.json names: tokenizer.json," in text[2]
@@ -173,3 +207,5 @@ def test_notebook_on_an_export_dir_and_the_embedded_world(venv, model, tmp_path,
   assert all(len(r["qa"]) == 2 for r in got)
   assert "export dir: its training curves are in the workdir" in text[5]
   assert len(_images(code)) == 1 and not (work / "curves.png").exists()
+  assert "EVALS is empty: no metrics" in text[6] and "examples shown: 0" in text[7]
+  assert "nothing to compare" in text[8]
