@@ -8,6 +8,16 @@ one after the timed steps), or --peak_tflops.
     python benchmarks/train_step.py --config=configs/pretrain_vl.py:size=tiny --seq_len=64
     python benchmarks/train_step.py --config=configs/pretrain_vl.py:size=bench --compare_torch
 
+With --loss_chunk=N (> 0), a second step computes the loss in chunks of N
+positions (`model.decoder.loss_chunk`, models/chunked_loss.py) instead of
+from the full float32 logits; both steps start from the same state, run
+interleaved in blocks of --block steps, and the figures hold both medians,
+both losses and both compiled steps' temporary bytes (XLA's memory
+analysis), e.g. at a 32000-token vocabulary:
+
+    python benchmarks/train_step.py --config=configs/pretrain_vl.py:size=bench \
+        --config.model.decoder.vocab_size=32000 --loss_chunk=32
+
 With --compare_torch, the same architecture, batch and optimizer in PyTorch/HF
 (benchmarks/torch_reference.py) runs in the same process, its steps
 interleaved with ours in blocks of --block steps (so load on a shared machine
@@ -43,8 +53,10 @@ flags.DEFINE_string("json_out", "", "also write the figures (and their provenanc
 flags.DEFINE_float("peak_tflops", 0.0, "MFU peak per device in TFLOP/s; 0 = the published dense "
                    "bf16 peak of the device kind, on CPU (or an unknown kind) the matmul peak "
                    "measured in this run")
+flags.DEFINE_integer("loss_chunk", 0, "> 0: also time the step with the loss in chunks of this "
+                     "many positions (model.decoder.loss_chunk), against the full-logits step")
 flags.DEFINE_bool("compare_torch", False, "also time the PyTorch/HF reference, interleaved")
-flags.DEFINE_integer("block", 5, "steps per interleaved block with --compare_torch")
+flags.DEFINE_integer("block", 5, "steps per interleaved block with --compare_torch or --loss_chunk")
 flags.DEFINE_integer("torch_threads", 2, "torch intra-op threads")
 flags.DEFINE_enum("torch_omp_wait", "passive", ["passive", "active"],
                   "OMP_WAIT_POLICY for torch (unless set in the environment): 'active' "
@@ -112,6 +124,12 @@ def build(config, batch_size: int, seq_len: int):
                                compiled=compiled, compile_s=time.perf_counter() - t0)
 
 
+def temp_bytes(compiled) -> int:
+  """The compiled step's temporary bytes (XLA's memory analysis; -1 if none)."""
+  analysis = compiled.memory_analysis()
+  return int(analysis.temp_size_in_bytes) if analysis is not None else -1
+
+
 def _print(out):
   for k, v in out.items():
     print(f"{k:>28}: {v:.4g}" if isinstance(v, float) else f"{k:>28}: {v}")
@@ -139,6 +157,8 @@ def main(argv):
     # (setting it in-process before importing torch was measured to do nothing).
     os.environ["OMP_WAIT_POLICY"] = FLAGS.torch_omp_wait.upper()
     os.execv(sys.executable, [sys.executable] + sys.argv)
+  import copy
+
   import jax
   import numpy as np
   from metalm_jax import provenance
@@ -152,6 +172,11 @@ def main(argv):
   dev = jax.devices()[0]
   mm_dtype = metrics_lib.matmul_dtype(dev.platform)
   peak_before = metrics_lib.measure_matmul_peak(FLAGS.matmul_size, mm_dtype)
+  chunked_config = None
+  if FLAGS.loss_chunk > 0:
+    chunked_config = copy.deepcopy(config)
+    chunked_config.model.decoder.loss_chunk = FLAGS.loss_chunk
+    config.model.decoder.loss_chunk = 0
   b = build(config, FLAGS.batch_size, FLAGS.seq_len)
   compiled, batch, np_batch, t = b.compiled, b.batch, b.np_batch, b.trainer
   compile_s = b.compile_s
@@ -163,6 +188,15 @@ def main(argv):
     jax.block_until_ready(m)
 
   runners = {"jax": ours}
+  if chunked_config is not None:
+    bc = build(chunked_config, FLAGS.batch_size, FLAGS.seq_len)
+    box["chunked_state"] = bc.state
+
+    def chunked():
+      box["chunked_state"], m = bc.compiled(box["chunked_state"], bc.batch)
+      box["chunked_metrics"] = m
+      jax.block_until_ready(m)
+    runners["jax_chunked"] = chunked
   flops_ex = metrics_lib.flops_per_example(config.model, t.abstract_state["params"], t.trainable,
                                            FLAGS.seq_len)
   params = int(sum(np.prod(x.shape) for x in jax.tree.leaves(t.abstract_state["params"])))
@@ -178,7 +212,8 @@ def main(argv):
     for fn in runners.values():
       fn()
   load = os.getloadavg()[0]
-  times, cpu = _timed_blocks(runners, FLAGS.steps, FLAGS.block if ref else FLAGS.steps)
+  interleave = ref is not None or chunked_config is not None
+  times, cpu = _timed_blocks(runners, FLAGS.steps, FLAGS.block if interleave else FLAGS.steps)
   step_s = float(np.median(times["jax"]))
   # Best of two matmul readings around the timed steps (shared machines drift).
   measured = max(peak_before, metrics_lib.measure_matmul_peak(FLAGS.matmul_size, mm_dtype))
@@ -204,8 +239,21 @@ def main(argv):
       "mfu": flops_ex * FLAGS.batch_size / step_s / peak,
       "mfu_best_step": flops_ex * FLAGS.batch_size / min(times["jax"]) / peak,
       "peak_memory_mb": round(peak_memory_bytes(dev) / 2 ** 20, 1),
+      "temp_mb": round(temp_bytes(compiled) / 2 ** 20, 1),
       "loss": float(m["loss"]),
   }
+  if chunked_config is not None:
+    chunked_s = float(np.median(times["jax_chunked"]))
+    out.update({
+        "loss_chunk": FLAGS.loss_chunk,
+        "vocab_size": config.model.decoder.vocab_size,
+        "chunked_compile_s": round(bc.compile_s, 2),
+        "chunked_step_time_ms_median": round(1e3 * chunked_s, 2),
+        "chunked_step_time_ms_min": round(1e3 * min(times["jax_chunked"]), 2),
+        "chunked_temp_mb": round(temp_bytes(bc.compiled) / 2 ** 20, 1),
+        "chunked_loss": float(box["chunked_metrics"]["loss"]),
+        "chunked_over_plain_step_time": chunked_s / step_s,
+    })
   if ref is not None:
     torch_s = float(np.median(times["torch"]))
     torch_peak = max(torch_peak, torch_reference.measure_matmul_peak(FLAGS.matmul_size))
@@ -237,6 +285,13 @@ def main(argv):
           f" of the better matmul peak ({max(peak, torch_peak) * 1e-9:.1f} GFLOP/s); process CPU "
           f"time per step torch/ours {out['cpu_time_ratio_torch_over_ours']:.2f}; load average "
           f"{load:.1f} on {os.cpu_count()} cores; OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}")
+  if chunked_config is not None:
+    print(f"loss in chunks of {FLAGS.loss_chunk} positions: temporaries {out['temp_mb']} MiB -> "
+          f"{out['chunked_temp_mb']} MiB, step {out['step_time_ms_median']:.1f} -> "
+          f"{out['chunked_step_time_ms_median']:.1f} ms (medians of {FLAGS.steps}, interleaved "
+          f"in blocks of {FLAGS.block}), loss after the same steps {out['loss']:.6f} vs "
+          f"{out['chunked_loss']:.6f}; peak memory (both steps, one process) "
+          f"{out['peak_memory_mb']} MiB")
   if FLAGS.json_out:
     provenance.write_json(FLAGS.json_out, out, begun)
 

@@ -36,6 +36,8 @@ from ml_collections import config_flags
 config_flags.DEFINE_config_file("config", None, "config file[:arg]", lock_config=True)
 flags.DEFINE_string("topology", None, "v5e-16, v4-16, v5p-16, v6e-256, v5e:2x2, h100x8, ...")
 flags.DEFINE_string("report", "", "also write the report as JSON here (local or gs://)")
+flags.DEFINE_string("hlo", "", "also write the compiled step's HLO text here (which kernels, "
+                    "which buffers: e.g. the splash attention custom calls)")
 flags.mark_flags_as_required(["config", "topology"])
 FLAGS = flags.FLAGS
 
@@ -63,8 +65,9 @@ def _abstract_batch(trainer, batch_size: int, seq_len: int):
   return jax.tree.map(as_struct, spec, is_leaf=lambda s: isinstance(s, tuple))
 
 
-def compile_train_step(config, target) -> Dict[str, Any]:
-  """Lowers and compiles the trainer's jitted step for `target`; the report dict."""
+def compile_train_step(config, target, hlo_path: str = "") -> Dict[str, Any]:
+  """Lowers and compiles the trainer's jitted step for `target`; the report
+  dict. `hlo_path`: also write the compiled HLO text there."""
   from metalm_jax import aot_targets
   from metalm_jax.train import checkpoint as ckpt_lib
   from metalm_jax.train import metrics as metrics_lib
@@ -103,6 +106,9 @@ def compile_train_step(config, target) -> Dict[str, Any]:
     report.update(fits=False, reason=f"{OOM_MARKER} at compile: " + _oom_line(str(e)))
     return report
   report["compile_s"] = time.perf_counter() - t0
+  if hlo_path:
+    from etils import epath
+    epath.Path(hlo_path).write_text(compiled.as_text())
   mem = compiled.memory_analysis()
   parts = {"argument_bytes": mem.argument_size_in_bytes, "output_bytes": mem.output_size_in_bytes,
            "alias_bytes": mem.alias_size_in_bytes, "temp_bytes": mem.temp_size_in_bytes,
@@ -169,7 +175,7 @@ def main(argv):
   begun = provenance.start()
   try:
     target = aot_targets.resolve(FLAGS.topology)
-    report = compile_train_step(FLAGS.config, target)
+    report = compile_train_step(FLAGS.config, target, FLAGS.hlo)
   except ValueError as e:  # config / topology checks name the field
     print(f"error: {e}", file=sys.stderr)
     sys.exit(EXIT_USAGE)

@@ -45,6 +45,11 @@ def decoder(**kw) -> ConfigDict:
   original_max_position_embeddings}; positions="rotary" only), embed_scale
   (token embeddings times this, e.g. Gemma's sqrt(emb_dim)).
 
+  loss_chunk: 0 = the loss (train and eval) takes the full float32 logits
+  [B, L, vocab]; N > 0 = it takes the final hidden states and computes the
+  logits N positions at a time, never all of them (models/chunked_loss.py).
+  The same loss and gradients; it changes memory and speed, not the model.
+
   lora: low-rank adapters (metalm_jax/models/lora.py), off unless `enabled`:
   rank, alpha (scale alpha / rank), targets (projection names: query, key,
   value, out; wi, wo for the dense MLP; wi_gate, wi_up, wo for the gated one),
@@ -59,7 +64,7 @@ def decoder(**kw) -> ConfigDict:
            activation="gelu", norm="pre", positions="learned", max_len=256, dropout=0.0,
            use_bias=True, ln_eps=1e-5, tie_embeddings=True, norm_type="layer", mlp="dense",
            num_kv_heads=0, qkv_bias=False, rope_theta=10000.0, rope_scaling={},
-           embed_scale=1.0, lora=lora, **stack_options())
+           embed_scale=1.0, loss_chunk=0, lora=lora, **stack_options())
   d.update(kw)
   return ConfigDict(d)
 

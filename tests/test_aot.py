@@ -1,10 +1,12 @@
 """Ahead-of-time fit check: topology names, and one real TPU compile of the
 tiny config for v5e:2x2 through launch/aot.sh (its own venv with jax[tpu],
 created on first use), plus an oversized variant that must report
-"does not fit"."""
+"does not fit", and the tiny step with the decoder on the Pallas splash
+attention kernel (its TPU custom calls, no float32 [B, H, L, L] scores)."""
 import json
 import math
 import os
+import re
 import subprocess
 
 import jax
@@ -62,7 +64,8 @@ def _aot(tmp_path, name, *overrides):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # conftest's are CPU flags
   p = subprocess.run(
       ["bash", "launch/aot.sh", f"--config={TINY}", "--topology=v5e:2x2", f"--report={report}",
-       *overrides], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+       f"--hlo={tmp_path / name}.hlo", *overrides],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
   assert report.exists(), p.stdout[-2000:] + p.stderr[-4000:]
   return p, json.loads(report.read_text())
 
@@ -106,3 +109,39 @@ def test_tiny_fits_on_v5e_2x2_and_oversized_does_not(tmp_path):
   assert r["overrides"] == {"model.decoder.vocab_size": 2 ** 24, "model.decoder.num_layers": 1,
                             "model.encoders.vision.num_layers": 1,
                             "model.encoders.text.num_layers": 1}
+
+
+def _float32_square(hlo_text, b, h, length):
+  """float32 shapes of b * h * length^2 elements with two dims of `length`:
+  attention scores [B, H, L, L] in any dim order or grouping."""
+  hits = []
+  for dims in re.findall(r"f32\[([0-9,]+)\]", hlo_text):
+    shape = [int(d) for d in dims.split(",")]
+    if math.prod(shape) == b * h * length ** 2 and shape.count(length) >= 2:
+      hits.append(shape)
+  return hits
+
+
+@pytest.mark.integration
+def test_tiny_decoder_on_splash_attention_compiles_for_v5e(tmp_path):
+  """attention_impl=splash for the decoder (causal + packed segment ids):
+  the compiled TPU step calls the splash kernels (forward, dq, dkv; one each
+  per layer) and holds no float32 [B, H, L, L] buffer, at L = 256 (at
+  L = 128 the kernel's lane-broadcast softmax statistics [B, H, L, 128] would
+  have that shape too). The encoders' 16- and 17-token attention stays on
+  XLA (lengths not multiples of 128)."""
+  splash = ["--config.model.decoder.attention_impl=splash", "--config.data.seq_len=256"]
+  p, r = _aot(tmp_path, "splash", *splash)
+  assert p.returncode == 0, p.stderr[-4000:]
+  assert r["fits"] and r["stacks"]["decoder"]["attention_impl"] == "splash"
+  hlo = (tmp_path / "splash.hlo").read_text()
+  config = pretrain_vl.get_config("size=tiny")
+  layers_n, heads = config.model.decoder.num_layers, config.model.decoder.num_heads
+  calls = re.findall(r"%(splash_mha_\w+?)(?:\.\d+)? = .*custom_call_target=\"tpu_custom_call\"",
+                     hlo)
+  kinds = {re.sub(r"_(no_)?residuals$", "", c) for c in calls}
+  assert kinds == {"splash_mha_fwd_segmented", "splash_mha_dq_segmented",
+                   "splash_mha_dkv_segmented"}, calls
+  assert len(calls) == 3 * layers_n, calls
+  per_chip_batch = config.batch_size // r["num_chips"]  # data=4
+  assert not _float32_square(hlo, per_chip_batch, heads, 256)

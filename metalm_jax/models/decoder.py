@@ -12,10 +12,10 @@ from metalm_jax.models import lora as lora_lib
 POSITION_SCHEMES = ("learned", "sinusoidal", "rotary")
 
 
-def segment_mask(segment_ids):
-  """bool [B, 1, L, L]: query t may see key s of the same segment (packing;
-  padding is segment 0). Attention adds causality itself (`is_causal`)."""
-  return (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
+def segment_mask(segment_ids) -> layers.Segments:
+  """Query t may see key s of the same segment (packing; padding is segment
+  0), as ids (`.dense()`: bool [B, 1, L, L]). Attention adds causality itself."""
+  return layers.Segments.packed(segment_ids)
 
 
 class Decoder(nn.Module):
@@ -77,6 +77,13 @@ class Decoder(nn.Module):
     In decode mode the call appends T positions to the KV cache; `segment_ids`
     then only marks real (non-zero) vs padding keys.
     """
+    x = self.hidden_states(tokens, positions, segment_ids, input_embeds, decode, deterministic)
+    return self.head(x).astype(jnp.float32)
+
+  def hidden_states(self, tokens, positions, segment_ids, input_embeds: Optional[Any] = None,
+                    decode: bool = False, deterministic: bool = True):
+    """The final hidden states [B, T, emb] (after the final norm), compute dtype:
+    what `head` turns into logits. Arguments as `__call__`."""
     cfg = self.cfg
     x = self.embed(tokens) if input_embeds is None else input_embeds.astype(self.dtype)
     # Positional information is added after docking replaced some inputs.
@@ -92,9 +99,13 @@ class Decoder(nn.Module):
     x = stack.apply(self.blocks, x, mask, positions, segment_ids != 0, decode, deterministic)
     if cfg.norm == "pre":
       x = self.final_norm(x)
-    if cfg.tie_embeddings:
+    return x
+
+  def head(self, x):
+    """The output head: logits [B, T, vocab] in the compute dtype from hidden
+    states [B, T, emb] (the tied, unscaled embedding table or `lm_head`)."""
+    if self.cfg.tie_embeddings:
       logits = self.embedder.attend(x)
     else:
       logits = self.lm_head(x)
-    logits = layers.constrain(logits, ("act_batch", "act_length", "act_vocab"))
-    return logits.astype(jnp.float32)
+    return layers.constrain(logits, ("act_batch", "act_length", "act_vocab"))

@@ -7,16 +7,19 @@ them to mesh axes lives in the config (default: metalm_jax/presets.py logical_ru
 from __future__ import annotations
 
 import functools
+import logging
 import math
-from typing import Any, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 from jax.ad_checkpoint import checkpoint_name
 
 from metalm_jax.models import lora as lora_lib
+from metalm_jax.models import splash as splash_lib
 from metalm_jax.registry import Registry
 
 Array = jax.Array
@@ -181,30 +184,137 @@ class DenseND(nn.Module):
     return lora_lib.delta(x, a.astype(self.dtype), b.astype(self.dtype), n_in, lora.scale)
 
 
-ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
+_log = logging.getLogger(__name__)
+
+
+@struct.dataclass
+class Segments:
+  """An attention mask as data: query t of row b may see key s iff
+  q[b, t] == kv[b, s] (int32 ids [B, Q] and [B, K]); causality is added by
+  the attention itself. The fused kernels take the ids (splash), the others
+  the dense mask (`dense`)."""
+  q: Array
+  kv: Array
+
+  @classmethod
+  def packed(cls, segment_ids):
+    """Packing: each position sees its own segment (padding is segment 0)."""
+    return cls(segment_ids, segment_ids)
+
+  @classmethod
+  def key_padding(cls, valid):
+    """Bidirectional self-attention over the keys `valid` [B, S] marks (the
+    text encoder's): every query is segment 1, valid keys 1, padding 0. A row
+    with no valid key (an empty item) attends evenly, as XLA's masked softmax
+    does; its output is not docked."""
+    valid = valid.astype(jnp.int32)
+    return cls(jnp.ones_like(valid), valid)
+
+  def dense(self):
+    """bool [B, 1, Q, K]."""
+    return (self.q[:, :, None] == self.kv[:, None, :])[:, None]
+
+
+def _cudnn_unfit(dtype, head_dim, q_len, kv_len, dense_mask) -> str:
+  del dense_mask  # jax's cuDNN call takes a dense mask
+  if jnp.dtype(dtype) not in CUDNN_DTYPES:
+    return f"dtype {jnp.dtype(dtype).name} (cuDNN flash attention is bfloat16/float16)"
+  if head_dim % 8 or head_dim > 128:
+    return f"head_dim {head_dim} (cuDNN: a multiple of 8 up to 128)"
+  if q_len % 2 or kv_len % 2:
+    return f"odd length {q_len} x {kv_len}"
+  return ""
+
+
+def _splash_unfit(dtype, head_dim, q_len, kv_len, dense_mask) -> str:
+  del dtype, head_dim
+  return splash_lib.unfit_reason(q_len, kv_len, dense_mask)
+
+
+def _xla_unfit(*_) -> str:
+  return ""
+
+
+class AttentionImpl(NamedTuple):
+  """`unfit(dtype, head_dim, q_len, kv_len, dense_mask)`: '' or why it cannot
+  run a call; `attend(q, k, v, mask, causal, kv_axes)`: [B, Q, N, D] out."""
+  unfit: Callable[..., str]
+  attend: Callable[..., Array]
+
+
+# attention_impl -> AttentionImpl.
+ATTENTION_IMPLEMENTATIONS = Registry("attention_impl")
+# The fused implementation `auto` picks per platform; XLA elsewhere or when it does not fit.
+AUTO_ATTENTION = {"gpu": "cudnn", "cuda": "cudnn", "tpu": "splash"}
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash")
+
+
+@functools.lru_cache(maxsize=None)
+def _log_fallback(impl: str, reason: str, level: int = logging.INFO) -> None:
+  _log.log(level, "attention: XLA instead of %s: %s", impl, reason)
 
 
 def resolve_attention_impl(impl, dtype, head_dim: int, platform: Optional[str] = None,
-                           q_len: int = 0, kv_len: int = 0, masked: bool = False) -> str:
-  """'xla' or 'cudnn' for config value `impl` ('auto' / None, 'xla', 'cudnn').
+                           q_len: int = 0, kv_len: int = 0, masked: bool = False,
+                           dense_mask: bool = False) -> str:
+  """'xla', 'cudnn' or 'splash' for config value `impl` ('auto' / None or one
+  of them).
 
   jax.nn.dot_product_attention(implementation=None) always takes the XLA path
   (jax 0.10.2), which builds float32 [B, H, Q, K] logits. 'auto' therefore
-  picks cuDNN flash attention itself where cuDNN can run it: a GPU backend,
-  bfloat16/float16 compute and head_dim a multiple of 8 up to 128; XLA
-  elsewhere (CPU, TPU, float32).
+  picks the platform's fused kernel itself (AUTO_ATTENTION, platform = the
+  default backend): on a GPU cuDNN flash attention for bfloat16/float16 with
+  head_dim a multiple of 8 up to 128 and even lengths; on a TPU Pallas splash
+  attention for lengths that are multiples of 128 and a segment-id mask (not
+  `dense_mask`, the decode cache's); XLA elsewhere, logging why once per
+  reason. An explicit 'splash' runs the kernel on any platform (the Pallas
+  interpreter off TPU) wherever it fits and takes XLA with a logged warning
+  where it does not (init's dummy batch, the decode cache, other lengths),
+  so one config trains, evaluates and decodes.
   """
+  del masked
   impl = "auto" if impl is None else impl
   if impl not in ATTENTION_IMPLS:
     raise ValueError(f"attention_impl={impl!r}; expected one of {ATTENTION_IMPLS} (or None)")
+  if impl == "splash":
+    # One config runs every call of the model: init's dummy length-8 batch,
+    # the decode cache, evaluators' lengths. Where the kernel cannot run, XLA.
+    reason = _splash_unfit(dtype, head_dim, q_len, kv_len, dense_mask)
+    if reason:
+      _log_fallback("splash", reason, logging.WARNING)
+      return "xla"
   if impl != "auto":
     return impl
-  platform = platform or jax.default_backend()
-  fits = (platform in ("gpu", "cuda") and jnp.dtype(dtype) in CUDNN_DTYPES
-          and head_dim % 8 == 0 and head_dim <= 128
-          and not (q_len % 2 or kv_len % 2))
-  return "cudnn" if fits else "xla"
+  fused = AUTO_ATTENTION.get(platform or jax.default_backend())
+  if fused is None:
+    return "xla"
+  reason = ATTENTION_IMPLEMENTATIONS.get(fused).unfit(dtype, head_dim, q_len, kv_len, dense_mask)
+  if reason:
+    _log_fallback(fused, reason)
+    return "xla"
+  return fused
+
+
+def _jax_attention(q, k, v, mask, causal, kv_axes, implementation):
+  del kv_axes
+  if isinstance(mask, Segments):
+    mask = mask.dense()
+  if mask is not None:
+    mask = jnp.broadcast_to(mask, (q.shape[0], 1, q.shape[1], k.shape[1]))
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal,
+                                      implementation=implementation)
+
+
+def _splash_attention(q, k, v, mask, causal, kv_axes):
+  return splash_lib.attention(q, k, v, mask, causal, kv_axes=kv_axes)
+
+
+ATTENTION_IMPLEMENTATIONS.register("xla")(
+    AttentionImpl(_xla_unfit, functools.partial(_jax_attention, implementation="xla")))
+ATTENTION_IMPLEMENTATIONS.register("cudnn")(
+    AttentionImpl(_cudnn_unfit, functools.partial(_jax_attention, implementation="cudnn")))
+ATTENTION_IMPLEMENTATIONS.register("splash")(AttentionImpl(_splash_unfit, _splash_attention))
 
 
 class Attention(nn.Module):
@@ -212,10 +322,12 @@ class Attention(nn.Module):
   optional KV cache.
 
   causal: queries see keys at or before their own position. mask: an extra
-  bool constraint broadcastable to [B, 1, Q, K] (True = may attend): packing
-  segments, key padding. In decode mode the cache holds keys for `cache_len`
-  positions; `key_valid` [B, T] marks which of the T new positions are real
-  tokens, and causality is by absolute cache position.
+  constraint, `Segments` ids (packing segments, key padding; what splash
+  takes) or a bool array broadcastable to [B, 1, Q, K] (True = may attend).
+  The kernel is `impl` (ATTENTION_IMPLEMENTATIONS, resolve_attention_impl).
+  In decode mode the cache holds keys for `cache_len` positions; `key_valid`
+  [B, T] marks which of the T new positions are real tokens, and causality is
+  by absolute cache position.
   Grouped-query attention (`num_kv_heads` K < num_heads N, K dividing N):
   keys and values have K heads (query head n reads kv head n // (N / K), as
   HF's repeat_kv), the cache holds K heads, and their params / activations
@@ -274,11 +386,9 @@ class Attention(nn.Module):
       k, v, mask = self._update_cache(k, v, key_valid)
       causal = False  # the cache mask is causal by absolute position
     impl = resolve_attention_impl(self.impl, q.dtype, self.head_dim, q_len=q.shape[1],
-                                  kv_len=k.shape[1], masked=mask is not None)
-    if mask is not None:
-      mask = jnp.broadcast_to(mask, (q.shape[0], 1, q.shape[1], k.shape[1]))
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal,
-                                       implementation=impl)
+                                  kv_len=k.shape[1], masked=mask is not None,
+                                  dense_mask=mask is not None and not isinstance(mask, Segments))
+    out = ATTENTION_IMPLEMENTATIONS.get(impl).attend(q, k, v, mask, causal, kv_act)
     out = checkpoint_name(constrain(out, act), "attn_out")
     return proj((emb,), ("heads", "kv", "embed"), n_in=2, init_scale=self.out_init_scale,
                 use_bias=self.use_bias, name="out")(out)

@@ -67,6 +67,18 @@ class MetaLM(nn.Module):
     return self.decoder(batch["tokens"], batch["positions"], batch["segment_ids"],
                         input_embeds=x, decode=decode, deterministic=deterministic)
 
+  def hidden_states(self, batch, deterministic: bool = True):
+    """The decoder's final hidden states [B, L, emb] (compute dtype) for a
+    training / eval batch: `__call__` without the output head."""
+    x = self.input_embeddings(batch, deterministic)
+    return self.decoder.hidden_states(batch["tokens"], batch["positions"], batch["segment_ids"],
+                                      input_embeds=x, deterministic=deterministic)
+
+  def head(self, hidden):
+    """Logits [..., T, vocab] in the compute dtype from `hidden_states` (or a
+    chunk of its positions)."""
+    return self.decoder.head(hidden)
+
   def decode_tokens(self, tokens, positions, segment_ids):
     """One KV-cache step on plain tokens (no docking): logits [B, T, vocab]."""
     return self.decoder(tokens, positions, segment_ids, decode=True)
@@ -114,6 +126,9 @@ def check_model_config(cfg) -> None:
        d.num_heads, f"does not divide emb_dim={d.emb_dim}")
   need(d.norm in layers.NORM_STYLES, "model.decoder.norm", d.norm, f"expected {layers.NORM_STYLES}")
   check_decoder_family_fields(d, "model.decoder")
+  chunk = d.get("loss_chunk", 0)
+  need(isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 0,
+       "model.decoder.loss_chunk", chunk, "positions per loss chunk: an int >= 0 (0 = off)")
   lora_lib.check(d, "model.decoder")
   stack_options(d, "model.decoder")
   for name, e in cfg.encoders.items():

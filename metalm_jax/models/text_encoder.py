@@ -40,7 +40,7 @@ class TextEncoder(nn.Module):
     if cfg.get("dropout", 0.0):
       x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
     blocks = stack.build(cfg, self.dtype, field="model.encoders.<text>")
-    x = stack.apply(blocks, x, mask[:, None, None, :], deterministic=deterministic)
+    x = stack.apply(blocks, x, layers.Segments.key_padding(mask), deterministic=deterministic)
     if cfg.norm == "pre":
       x = layers.LayerNorm(cfg.ln_eps, self.dtype, name="final_norm")(x)
     return x

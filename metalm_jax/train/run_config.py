@@ -33,6 +33,7 @@ RESUMABLE = (
     "evals",                            # evaluators and their schedules
     "optimizer.lr", "optimizer.warmup_steps", "optimizer.decay", "optimizer.end_lr_frac",
     "optimizer.grad_accum_steps",       # the same batch, split differently
+    "model.decoder.loss_chunk",         # the same loss, computed in chunks of positions
     "mesh", "logical_rules", "sharding",  # layout: a checkpoint restores onto another mesh
     "metrics", "compilation_cache_dir",
     "init_from", "init_components",     # unused on resume: the checkpoint wins
@@ -51,6 +52,7 @@ ADDED_FIELDS = {
     "model.decoder.num_kv_heads": 0, "model.decoder.qkv_bias": False,
     "model.decoder.rope_theta": 10000.0, "model.decoder.rope_scaling": {},
     "model.decoder.embed_scale": 1.0, "model.encoders.*.readout": "tokens",
+    "model.decoder.loss_chunk": 0,
 }
 
 _ABSENT = object()

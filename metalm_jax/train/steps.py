@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from metalm_jax.models.loss import loss_sums
+from metalm_jax.models import loss as loss_lib
 from metalm_jax.train import state as state_lib
 
 
@@ -35,11 +35,12 @@ def _micro_batches(batch, n: int):
 
 
 def make_loss_fn(model, dropout: bool = True) -> Callable:
-  """params, batch, rng -> (sum of weighted CE, (sum of correct, sum of weights))."""
+  """params, batch, rng -> (sum of weighted CE, (sum of correct, sum of weights)),
+  through the full logits or in chunks of positions (`model.decoder.loss_chunk`,
+  models/loss.py `model_loss_sums`)."""
   def sums(params, batch, rng):
-    logits = model.apply({"params": params}, batch, deterministic=not dropout,
-                         rngs={"dropout": rng})
-    s, c, w = loss_sums(logits, batch["targets"], batch["loss_mask"])
+    s, c, w = loss_lib.model_loss_sums(model, params, batch, deterministic=not dropout,
+                                       rngs={"dropout": rng})
     return s, (c, w)
   return sums
 
