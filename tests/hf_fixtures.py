@@ -1,7 +1,10 @@
 """Small random HF models built offline for the converter tests (not a test
 module; import it after `pytest.importorskip("torch")` and ("transformers"))."""
+import numpy as np
 import torch
 import transformers
+
+from metalm_jax import params_io
 
 # The converters' float32 tolerance: max|ours - ref| / max|ref| <= RTOL.
 RTOL = 1e-4
@@ -50,3 +53,11 @@ def save_hf(model, path, seed):
       p.add_(0.1 * torch.randn(p.shape, generator=g))
   model.save_pretrained(str(path))
   return str(path)
+
+
+def assert_same_params(tree, other) -> None:
+  """Two params trees with the same names and bit-identical arrays."""
+  a, b = params_io.flatten(tree), params_io.flatten(other)
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_array_equal(np.asarray(a[k]), b[k], err_msg=k)

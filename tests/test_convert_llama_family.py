@@ -26,7 +26,7 @@ from metalm_jax.convert import hf, hf_common, hf_export, hf_gpt2  # noqa: E402
 from metalm_jax import presets  # noqa: E402
 from metalm_jax.models import layout  # noqa: E402
 from metalm_jax.models.decoder import Decoder  # noqa: E402
-from tests.hf_fixtures import RTOL, save_hf  # noqa: E402
+from tests.hf_fixtures import RTOL, assert_same_params, save_hf  # noqa: E402
 
 LLAMA3 = {"rope_type": "llama3", "rope_theta": 500.0, "factor": 8.0, "low_freq_factor": 1.0,
           "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
@@ -212,10 +212,7 @@ def test_export_round_trip_and_hf_logits(tmp_path, family):
   assert rel <= RTOL
   back = hf.load_hf(out, "decoder", scan_layers=scan)
   assert back.skipped == []
-  a, b = params_io.flatten(tree), params_io.flatten(back.tree)
-  assert a.keys() == b.keys()
-  for k in a:
-    np.testing.assert_array_equal(np.asarray(a[k]), b[k], err_msg=k)
+  assert_same_params(tree, back.tree)
   for field in ("vocab_size", "num_layers", "emb_dim", "num_heads", "num_kv_heads", "mlp_dim",
                 "max_len", "activation", "ln_eps", "tie_embeddings", "norm_type", "mlp",
                 "use_bias", "qkv_bias", "rope_theta", "embed_scale", "positions"):

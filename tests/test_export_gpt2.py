@@ -15,6 +15,7 @@ from metalm_jax import presets  # noqa: E402
 from metalm_jax.convert import __main__ as cli  # noqa: E402
 from metalm_jax.convert import hf, hf_gpt2  # noqa: E402
 from metalm_jax.models.decoder import Decoder  # noqa: E402
+from tests.hf_fixtures import assert_same_params  # noqa: E402
 
 
 def _decoder(seed, **kw):
@@ -47,10 +48,7 @@ def test_round_trip(tmp_path, kw):
   assert np.abs(ours - ref).max() / np.abs(ref).max() <= 1e-4
   back = hf.load_hf(out, "decoder")
   assert back.skipped == []
-  a, b = params_io.flatten(params), params_io.flatten(back.tree)
-  assert a.keys() == b.keys()
-  for k in a:
-    np.testing.assert_array_equal(np.asarray(a[k]), b[k], err_msg=k)
+  assert_same_params(params, back.tree)
   for field in ("vocab_size", "num_layers", "emb_dim", "num_heads", "mlp_dim", "max_len",
                 "activation", "ln_eps", "tie_embeddings"):
     assert back.section[field] == section[field], field

@@ -437,17 +437,14 @@ class Mlp(nn.Module):
     return dense((x.shape[-1],), ("mlp", "embed"), "wo")(h)
 
 
-class GatedMlp(nn.Module):
+class GatedMlp(Mlp):
   """Gated MLP: wo(act(wi_gate(x)) * wi_up(x)). SwiGLU with activation
   'silu' (Llama, Qwen2), GeGLU with 'gelu_tanh' (Gemma). Both hidden
   pre-activations are named 'mlp_hidden' for the remat policies. `lora`
-  adapts the projections its targets name (wi_gate, wi_up, wo)."""
-  hidden: int
+  adapts the projections its targets name (wi_gate, wi_up, wo). Fields as
+  Mlp's, with the gated families' defaults."""
   activation: str = "silu"
-  dtype: Any = jnp.float32
   use_bias: bool = False
-  init_scale: float = 1.0
-  lora: Optional[lora_lib.Lora] = None
 
   @nn.compact
   def __call__(self, x, deterministic: bool = True):
