@@ -18,7 +18,18 @@ per row, metalm_jax/evaluate/prompts.py).
    --repeats runs. First-token latency: the cached path with one new token
    (cache init + prefill + pick) against one full forward pass of the prompt.
    Also prints whether both loops generated the same ids.
-2. Compiles for 20 questions of 20 different prompt lengths, asked one at a
+2. Race against HF `generate` (--hf_race) on the PyTorch/HF reference of the
+   same model (benchmarks/torch_reference.py: GPT2LMHeadModel + CLIP vision +
+   linear connector): its random init (torch seed 0, matmul weights times
+   --race_weight_scale) converted into our params, so both sides run the same
+   weights. Same prompt (the image docked into HF's inputs_embeds), greedy, eos
+   off, --new_tokens ids, per batch size; ours (metalm_jax.evaluate.decode.greedy)
+   and HF's timed in turn, median of --repeats, after one warm-up call each.
+   Prints tokens/s of both and the fraction of equal ids (float32: equal
+   unless near-ties). Torch runs --torch_threads intra-op threads with
+   OMP_WAIT_POLICY=--torch_omp_wait (set in the environment: the script
+   re-executes itself, as benchmarks/train_step.py does).
+3. Compiles for 20 questions of 20 different prompt lengths, asked one at a
    time and in one batched call, by the Predictor (Predictor.from_params, a
    SentencePiece tokenizer trained on the embedded world's captions), with
    the default length buckets and without (buckets=()). Compiles are counted
@@ -50,6 +61,13 @@ flags.DEFINE_integer("repeats", 3, "timed runs per measurement (median)")
 flags.DEFINE_integer("qa_new_tokens", 8, "max_new_tokens of the 20-question part")
 flags.DEFINE_bool("unbucketed", True, "also run the 20 questions without buckets")
 flags.DEFINE_string("json_out", "", "also write the figures (and their provenance) here")
+flags.DEFINE_bool("hf_race", True, "also race HF generate on the torch reference (greedy)")
+flags.DEFINE_float("race_weight_scale", 10.0, "the race's matmul weights times this (at GPT-2's "
+                   "init scale greedy repeats one id, which makes equal ids say little)")
+flags.DEFINE_integer("torch_threads", 2, "torch intra-op threads")
+flags.DEFINE_enum("torch_omp_wait", "passive", ["passive", "active"],
+                  "OMP_WAIT_POLICY for torch (unless set in the environment): 'active' "
+                  "spin-waits, which collapses torch's speed on an oversubscribed machine")
 flags.mark_flag_as_required("config")
 FLAGS = flags.FLAGS
 
@@ -123,13 +141,21 @@ def grow(batch, n):
   return out
 
 
+def prompt_batch(model_cfg, tok, rows, image):
+  """`rows` copies of the benchmark's prompt (numpy batch)."""
+  import jax
+  import numpy as np
+  from metalm_jax.evaluate import prompts
+  parts = [[prompts.Image(image), prompts.Text("question: what is the colour of the circle? "
+                                               "answer:")]] * rows
+  return jax.tree.map(np.asarray, prompts.build_batch(parts, tok, model_cfg))
+
+
 def kv_vs_no_cache(model, params, tok, rows, n, repeats, image):
   import jax
   import numpy as np
-  from metalm_jax.evaluate import decode, prompts
-  parts = [[prompts.Image(image), prompts.Text("question: what is the colour of the circle? "
-                                               "answer:")]] * rows
-  batch = jax.tree.map(np.asarray, prompts.build_batch(parts, tok, model.cfg))
+  from metalm_jax.evaluate import decode
+  batch = prompt_batch(model.cfg, tok, rows, image)
   length = batch["tokens"].shape[1]
   cached = lambda k: decode.greedy(model, params, batch, max_new_tokens=k, eos_id=None,
                                    pad_id=tok.pad).ids.block_until_ready()
@@ -150,6 +176,59 @@ def kv_vs_no_cache(model, params, tok, rows, n, repeats, image):
       first_token_cached_ms=1e3 * _median_time(lambda: cached(1), repeats),
       first_token_no_cache_ms=1e3 * _median_time(first_slow, repeats),
       same_ids=bool(np.array_equal(np.asarray(cached(n)), np.asarray(slow()))))
+  return out
+
+
+def hf_race(model_cfg, tok, rows_list, n, repeats, image, weight_scale, threads):
+  """Our greedy against HF generate on the torch reference, same weights and
+  prompt; per batch size: seconds, tokens/s and equal ids."""
+  import jax
+  import numpy as np
+  import torch
+  import transformers
+  from benchmarks import torch_reference
+  from metalm_jax.evaluate import decode
+  from metalm_jax.models import metalm
+  torch.set_num_threads(threads)
+  torch.manual_seed(0)
+  try:
+    ref = torch_reference.build_model(model_cfg).eval()
+  except ValueError as e:  # a model the reference cannot express
+    return {"skipped": str(e)}
+  with torch.no_grad():
+    for p in ref.parameters():
+      if p.ndim >= 2:
+        p.mul_(weight_scale)
+  lm = torch_reference.lm_head_model(ref)
+  model = metalm.build_model(model_cfg)
+  params = jax.device_put(torch_reference.our_params(ref, model_cfg))
+  out = {"torch": torch.__version__, "transformers": transformers.__version__,
+         "torch_threads": torch.get_num_threads(),
+         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+         "params": f"torch reference init (seed 0), matmul weights x{weight_scale}, "
+                   "converted into ours (torch_reference.our_params)",
+         "hf_call": "GPT2LMHeadModel.generate(inputs_embeds=docked prompt, attention_mask, "
+                    "do_sample=False, num_beams=1, eos_token_id=None)",
+         "batches": []}
+  for rows in rows_list:
+    batch = prompt_batch(model_cfg, tok, rows, image)
+    tb = torch_reference.to_torch_batch(batch, model_cfg)
+    ours = lambda b=batch: decode.greedy(model, params, b, max_new_tokens=n, eos_id=None,
+                                         pad_id=tok.pad).ids.block_until_ready()
+    theirs = lambda b=tb: torch_reference.hf_greedy(ref, lm, b, n)
+    ids_ours, ids_hf = np.asarray(ours()), theirs().numpy()  # warm-up (our compile)
+    t_ours, t_hf = [], []
+    for _ in range(repeats):  # in turn, so both see the same load
+      t_ours.append(_median_time(ours, 1))
+      t_hf.append(_median_time(theirs, 1))
+    s_ours, s_hf = statistics.median(t_ours), statistics.median(t_hf)
+    same = ids_ours == ids_hf
+    out["batches"].append({
+        "rows": rows, "prompt_len": int(batch["tokens"].shape[1]), "new_tokens": n,
+        "ours_s": s_ours, "hf_s": s_hf, "ours_tok_s": rows * n / s_ours,
+        "hf_tok_s": rows * n / s_hf, "ours_over_hf": s_hf / s_ours,
+        "same_ids_frac": float(same.mean()), "rows_identical": int(same.all(1).sum()),
+        "distinct_ids_per_row": [len(set(r)) for r in ids_ours.tolist()]})
   return out
 
 
@@ -174,6 +253,10 @@ def twenty_questions(model_cfg, params, tok, n, buckets, image):
 
 def main(argv):
   del argv
+  if FLAGS.hf_race and "OMP_WAIT_POLICY" not in os.environ:
+    # Torch's OpenMP runtime honours it only from the process environment.
+    os.environ["OMP_WAIT_POLICY"] = FLAGS.torch_omp_wait.upper()
+    os.execv(sys.executable, [sys.executable] + sys.argv)
   import flax.linen as nn
   import jax
   import numpy as np
@@ -213,6 +296,21 @@ def main(argv):
     print(f"  no cache : {r['no_cache_tok_s']:9.1f} tokens/s ({r['no_cache_s']:.3f} s), first "
           f"token {r['first_token_no_cache_ms']:.1f} ms; compile {c['no_cache']:.1f} s")
     print(f"  speed-up {r['speedup']:.1f}x (goal >= 5x); same ids: {r['same_ids']}")
+  if FLAGS.hf_race:
+    race = hf_race(cfg, tok, list(map(int, FLAGS.batch_sizes)), n, FLAGS.repeats, pixels,
+                   FLAGS.race_weight_scale, FLAGS.torch_threads)
+    result["hf_race"] = race
+  if FLAGS.hf_race and "skipped" in race:
+    print(f"race against HF generate skipped: {race['skipped']}")
+  elif FLAGS.hf_race:
+    print(f"race against HF generate (torch {race['torch']}, transformers "
+          f"{race['transformers']}, {race['torch_threads']} threads, "
+          f"OMP_WAIT_POLICY={race['omp_wait_policy']}), same weights, greedy, {n} new tokens:")
+    for r in race["batches"]:
+      print(f"  batch {r['rows']}: ours {r['ours_tok_s']:9.1f} tokens/s ({r['ours_s']:.3f} s), "
+            f"HF generate {r['hf_tok_s']:9.1f} tokens/s ({r['hf_s']:.3f} s): ours "
+            f"{r['ours_over_hf']:.2f}x; equal ids {r['same_ids_frac']:.3f} "
+            f"({r['rows_identical']}/{r['rows']} rows identical)")
   runs = [("buckets (default)", None)] + ([("no buckets", ())] if FLAGS.unbucketed else [])
   for name, buckets in runs:
     q = twenty_questions(cfg, params, tok, FLAGS.qa_new_tokens, buckets, raw)

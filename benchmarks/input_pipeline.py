@@ -1,52 +1,155 @@
-"""Input pipeline throughput: rows/s and real tokens/s per config.
+"""Input pipeline throughput: rows/s per config and Grain worker count, and
+what a pod host needs to feed the fit table's step times.
 
-    python benchmarks/input_pipeline.py --data_dir=/tmp/metalm_data \
-        --configs=vl:tiny,lang:tiny,vl:paper_vl --batch_size=16 --batches=20 --num_workers=0
+    python benchmarks/input_pipeline.py --world=tiny --configs=vl:paper_vl,lang:paper_lang \
+        --workers=0,1,2 --batches=40 --repeats=3 --compare_arithmetic_norm \
+        --profile_batches=30 --json_out=benchmarks/results/cpu_input_pipeline.json
 
 `--world=tiny` overrides the embedded world for every config (e.g. to time the
 paper_vl geometry, 224 px images, without building the 224 px world: the
-64 px scenes are then upscaled by the pipeline). Prints one line per config;
-numbers depend on the machine and on CPU contention, so also state both.
---json_out writes the figures with their provenance (metalm_jax/provenance.py).
+64 px scenes are then upscaled by the pipeline).
+
+Per config and worker count (`--workers`, a list; Grain worker processes,
+`config.data.num_workers`) it prints rows/s, tokens/s and rows per CPU-second
+(the CPU time of this process and its worker processes over the timed batches:
+on a shared machine the wall-clock rate depends on what else runs, the CPU
+cost per row less). `--repeats` keeps the fastest of several runs. The timed
+batches follow a warm-up long enough to drain the prefetch buffers
+(`config.data.prefetch_buffer` rows per mixture entry and process), so
+buffered rows are not counted as produced.
+
+Then the demand of each row of the fit table (docs/aot-fit.md, step times
+refined from benchmarks/results/aot_*.json where one matches): rows per step /
+hosts / step time, at the chips' peak and at `--mfu` (40%), against the supply
+per core measured here (rows per CPU-second of the workers=1 run: the worker
+plus the trainer process's share of unpacking its batches), and the cores, so
+worker processes of a core each, that a host needs to supply `--headroom` (2) x
+the demand at `--mfu`, next to the vCPUs such a host has (HOSTS below).
+`--compare_arithmetic_norm` also times each config with the image
+normalisation as it was before its look-up table (in-process);
+`--profile_batches` gives the share of each stage (STAGES) in a cProfile. Numbers
+depend on the machine and on CPU contention: state both (--json_out writes the
+figures with their provenance, metalm_jax/provenance.py, load averages included).
 """
 from __future__ import annotations
 
+import glob
+import json
+import math
 import os
+import re
 import sys
 import time
+from typing import Dict, List
 
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 from metalm_jax import absl_run, provenance  # noqa: E402
 
 flags.DEFINE_string("data_dir", os.path.join("~", ".cache", "metalm_jax", "tfds"), "TFDS dir")
 flags.DEFINE_string("configs", "vl:tiny,lang:tiny,vl:paper_vl", "kind:size list")
 flags.DEFINE_integer("batch_size", 16, "rows per batch")
-flags.DEFINE_integer("batches", 20, "timed batches (after 2 warm-up batches)")
-flags.DEFINE_integer("num_workers", 0, "Grain worker processes")
+flags.DEFINE_integer("batches", 20, "timed batches (after the warm-up)")
+flags.DEFINE_integer("repeats", 1, "runs per config and worker count; the fastest is kept "
+                     "(all are written to --json_out)")
+flags.DEFINE_integer("num_workers", 0, "Grain worker processes (when --workers is empty)")
+flags.DEFINE_list("workers", [], "Grain worker counts to time, e.g. 0,1,2 (default: "
+                  "--num_workers)")
 flags.DEFINE_string("world", "", "override config.data.world for every config")
+flags.DEFINE_string("fit_table", os.path.join(ROOT, "docs", "aot-fit.md"),
+                    "markdown with the fit table ('' = no demand table)")
+flags.DEFINE_string("fit_results", os.path.join(ROOT, "benchmarks", "results", "aot_*.json"),
+                    "glob of aot reports: exact step times for matching fit-table rows")
+flags.DEFINE_float("mfu", 0.4, "MFU at which the demand is also given")
+flags.DEFINE_float("headroom", 2.0, "supply wanted per host, as a multiple of the demand at --mfu")
+flags.DEFINE_bool("compare_arithmetic_norm", False,
+                  "also time each config in-process (workers=0) with the image normalisation "
+                  "done as float arithmetic, as before the look-up table (media/images.py)")
+flags.DEFINE_integer("profile_batches", 0, "> 0: also cProfile this many batches of the first "
+                     "config, in-process without read threads (so every stage is seen), with "
+                     "the table and (with --compare_arithmetic_norm) the arithmetic normalisation")
 flags.DEFINE_string("json_out", "", "also write the figures (and their provenance) here")
 FLAGS = flags.FLAGS
 
+# A host per target: accelerator chips it feeds, vCPUs, machine type. Google
+# Cloud documentation: TPU v5e VM types (ct5lp-hightpu-4t: 4 chips, 112 vCPUs,
+# 192 GB; -8t: 8 chips, 224 vCPUs; a v5e-16 slice for training is 4 VMs of 4
+# chips), TPU v4 and v5p VMs (ct4p-hightpu-4t: 4 chips, 240 vCPUs; ct5p-hightpu-4t:
+# 4 chips, 208 vCPUs), the A3 machine series (a3-highgpu-8g: 8 H100, 208 vCPUs).
+HOSTS = {
+    "v5e": dict(chips=4, vcpus=112, machine="ct5lp-hightpu-4t"),
+    "v4": dict(chips=4, vcpus=240, machine="ct4p-hightpu-4t"),
+    "v5p": dict(chips=4, vcpus=208, machine="ct5p-hightpu-4t"),
+    "h100": dict(chips=8, vcpus=208, machine="a3-highgpu-8g"),
+}
+# Which measured pipeline feeds a fit-table model (modern_vl trains on the
+# paper_vl data: configs/pretrain_vl.py size=modern).
+FEEDS = {"paper_vl": "vl:paper_vl", "modern_vl": "vl:paper_vl", "paper_lang": "lang:paper_lang"}
 
-def run_one(kind: str, size: str) -> dict:
+
+def _children_cpu_s() -> float:
+  """CPU seconds (user + system) so far of this process's live child
+  processes (Grain workers), from /proc; 0 where there is no /proc."""
+  total, me, tick = 0.0, os.getpid(), os.sysconf("SC_CLK_TCK")
+  for stat in glob.glob("/proc/[0-9]*/stat"):
+    try:
+      with open(stat) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+      continue
+    if int(fields[1]) == me:  # fields[1] is the ppid; utime, stime are fields 11, 12
+      total += (int(fields[11]) + int(fields[12])) / tick
+  return total
+
+
+def _arithmetic_preprocess(image, image_size, mean=None, std=None):
+  """media/images.preprocess_image as it was before its look-up table."""
+  import numpy as np
+  from PIL import Image
+  from metalm_jax.media import images
+  mean = images.CLIP_MEAN if mean is None else mean
+  std = images.CLIP_STD if std is None else std
+  if image.shape[:2] != (image_size, image_size):
+    image = np.asarray(Image.fromarray(image).resize((image_size, image_size),
+                                                      Image.Resampling.BICUBIC))
+  x = image.astype(np.float32) / 255.0
+  return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+
+
+def run_arithmetic(kind: str, size: str) -> dict:
+  """run_one in-process with the arithmetic normalisation patched in."""
+  from metalm_jax.media import images
+  table = images.preprocess_image
+  images.preprocess_image = _arithmetic_preprocess
+  try:
+    r = run_one(kind, size, 0)
+  finally:
+    images.preprocess_image = table
+  return dict(r, image_norm="arithmetic (before)")
+
+
+def run_one(kind: str, size: str, workers: int) -> dict:
   import ml_collections as mlc
   from metalm_jax import presets
   from metalm_jax.data import pipeline
   cfg = mlc.ConfigDict(dict(model=presets.model_config(size), data=presets.data_config(kind, size),
                             seed=0))
   cfg.data.data_dir = FLAGS.data_dir
-  cfg.data.num_workers = FLAGS.num_workers
+  cfg.data.num_workers = workers
   if FLAGS.world:
     cfg.data.world = FLAGS.world
+  buffered = cfg.data.prefetch_buffer * len(cfg.data.mixture) * max(1, workers)
+  warm = 2 + math.ceil(buffered / FLAGS.batch_size)
   t0 = time.perf_counter()
   it = pipeline.make_iterator(cfg, "train", batch_size=FLAGS.batch_size)
-  for _ in range(2):
+  for _ in range(warm):
     next(it)
   setup = time.perf_counter() - t0
   rows = tokens = loss = 0
+  cpu0, kids0 = time.process_time(), _children_cpu_s()
   t0 = time.perf_counter()
   for _ in range(FLAGS.batches):
     batch, _ = pipeline.split_stats(next(it))
@@ -54,34 +157,290 @@ def run_one(kind: str, size: str) -> dict:
     tokens += int((batch["segment_ids"] > 0).sum())
     loss += int(batch["loss_mask"].sum())
   dt = time.perf_counter() - t0
+  cpu = time.process_time() - cpu0 + _children_cpu_s() - kids0
   if hasattr(it, "close"):
     it.close()
   return {"config": f"{kind}:{size}", "world": cfg.data.world, "seq_len": cfg.data.seq_len,
-          "workers": FLAGS.num_workers, "rows_per_s": rows / dt, "tokens_per_s": tokens / dt,
+          "workers": workers, "rows_per_s": rows / dt, "tokens_per_s": tokens / dt,
           "loss_tokens_per_s": loss / dt, "fill": tokens / (rows * cfg.data.seq_len),
-          "setup_s": setup}
+          "cpu_s": cpu, "rows_per_cpu_s": rows / cpu if cpu > 0 else None,
+          "cores_busy": cpu / dt, "rows": rows, "wall_s": dt, "warmup_batches": warm,
+          "setup_s": setup, "image_norm": "table"}
 
 
 def line(r: dict) -> str:
+  per_cpu = f"{r['rows_per_cpu_s']:7.1f}" if r["rows_per_cpu_s"] else "    n/a"
   return (f"{r['config']:<15} world={r['world']:<6} seq_len={r['seq_len']:<5} "
-          f"workers={r['workers']} rows/s={r['rows_per_s']:8.1f} "
-          f"tokens/s={r['tokens_per_s']:10.0f} loss_tokens/s={r['loss_tokens_per_s']:9.0f} "
-          f"fill={r['fill']:.2f} (setup+warm-up {r['setup_s']:.1f}s)")
+          f"workers={r['workers']} rows/s={r['rows_per_s']:8.1f} rows/cpu-s={per_cpu} "
+          f"cores busy={r['cores_busy']:.2f} tokens/s={r['tokens_per_s']:10.0f} "
+          f"loss_tokens/s={r['loss_tokens_per_s']:9.0f} fill={r['fill']:.2f} "
+          f"(setup+warm-up {r['setup_s']:.1f}s) image_norm={r['image_norm']}")
+
+
+def fit_rows(table_path: str, results_glob: str) -> List[dict]:
+  """The fit table's rows that fit: model, target, chips, rows per step,
+  accumulation and step time at peak (ms in the table; seconds from a
+  matching aot report when there is one)."""
+  reports = {}
+  for path in sorted(glob.glob(results_glob)):
+    with open(path) as f:
+      r = json.load(f)
+    model = re.search(r"size=(\w+)", r.get("config", ""))
+    size = model.group(1) if model else ""
+    name = {"paper": "paper_lang" if "lang" in r.get("config", "") else "paper_vl",
+            "modern": "modern_vl"}.get(size, size)
+    reports.setdefault((name, r["topology"], r["batch_size"], r["grad_accum_steps"]),
+                       (r["step_time_at_peak_s"], os.path.relpath(path, ROOT)))
+  rows, seen = [], set()
+  if not table_path or not os.path.exists(table_path):
+    return rows
+  target = re.compile(r"([\w-]+) \((\d+) chips\)$")
+  shape = re.compile(r"(\d+) x (\d+) \((\d+)\)$")
+  with open(table_path) as f:
+    for text in f:
+      cells = [c.strip() for c in text.strip().strip("|").split("|")]
+      if len(cells) != 11 or not target.match(cells[1]) or not shape.match(cells[3]):
+        continue  # columns: model, target, mesh, batch x tokens (accum), ..., fits (7), step (10)
+      if cells[7] != "yes":
+        continue
+      (topo, chips), (batch, seq, accum) = (target.match(cells[1]).groups(),
+                                            shape.match(cells[3]).groups())
+      model, chips, batch, seq, accum = cells[0], int(chips), int(batch), int(seq), int(accum)
+      if (model, topo, batch, accum) in seen:
+        continue
+      seen.add((model, topo, batch, accum))
+      step, source = float(cells[10]) / 1e3, os.path.relpath(table_path, ROOT)
+      if (model, topo, batch, accum) in reports:
+        step, source = reports[(model, topo, batch, accum)]
+      rows.append(dict(model=model, target=topo, chips=chips, rows_per_step=batch, seq_len=seq,
+                       grad_accum_steps=accum, step_at_peak_s=step, step_source=source))
+  return rows
+
+
+def _chip(target: str) -> str:
+  return re.match(r"(v5e|v5p|v4|h100)", target).group(1)
+
+
+def demand(fits: List[dict], measured: List[dict]) -> List[dict]:
+  """Per fit row: demand per host (rows/s) at peak and at --mfu, supply per
+  host core and per worker measured here, and the cores / workers a host
+  needs for --headroom x the demand at --mfu."""
+  by_cfg: Dict[str, Dict[int, dict]] = {}
+  for r in measured:
+    if r["image_norm"] == "table":
+      by_cfg.setdefault(r["config"], {})[r["workers"]] = r
+  out = []
+  for fit in fits:
+    host = HOSTS[_chip(fit["target"])]
+    hosts = max(1, fit["chips"] // host["chips"])
+    at_peak = fit["rows_per_step"] / hosts / fit["step_at_peak_s"]
+    at_mfu = at_peak * FLAGS.mfu
+    want = FLAGS.headroom * at_mfu
+    feed = FEEDS.get(fit["model"], "")
+    runs = by_cfg.get(feed, {})
+    # Supply per core: rows per CPU-second of a one-worker run (the worker and
+    # the trainer process's share of unpacking its batches); without one, the
+    # best run's. A worker process given a core of its own supplies that much.
+    one = runs.get(1) or (max(runs.values(), key=lambda r: r["rows_per_cpu_s"] or 0.0)
+                          if runs else None)
+    per_core = one["rows_per_cpu_s"] if one else None
+    row = dict(fit, hosts=hosts, chips_per_host=host["chips"], host_vcpus=host["vcpus"],
+               host_machine=host["machine"], demand_rows_per_s_at_peak=at_peak,
+               demand_rows_per_s_at_mfu=at_mfu, mfu=FLAGS.mfu, headroom=FLAGS.headroom,
+               supply_wanted_rows_per_s=want, fed_by=feed, supply_rows_per_cpu_s=per_core,
+               supply_measured_with_workers=one["workers"] if one else None)
+    if per_core:
+      row["cores_needed"] = want / per_core
+      row["cores_share_of_host"] = row["cores_needed"] / host["vcpus"]
+      row["workers_needed"] = math.ceil(row["cores_needed"])
+    out.append(row)
+  return out
+
+
+def demand_line(d: dict) -> str:
+  cores = f"{d['cores_needed']:6.1f}" if d.get("cores_needed") else "   n/a"
+  share = f"{100 * d['cores_share_of_host']:5.1f}%" if d.get("cores_share_of_host") else "  n/a"
+  workers = str(d.get("workers_needed", "n/a"))
+  return (f"{d['model']:<11} {d['target']:<7} {d['hosts']} host(s) x {d['chips_per_host']} chips "
+          f"step@peak={1e3 * d['step_at_peak_s']:7.1f}ms rows/step={d['rows_per_step']:5d} "
+          f"demand/host: peak={d['demand_rows_per_s_at_peak']:7.1f} "
+          f"@{100 * d['mfu']:.0f}%MFU={d['demand_rows_per_s_at_mfu']:7.1f} rows/s; "
+          f"{d['headroom']:g}x needs {cores} cores ({share} of {d['host_vcpus']} vCPUs), "
+          f"{workers} workers [{d['fed_by'] or 'not measured'}]")
+
+
+def scaling(measured: List[dict]) -> Dict[str, dict]:
+  """Per config with a workers=1 run: rows/s per worker and each count's
+  rows/s relative to workers x the one-worker rate."""
+  out = {}
+  for cfg in sorted({r["config"] for r in measured}):
+    runs = {r["workers"]: r for r in measured if r["config"] == cfg and r["image_norm"] == "table"}
+    if 1 not in runs:
+      continue
+    one, one_cpu = runs[1]["rows_per_s"], runs[1]["rows_per_cpu_s"]
+    out[cfg] = {"rows_per_s_per_worker": one, "rows_per_cpu_s_one_worker": one_cpu,
+                "efficiency": {str(w): runs[w]["rows_per_s"] / (w * one)
+                               for w in sorted(runs) if w > 0},
+                "cpu_efficiency": {str(w): runs[w]["rows_per_cpu_s"] / one_cpu
+                                   for w in sorted(runs) if w > 0},
+                "cores_busy": {str(w): runs[w]["cores_busy"] for w in sorted(runs)}}
+  return out
+
+
+# Stages of a row's time in a cProfile: (label, a piece of the file's path,
+# function names); their cumulative time.
+STAGES = [
+    ("image preprocessing (resize + normalise)", "",
+     ("preprocess_image", "_arithmetic_preprocess")),
+    ("  of which the bicubic resize", "PIL/Image.py", ("resize",)),
+    ("image decode (to_rgb)", "media/images.py", ("to_rgb",)),
+    ("record deserialisation (tfds)", "top_level_feature.py", ("deserialize_example_np",)),
+    ("tokenisation", "metalm_jax/data/", ("encode",)),
+    ("batch collate (stack)", "data/packing.py", ("collate",)),
+]
+
+
+def profile_stages(kind: str, size: str, arithmetic: bool) -> dict:
+  """cProfile of --profile_batches batches (in-process, no read threads):
+  seconds and share of the total per stage (STAGES), rows per profiled second."""
+  import cProfile
+  import pstats
+  import ml_collections as mlc
+  from metalm_jax import presets
+  from metalm_jax.data import pipeline
+  from metalm_jax.media import images
+  cfg = mlc.ConfigDict(dict(model=presets.model_config(size), data=presets.data_config(kind, size),
+                            seed=0))
+  cfg.data.data_dir = FLAGS.data_dir
+  cfg.data.num_workers, cfg.data.read_threads, cfg.data.prefetch_buffer = 0, 0, 0
+  if FLAGS.world:
+    cfg.data.world = FLAGS.world
+  table = images.preprocess_image
+  if arithmetic:
+    images.preprocess_image = _arithmetic_preprocess
+  try:
+    it = pipeline.make_iterator(cfg, "train", batch_size=FLAGS.batch_size)
+    for _ in range(3):
+      next(it)
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.enable()
+    for _ in range(FLAGS.profile_batches):
+      next(it)
+    prof.disable()
+    wall = time.perf_counter() - t0
+  finally:
+    images.preprocess_image = table
+  stats = pstats.Stats(prof).stats  # {(file, line, func): (cc, nc, tt, ct, callers)}
+  total = sum(v[2] for v in stats.values())
+  out = {"config": f"{kind}:{size}", "image_norm": "arithmetic (before)" if arithmetic else "table",
+         "rows": FLAGS.profile_batches * FLAGS.batch_size, "profiled_s": total,
+         "rows_per_profiled_s": FLAGS.profile_batches * FLAGS.batch_size / wall, "stages": {}}
+  for label, where, names in STAGES:
+    cum = sum(v[3] for (f, _, fn), v in stats.items()
+              if fn in names and where in f.replace(os.sep, "/"))
+    out["stages"][label] = {"s": cum, "share": cum / total if total else None}
+  return out
+
+
+def best(runs: List[dict]) -> dict:
+  """The fastest of repeated runs (rows/s), with every run's rows/s and rows/cpu-s."""
+  top = max(runs, key=lambda r: r["rows_per_s"])
+  return dict(top, repeats_rows_per_s=[r["rows_per_s"] for r in runs],
+              repeats_rows_per_cpu_s=[r["rows_per_cpu_s"] for r in runs])
+
+
+def image_path(number: int = 50, repeat: int = 7) -> Dict[str, float]:
+  """ms per image (best of `repeat` x `number` calls: contention only adds
+  time) of the steps of the 224 px path: PNG bytes -> to_rgb, the bicubic
+  upscale from 64 px, the normalisation by table and by arithmetic (before)."""
+  import io
+  import timeit
+  import numpy as np
+  from PIL import Image
+  from metalm_jax.media import images
+  rng = np.random.default_rng(0)
+  small = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+  big = rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)
+  buf = io.BytesIO()
+  Image.fromarray(small).save(buf, format="PNG")
+  png = buf.getvalue()
+
+  def ms(fn):
+    return 1e3 * min(timeit.repeat(fn, number=number, repeat=repeat)) / number
+  out = {
+      "to_rgb_png64_ms": ms(lambda: images.to_rgb(png)),
+      "resize_64_to_224_ms": ms(lambda: np.asarray(Image.fromarray(small).resize(
+          (224, 224), Image.Resampling.BICUBIC))),
+      "normalise_224_table_ms": ms(lambda: images.preprocess_image(big, 224)),
+      "normalise_224_arithmetic_ms": ms(lambda: _arithmetic_preprocess(big, 224)),
+      "preprocess_64_to_224_table_ms": ms(lambda: images.preprocess_image(small, 224)),
+      "preprocess_64_to_224_arithmetic_ms": ms(lambda: _arithmetic_preprocess(small, 224)),
+  }
+  out["same_values"] = bool(np.array_equal(images.preprocess_image(small, 224),
+                                           _arithmetic_preprocess(small, 224)))
+  return out
+
+
+def _cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for text in f:
+        if text.startswith("model name"):
+          return text.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return "unknown"
 
 
 def main(argv):
   del argv
   begun = provenance.start()
-  print(f"cpus={os.cpu_count()} batch_size={FLAGS.batch_size} batches={FLAGS.batches}")
-  rows = []
+  workers = [int(w) for w in FLAGS.workers] or [FLAGS.num_workers]
+  print(f"cpus={os.cpu_count()} batch_size={FLAGS.batch_size} batches={FLAGS.batches} "
+        f"load average={os.getloadavg()[0]:.2f}")
+  rows, before = [], []
   for item in FLAGS.configs.split(","):
     kind, size = item.split(":")
-    rows.append(run_one(kind, size))
-    print(line(rows[-1]), flush=True)
+    if FLAGS.compare_arithmetic_norm:
+      before.append(best([run_arithmetic(kind, size) for _ in range(FLAGS.repeats)]))
+      print(line(before[-1]), flush=True)
+    for w in workers:
+      rows.append(best([run_one(kind, size, w) for _ in range(FLAGS.repeats)]))
+      print(line(rows[-1]), flush=True)
+  profiles = []
+  if FLAGS.profile_batches > 0:
+    kind, size = FLAGS.configs.split(",")[0].split(":")
+    for arithmetic in ([True] if FLAGS.compare_arithmetic_norm else []) + [False]:
+      profiles.append(profile_stages(kind, size, arithmetic))
+      p = profiles[-1]
+      print(f"profile {p['config']} image_norm={p['image_norm']}: {p['rows']} rows, "
+            f"{p['profiled_s']:.2f} s profiled; " + "; ".join(
+                f"{k} {100 * v['share']:.0f}%" for k, v in p["stages"].items()))
+  image = image_path()
+  print("image path per image (min of repeats): " + ", ".join(
+      f"{k}={v:.3f}ms" for k, v in image.items() if k.endswith("_ms")))
+  scale = scaling(rows)
+  for cfg, s in scale.items():
+    eff = ", ".join(f"{w}: {e:.2f}" for w, e in s["efficiency"].items())
+    cpu_eff = ", ".join(f"{w}: {e:.2f}" for w, e in s["cpu_efficiency"].items())
+    busy = ", ".join(f"{w}: {b:.2f}" for w, b in s["cores_busy"].items())
+    print(f"{cfg}: one worker {s['rows_per_s_per_worker']:.1f} rows/s, "
+          f"{s['rows_per_cpu_s_one_worker']:.1f} rows/cpu-s; per workers: wall-clock efficiency "
+          f"(rows/s / (workers x one worker's)) {eff}; rows/cpu-s relative to one worker "
+          f"{cpu_eff}; cores busy {busy}")
+  needs = demand(fit_rows(FLAGS.fit_table, FLAGS.fit_results), rows)
+  for d in needs:
+    print(demand_line(d))
+  print(f"load average={os.getloadavg()[0]:.2f}")
   if FLAGS.json_out:
-    provenance.write_json(FLAGS.json_out, {"batch_size": FLAGS.batch_size,
-                                           "batches": FLAGS.batches, "rows": rows},
-                          begun, devices="subprocess")
+    provenance.write_json(FLAGS.json_out, {
+        "cpu_model": _cpu_model(), "batch_size": FLAGS.batch_size, "batches": FLAGS.batches,
+        "mfu": FLAGS.mfu, "headroom": FLAGS.headroom, "rows": rows,
+        "arithmetic_norm_rows": before, "image_path": image, "profiles": profiles,
+        "scaling": scale, "hosts": HOSTS,
+        "demand": needs},
+        begun, devices="subprocess")
 
 
 if __name__ == "__main__":

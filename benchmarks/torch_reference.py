@@ -72,18 +72,65 @@ def build_model(model_cfg):
       self.connector = torch.nn.Linear(enc.emb_dim, dec.emb_dim)
       self.encoder_name = names[0]
 
-    def forward(self, batch):
-      """Logits [B, L, vocab]."""
+    def embeds(self, batch):
+      """The decoder's inputs [B, L, emb]: token embeddings with the
+      connector's image tokens docked."""
       h = self.vision(pixel_values=batch["pixels"]).last_hidden_state
       h = self.connector(self.vision.post_layernorm(h))            # [B, T, emb]
       emb = self.decoder.wte(batch["tokens"])
       idx = batch["dock_index"].unsqueeze(-1).expand(-1, -1, emb.shape[-1])
-      x = torch.where(batch["dock_mask"].unsqueeze(-1), torch.gather(h, 1, idx), emb)
+      return torch.where(batch["dock_mask"].unsqueeze(-1), torch.gather(h, 1, idx), emb)
+
+    def forward(self, batch):
+      """Logits [B, L, vocab]."""
+      x = self.embeds(batch)
       out = self.decoder(inputs_embeds=x, position_ids=batch["positions"],
                          attention_mask=batch["attention_mask"]).last_hidden_state
       return out @ self.decoder.wte.weight.T
 
   return Reference()
+
+
+def our_params(model, model_cfg) -> Dict[str, Any]:
+  """The reference's weights as our MetaLM's 'params' tree (numpy), through
+  the HF importers (metalm_jax/convert): the same model on both sides."""
+  from metalm_jax.convert import hf_clip, hf_gpt2
+  from metalm_jax.convert.hf_io import WeightReader
+  name = model.encoder_name
+  sd = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+  return {
+      "decoder": hf_gpt2.Gpt2.params(WeightReader(sd, "decoder."), model_cfg.decoder),
+      f"encoders_{name}": hf_clip.ClipVision.params(WeightReader(sd, "vision."),
+                                                    model_cfg.encoders[name], None),
+      f"connectors_{name}": {"proj": {"kernel": sd["connector.weight"].T,
+                                      "bias": sd["connector.bias"]}},
+  }
+
+
+def lm_head_model(model):
+  """An HF GPT2LMHeadModel sharing the reference's decoder (its output
+  projection tied to the token embedding), for `generate`."""
+  from transformers import GPT2LMHeadModel
+  lm = GPT2LMHeadModel(model.decoder.config)
+  lm.transformer = model.decoder
+  lm.lm_head.weight = model.decoder.wte.weight
+  return lm.eval()
+
+
+def hf_greedy(model, lm, batch, new_tokens: int):
+  """HF `generate` on the docked prompt: greedy, no eos, `new_tokens` ids
+  per row (int64 [B, new_tokens]). `batch` is a `to_torch_batch` of a
+  left-padded prompt; the image is docked into `inputs_embeds` (the vision
+  tower runs once, in here); HF takes the positions from the attention
+  mask, as our prompts number them (from each row's first real token)."""
+  import torch
+  from transformers import GenerationConfig
+  gen = GenerationConfig(max_new_tokens=new_tokens, do_sample=False, num_beams=1,
+                         eos_token_id=None, pad_token_id=0, bos_token_id=None)
+  with torch.inference_mode():
+    out = lm.generate(inputs_embeds=model.embeds(batch), attention_mask=batch["attention_mask"],
+                      generation_config=gen)
+  return out[:, -new_tokens:]
 
 
 def to_torch_batch(batch: Mapping[str, Any], model_cfg) -> Dict[str, Any]:

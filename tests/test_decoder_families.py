@@ -245,7 +245,8 @@ def test_kv_cache_step_by_step_equals_full_forward(family, scan):
   kv = section.num_kv_heads
   key_shapes = [x.shape for p, x in jax.tree_util.tree_leaves_with_path(cache)
                 if "cached_key" in jax.tree_util.keystr(p)]
-  assert key_shapes and all(s[-2] == kv for s in key_shapes)  # the cache holds K heads
+  # The cache holds K heads, laid out [..., K, cache_len, head_dim].
+  assert key_shapes and all(s[-3] == kv and s[-2] == length for s in key_shapes)
   step = jax.jit(lambda c, t, p, s: model.apply({"params": params, "cache": c}, t, p, s,
                                                 decode=True, mutable=["cache"]))
   outs = []

@@ -75,7 +75,7 @@ def test_scanned_kv_cache_is_stacked_and_decodes_the_same_tokens():
   m_u, m_s, params, stacked, batch = _decode_setup()
   cache = decode.init_cache(m_s, 2, 20)
   k = cache["decoder"]["layers"]["attn"]["cached_key"]
-  assert k.shape == (2, 3, 20, 4, 8)  # [batch, layer, cache, heads, head_dim]
+  assert k.shape == (2, 3, 4, 20, 8)  # [batch, layer, heads, cache, head_dim]
   assert cache["decoder"]["layers"]["attn"]["cache_index"].shape == (2, 3)
   g_u = decode.greedy(m_u, params, batch, max_new_tokens=6, eos_id=None)
   g_s = decode.greedy(m_s, stacked, batch, max_new_tokens=6, eos_id=None)

@@ -11,8 +11,6 @@ pytest.importorskip("transformers")
 from benchmarks import torch_reference  # noqa: E402
 from metalm_jax import batch as batch_lib  # noqa: E402
 from metalm_jax import presets  # noqa: E402
-from metalm_jax.convert import hf_clip, hf_gpt2  # noqa: E402
-from metalm_jax.convert.hf_io import WeightReader  # noqa: E402
 from metalm_jax.models import metalm  # noqa: E402
 from metalm_jax.models import loss as loss_lib  # noqa: E402
 from metalm_jax.train import config_defaults, metrics  # noqa: E402
@@ -58,15 +56,7 @@ def pair():
   cfg = _config()
   torch.manual_seed(0)
   ref = torch_reference.build_model(cfg.model)
-  sd = {k: v.detach().numpy() for k, v in ref.state_dict().items()}
-  params = {
-      "decoder": hf_gpt2.Gpt2.params(WeightReader(sd, "decoder."), cfg.model.decoder),
-      "encoders_vision": hf_clip.ClipVision.params(WeightReader(sd, "vision."),
-                                                   cfg.model.encoders.vision, None),
-      "connectors_vision": {"proj": {"kernel": sd["connector.weight"].T,
-                                     "bias": sd["connector.bias"]}},
-  }
-  return cfg, ref, params, _batch(cfg.model)
+  return cfg, ref, torch_reference.our_params(ref, cfg.model), _batch(cfg.model)
 
 
 def test_same_logits_and_loss(pair):
@@ -83,6 +73,30 @@ def test_same_logits_and_loss(pair):
   opt, sched = torch_reference.make_optimizer(ref, cfg.optimizer, 10)
   step = torch_reference.make_train_step(ref.train(), opt, sched, cfg.optimizer.clip_norm)
   np.testing.assert_allclose(float(step(tb)), float(s / w), rtol=1e-5)
+
+
+def test_hf_generate_gives_our_greedy_ids():
+  """benchmarks/decode.py's race: HF `generate` on the docked prompt
+  (inputs_embeds, left padding in row 1) picks our KV-cache greedy ids.
+  Matmul weights x10, so that greedy does not repeat one id (as it does at
+  GPT-2's init scale)."""
+  from metalm_jax.evaluate import decode
+  cfg = _config()
+  torch.manual_seed(0)
+  ref = torch_reference.build_model(cfg.model).eval()
+  with torch.no_grad():
+    for p in ref.parameters():
+      if p.ndim >= 2:
+        p.mul_(10.0)
+  batch = _batch(cfg.model)
+  prompt = {k: v for k, v in batch.items() if k not in ("targets", "loss_mask")}
+  model = metalm.build_model(cfg.model)
+  params = torch_reference.our_params(ref, cfg.model)
+  ours = np.asarray(decode.greedy(model, params, prompt, max_new_tokens=12, eos_id=None).ids)
+  lm = torch_reference.lm_head_model(ref)
+  theirs = torch_reference.hf_greedy(ref, lm, torch_reference.to_torch_batch(batch, cfg.model), 12)
+  np.testing.assert_array_equal(theirs.numpy(), ours)
+  assert all(len(set(row)) > 3 for row in ours.tolist())  # not one repeated id
 
 
 def test_same_params_and_formula_flops(pair):

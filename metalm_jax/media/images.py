@@ -11,6 +11,7 @@ CLIP-shaped so CLIP weights import); a run's constants are
 """
 from __future__ import annotations
 
+import functools
 import io
 import logging
 from typing import Any, Dict, Mapping, Optional, Tuple
@@ -64,7 +65,9 @@ def to_rgb(image) -> Tuple[Optional[np.ndarray], Dict[str, int]]:
 
 def preprocess_image(image: np.ndarray, image_size: int, mean=CLIP_MEAN,
                      std=CLIP_STD) -> np.ndarray:
-  """RGB uint8 [H, W, 3] -> normalised float32 [S, S, 3]."""
+  """RGB uint8 [H, W, 3] -> normalised float32 [S, S, 3]. The normalisation
+  is a per-channel look-up of the 256 values the float32 arithmetic gives
+  (bit-identical to it, about 2x faster than computing it per pixel)."""
   image = np.asarray(image)
   if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
     raise ValueError(f"preprocess_image: image must be uint8 [H, W, 3], got "
@@ -72,8 +75,28 @@ def preprocess_image(image: np.ndarray, image_size: int, mean=CLIP_MEAN,
   if image.shape[:2] != (image_size, image_size):
     image = np.asarray(Image.fromarray(image).resize((image_size, image_size),
                                                       Image.Resampling.BICUBIC))
-  x = image.astype(np.float32) / 255.0
-  return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+  lut = _norm_table(_rgb_key(mean), _rgb_key(std))
+  out = np.empty(image.shape, np.float32)
+  for c in range(3):  # one table look-up per channel: no float temporaries
+    np.take(lut[c], image[..., c], out=out[..., c])
+  return out
+
+
+def _rgb_key(values) -> Tuple[float, float, float]:
+  """Per-channel float32 constants as a hashable key (a scalar broadcasts)."""
+  return tuple(np.broadcast_to(np.asarray(values, np.float32), (3,)).tolist())
+
+
+@functools.lru_cache(maxsize=32)
+def _norm_table(mean: Tuple[float, ...], std: Tuple[float, ...]) -> np.ndarray:
+  """float32 [3, 256]: channel c, byte v -> (v / 255 - mean[c]) / std[c], with
+  the same float32 operations as normalising the image itself, so a look-up
+  gives bit-identical values (tests/test_media_images.py checks every byte)."""
+  x = np.arange(256, dtype=np.float32)[:, None] / 255.0
+  table = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+  table = np.ascontiguousarray(table.T)
+  table.setflags(write=False)
+  return table
 
 
 def norm_constants(section: Optional[Mapping[str, Any]], where: str

@@ -24,7 +24,18 @@ from metalm_jax.registry import Registry
 
 Array = jax.Array
 ACTIVATIONS = Registry("activation")
-ACTIVATIONS.register("gelu")(functools.partial(jax.nn.gelu, approximate=False))
+
+
+def gelu_erf(x):
+  """Exact GELU, x * Phi(x), written 0.5 x (1 + erf(x / sqrt 2)) as torch
+  and HF compute it. jax.nn.gelu(approximate=False) takes erfc, which XLA
+  lowers to two branches of exponentials and selects: ~2x the elementwise
+  cost on CPU. The two agree within float32 rounding
+  (tests/test_layer_norm_grad.py)."""
+  return 0.5 * x * (1.0 + jax.lax.erf(x * np.float32(1.0 / np.sqrt(2.0)).astype(x.dtype)))
+
+
+ACTIVATIONS.register("gelu")(gelu_erf)
 ACTIVATIONS.register("gelu_new")(functools.partial(jax.nn.gelu, approximate=True))
 ACTIVATIONS.register("gelu_tanh")(functools.partial(jax.nn.gelu, approximate=True))
 ACTIVATIONS.register("quick_gelu")(lambda x: x * jax.nn.sigmoid(1.702 * x))
@@ -45,8 +56,59 @@ def constrain(x, axes):
   return nn.with_logical_constraint(x, axes)
 
 
+def _ln_forward(x, eps):
+  """((x - mean) * rsqrt(var + eps), rsqrt(var + eps)) in float32."""
+  xf = x.astype(jnp.float32)
+  mean = xf.mean(-1, keepdims=True)
+  centred = xf - mean
+  rstd = jax.lax.rsqrt(jnp.square(centred).mean(-1, keepdims=True) + eps)
+  return centred * rstd, rstd
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def layer_norm(x, scale, bias, eps, dtype):
+  """(x - mean) * rsqrt(var + eps) * scale + bias over the last axis, with
+  float32 statistics, cast to `dtype`; the backward is written out (below).
+
+  Why by hand: in autodiff's backward XLA:CPU fused the input gradient's
+  elementwise chain into each transposing consumer of it (the previous
+  layer's weight-gradient matmuls and the residual sums), recomputing it per
+  consumer: the layer norms were 16% of the `bench` step's op time. With
+  this backward they are ~3% and the step ~8% faster (docs/performance.md,
+  "The train step on CPU"). The forward is the same arithmetic as before,
+  bit for bit; the gradients agree with autodiff's within float32 rounding
+  (tests/test_layer_norm_grad.py)."""
+  normed, _ = _ln_forward(x, eps)
+  return (normed * scale + bias).astype(dtype)
+
+
+def _layer_norm_fwd(x, scale, bias, eps, dtype):
+  normed, rstd = _ln_forward(x, eps)
+  y = (normed * scale + bias).astype(dtype)
+  return y, (normed, rstd, scale, jnp.zeros((), x.dtype), jnp.zeros((), bias.dtype))
+
+
+def _layer_norm_bwd(eps, dtype, res, g):
+  """d/dx of y = n * s + b, n = (x - mean) * r: with h = g * s,
+  dx = r * (h - mean(h) - n * mean(h * n)); ds = sum(g * n); db = sum(g)."""
+  del eps, dtype
+  normed, rstd, scale, x_like, bias_like = res
+  gf = g.astype(jnp.float32)
+  h = gf * scale
+  dx = rstd * (h - h.mean(-1, keepdims=True) - normed * (h * normed).mean(-1, keepdims=True))
+  axes = tuple(range(g.ndim - 1))
+  d_scale = (gf * normed).sum(axes).astype(scale.dtype)
+  d_bias = gf.sum(axes).astype(bias_like.dtype)
+  return dx.astype(x_like.dtype), d_scale, d_bias
+
+
+layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+
+
 class LayerNorm(nn.Module):
-  """LayerNorm with float32 statistics; params `scale` and `bias`.
+  """LayerNorm with float32 statistics; params `scale` and `bias`
+  (`layer_norm` above: the forward of every earlier version, a hand-written
+  backward).
 
   Not `flax.linen.LayerNorm`: even with use_fast_variance=False it computes
   (x - mean) * (rsqrt(var + eps) * scale), we (x - mean) * rsqrt(...) * scale;
@@ -62,11 +124,7 @@ class LayerNorm(nn.Module):
     d = x.shape[-1]
     scale = self.param("scale", param_init(nn.initializers.ones, ("norm",)), (d,))
     bias = self.param("bias", param_init(nn.initializers.zeros, ("norm",)), (d,))
-    xf = x.astype(jnp.float32)
-    mean = xf.mean(-1, keepdims=True)
-    var = jnp.square(xf - mean).mean(-1, keepdims=True)
-    y = (xf - mean) * jax.lax.rsqrt(var + self.eps) * scale + bias
-    return y.astype(self.dtype)
+    return layer_norm(x, scale, bias, self.eps, jnp.dtype(self.dtype))
 
 
 class RMSNorm(nn.Module):
@@ -383,22 +441,34 @@ class Attention(nn.Module):
 
     causal = self.causal
     if decode:
+      # Keys / values in the cache's layout [B, K, C, D]; the mask is causal
+      # by absolute cache position.
       k, v, mask = self._update_cache(k, v, key_valid)
-      causal = False  # the cache mask is causal by absolute position
-    impl = resolve_attention_impl(self.impl, q.dtype, self.head_dim, q_len=q.shape[1],
-                                  kv_len=k.shape[1], masked=mask is not None,
-                                  dense_mask=mask is not None and not isinstance(mask, Segments))
-    out = ATTENTION_IMPLEMENTATIONS.get(impl).attend(q, k, v, mask, causal, kv_act)
+      impl = resolve_attention_impl(self.impl, q.dtype, self.head_dim, q_len=q.shape[1],
+                                    kv_len=k.shape[2], masked=True, dense_mask=True)
+      out = self._attend_cache(q, k, v, mask, impl, kv_act)
+    else:
+      impl = resolve_attention_impl(self.impl, q.dtype, self.head_dim, q_len=q.shape[1],
+                                    kv_len=k.shape[1], masked=mask is not None,
+                                    dense_mask=mask is not None and not isinstance(mask, Segments))
+      out = ATTENTION_IMPLEMENTATIONS.get(impl).attend(q, k, v, mask, causal, kv_act)
     out = checkpoint_name(constrain(out, act), "attn_out")
     return proj((emb,), ("heads", "kv", "embed"), n_in=2, init_scale=self.out_init_scale,
                 use_bias=self.use_bias, name="out")(out)
 
   def _update_cache(self, k, v, key_valid):
-    """Writes the T new keys/values at the cache index and builds the
-    [B, 1, T, C] mask. The index is kept per row ([B], all equal) so that
-    every cache array has the batch on axis 0, also when a scanned stack
-    adds its layer axis (at axis 1)."""
+    """Writes the T new keys/values [B, T, K, D] at the cache index; returns
+    the cached keys and values [B, K, C, D] and the [B, 1, T, C] mask.
+
+    The cache is laid out [B, K, C, D] (heads before positions), as the
+    attention's batched dots over (B, K) read it: laid out [B, C, K, D], XLA
+    transposed all of it for both dots in every layer at every step (on CPU
+    8 full-cache copies per step, the batch-8 decode cost; docs/performance.md).
+    The index is kept per row ([B], all equal) so that every cache array has
+    the batch on axis 0, also when a scanned stack adds its layer axis (at
+    axis 1)."""
     b, t = k.shape[:2]
+    k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # [B, K, T, D]: T rows only
     is_init = not self.has_variable("cache", "cached_key")
     ck = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
     cv = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
@@ -408,15 +478,37 @@ class Attention(nn.Module):
       causal = jnp.tril(jnp.ones((t, t), jnp.bool_))
       return k, v, causal[None, None]
     idx = cidx.value[0]
-    ck.value = jax.lax.dynamic_update_slice(ck.value, k, (0, idx, 0, 0))
-    cv.value = jax.lax.dynamic_update_slice(cv.value, v, (0, idx, 0, 0))
+    ck.value = jax.lax.dynamic_update_slice(ck.value, k, (0, 0, idx, 0))
+    cv.value = jax.lax.dynamic_update_slice(cv.value, v, (0, 0, idx, 0))
     cvalid.value = jax.lax.dynamic_update_slice(cvalid.value, key_valid.astype(jnp.bool_), (0, idx))
     cidx.value = cidx.value + t
-    cache_len = ck.value.shape[1]
+    cache_len = ck.value.shape[2]
     q_abs = idx + jnp.arange(t)
     k_abs = jnp.arange(cache_len)
     mask = (k_abs[None, :] <= q_abs[:, None])[None, None] & cvalid.value[:, None, None, :]
     return ck.value, cv.value, mask
+
+  def _attend_cache(self, q, k, v, mask, impl, kv_axes):
+    """Attention of q [B, T, N, D] over the cache k, v [B, K, C, D] with the
+    bool mask [B, 1, T, C]: [B, T, N, D]. With XLA, explicit einsums that read
+    the cache in its layout, with the numerics of jax.nn.dot_product_attention's
+    XLA path (logits in float32 at least, scaled by 1/sqrt(D), masked with the
+    same large negative value, float32 softmax; query head n reads kv head
+    n // (N / K)). A fused implementation gets the keys as [B, C, K, D]."""
+    if impl != "xla":
+      k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
+      return ATTENTION_IMPLEMENTATIONS.get(impl).attend(q, k, v, mask, False, kv_axes)
+    b, t, n, d = q.shape
+    kv = k.shape[1]
+    qg = q.reshape(b, t, kv, n // kv, d)
+    logits_dtype = jnp.promote_types(q.dtype, jnp.float32)
+    logits = jnp.einsum("btkgd,bkcd->bkgtc", qg, k, preferred_element_type=logits_dtype)
+    logits = logits * jnp.array(1.0 / math.sqrt(d), logits_dtype)
+    big_neg = -0.7 * min(float(jnp.finfo(logits_dtype).max), float(jnp.finfo(jnp.float32).max))
+    logits = jnp.where(mask[:, :, None], logits, jnp.array(big_neg, logits_dtype))
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgtc,bkcd->btkgd", probs, v)
+    return out.reshape(b, t, n, d)
 
 
 class Mlp(nn.Module):

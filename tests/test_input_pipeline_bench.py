@@ -1,0 +1,46 @@
+"""benchmarks/input_pipeline.py reads the fit table and turns each row into a
+demand per host; run in a subprocess (the script defines absl flags)."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_SCRIPT = """
+import json, sys
+sys.path.insert(0, "benchmarks")
+import input_pipeline as ip
+ip.FLAGS(["input_pipeline"])
+fits = ip.fit_rows(ip.FLAGS.fit_table, ip.FLAGS.fit_results)
+runs = [dict(config="vl:paper_vl", workers=1, rows_per_s=250.0, rows_per_cpu_s=300.0,
+             image_norm="table", cores_busy=1.0),
+        dict(config="vl:paper_vl", workers=2, rows_per_s=450.0, rows_per_cpu_s=290.0,
+             image_norm="table", cores_busy=1.0),
+        dict(config="lang:paper_lang", workers=0, rows_per_s=50.0, rows_per_cpu_s=80.0,
+             image_norm="table", cores_busy=1.0)]
+print(json.dumps({"demand": ip.demand(fits, runs), "scaling": ip.scaling(runs)}))
+"""
+
+
+def test_demand_per_fit_table_row():
+  p = subprocess.run([sys.executable, "-c", _SCRIPT], cwd=ROOT, capture_output=True, text=True,
+                     timeout=300)
+  assert p.returncode == 0, p.stderr[-2000:]
+  out = json.loads(p.stdout.strip().splitlines()[-1])
+  rows = {(d["model"], d["target"], d["grad_accum_steps"]): d for d in out["demand"]}
+  v5e = rows[("paper_vl", "v5e-16", 1)]
+  assert (v5e["hosts"], v5e["chips_per_host"], v5e["host_vcpus"]) == (4, 4, 112)
+  assert abs(v5e["step_at_peak_s"] - 0.0545) < 1e-3  # the aot report's exact step
+  assert abs(v5e["demand_rows_per_s_at_peak"] - 256 / 4 / v5e["step_at_peak_s"]) < 1e-6
+  assert abs(v5e["demand_rows_per_s_at_mfu"] - 0.4 * v5e["demand_rows_per_s_at_peak"]) < 1e-6
+  assert v5e["supply_rows_per_cpu_s"] == 300.0  # the one-worker run's
+  assert v5e["workers_needed"] == math.ceil(2 * v5e["demand_rows_per_s_at_mfu"] / 300.0)
+  h100 = rows[("paper_vl", "h100x8", 1)]
+  assert (h100["hosts"], h100["chips_per_host"]) == (1, 8)
+  assert rows[("paper_lang", "v5e-16", 64)]["fed_by"] == "lang:paper_lang"
+  assert ("paper_lang", "v5e-16", 16) not in rows  # the row that does not fit
+  assert {d["model"] for d in out["demand"]} == {"paper_vl", "modern_vl", "paper_lang"}
+  s = out["scaling"]["vl:paper_vl"]
+  assert s["rows_per_s_per_worker"] == 250.0 and abs(s["efficiency"]["2"] - 0.9) < 1e-9
