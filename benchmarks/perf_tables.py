@@ -1,0 +1,196 @@
+"""The before / after tables of docs/performance.md, rendered from their
+result files (never typed by hand).
+
+    python benchmarks/perf_tables.py           # rewrite the tables in docs/performance.md
+    python benchmarks/perf_tables.py --check   # exit 1 if a table there differs
+
+Each table sits between `<!-- NAME: benchmarks/perf_tables.py -->` and
+`<!-- end of NAME -->` in the docs page; TABLES says which result files
+(benchmarks/results/) it reads. tests/test_perf_tables.py checks that the
+committed page holds what this script renders from the committed files.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Callable, Dict, List, NamedTuple, Sequence
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+DOCS = os.path.join(ROOT, "docs", "performance.md")
+
+
+def load(name: str) -> dict:
+  with open(os.path.join(RESULTS, name)) as f:
+    return json.load(f)
+
+
+def _code(prov: dict) -> str:
+  """The commit a result was measured at, as the provenance records it."""
+  if not prov:
+    return "not recorded"
+  return f"{prov['commit'][:7]}{' + uncommitted changes' if prov.get('dirty') else ''}"
+
+
+def _load_avg(prov: dict) -> str:
+  if not prov:
+    return "not recorded"
+  return f"{prov['load_average_start'][0]:.1f} / {prov['load_average_end'][0]:.1f}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(r) + " |" for r in rows]
+  return "\n".join(lines)
+
+
+def train_step_table(before: dict, after: dict, files: Sequence[str]) -> str:
+  """`benchmarks/train_step.py --compare_torch` results: ours vs torch."""
+  rows = []
+  for label, r, f in zip(("before", "after"), (before, after), files):
+    prov = r.get("provenance", {})
+    rows.append([
+        label, _code(prov), f"{r['step_time_ms_median']:.1f} ({r['step_time_ms_min']:.1f})",
+        f"{r['tokens_per_sec']:,.0f}",
+        f"{100 * r['mfu']:.1f}% of {1000 * r['mfu_peak_tflops']:.1f}",
+        f"{r['torch_step_time_ms_median']:.1f}", f"**{r['speedup_vs_torch']:.2f}x**",
+        f"{r['cpu_time_ratio_torch_over_ours']:.2f}", f"{100 * r['torch_mfu_vs_best_peak']:.1f}%",
+        _load_avg(prov), f"`benchmarks/results/{f}`"])
+  return _table(["", "code", "ours: step ms median (best)", "tokens/s", "MFU (of GFLOP/s)",
+                 "torch: step ms median", "ours / torch speed", "CPU time torch / ours",
+                 "torch MFU", "load average start / end", "result file"], rows)
+
+
+def profile_table(before: dict, after: dict, files: Sequence[str]) -> str:
+  """`benchmarks/profile_step.py` results: XLA thunk time per step by part."""
+  b, a = before["thunk_ms_per_step"], after["thunk_ms_per_step"]
+  rows = []
+  for part in b:
+    rows.append([part, f"{b[part]['total']:.1f} ({100 * b[part]['share']:.1f}%)",
+                 f"{b[part]['copy_transpose']:.1f}",
+                 f"{a[part]['total']:.1f} ({100 * a[part]['share']:.1f}%)",
+                 f"{a[part]['copy_transpose']:.1f}"])
+  def total(t, key):
+    return sum(v[key] for v in t.values())
+
+  rows.append(["all thunks", f"{total(b, 'total'):.1f}", f"{total(b, 'copy_transpose'):.1f}",
+               f"{total(a, 'total'):.1f}", f"{total(a, 'copy_transpose'):.1f}"])
+  whole = [r["sub_step_ms_median"]["whole train step"] for r in (before, after)]
+  rows.append(["whole step (wall, median)", f"{whole[0]:.1f}", "", f"{whole[1]:.1f}", ""])
+  head = ["part (ms per step, share)", f"before: {_code(before.get('provenance'))}",
+          "of it copies / transposes", f"after: {_code(after.get('provenance'))}",
+          "of it copies / transposes"]
+  return _table(head, rows) + (
+      f"\n\nResult files: `benchmarks/results/{files[0]}` (load average "
+      f"{_load_avg(before.get('provenance'))}), `benchmarks/results/{files[1]}` (load average "
+      f"{_load_avg(after.get('provenance'))}).")
+
+
+def decode_table(before: dict, after: dict, files: Sequence[str]) -> str:
+  """`benchmarks/decode.py` results: KV-cache generation per batch size,
+  and the HF `generate` race where the file has one."""
+  rows = []
+  for label, r, f in zip(("before", "after"), (before, after), files):
+    prov = r.get("provenance", {})
+    for g in r["generation"]:
+      rows.append([label, _code(prov), str(g["rows"]), f"{g['cached_tok_s']:,.0f}",
+                   f"{g['no_cache_tok_s']:,.0f}", f"{g['speedup']:.1f}x", str(g["same_ids"]),
+                   _load_avg(prov), f"`benchmarks/results/{f}`"])
+  out = _table(["", "code", "rows", "tokens/s with the cache", "without", "cache speed-up",
+                "same ids", "load average start / end", "result file"], rows)
+  race = after.get("hf_race")
+  if race:
+    race_rows = [[str(b["rows"]), f"{b['ours_tok_s']:,.0f}", f"{b['hf_tok_s']:,.0f}",
+                  f"**{b['ours_over_hf']:.2f}x**", f"{b['same_ids_frac']:.3f}"]
+                 for b in race["batches"]]
+    out += (f"\n\nHF `generate` race (torch {race['torch']}, transformers {race['transformers']}, "
+            f"{race['torch_threads']} threads; `benchmarks/results/{files[1]}`):\n\n")
+    out += _table(["rows", "ours tokens/s", "HF generate tokens/s", "ours / HF",
+                   "same ids (fraction)"], race_rows)
+  return out
+
+
+def input_demand_table(result: dict, files: Sequence[str]) -> str:
+  """`benchmarks/input_pipeline.py` results: what each fit-table row asks
+  of a host, and the Grain workers that supply twice that at 40% MFU."""
+  rows = []
+  for d in result["demand"]:
+    rows.append([
+        d["model"], d["target"], f"{d['hosts']} x {d['chips_per_host']}",
+        str(d["rows_per_step"]), f"{1000 * d['step_at_peak_s']:.1f}",
+        f"{d['demand_rows_per_s_at_peak']:,.0f}", f"{d['demand_rows_per_s_at_mfu']:,.0f}",
+        f"{d['supply_wanted_rows_per_s']:,.0f}",
+        f"{d['supply_rows_per_cpu_s']:.0f} (`{d['fed_by']}`)",
+        f"{d['cores_needed']:.1f} ({d['workers_needed']})",
+        f"{d['host_vcpus']} (`{d['host_machine']}`)", f"{100 * d['cores_share_of_host']:.1f}%"])
+  mfu, room = 100 * result["mfu"], result["headroom"]
+  return _table(["model", "target", "hosts x chips", "rows/step", "step at peak (ms)",
+                 "demand per host at peak (rows/s)", f"at {mfu:.0f}% MFU", f"{room:g}x that",
+                 "supply per core here (rows/s)", "cores (= workers) needed",
+                 "host vCPUs (machine)", "share"], rows) + (
+      f"\n\nResult file: `benchmarks/results/{files[0]}` (code {_code(result['provenance'])}, "
+      f"load average {_load_avg(result['provenance'])}).")
+
+
+class Table(NamedTuple):
+  files: Sequence[str]
+  render: Callable[..., str]
+
+
+TABLES: Dict[str, Table] = {
+    "train step table": Table(("cpu_train_step_bench_71a42e6.json", "cpu_train_step_bench.json"),
+                              train_step_table),
+    "step profile table": Table(("cpu_profile_step_71a42e6.json", "cpu_profile_step.json"),
+                                profile_table),
+    "decode table": Table(("cpu_decode_bench_71a42e6.json", "cpu_decode_bench.json"),
+                          decode_table),
+    "input demand table": Table(("cpu_input_pipeline.json",), input_demand_table),
+}
+
+
+def render(name: str) -> str:
+  table = TABLES[name]
+  return table.render(*[load(f) for f in table.files], table.files)
+
+
+def markers(name: str):
+  return f"<!-- {name}: benchmarks/perf_tables.py -->", f"<!-- end of {name} -->"
+
+
+def rewrite(text: str, names: List[str]) -> str:
+  for name in names:
+    begin, end = markers(name)
+    if begin not in text or end not in text:
+      raise ValueError(f"{DOCS}: no markers {begin!r} ... {end!r}")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    text = f"{head}{begin}\n{render(name)}\n{end}{tail}"
+  return text
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--check", action="store_true", help="exit 1 if docs differ from the results")
+  p.add_argument("--docs", default=DOCS, help="the page holding the tables")
+  args = p.parse_args(argv)
+  with open(args.docs) as f:
+    text = f.read()
+  new = rewrite(text, list(TABLES))
+  if args.check:
+    if new != text:
+      print(f"{args.docs}: tables differ from their result files; run "
+            "python benchmarks/perf_tables.py", file=sys.stderr)
+      return 1
+    print("tables match their result files")
+    return 0
+  with open(args.docs, "w") as f:
+    f.write(new)
+  print(f"wrote {len(TABLES)} tables into {args.docs}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
