@@ -205,7 +205,9 @@ def fit_rows(table_path: str, results_glob: str) -> List[dict]:
         continue
       (topo, chips), (batch, seq, accum) = (target.match(cells[1]).groups(),
                                             shape.match(cells[3]).groups())
-      model, chips, batch, seq, accum = cells[0], int(chips), int(batch), int(seq), int(accum)
+      # The model cell may carry a note after the name: "paper_lang (pre-LN compile, ...)".
+      model = cells[0].split()[0]
+      chips, batch, seq, accum = int(chips), int(batch), int(seq), int(accum)
       if (model, topo, batch, accum) in seen:
         continue
       seen.add((model, topo, batch, accum))

@@ -39,8 +39,11 @@ def test_demand_per_fit_table_row():
   assert v5e["workers_needed"] == math.ceil(2 * v5e["demand_rows_per_s_at_mfu"] / 300.0)
   h100 = rows[("paper_vl", "h100x8", 1)]
   assert (h100["hosts"], h100["chips_per_host"]) == (1, 8)
-  assert rows[("paper_lang", "v5e-16", 64)]["fed_by"] == "lang:paper_lang"
-  assert ("paper_lang", "v5e-16", 16) not in rows  # the row that does not fit
+  assert rows[("paper_lang", "v5e-16", 16)]["fed_by"] == "lang:paper_lang"
+  assert ("paper_lang", "v5e-16", 64) not in rows  # only the table's rows, none invented
+  # A note after the model's name ("paper_lang (pre-LN compile, ...)") keeps the name.
+  lang_h100 = rows[("paper_lang", "h100x8", 8)]
+  assert lang_h100["fed_by"] == "lang:paper_lang" and lang_h100["chips"] == 8
   assert {d["model"] for d in out["demand"]} == {"paper_vl", "modern_vl", "paper_lang"}
   s = out["scaling"]["vl:paper_vl"]
   assert s["rows_per_s_per_worker"] == 250.0 and abs(s["efficiency"]["2"] - 0.9) < 1e-9

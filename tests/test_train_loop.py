@@ -128,7 +128,12 @@ def test_gradient_accumulation_matches_one_batch():
     for k in ("loss", "accuracy", "grad_norm"):
       np.testing.assert_allclose(outs[n][1][k], outs[1][1][k], rtol=1e-5, err_msg=f"{n} {k}")
     # Adam moments are linear / quadratic in the gradient: they carry its error.
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-9),
+    # Elements far below a leaf's scale are float32 summation noise: absolute
+    # tolerance 1e-5 of the leaf's largest magnitude, at least 1e-9 (leaves whose
+    # gradient is zero in exact arithmetic hold noise of ~1e-11). A factor-of-n
+    # error in the accumulated gradient still fails by orders of magnitude.
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(
+        a, b, rtol=1e-4, atol=max(1e-9, 1e-5 * float(np.max(np.abs(b))))),
                  outs[n][0]["opt_state"], outs[1][0]["opt_state"])
   # The loss is the token-weighted mean over the whole batch.
   logits = model.apply({"params": state["params"]}, batch)
