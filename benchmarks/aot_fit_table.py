@@ -39,11 +39,16 @@ from metalm_jax import absl_run  # noqa: E402
 _LANG_TPU = ["--config.model.decoder.attention_impl=splash",
              "--config.model.encoders.text.attention_impl=splash",
              "--config.model.decoder.loss_chunk=256"]
+# The VL rows: the decoder's attention as `auto` picks it on a TPU (the ViT's
+# 197 tokens are not a multiple of 128: XLA, as `auto` there) and the loss in
+# chunks of 256 positions on every target (no float32 [B, L, V] logits).
+_CHUNK = ["--config.model.decoder.loss_chunk=256"]
+_VL_TPU = ["--config.model.decoder.attention_impl=splash"] + _CHUNK
 ROWS = [
-    ("paper_vl", "configs/pretrain_vl.py:size=paper", "v5e-16", []),
-    ("paper_vl", "configs/pretrain_vl.py:size=paper", "v4-16", []),
-    ("paper_vl", "configs/pretrain_vl.py:size=paper", "v5p-16", []),
-    ("paper_vl", "configs/pretrain_vl.py:size=paper", "h100x8", []),
+    ("paper_vl", "configs/pretrain_vl.py:size=paper", "v5e-16", _VL_TPU),
+    ("paper_vl", "configs/pretrain_vl.py:size=paper", "v4-16", _VL_TPU),
+    ("paper_vl", "configs/pretrain_vl.py:size=paper", "v5p-16", _VL_TPU),
+    ("paper_vl", "configs/pretrain_vl.py:size=paper", "h100x8", _CHUNK),
     ("paper_lang", "configs/pretrain_lang.py:size=paper", "v5e-16",
      _LANG_TPU + ["--config.optimizer.grad_accum_steps=16"]),
     ("paper_lang", "configs/pretrain_lang.py:size=paper", "v4-16",
@@ -51,10 +56,10 @@ ROWS = [
     ("paper_lang", "configs/pretrain_lang.py:size=paper", "v5p-16",
      _LANG_TPU + ["--config.optimizer.grad_accum_steps=4"]),
     ("paper_lang", "configs/pretrain_lang.py:size=paper", "h100x8",
-     ["--config.optimizer.grad_accum_steps=8", "--config.model.decoder.loss_chunk=256"]),
+     _CHUNK + ["--config.optimizer.grad_accum_steps=8"]),
     # Llama-3.2-1B-shaped decoder + SigLIP-B/16-shaped ViT (presets.modern_vl).
-    ("modern_vl", "configs/pretrain_vl.py:size=modern", "v5e-16", []),
-    ("modern_vl", "configs/pretrain_vl.py:size=modern", "h100x8", []),
+    ("modern_vl", "configs/pretrain_vl.py:size=modern", "v5e-16", _VL_TPU),
+    ("modern_vl", "configs/pretrain_vl.py:size=modern", "h100x8", _CHUNK),
 ]
 
 flags.DEFINE_list("rows", [], "MODEL/TOPOLOGY rows to run (default: all)")
