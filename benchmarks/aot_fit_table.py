@@ -41,8 +41,9 @@ _LANG_TPU = ["--config.model.decoder.attention_impl=splash",
              "--config.model.decoder.loss_chunk=256"]
 # The VL rows: the decoder's attention as `auto` picks it on a TPU (the ViT's
 # 197 tokens are not a multiple of 128: XLA, as `auto` there) and the loss in
-# chunks of 256 positions on every target (no float32 [B, L, V] logits).
-_CHUNK = ["--config.model.decoder.loss_chunk=256"]
+# chunks of 64 of the 256 positions on every target (no float32 [B, L, V]
+# logits; a chunk of 256 is the whole sequence: one chunk, no saving).
+_CHUNK = ["--config.model.decoder.loss_chunk=64"]
 _VL_TPU = ["--config.model.decoder.attention_impl=splash"] + _CHUNK
 ROWS = [
     ("paper_vl", "configs/pretrain_vl.py:size=paper", "v5e-16", _VL_TPU),
@@ -55,8 +56,11 @@ ROWS = [
      _LANG_TPU + ["--config.optimizer.grad_accum_steps=16"]),
     ("paper_lang", "configs/pretrain_lang.py:size=paper", "v5p-16",
      _LANG_TPU + ["--config.optimizer.grad_accum_steps=4"]),
+    # On a GPU `auto` picks cuDNN flash attention; this CPU host must name it.
     ("paper_lang", "configs/pretrain_lang.py:size=paper", "h100x8",
-     _CHUNK + ["--config.optimizer.grad_accum_steps=8"]),
+     ["--config.model.decoder.attention_impl=cudnn",
+      "--config.model.encoders.text.attention_impl=cudnn",
+      "--config.model.decoder.loss_chunk=256", "--config.optimizer.grad_accum_steps=4"]),
     # Llama-3.2-1B-shaped decoder + SigLIP-B/16-shaped ViT (presets.modern_vl).
     ("modern_vl", "configs/pretrain_vl.py:size=modern", "v5e-16", _VL_TPU),
     ("modern_vl", "configs/pretrain_vl.py:size=modern", "h100x8", _CHUNK),
