@@ -1,13 +1,14 @@
-"""The before / after tables of docs/performance.md, rendered from their
-result files (never typed by hand).
+"""The measured tables of docs/performance.md and docs/aot-fit.md, rendered
+from their result files (never typed by hand).
 
-    python benchmarks/perf_tables.py           # rewrite the tables in docs/performance.md
+    python benchmarks/perf_tables.py           # rewrite the tables in their pages
     python benchmarks/perf_tables.py --check   # exit 1 if a table there differs
 
 Each table sits between `<!-- NAME: benchmarks/perf_tables.py -->` and
-`<!-- end of NAME -->` in the docs page; TABLES says which result files
-(benchmarks/results/) it reads. tests/test_perf_tables.py checks that the
-committed page holds what this script renders from the committed files.
+`<!-- end of NAME -->` in its docs page; TABLES says which result files
+(benchmarks/results/) it reads and which page holds it.
+tests/test_perf_tables.py checks that the committed pages hold what this
+script renders from the committed files.
 """
 from __future__ import annotations
 
@@ -18,8 +19,13 @@ import sys
 from typing import Callable, Dict, List, NamedTuple, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+from benchmarks import aot_rows  # noqa: E402
+
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
-DOCS = os.path.join(ROOT, "docs", "performance.md")
+DOCS_DIR = os.path.join(ROOT, "docs")
 
 
 def load(name: str) -> dict:
@@ -134,9 +140,55 @@ def input_demand_table(result: dict, files: Sequence[str]) -> str:
       f"load average {_load_avg(result['provenance'])}).")
 
 
+def fit_table(*args) -> str:
+  """docs/aot-fit.md's fit table: one row per aot_rows.ROWS entry, from its
+  committed compile report, then the commit each row was compiled at."""
+  reports, files = args[:-1], args[-1]
+  lines = [aot_rows.HEADER, "|" + "---|" * aot_rows.HEADER.count(" | ") + "---|"]
+  lines += [aot_rows.table_row(model, r) for (model, *_), r in zip(aot_rows.ROWS, reports)]
+  commits = sorted({_code(r.get("provenance", {})) for r in reports})
+  return "\n".join(lines) + (
+      f"\n\nCompiled at {', '.join(commits)}; reports in `benchmarks/results/`, one "
+      f"aot_MODEL_TARGET.json per row ({len(files)} files, each with its provenance).")
+
+
+def _chunk_label(r: dict) -> str:
+  chunk = r.get("overrides", {}).get("model.decoder.loss_chunk", 0)
+  return f"chunks of {chunk}" if chunk else "full logits"
+
+
+def loss_chunk_table(*args) -> str:
+  """Memory per chip with full float32 logits and with the loss in chunks
+  of positions, compiled from one tree: pairs of reports (plain, chunked)."""
+  reports, files = args[:-1], args[-1]
+  rows = []
+  for i in range(0, len(reports), 2):
+    plain, chunked = reports[i], reports[i + 1]
+    per_chip = plain["batch_size"] // plain["grad_accum_steps"] // plain["num_chips"]
+    gib = lambda r, k: r[k] / 2 ** 30  # noqa: E731
+    model = files[i + 1][len("aot_"):-len(f"_{chunked['topology']}.json")]
+    rows.append([
+        model, plain["topology"],
+        f"{per_chip} x {plain['seq_len']}",
+        f"{gib(plain, 'total_bytes'):.2f} ({gib(plain, 'temp_bytes'):.2f})",
+        f"{_chunk_label(chunked)}: {gib(chunked, 'total_bytes'):.2f} "
+        f"({gib(chunked, 'temp_bytes'):.2f})",
+        f"**{gib(chunked, 'total_bytes') - gib(plain, 'total_bytes'):+.2f}**",
+        " / ".join(_code(r.get("provenance", {})) for r in (plain, chunked)),
+        f"`{files[i]}`, `{files[i + 1]}`"])
+  return _table(["model", "target", "rows x positions per chip (micro-batch)",
+                 "full logits: GiB per chip (temporaries)", "chunked loss: GiB (temporaries)",
+                 "change (GiB)", "code", "reports"], rows)
+
+
 class Table(NamedTuple):
   files: Sequence[str]
   render: Callable[..., str]
+  page: str = "performance.md"
+
+
+_CHUNK_PAIRS = [("paper_vl", t) for t in ("v5e-16", "v4-16", "v5p-16", "h100x8")] + [
+    ("modern_vl", t) for t in ("v5e-16", "h100x8")]
 
 
 TABLES: Dict[str, Table] = {
@@ -147,6 +199,12 @@ TABLES: Dict[str, Table] = {
     "decode table": Table(("cpu_decode_bench_71a42e6.json", "cpu_decode_bench.json"),
                           decode_table),
     "input demand table": Table(("cpu_input_pipeline.json",), input_demand_table),
+    "fit table": Table(tuple(aot_rows.report_name(m, t) for m, _, t, _ in aot_rows.ROWS),
+                       fit_table, "aot-fit.md"),
+    "loss chunk table": Table(
+        tuple(f for m, t in _CHUNK_PAIRS for f in (f"aot_{m}_{t}_full_logits.json",
+                                                   aot_rows.report_name(m, t))),
+        loss_chunk_table, "aot-fit.md"),
 }
 
 
@@ -159,11 +217,15 @@ def markers(name: str):
   return f"<!-- {name}: benchmarks/perf_tables.py -->", f"<!-- end of {name} -->"
 
 
-def rewrite(text: str, names: List[str]) -> str:
+def page_path(name: str) -> str:
+  return os.path.join(DOCS_DIR, TABLES[name].page)
+
+
+def rewrite(text: str, names: List[str], page: str = "") -> str:
   for name in names:
     begin, end = markers(name)
     if begin not in text or end not in text:
-      raise ValueError(f"{DOCS}: no markers {begin!r} ... {end!r}")
+      raise ValueError(f"{page or 'the page'}: no markers {begin!r} ... {end!r}")
     head, rest = text.split(begin, 1)
     _, tail = rest.split(end, 1)
     text = f"{head}{begin}\n{render(name)}\n{end}{tail}"
@@ -174,21 +236,30 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--check", action="store_true", help="exit 1 if docs differ from the results")
-  p.add_argument("--docs", default=DOCS, help="the page holding the tables")
   args = p.parse_args(argv)
-  with open(args.docs) as f:
-    text = f.read()
-  new = rewrite(text, list(TABLES))
-  if args.check:
-    if new != text:
-      print(f"{args.docs}: tables differ from their result files; run "
-            "python benchmarks/perf_tables.py", file=sys.stderr)
-      return 1
+  pages: Dict[str, List[str]] = {}
+  for name in TABLES:
+    pages.setdefault(page_path(name), []).append(name)
+  stale, written = [], 0
+  for path, names in pages.items():
+    with open(path) as f:
+      text = f.read()
+    new = rewrite(text, names, path)
+    if new == text:
+      continue
+    if args.check:
+      stale.append(path)
+    else:
+      with open(path, "w") as f:
+        f.write(new)
+      print(f"wrote {len(names)} tables into {path}")
+      written += 1
+  if stale:
+    print(f"{', '.join(stale)}: tables differ from their result files; run "
+          "python benchmarks/perf_tables.py", file=sys.stderr)
+    return 1
+  if not written:
     print("tables match their result files")
-    return 0
-  with open(args.docs, "w") as f:
-    f.write(new)
-  print(f"wrote {len(TABLES)} tables into {args.docs}")
   return 0
 
 

@@ -20,13 +20,23 @@ runs = [dict(config="vl:paper_vl", workers=1, rows_per_s=250.0, rows_per_cpu_s=3
              image_norm="table", cores_busy=1.0),
         dict(config="lang:paper_lang", workers=0, rows_per_s=50.0, rows_per_cpu_s=80.0,
              image_norm="table", cores_busy=1.0)]
-print(json.dumps({"demand": ip.demand(fits, runs), "scaling": ip.scaling(runs)}))
+noted = ip.fit_rows(sys.argv[1], "/nonexistent/aot_*.json")
+print(json.dumps({"demand": ip.demand(fits, runs), "scaling": ip.scaling(runs), "noted": noted}))
+"""
+
+# A row whose model cell carries a note after the name, and one that does not fit.
+_NOTED_TABLE = """\
+| paper_lang (older compile) | h100x8 (8 chips) | 1, 8, 1 | 1024 x 2048 (8) | - | 60.00 GiB | \
+79.10 GiB | yes | 59 | 20149.7 | 2547 |
+| paper_vl | v5e-16 (16 chips) | 1, 16, 1 | 256 x 256 (1) | - | 17.00 GiB | 16.00 GiB | no | \
+1 | 171.8 | 55 |
 """
 
 
-def test_demand_per_fit_table_row():
-  p = subprocess.run([sys.executable, "-c", _SCRIPT], cwd=ROOT, capture_output=True, text=True,
-                     timeout=300)
+def test_demand_per_fit_table_row(tmp_path):
+  (tmp_path / "noted.md").write_text(_NOTED_TABLE)
+  p = subprocess.run([sys.executable, "-c", _SCRIPT, str(tmp_path / "noted.md")], cwd=ROOT,
+                     capture_output=True, text=True, timeout=300)
   assert p.returncode == 0, p.stderr[-2000:]
   out = json.loads(p.stdout.strip().splitlines()[-1])
   rows = {(d["model"], d["target"], d["grad_accum_steps"]): d for d in out["demand"]}
@@ -41,9 +51,13 @@ def test_demand_per_fit_table_row():
   assert (h100["hosts"], h100["chips_per_host"]) == (1, 8)
   assert rows[("paper_lang", "v5e-16", 16)]["fed_by"] == "lang:paper_lang"
   assert ("paper_lang", "v5e-16", 64) not in rows  # only the table's rows, none invented
-  # A note after the model's name ("paper_lang (pre-LN compile, ...)") keeps the name.
-  lang_h100 = rows[("paper_lang", "h100x8", 8)]
+  lang_h100 = rows[("paper_lang", "h100x8", 4)]
   assert lang_h100["fed_by"] == "lang:paper_lang" and lang_h100["chips"] == 8
+  # A note after the model's name keeps the name; a row that does not fit is left out.
+  noted = out["noted"]
+  assert [(r["model"], r["target"], r["grad_accum_steps"]) for r in noted] == [
+      ("paper_lang", "h100x8", 8)]
+  assert abs(noted[0]["step_at_peak_s"] - 2.547) < 1e-9
   assert {d["model"] for d in out["demand"]} == {"paper_vl", "modern_vl", "paper_lang"}
   s = out["scaling"]["vl:paper_vl"]
   assert s["rows_per_s_per_worker"] == 250.0 and abs(s["efficiency"]["2"] - 0.9) < 1e-9

@@ -8,9 +8,9 @@ from benchmarks import perf_tables
 
 
 def test_committed_docs_hold_the_tables_of_the_committed_results():
-  with open(perf_tables.DOCS) as f:
-    text = f.read()
   for name in perf_tables.TABLES:
+    with open(perf_tables.page_path(name)) as f:
+      text = f.read()
     begin, end = perf_tables.markers(name)
     assert f"{begin}\n{perf_tables.render(name)}\n{end}" in text, (
         f"{name}: run python benchmarks/perf_tables.py")
@@ -33,3 +33,27 @@ def test_rendered_figures_come_from_the_file(tmp_path, monkeypatch):
   assert "`benchmarks/results/a.json`" in table
   with pytest.raises(ValueError, match="no markers"):
     perf_tables.rewrite("no tables here", ["train step table"])
+
+
+def test_fit_and_loss_chunk_tables_read_their_reports(tmp_path, monkeypatch):
+  """The fit table has one row per aot_rows.ROWS entry, from its report; the
+  loss-chunk table's change column is chunked minus full, from the pair."""
+  from benchmarks import aot_rows
+  tables = perf_tables.TABLES
+  for name in tables["fit table"].files + tables["loss chunk table"].files:
+    (tmp_path / name).write_text(json.dumps(perf_tables.load(name)))
+  model, _, topo, _ = aot_rows.ROWS[0]
+  report = perf_tables.load(aot_rows.report_name(model, topo))
+  report.update(total_bytes=3 * 2 ** 30, temp_bytes=2 * 2 ** 30, fits=True)
+  (tmp_path / aot_rows.report_name(model, topo)).write_text(json.dumps(report))
+  plain = perf_tables.load(f"aot_{model}_{topo}_full_logits.json")
+  plain.update(total_bytes=5 * 2 ** 30)
+  (tmp_path / f"aot_{model}_{topo}_full_logits.json").write_text(json.dumps(plain))
+  monkeypatch.setattr(perf_tables, "RESULTS", str(tmp_path))
+  fit = perf_tables.render("fit table").splitlines()
+  assert len([ln for ln in fit if ln.startswith(f"| {aot_rows.ROWS[0][0]} |")]) >= 1
+  assert fit[2].startswith(f"| {model} | {topo} (") and "| 3.00 GiB |" in fit[2]
+  assert len([ln for ln in fit if ln.startswith("| ") and " GiB |" in ln]) == len(aot_rows.ROWS)
+  chunk = perf_tables.render("loss chunk table").splitlines()
+  assert chunk[2].startswith(f"| {model} | {topo} | ")
+  assert "| 5.00 (" in chunk[2] and ": 3.00 (2.00) |" in chunk[2] and "| **-2.00** |" in chunk[2]
