@@ -9,11 +9,11 @@ rows in .venv-aot-gpu) and prints a markdown table.
 
 --extra (repeatable) is appended to every row's overrides, e.g. a remat
 policy or scan option to compare. The JSON report of each row is kept next
-to --out (MODEL_TARGET.json) when --out is given; metalm_jax/aot.py writes it
-with its provenance (metalm_jax/provenance.py: commit, versions, the compile
-host's load average). docs/aot-fit.md's table is rendered from the reports
-copied to benchmarks/results/aot_MODEL_TARGET.json by
-`python benchmarks/perf_tables.py`. Compile times are wall-clock on this
+to --out when --out is given, named as benchmarks/results/ holds it
+(aot_MODEL_TARGET.json); metalm_jax/aot.py writes it with its provenance
+(metalm_jax/provenance.py: commit, versions, the compile host's load
+average). docs/aot-fit.md's table is rendered from the reports in
+benchmarks/results/ by `python benchmarks/perf_tables.py`. Compile times are wall-clock on this
 machine: load from other processes inflates them.
 """
 import json
@@ -28,12 +28,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
-from benchmarks.aot_rows import HEADER, ROWS, table_row  # noqa: E402
+from benchmarks.aot_rows import HEADER, ROWS, SEPARATOR, report_name, table_row  # noqa: E402
 from metalm_jax import absl_run  # noqa: E402
 
 flags.DEFINE_list("rows", [], "MODEL/TOPOLOGY rows to run (default: all)")
 flags.DEFINE_multi_string("extra", [], "override appended to every row")
-flags.DEFINE_string("out", "", "write the markdown table here (and ROW.json beside it)")
+flags.DEFINE_string("out", "", "write the markdown table here (and each row's "
+                    "aot_MODEL_TARGET.json beside it)")
 flags.DEFINE_integer("timeout", 7200, "seconds per row")
 FLAGS = flags.FLAGS
 
@@ -62,9 +63,9 @@ def main(argv):
       raise app.UsageError(f"--rows: {r!r} is not a row; known: {sorted(known)}")
   rows = [r for r in ROWS if not FLAGS.rows or f"{r[0]}/{r[2]}" in FLAGS.rows]
   out_dir = os.path.dirname(os.path.abspath(FLAGS.out)) if FLAGS.out else tempfile.mkdtemp()
-  lines = [HEADER, "|" + "---|" * HEADER.count(" | ") + "---|"]
+  lines = [HEADER, SEPARATOR]
   for model, config, topology, overrides in rows:
-    path = os.path.join(out_dir, f"{model}_{topology}.json")
+    path = os.path.join(out_dir, report_name(model, topology))
     lines.append(run_row(model, config, topology, overrides + FLAGS.extra, path))
     print(lines[-1], file=sys.stderr, flush=True)
   text = "\n".join(lines) + "\n"

@@ -52,6 +52,7 @@ ROWS = [
 HEADER = ("| model | target | mesh (data, fsdp, tensor) | batch x tokens (accum) | "
           "remat / stack options | memory per chip | HBM | fits | compile (s) | "
           "model TFLOP/step | step at peak (ms) |")
+SEPARATOR = "|" + "---|" * (HEADER.count(" | ") + 1)
 
 
 def _gib(n):

@@ -18,8 +18,8 @@ batches follow a warm-up long enough to drain the prefetch buffers
 (`config.data.prefetch_buffer` rows per mixture entry and process), so
 buffered rows are not counted as produced.
 
-Then the demand of each row of the fit table (docs/aot-fit.md, step times
-refined from benchmarks/results/aot_*.json where one matches): rows per step /
+Then the demand of each row of the fit table (benchmarks/aot_rows.py, read
+from its compile report benchmarks/results/aot_MODEL_TARGET.json): rows per step /
 hosts / step time, at the chips' peak and at `--mfu` (40%), against the supply
 per core measured here (rows per CPU-second of the workers=1 run: the worker
 plus the trainer process's share of unpacking its batches), and the cores, so
@@ -47,6 +47,7 @@ from absl import flags
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks import aot_rows  # noqa: E402
 from metalm_jax import absl_run, provenance  # noqa: E402
 
 flags.DEFINE_string("data_dir", os.path.join("~", ".cache", "metalm_jax", "tfds"), "TFDS dir")
@@ -59,10 +60,9 @@ flags.DEFINE_integer("num_workers", 0, "Grain worker processes (when --workers i
 flags.DEFINE_list("workers", [], "Grain worker counts to time, e.g. 0,1,2 (default: "
                   "--num_workers)")
 flags.DEFINE_string("world", "", "override config.data.world for every config")
-flags.DEFINE_string("fit_table", os.path.join(ROOT, "docs", "aot-fit.md"),
-                    "markdown with the fit table ('' = no demand table)")
-flags.DEFINE_string("fit_results", os.path.join(ROOT, "benchmarks", "results", "aot_*.json"),
-                    "glob of aot reports: exact step times for matching fit-table rows")
+flags.DEFINE_string("fit_reports", os.path.join(ROOT, "benchmarks", "results"),
+                    "folder of the fit table's aot reports, aot_MODEL_TARGET.json "
+                    "('' = no demand table)")
 flags.DEFINE_float("mfu", 0.4, "MFU at which the demand is also given")
 flags.DEFINE_float("headroom", 2.0, "supply wanted per host, as a multiple of the demand at --mfu")
 flags.DEFINE_bool("compare_arithmetic_norm", False,
@@ -177,45 +177,28 @@ def line(r: dict) -> str:
           f"(setup+warm-up {r['setup_s']:.1f}s) image_norm={r['image_norm']}")
 
 
-def fit_rows(table_path: str, results_glob: str) -> List[dict]:
-  """The fit table's rows that fit: model, target, chips, rows per step,
-  accumulation and step time at peak (ms in the table; seconds from a
-  matching aot report when there is one)."""
-  reports = {}
-  for path in sorted(glob.glob(results_glob)):
+def fit_rows(reports_dir: str) -> List[dict]:
+  """The fit table's rows (benchmarks/aot_rows.py) that fit, from their
+  compile reports in `reports_dir` (aot_MODEL_TARGET.json, what
+  docs/aot-fit.md's table is rendered from): model, target, chips, rows per
+  step, accumulation and the step time at peak. A row without a report is
+  skipped and named on stderr."""
+  rows = []
+  if not reports_dir:
+    return rows
+  for model, _, topology, _ in aot_rows.ROWS:
+    path = os.path.join(reports_dir, aot_rows.report_name(model, topology))
+    if not os.path.exists(path):
+      print(f"fit row {model}/{topology}: no report {path}; left out", file=sys.stderr)
+      continue
     with open(path) as f:
       r = json.load(f)
-    model = re.search(r"size=(\w+)", r.get("config", ""))
-    size = model.group(1) if model else ""
-    name = {"paper": "paper_lang" if "lang" in r.get("config", "") else "paper_vl",
-            "modern": "modern_vl"}.get(size, size)
-    reports.setdefault((name, r["topology"], r["batch_size"], r["grad_accum_steps"]),
-                       (r["step_time_at_peak_s"], os.path.relpath(path, ROOT)))
-  rows, seen = [], set()
-  if not table_path or not os.path.exists(table_path):
-    return rows
-  target = re.compile(r"([\w-]+) \((\d+) chips\)$")
-  shape = re.compile(r"(\d+) x (\d+) \((\d+)\)$")
-  with open(table_path) as f:
-    for text in f:
-      cells = [c.strip() for c in text.strip().strip("|").split("|")]
-      if len(cells) != 11 or not target.match(cells[1]) or not shape.match(cells[3]):
-        continue  # columns: model, target, mesh, batch x tokens (accum), ..., fits (7), step (10)
-      if cells[7] != "yes":
-        continue
-      (topo, chips), (batch, seq, accum) = (target.match(cells[1]).groups(),
-                                            shape.match(cells[3]).groups())
-      # The model cell may carry a note after the name: "paper_lang (pre-LN compile, ...)".
-      model = cells[0].split()[0]
-      chips, batch, seq, accum = int(chips), int(batch), int(seq), int(accum)
-      if (model, topo, batch, accum) in seen:
-        continue
-      seen.add((model, topo, batch, accum))
-      step, source = float(cells[10]) / 1e3, os.path.relpath(table_path, ROOT)
-      if (model, topo, batch, accum) in reports:
-        step, source = reports[(model, topo, batch, accum)]
-      rows.append(dict(model=model, target=topo, chips=chips, rows_per_step=batch, seq_len=seq,
-                       grad_accum_steps=accum, step_at_peak_s=step, step_source=source))
+    if r["fits"]:
+      rows.append(dict(model=model, target=topology, chips=r["num_chips"],
+                       rows_per_step=r["batch_size"], seq_len=r["seq_len"],
+                       grad_accum_steps=r["grad_accum_steps"],
+                       step_at_peak_s=r["step_time_at_peak_s"],
+                       step_source=os.path.relpath(path, ROOT)))
   return rows
 
 
@@ -431,7 +414,7 @@ def main(argv):
           f"{s['rows_per_cpu_s_one_worker']:.1f} rows/cpu-s; per workers: wall-clock efficiency "
           f"(rows/s / (workers x one worker's)) {eff}; rows/cpu-s relative to one worker "
           f"{cpu_eff}; cores busy {busy}")
-  needs = demand(fit_rows(FLAGS.fit_table, FLAGS.fit_results), rows)
+  needs = demand(fit_rows(FLAGS.fit_reports), rows)
   for d in needs:
     print(demand_line(d))
   print(f"load average={os.getloadavg()[0]:.2f}")

@@ -140,11 +140,11 @@ def input_demand_table(result: dict, files: Sequence[str]) -> str:
       f"load average {_load_avg(result['provenance'])}).")
 
 
-def fit_table(*args) -> str:
+def fit_table(*reports_then_files) -> str:
   """docs/aot-fit.md's fit table: one row per aot_rows.ROWS entry, from its
   committed compile report, then the commit each row was compiled at."""
-  reports, files = args[:-1], args[-1]
-  lines = [aot_rows.HEADER, "|" + "---|" * aot_rows.HEADER.count(" | ") + "---|"]
+  reports, files = reports_then_files[:-1], reports_then_files[-1]
+  lines = [aot_rows.HEADER, aot_rows.SEPARATOR]
   lines += [aot_rows.table_row(model, r) for (model, *_), r in zip(aot_rows.ROWS, reports)]
   commits = sorted({_code(r.get("provenance", {})) for r in reports})
   return "\n".join(lines) + (
@@ -152,30 +152,28 @@ def fit_table(*args) -> str:
       f"aot_MODEL_TARGET.json per row ({len(files)} files, each with its provenance).")
 
 
-def _chunk_label(r: dict) -> str:
-  chunk = r.get("overrides", {}).get("model.decoder.loss_chunk", 0)
-  return f"chunks of {chunk}" if chunk else "full logits"
+def _gib(r: dict, key: str) -> float:
+  return r[key] / 2 ** 30
 
 
-def loss_chunk_table(*args) -> str:
+def loss_chunk_table(*reports_then_files) -> str:
   """Memory per chip with full float32 logits and with the loss in chunks
-  of positions, compiled from one tree: pairs of reports (plain, chunked)."""
-  reports, files = args[:-1], args[-1]
+  of positions, compiled from one tree: a (plain, chunked) pair of reports
+  per entry of _CHUNK_PAIRS."""
+  reports, files = reports_then_files[:-1], reports_then_files[-1]
   rows = []
-  for i in range(0, len(reports), 2):
-    plain, chunked = reports[i], reports[i + 1]
+  for (model, topology), plain, chunked, plain_file, chunked_file in zip(
+      _CHUNK_PAIRS, reports[0::2], reports[1::2], files[0::2], files[1::2]):
     per_chip = plain["batch_size"] // plain["grad_accum_steps"] // plain["num_chips"]
-    gib = lambda r, k: r[k] / 2 ** 30  # noqa: E731
-    model = files[i + 1][len("aot_"):-len(f"_{chunked['topology']}.json")]
+    chunk = chunked["overrides"]["model.decoder.loss_chunk"]
     rows.append([
-        model, plain["topology"],
-        f"{per_chip} x {plain['seq_len']}",
-        f"{gib(plain, 'total_bytes'):.2f} ({gib(plain, 'temp_bytes'):.2f})",
-        f"{_chunk_label(chunked)}: {gib(chunked, 'total_bytes'):.2f} "
-        f"({gib(chunked, 'temp_bytes'):.2f})",
-        f"**{gib(chunked, 'total_bytes') - gib(plain, 'total_bytes'):+.2f}**",
+        model, topology, f"{per_chip} x {plain['seq_len']}",
+        f"{_gib(plain, 'total_bytes'):.2f} ({_gib(plain, 'temp_bytes'):.2f})",
+        f"chunks of {chunk}: {_gib(chunked, 'total_bytes'):.2f} "
+        f"({_gib(chunked, 'temp_bytes'):.2f})",
+        f"**{_gib(chunked, 'total_bytes') - _gib(plain, 'total_bytes'):+.2f}**",
         " / ".join(_code(r.get("provenance", {})) for r in (plain, chunked)),
-        f"`{files[i]}`, `{files[i + 1]}`"])
+        f"`{plain_file}`, `{chunked_file}`"])
   return _table(["model", "target", "rows x positions per chip (micro-batch)",
                  "full logits: GiB per chip (temporaries)", "chunked loss: GiB (temporaries)",
                  "change (GiB)", "code", "reports"], rows)

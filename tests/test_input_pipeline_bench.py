@@ -13,29 +13,33 @@ import json, sys
 sys.path.insert(0, "benchmarks")
 import input_pipeline as ip
 ip.FLAGS(["input_pipeline"])
-fits = ip.fit_rows(ip.FLAGS.fit_table, ip.FLAGS.fit_results)
+fits = ip.fit_rows(ip.FLAGS.fit_reports)
 runs = [dict(config="vl:paper_vl", workers=1, rows_per_s=250.0, rows_per_cpu_s=300.0,
              image_norm="table", cores_busy=1.0),
         dict(config="vl:paper_vl", workers=2, rows_per_s=450.0, rows_per_cpu_s=290.0,
              image_norm="table", cores_busy=1.0),
         dict(config="lang:paper_lang", workers=0, rows_per_s=50.0, rows_per_cpu_s=80.0,
              image_norm="table", cores_busy=1.0)]
-noted = ip.fit_rows(sys.argv[1], "/nonexistent/aot_*.json")
-print(json.dumps({"demand": ip.demand(fits, runs), "scaling": ip.scaling(runs), "noted": noted}))
+other = ip.fit_rows(sys.argv[1])
+print(json.dumps({"demand": ip.demand(fits, runs), "scaling": ip.scaling(runs), "other": other}))
 """
 
-# A row whose model cell carries a note after the name, and one that does not fit.
-_NOTED_TABLE = """\
-| paper_lang (older compile) | h100x8 (8 chips) | 1, 8, 1 | 1024 x 2048 (8) | - | 60.00 GiB | \
-79.10 GiB | yes | 59 | 20149.7 | 2547 |
-| paper_vl | v5e-16 (16 chips) | 1, 16, 1 | 256 x 256 (1) | - | 17.00 GiB | 16.00 GiB | no | \
-1 | 171.8 | 55 |
-"""
+
+def _other_reports(folder):
+  """A reports folder of its own: paper_lang h100x8 at 8 accumulation steps
+  and another step time, paper_vl v5e-16 that does not fit, the rest absent."""
+  def report(model, topology, **changes):
+    with open(os.path.join(ROOT, "benchmarks", "results", f"aot_{model}_{topology}.json")) as f:
+      r = json.load(f)
+    r.update(changes)
+    (folder / f"aot_{model}_{topology}.json").write_text(json.dumps(r))
+  report("paper_lang", "h100x8", grad_accum_steps=8, step_time_at_peak_s=2.547)
+  report("paper_vl", "v5e-16", fits=False)
 
 
 def test_demand_per_fit_table_row(tmp_path):
-  (tmp_path / "noted.md").write_text(_NOTED_TABLE)
-  p = subprocess.run([sys.executable, "-c", _SCRIPT, str(tmp_path / "noted.md")], cwd=ROOT,
+  _other_reports(tmp_path)
+  p = subprocess.run([sys.executable, "-c", _SCRIPT, str(tmp_path)], cwd=ROOT,
                      capture_output=True, text=True, timeout=300)
   assert p.returncode == 0, p.stderr[-2000:]
   out = json.loads(p.stdout.strip().splitlines()[-1])
@@ -53,11 +57,14 @@ def test_demand_per_fit_table_row(tmp_path):
   assert ("paper_lang", "v5e-16", 64) not in rows  # only the table's rows, none invented
   lang_h100 = rows[("paper_lang", "h100x8", 4)]
   assert lang_h100["fed_by"] == "lang:paper_lang" and lang_h100["chips"] == 8
-  # A note after the model's name keeps the name; a row that does not fit is left out.
-  noted = out["noted"]
-  assert [(r["model"], r["target"], r["grad_accum_steps"]) for r in noted] == [
+  # Every figure comes from the row's report; a row that does not fit, or has no
+  # report, is left out.
+  other = out["other"]
+  assert [(r["model"], r["target"], r["grad_accum_steps"]) for r in other] == [
       ("paper_lang", "h100x8", 8)]
-  assert abs(noted[0]["step_at_peak_s"] - 2.547) < 1e-9
+  assert abs(other[0]["step_at_peak_s"] - 2.547) < 1e-9
+  assert other[0]["step_source"].endswith("aot_paper_lang_h100x8.json")
+  assert "paper_vl/v4-16: no report" in p.stderr
   assert {d["model"] for d in out["demand"]} == {"paper_vl", "modern_vl", "paper_lang"}
   s = out["scaling"]["vl:paper_vl"]
   assert s["rows_per_s_per_worker"] == 250.0 and abs(s["efficiency"]["2"] - 0.9) < 1e-9
