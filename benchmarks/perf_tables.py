@@ -83,6 +83,18 @@ def profile_table(before: dict, after: dict, files: Sequence[str]) -> str:
 
   rows.append(["all thunks", f"{total(b, 'total'):.1f}", f"{total(b, 'copy_transpose'):.1f}",
                f"{total(a, 'total'):.1f}", f"{total(a, 'copy_transpose'):.1f}"])
+  def line(r, key, fmt):
+    t = r.get("timeline_ms_per_step")
+    return fmt.format(t[key]) if t else "not recorded"
+
+  rows.append(["traced step: no thunk running (async Eigen dots, waits)",
+               line(before, "no_thunk_running", "{:.1f}"), "",
+               line(after, "no_thunk_running", "{:.1f}"), ""])
+  rows.append(["traced step: first to last thunk", line(before, "span", "{:.1f}"), "",
+               line(after, "span", "{:.1f}"), ""])
+  rows.append(["thunks per step (of them Eigen dots)",
+               line(before, "thunks_per_step", "{:.0f}"), line(before, "eigen_dots_per_step", "{:.0f}"),
+               line(after, "thunks_per_step", "{:.0f}"), line(after, "eigen_dots_per_step", "{:.0f}")])
   whole = [r["sub_step_ms_median"]["whole train step"] for r in (before, after)]
   rows.append(["whole step (wall, median)", f"{whole[0]:.1f}", "", f"{whole[1]:.1f}", ""])
   head = ["part (ms per step, share)", f"before: {_code(before.get('provenance'))}",

@@ -15,6 +15,11 @@
    with the share spent in transposing / copying fusions; then the top ops.
    Thunk times are per-thunk wall times: on 2 cores two may overlap, and
    load from other processes inflates them all.
+3. The timeline: wall time per step, the time with at least one thunk
+   running, and the time with none. The dots XLA:CPU leaves to Eigen (a
+   plain `dot` thunk, e.g. weight gradients whose left operand contracts its
+   first dim) run asynchronously: their thunk returns at once, so their work
+   is in "no thunk running", not in the matmul row.
 
 --json_out (a flag of benchmarks/train_step.py, as are --config, --batch_size,
 --seq_len, --steps and --warmup) writes both tables with their provenance
@@ -77,17 +82,49 @@ def classify(thunk: str, op_name: str):
   return part, phase, ("copy" in thunk or "transpose" in thunk)
 
 
-def thunk_times(trace_dir: str, names) -> dict:
-  """{thunk name: total µs} from the newest Perfetto trace under trace_dir."""
+def thunk_events(trace_dir: str, names) -> list:
+  """(name, start µs, duration µs) of every thunk in the newest Perfetto trace
+  under trace_dir."""
   path = sorted(glob.glob(os.path.join(trace_dir, "plugins/profile/*/perfetto_trace.json.gz")))[-1]
   with gzip.open(path) as f:
     data = json.load(f)
   events = data["traceEvents"] if isinstance(data, dict) else data
+  return [(e["name"], e["ts"], e["dur"]) for e in events
+          if e.get("ph") == "X" and e.get("name") in names]
+
+
+def thunk_times(events) -> dict:
+  """{thunk name: total µs}."""
   out = collections.defaultdict(float)
-  for e in events:
-    if e.get("ph") == "X" and e.get("name") in names:
-      out[e["name"]] += e["dur"]
+  for name, _, dur in events:
+    out[name] += dur
   return out
+
+
+def timeline(events, steps: int) -> dict:
+  """Wall time per step from the first thunk's start to the last one's end,
+  the time in which at least one thunk runs, and the rest: no thunk running.
+  XLA:CPU runs a plain `dot` thunk (Eigen, for the dots YNNPACK does not
+  take) asynchronously: the thunk returns at once and its matmul runs in the
+  thread pool, so that work shows up here, not in the part table; the rest
+  is the executor's waits between dependent thunks and the host's dispatch
+  between steps."""
+  spans = sorted((ts, ts + dur) for _, ts, dur in events)
+  busy, cur_start, cur_end = 0.0, None, None
+  for a, b in spans:
+    if cur_end is None or a > cur_end:
+      if cur_end is not None:
+        busy += cur_end - cur_start
+      cur_start, cur_end = a, b
+    else:
+      cur_end = max(cur_end, b)
+  if cur_end is not None:
+    busy += cur_end - cur_start
+  span = (spans[-1][1] - spans[0][0]) if spans else 0.0
+  eigen = sum(1 for name, _, _ in events if re.fullmatch(r"dot(\.\d+)?", name))
+  return {"span": span / 1e3 / steps, "thunks_running": busy / 1e3 / steps,
+          "no_thunk_running": (span - busy) / 1e3 / steps,
+          "thunks_per_step": len(events) / steps, "eigen_dots_per_step": eigen / steps}
 
 
 def part_table(times: dict, ops: dict, steps: int) -> dict:
@@ -181,16 +218,23 @@ def main(argv):
     for _ in range(FLAGS.trace_steps):
       step()
   ops = hlo_ops(b.compiled.as_text())
-  per_thunk = thunk_times(trace_dir, ops)
+  events = thunk_events(trace_dir, ops)
+  per_thunk = thunk_times(events)
+  line = timeline(events, FLAGS.trace_steps)
   print(f"\nwhole-step trace, {FLAGS.trace_steps} steps, XLA thunk time per step by part and "
         f"phase (trace in {trace_dir}):")
   print(breakdown(per_thunk, ops, FLAGS.trace_steps, FLAGS.top))
+  print(f"\ntimeline per step: {line['span']:.1f} ms from the first thunk to the last, "
+        f"{line['thunks_running']:.1f} ms with a thunk running, {line['no_thunk_running']:.1f} ms "
+        f"with none (async Eigen dots: {line['eigen_dots_per_step']:.0f} per step; executor "
+        f"waits; dispatch); {line['thunks_per_step']:.0f} thunks per step")
   if FLAGS.json_out:  # defined by train_step
     provenance.write_json(FLAGS.json_out, {
         "batch": f"{FLAGS.batch_size} x {FLAGS.seq_len}", "steps": FLAGS.steps,
         "sub_step_ms_median": {k: 1e3 * float(np.median(v)) for k, v in times.items()},
         "trace_steps": FLAGS.trace_steps,
-        "thunk_ms_per_step": part_table(per_thunk, ops, FLAGS.trace_steps)}, begun)
+        "thunk_ms_per_step": part_table(per_thunk, ops, FLAGS.trace_steps),
+        "timeline_ms_per_step": line}, begun)
 
 
 if __name__ == "__main__":
