@@ -92,9 +92,9 @@ def profile_table(before: dict, after: dict, files: Sequence[str]) -> str:
                line(after, "no_thunk_running", "{:.1f}"), ""])
   rows.append(["traced step: first to last thunk", line(before, "span", "{:.1f}"), "",
                line(after, "span", "{:.1f}"), ""])
-  rows.append(["thunks per step (of them Eigen dots)",
-               line(before, "thunks_per_step", "{:.0f}"), line(before, "eigen_dots_per_step", "{:.0f}"),
-               line(after, "thunks_per_step", "{:.0f}"), line(after, "eigen_dots_per_step", "{:.0f}")])
+  rows.append(["thunks per step (of them Eigen dots)"] + [
+      line(r, key, "{:.0f}") for r in (before, after)
+      for key in ("thunks_per_step", "eigen_dots_per_step")])
   whole = [r["sub_step_ms_median"]["whole train step"] for r in (before, after)]
   rows.append(["whole step (wall, median)", f"{whole[0]:.1f}", "", f"{whole[1]:.1f}", ""])
   head = ["part (ms per step, share)", f"before: {_code(before.get('provenance'))}",
