@@ -52,10 +52,20 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
   return "\n".join(lines)
 
 
-def train_step_table(before: dict, after: dict, files: Sequence[str]) -> str:
-  """`benchmarks/train_step.py --compare_torch` results: ours vs torch."""
+# The CPU step's stages, oldest first: (label, train_step result, profile_step result).
+STEP_STAGES = (
+    ("before", "cpu_train_step_bench_71a42e6.json", "cpu_profile_step_71a42e6.json"),
+    ("layer norm + GELU", "cpu_train_step_bench_90f08df.json", "cpu_profile_step_90f08df.json"),
+    ("+ skip as lax.cond", "cpu_train_step_bench.json", "cpu_profile_step.json"),
+)
+
+
+def train_step_table(*results_and_files) -> str:
+  """`benchmarks/train_step.py --compare_torch` results, one row per stage
+  (STEP_STAGES): ours vs torch."""
+  *results, files = results_and_files
   rows = []
-  for label, r, f in zip(("before", "after"), (before, after), files):
+  for (label, _, _), r, f in zip(STEP_STAGES, results, files):
     prov = r.get("provenance", {})
     rows.append([
         label, _code(prov), f"{r['step_time_ms_median']:.1f} ({r['step_time_ms_min']:.1f})",
@@ -63,47 +73,66 @@ def train_step_table(before: dict, after: dict, files: Sequence[str]) -> str:
         f"{100 * r['mfu']:.1f}% of {1000 * r['mfu_peak_tflops']:.1f}",
         f"{r['torch_step_time_ms_median']:.1f}", f"**{r['speedup_vs_torch']:.2f}x**",
         f"{r['cpu_time_ratio_torch_over_ours']:.2f}", f"{100 * r['torch_mfu_vs_best_peak']:.1f}%",
-        _load_avg(prov), f"`benchmarks/results/{f}`"])
+        f"{r['temp_mb']:.1f}", _load_avg(prov), f"`benchmarks/results/{f}`"])
   return _table(["", "code", "ours: step ms median (best)", "tokens/s", "MFU (of GFLOP/s)",
                  "torch: step ms median", "ours / torch speed", "CPU time torch / ours",
-                 "torch MFU", "load average start / end", "result file"], rows)
+                 "torch MFU", "XLA temporaries (MB)", "load average start / end",
+                 "result file"], rows)
 
 
-def profile_table(before: dict, after: dict, files: Sequence[str]) -> str:
-  """`benchmarks/profile_step.py` results: XLA thunk time per step by part."""
-  b, a = before["thunk_ms_per_step"], after["thunk_ms_per_step"]
+def profile_table(*results_and_files) -> str:
+  """`benchmarks/profile_step.py` results, one column pair per stage
+  (STEP_STAGES): XLA thunk time per step by part, the timeline."""
+  *results, files = results_and_files
+  parts = [p for p in results[0]["thunk_ms_per_step"]]
   rows = []
-  for part in b:
-    rows.append([part, f"{b[part]['total']:.1f} ({100 * b[part]['share']:.1f}%)",
-                 f"{b[part]['copy_transpose']:.1f}",
-                 f"{a[part]['total']:.1f} ({100 * a[part]['share']:.1f}%)",
-                 f"{a[part]['copy_transpose']:.1f}"])
-  def total(t, key):
-    return sum(v[key] for v in t.values())
+  for part in parts:
+    row = [part]
+    for r in results:
+      t = r["thunk_ms_per_step"][part]
+      row += [f"{t['total']:.1f} ({100 * t['share']:.1f}%)", f"{t['copy_transpose']:.1f}"]
+    rows.append(row)
 
-  rows.append(["all thunks", f"{total(b, 'total'):.1f}", f"{total(b, 'copy_transpose'):.1f}",
-               f"{total(a, 'total'):.1f}", f"{total(a, 'copy_transpose'):.1f}"])
+  def total(r, key):
+    return sum(v[key] for v in r["thunk_ms_per_step"].values())
+
+  rows.append(["all thunks"] + [f"{total(r, k):.1f}" for r in results
+                                for k in ("total", "copy_transpose")])
+
   def line(r, key, fmt):
     t = r.get("timeline_ms_per_step")
     return fmt.format(t[key]) if t else "not recorded"
 
-  rows.append(["traced step: no thunk running (async Eigen dots, waits)",
-               line(before, "no_thunk_running", "{:.1f}"), "",
-               line(after, "no_thunk_running", "{:.1f}"), ""])
-  rows.append(["traced step: first to last thunk", line(before, "span", "{:.1f}"), "",
-               line(after, "span", "{:.1f}"), ""])
+  rows.append(["traced step: no thunk running (async Eigen dots, waits)"] + [
+      c for r in results for c in (line(r, "no_thunk_running", "{:.1f}"), "")])
+  rows.append(["traced step: first to last thunk"] + [
+      c for r in results for c in (line(r, "span", "{:.1f}"), "")])
   rows.append(["thunks per step (of them Eigen dots)"] + [
-      line(r, key, "{:.0f}") for r in (before, after)
+      line(r, key, "{:.0f}") for r in results
       for key in ("thunks_per_step", "eigen_dots_per_step")])
-  whole = [r["sub_step_ms_median"]["whole train step"] for r in (before, after)]
-  rows.append(["whole step (wall, median)", f"{whole[0]:.1f}", "", f"{whole[1]:.1f}", ""])
-  head = ["part (ms per step, share)", f"before: {_code(before.get('provenance'))}",
-          "of it copies / transposes", f"after: {_code(after.get('provenance'))}",
-          "of it copies / transposes"]
-  return _table(head, rows) + (
-      f"\n\nResult files: `benchmarks/results/{files[0]}` (load average "
-      f"{_load_avg(before.get('provenance'))}), `benchmarks/results/{files[1]}` (load average "
-      f"{_load_avg(after.get('provenance'))}).")
+  rows.append(["whole step (wall, median)"] + [
+      c for r in results for c in (f"{r['sub_step_ms_median']['whole train step']:.1f}", "")])
+  head = ["part (ms per step, share)"]
+  for (label, _, _), r in zip(STEP_STAGES, results):
+    head += [f"{label}: {_code(r.get('provenance'))}", "of it copies / transposes"]
+  loads = ", ".join(f"`benchmarks/results/{f}` (load average {_load_avg(r.get('provenance'))})"
+                    for r, f in zip(results, files))
+  return _table(head, rows) + f"\n\nResult files: {loads}."
+
+
+def matmul_table(result: dict, files: Sequence[str]) -> str:
+  """`benchmarks/profile_step.py` results: the step's matmuls by phase and
+  shape, with their rate over thunk time (YNNPACK) or marked async (Eigen)."""
+  rows = []
+  for r in result["matmuls"]:
+    rate = f"{r['gflop_per_s']:.1f}" if r["gflop_per_s"] else "async (not measured)"
+    rows.append([r["phase"], r["shape"], r["backend"], f"{r['per_step']:.0f}",
+                 f"{r['thunk_ms']:.1f}", f"{r['gflop']:.2f}", rate])
+  return _table(["phase", "shape ([batch x] M x K x N)", "kernel", "per step",
+                 "thunk ms per step", "GFLOP per step", "GFLOP/s of thunk time"], rows) + (
+      f"\n\nResult file: `benchmarks/results/{files[0]}` "
+      f"({_code(result.get('provenance'))}, load average "
+      f"{_load_avg(result.get('provenance'))}).")
 
 
 def decode_table(before: dict, after: dict, files: Sequence[str]) -> str:
@@ -202,10 +231,9 @@ _CHUNK_PAIRS = [("paper_vl", t) for t in ("v5e-16", "v4-16", "v5p-16", "h100x8")
 
 
 TABLES: Dict[str, Table] = {
-    "train step table": Table(("cpu_train_step_bench_71a42e6.json", "cpu_train_step_bench.json"),
-                              train_step_table),
-    "step profile table": Table(("cpu_profile_step_71a42e6.json", "cpu_profile_step.json"),
-                                profile_table),
+    "train step table": Table(tuple(s[1] for s in STEP_STAGES), train_step_table),
+    "step profile table": Table(tuple(s[2] for s in STEP_STAGES), profile_table),
+    "matmul table": Table((STEP_STAGES[-1][2],), matmul_table),
     "decode table": Table(("cpu_decode_bench_71a42e6.json", "cpu_decode_bench.json"),
                           decode_table),
     "input demand table": Table(("cpu_input_pipeline.json",), input_demand_table),

@@ -163,6 +163,103 @@ def breakdown(times: dict, ops: dict, steps: int, top: int) -> str:
   return "\n".join(lines)
 
 
+def _computations(hlo_text: str) -> dict:
+  """{computation name: its instruction lines} of a compiled HLO module."""
+  comps, cur = collections.defaultdict(list), None
+  for line in hlo_text.splitlines():
+    m = re.match(r"^(?:ENTRY )?%([\w.\-]+) \(", line)
+    if m:
+      cur = m.group(1)
+    elif cur is not None:
+      comps[cur].append(line)
+  return comps
+
+
+def _dims_field(text: str, name: str) -> list:
+  f = re.search(name + r"=\{([\d,]*)\}", text)
+  return [int(d) for d in f.group(1).split(",") if d] if f else []
+
+
+def _prod(xs) -> int:
+  out = 1
+  for x in xs:
+    out *= x
+  return out
+
+
+def dot_shapes(hlo_text: str) -> dict:
+  """{thunk name: (FLOPs, "M x K x N" or "batch x M x K x N")} for every thunk
+  that is a dot or a fusion holding one: M, N the free sizes, K the
+  contracted, batch the batch dims' product."""
+  comps = _computations(hlo_text)
+  calls, out = {}, {}
+  shape_re = r"(?:f32|bf16|f16|f64)\[([\d,]*)\]"
+  for lines in comps.values():
+    for line in lines:
+      m = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = .*calls=%([\w.\-]+)", line)
+      if m:
+        calls[m.group(1)] = m.group(2)
+
+  def dims(txt):
+    return [int(d) for d in txt.split(",") if d]
+
+  def from_lines(lines, only=None):
+    """The first dot among `lines` (or the line `only`), operand shapes from `lines`."""
+    shapes = {}
+    for line in lines:
+      m = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = " + shape_re, line)
+      if m:
+        shapes[m.group(1)] = dims(m.group(2))
+    for line in ([only] if only else lines):
+      m = re.search(shape_re + r"\{[\d,]*\} dot\(%([\w.\-]+), %([\w.\-]+)\)(.*)", line)
+      if not m or m.group(2) not in shapes or m.group(3) not in shapes:
+        continue
+      lhs, rhs, rest = shapes[m.group(2)], shapes[m.group(3)], m.group(4)
+      lb, lc, rb, rc = (_dims_field(rest, f) for f in (
+          "lhs_batch_dims", "lhs_contracting_dims", "rhs_batch_dims", "rhs_contracting_dims"))
+      batch, k = _prod(lhs[i] for i in lb), _prod(lhs[i] for i in lc)
+      m_ = _prod(d for i, d in enumerate(lhs) if i not in lb + lc)
+      n_ = _prod(d for i, d in enumerate(rhs) if i not in rb + rc)
+      desc = (f"{batch} x " if batch > 1 else "") + f"{m_} x {k} x {n_}"
+      return 2 * batch * m_ * k * n_, desc
+    return None
+
+  for lines in comps.values():
+    for line in lines:
+      m = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = ", line)
+      if not m:
+        continue
+      name = m.group(1)
+      found = from_lines(comps[calls[name]]) if name in calls else (
+          from_lines(lines, only=line) if re.search(r" dot\(", line) else None)
+      if found:
+        out[name] = found
+  return out
+
+
+def matmul_table(events, ops: dict, shapes: dict, steps: int) -> list:
+  """Per (phase, shape, backend): count per step, thunk ms per step, GFLOP per
+  step and GFLOP/s of thunk time (Eigen `dot` thunks return before their work
+  is done: their rate is not measured and left out)."""
+  rows = collections.defaultdict(lambda: [0, 0.0, 0.0])
+  for name, _, dur in events:
+    if name not in shapes:
+      continue
+    _, phase, _ = classify(name, ops[name])
+    backend = "eigen (async)" if re.fullmatch(r"dot(\.\d+)?", name) else "ynnpack"
+    flops, desc = shapes[name]
+    r = rows[(phase, desc, backend)]
+    r[0] += 1
+    r[1] += dur / 1e3
+    r[2] += flops / 1e9
+  out = []
+  for (phase, desc, backend), (n, ms, gf) in rows.items():
+    out.append({"phase": phase, "shape": desc, "backend": backend, "per_step": n / steps,
+                "thunk_ms": ms / steps, "gflop": gf / steps,
+                "gflop_per_s": gf / ms * 1e3 if backend == "ynnpack" and ms > 0 else None})
+  return sorted(out, key=lambda r: -r["thunk_ms"])
+
+
 def main(argv):
   del argv
   import jax
@@ -221,6 +318,7 @@ def main(argv):
   events = thunk_events(trace_dir, ops)
   per_thunk = thunk_times(events)
   line = timeline(events, FLAGS.trace_steps)
+  matmuls = matmul_table(events, ops, dot_shapes(b.compiled.as_text()), FLAGS.trace_steps)
   print(f"\nwhole-step trace, {FLAGS.trace_steps} steps, XLA thunk time per step by part and "
         f"phase (trace in {trace_dir}):")
   print(breakdown(per_thunk, ops, FLAGS.trace_steps, FLAGS.top))
@@ -228,13 +326,18 @@ def main(argv):
         f"{line['thunks_running']:.1f} ms with a thunk running, {line['no_thunk_running']:.1f} ms "
         f"with none (async Eigen dots: {line['eigen_dots_per_step']:.0f} per step; executor "
         f"waits; dispatch); {line['thunks_per_step']:.0f} thunks per step")
+  print("\nmatmuls by phase and shape (M x K x N), per step:")
+  for r in matmuls:
+    rate = f"{r['gflop_per_s']:7.1f} GFLOP/s" if r["gflop_per_s"] else "   (async)     "
+    print(f"{r['thunk_ms']:8.1f} ms {rate} x{r['per_step']:<3.0f} {r['phase']:8s} "
+          f"{r['backend']:13s} {r['shape']}")
   if FLAGS.json_out:  # defined by train_step
     provenance.write_json(FLAGS.json_out, {
         "batch": f"{FLAGS.batch_size} x {FLAGS.seq_len}", "steps": FLAGS.steps,
         "sub_step_ms_median": {k: 1e3 * float(np.median(v)) for k, v in times.items()},
         "trace_steps": FLAGS.trace_steps,
         "thunk_ms_per_step": part_table(per_thunk, ops, FLAGS.trace_steps),
-        "timeline_ms_per_step": line}, begun)
+        "timeline_ms_per_step": line, "matmuls": matmuls}, begun)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,40 @@
+"""benchmarks/profile_step.py's accounting: the timeline (time with no thunk
+running) and the matmul shapes and FLOPs it reads from compiled HLO."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from benchmarks import profile_step as ps
+
+
+def test_timeline_splits_wall_time_into_busy_and_idle():
+  # Two overlapping thunks (0-10, 5-15 µs), a gap, one more (30-35); 'dot.7' is an Eigen dot.
+  events = [("fusion.1", 0.0, 10.0), ("dot.7", 5.0, 10.0), ("ynn_fusion.2", 30.0, 5.0)]
+  t = ps.timeline(events, steps=1)
+  assert t["span"] == pytest.approx(0.035)
+  assert t["thunks_running"] == pytest.approx(0.020)
+  assert t["no_thunk_running"] == pytest.approx(0.015)
+  assert t["thunks_per_step"] == 3 and t["eigen_dots_per_step"] == 1
+  half = ps.timeline(events, steps=2)
+  assert half["no_thunk_running"] == pytest.approx(0.0075)
+
+
+@pytest.mark.parametrize("spec,shapes,desc", [
+    ("mk,kn->mn", ((48, 32), (32, 24)), "48 x 32 x 24"),
+    ("bmk,bkn->bmn", ((3, 16, 32), (3, 32, 8)), "3 x 16 x 32 x 8"),
+    ("mk,mn->kn", ((40, 16), (40, 24)), "16 x 40 x 24"),  # a weight gradient
+])
+def test_dot_shapes_reads_flops_and_dims_from_compiled_hlo(spec, shapes, desc):
+  args = [jnp.ones(s, jnp.float32) for s in shapes]
+  hlo = jax.jit(lambda a, b: jnp.einsum(spec, a, b)).lower(*args).compile().as_text()
+  found = ps.dot_shapes(hlo)
+  ops = ps.hlo_ops(hlo)
+  # The thunk that computes the dot (a fusion or a plain dot) is named, with
+  # the einsum's FLOPs: 2 x the product of all distinct dims.
+  dims = {d: n for s, sub in zip(shapes, spec.split("->")[0].split(",")) for d, n in zip(sub, s)}
+  flops = 2 * int(np.prod(list(dims.values())))
+  entry = hlo[hlo.index("ENTRY"):]
+  thunks = [n for n in found if f"%{n} = " in entry and n in ops]
+  assert len(thunks) == 1, (thunks, entry)
+  assert found[thunks[0]] == (flops, desc)
