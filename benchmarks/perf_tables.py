@@ -135,6 +135,25 @@ def matmul_table(result: dict, files: Sequence[str]) -> str:
       f"{_load_avg(result.get('provenance'))}).")
 
 
+def ab_table(*results_and_files) -> str:
+  """`benchmarks/ab_step.py` results: this checkout's step against a ref
+  commit's, interleaved in one run."""
+  *results, files = results_and_files
+  rows = []
+  for r, f in zip(results, files):
+    prov = r.get("provenance", {})
+    rows.append([f"{_code(prov)} vs {r['ref_commit'][:7]}", r["batch"],
+                 f"{r['ours_step_ms_median']:.1f} / {r['ref_step_ms_median']:.1f}",
+                 f"**{r['ref_over_ours']:.3f}x**",
+                 f"{r['block_ratio_mean']:.3f} +- {r['block_ratio_std']:.3f} "
+                 f"({r['block_pairs']} pairs)",
+                 f"{r['ours_temp_mb']:.1f} / {r['ref_temp_mb']:.1f}",
+                 _load_avg(prov), f"`benchmarks/results/{f}`"])
+  return _table(["ours vs ref", "batch", "step ms median, ours / ref", "speed, ours / ref",
+                 "per block pair (mean +- std)", "XLA temporaries MB, ours / ref",
+                 "load average start / end", "result file"], rows)
+
+
 def decode_table(before: dict, after: dict, files: Sequence[str]) -> str:
   """`benchmarks/decode.py` results: KV-cache generation per batch size,
   and the HF `generate` race where the file has one."""
@@ -234,6 +253,7 @@ TABLES: Dict[str, Table] = {
     "train step table": Table(tuple(s[1] for s in STEP_STAGES), train_step_table),
     "step profile table": Table(tuple(s[2] for s in STEP_STAGES), profile_table),
     "matmul table": Table((STEP_STAGES[-1][2],), matmul_table),
+    "ab table": Table(("cpu_ab_skip_cond.json",), ab_table),
     "decode table": Table(("cpu_decode_bench_71a42e6.json", "cpu_decode_bench.json"),
                           decode_table),
     "input demand table": Table(("cpu_input_pipeline.json",), input_demand_table),
