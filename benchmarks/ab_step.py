@@ -5,6 +5,9 @@ run-to-run spread.
     python benchmarks/ab_step.py --ref=d7c24e0 --config=configs/pretrain_vl.py:size=bench
     python benchmarks/ab_step.py --ref=HEAD~1 --config=configs/pretrain_vl.py:size=bench \
         --steps=60 --block=5 --json_out=FILE
+    # one commit, two sets of XLA flags:
+    python benchmarks/ab_step.py --ref=HEAD --config=configs/pretrain_vl.py:size=bench \
+        --ours_xla_flags=--xla_cpu_enable_concurrency_optimized_scheduler=false
 
 The commit `--ref` is unpacked (`git archive`) into a temporary folder. Two
 worker processes, one per tree (each imports metalm_jax and
@@ -17,6 +20,8 @@ provenance): both step-time medians and bests, the ratio (ref median / ours:
 block pairs, both compiled steps' XLA temporaries, both losses after the last
 step, and each tree's commit. Same --config, --batch_size, --seq_len and
 config overrides for both; the ref's train_step.py must have `build`.
+--ours_xla_flags / --ref_xla_flags are appended to XLA_FLAGS in that worker's
+environment only (XLA reads them once per process).
 """
 import json
 import os
@@ -45,6 +50,8 @@ from metalm_jax import absl_run  # noqa: E402
 flags.DEFINE_string("ref", "", "git commit (or ref) to time against this checkout")
 flags.DEFINE_bool("worker", False, "internal: run as one tree's worker")
 flags.DEFINE_string("tree", ROOT, "internal: the tree a worker imports")
+flags.DEFINE_string("ours_xla_flags", "", "XLA_FLAGS added for this checkout's worker")
+flags.DEFINE_string("ref_xla_flags", "", "XLA_FLAGS added for the ref's worker")
 FLAGS = flags.FLAGS
 
 TAG = "@@ab "
@@ -96,7 +103,8 @@ def _worker_argv(tree: str) -> list:
   taken inside that tree; --ref and --json_out stay with the driver."""
   out = [sys.executable, os.path.abspath(__file__), "--worker", f"--tree={tree}"]
   for a in sys.argv[1:]:
-    if a.startswith(("--ref=", "--json_out=", "--tree=", "--worker")):
+    if a.startswith(("--ref=", "--json_out=", "--tree=", "--worker", "--ours_xla_flags",
+                     "--ref_xla_flags")):
       continue
     if a.startswith("--config="):
       spec = a.split("=", 1)[1]
@@ -130,8 +138,15 @@ def driver() -> None:
   tmp = tempfile.mkdtemp(prefix="metalm_ab_")
   ref_sha = _unpack(FLAGS.ref, tmp)
   trees = {"ref": tmp, "ours": ROOT}
+  xla_flags = {"ref": FLAGS.ref_xla_flags, "ours": FLAGS.ours_xla_flags}
+
+  def env(k):
+    out = dict(os.environ)
+    out["XLA_FLAGS"] = " ".join(f for f in (out.get("XLA_FLAGS", ""), xla_flags[k]) if f)
+    return out
+
   procs = {k: subprocess.Popen(_worker_argv(t), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                               text=True) for k, t in trees.items()}
+                               text=True, env=env(k)) for k, t in trees.items()}
   try:
     ready = {k: _read(p) for k, p in procs.items()}  # both compile (one after the other's start)
     times = {k: [] for k in procs}
@@ -164,6 +179,7 @@ def driver() -> None:
       "block_pairs": len(pairs),
       "ref_temp_mb": ready["ref"]["temp_mb"], "ours_temp_mb": ready["ours"]["temp_mb"],
       "ref_loss": losses["ref"], "ours_loss": losses["ours"],
+      "ref_xla_flags": xla_flags["ref"], "ours_xla_flags": xla_flags["ours"],
   }
   for k, v in result.items():
     print(f"{k:>20}: {v:.4g}" if isinstance(v, float) else f"{k:>20}: {v}")

@@ -142,7 +142,11 @@ def ab_table(*results_and_files) -> str:
   rows = []
   for r, f in zip(results, files):
     prov = r.get("provenance", {})
-    rows.append([f"{_code(prov)} vs {r['ref_commit'][:7]}", r["batch"],
+    label = f"{_code(prov)} vs {r['ref_commit'][:7]}"
+    for side in ("ours", "ref"):
+      if r.get(f"{side}_xla_flags"):
+        label += f"; {side}: XLA_FLAGS `{r[f'{side}_xla_flags']}`"
+    rows.append([label, r["batch"],
                  f"{r['ours_step_ms_median']:.1f} / {r['ref_step_ms_median']:.1f}",
                  f"**{r['ref_over_ours']:.3f}x**",
                  f"{r['block_ratio_mean']:.3f} +- {r['block_ratio_std']:.3f} "
