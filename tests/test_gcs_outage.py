@@ -14,7 +14,7 @@ from tests import main_helpers as H
 
 pytestmark = pytest.mark.integration
 
-TOTAL = 40
+TOTAL = 16
 FLAGS = [f"--config.total_steps={TOTAL}", "--config.checkpoint.every_steps=2",
          "--config.checkpoint.gcs_request_retries.max_retries=2",
          "--config.checkpoint.gcs_request_retries.initial_delay_s=0.1",
