@@ -25,6 +25,7 @@ environment only (XLA reads them once per process).
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -148,7 +149,7 @@ def driver() -> None:
   procs = {k: subprocess.Popen(_worker_argv(t), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                text=True, env=env(k)) for k, t in trees.items()}
   try:
-    ready = {k: _read(p) for k, p in procs.items()}  # both compile (one after the other's start)
+    ready = {k: _read(p) for k, p in procs.items()}  # both workers compile at once
     times = {k: [] for k in procs}
     pairs, losses = [], {}
     while len(times["ours"]) < FLAGS.steps:
@@ -168,6 +169,7 @@ def driver() -> None:
         p.stdin.write("quit\n")
         p.stdin.flush()
         p.wait(timeout=60)
+    shutil.rmtree(tmp, ignore_errors=True)
   med = {k: 1e3 * float(np.median(v)) for k, v in times.items()}
   result = {
       "ref": FLAGS.ref, "ref_commit": ref_sha, "steps": FLAGS.steps, "block": FLAGS.block,

@@ -175,9 +175,11 @@ def _computations(hlo_text: str) -> dict:
   return comps
 
 
-def _dims_field(text: str, name: str) -> list:
-  f = re.search(name + r"=\{([\d,]*)\}", text)
-  return [int(d) for d in f.group(1).split(",") if d] if f else []
+_SHAPE = r"(?:f32|bf16|f16|f64)\[([\d,]*)\]"
+
+
+def _ints(text: str) -> list:
+  return [int(d) for d in text.split(",") if d]
 
 
 def _prod(xs) -> int:
@@ -187,53 +189,51 @@ def _prod(xs) -> int:
   return out
 
 
-def dot_shapes(hlo_text: str) -> dict:
-  """{thunk name: (FLOPs, "M x K x N" or "batch x M x K x N")} for every thunk
-  that is a dot or a fusion holding one: M, N the free sizes, K the
-  contracted, batch the batch dims' product."""
-  comps = _computations(hlo_text)
-  calls, out = {}, {}
-  shape_re = r"(?:f32|bf16|f16|f64)\[([\d,]*)\]"
-  for lines in comps.values():
-    for line in lines:
-      m = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = .*calls=%([\w.\-]+)", line)
-      if m:
-        calls[m.group(1)] = m.group(2)
-
-  def dims(txt):
-    return [int(d) for d in txt.split(",") if d]
-
-  def from_lines(lines, only=None):
-    """The first dot among `lines` (or the line `only`), operand shapes from `lines`."""
-    shapes = {}
-    for line in lines:
-      m = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = " + shape_re, line)
-      if m:
-        shapes[m.group(1)] = dims(m.group(2))
-    for line in ([only] if only else lines):
-      m = re.search(shape_re + r"\{[\d,]*\} dot\(%([\w.\-]+), %([\w.\-]+)\)(.*)", line)
-      if not m or m.group(2) not in shapes or m.group(3) not in shapes:
-        continue
-      lhs, rhs, rest = shapes[m.group(2)], shapes[m.group(3)], m.group(4)
-      lb, lc, rb, rc = (_dims_field(rest, f) for f in (
-          "lhs_batch_dims", "lhs_contracting_dims", "rhs_batch_dims", "rhs_contracting_dims"))
-      batch, k = _prod(lhs[i] for i in lb), _prod(lhs[i] for i in lc)
-      m_ = _prod(d for i, d in enumerate(lhs) if i not in lb + lc)
-      n_ = _prod(d for i, d in enumerate(rhs) if i not in rb + rc)
-      desc = (f"{batch} x " if batch > 1 else "") + f"{m_} x {k} x {n_}"
-      return 2 * batch * m_ * k * n_, desc
+def _dot(line: str, shapes: dict):
+  """(FLOPs, description) of an HLO dot instruction line, its operands'
+  shapes from `shapes`; None for any other line."""
+  m = re.search(_SHAPE + r"\{[\d,]*\} dot\(%([\w.\-]+), %([\w.\-]+)\)(.*)", line)
+  if not m or m.group(2) not in shapes or m.group(3) not in shapes:
     return None
+  lhs, rhs = shapes[m.group(2)], shapes[m.group(3)]
 
-  for lines in comps.values():
+  def field(name):
+    f = re.search(name + r"=\{([\d,]*)\}", m.group(4))
+    return _ints(f.group(1)) if f else []
+
+  lb, lc, rb, rc = (field(f) for f in ("lhs_batch_dims", "lhs_contracting_dims",
+                                         "rhs_batch_dims", "rhs_contracting_dims"))
+  batch, k = _prod(lhs[i] for i in lb), _prod(lhs[i] for i in lc)
+  m_ = _prod(d for i, d in enumerate(lhs) if i not in lb + lc)
+  n_ = _prod(d for i, d in enumerate(rhs) if i not in rb + rc)
+  return 2 * batch * m_ * k * n_, (f"{batch} x " if batch > 1 else "") + f"{m_} x {k} x {n_}"
+
+
+def dot_shapes(hlo_text: str) -> dict:
+  """{thunk name: (FLOPs, "M x K x N" or "batch x M x K x N")} for every
+  instruction that is a dot or a fusion whose computation holds one: M, N the
+  free sizes, K the contracted, batch the batch dims' product."""
+  comps = _computations(hlo_text)
+  shapes = {}
+  for name, lines in comps.items():
+    shapes[name] = {}
     for line in lines:
-      m = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = ", line)
+      m = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = " + _SHAPE, line)
+      if m:
+        shapes[name][m.group(1)] = _ints(m.group(2))
+  first_dot = {}
+  for name, lines in comps.items():
+    first_dot[name] = next((d for d in (_dot(ln, shapes[name]) for ln in lines) if d), None)
+  out = {}
+  for comp, lines in comps.items():
+    for line in lines:
+      m = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = (.*)", line)
       if not m:
         continue
-      name = m.group(1)
-      found = from_lines(comps[calls[name]]) if name in calls else (
-          from_lines(lines, only=line) if re.search(r" dot\(", line) else None)
+      called = re.search(r"calls=%([\w.\-]+)", m.group(2))
+      found = first_dot.get(called.group(1)) if called else _dot(line, shapes[comp])
       if found:
-        out[name] = found
+        out[m.group(1)] = found
   return out
 
 
