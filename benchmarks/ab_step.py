@@ -183,8 +183,7 @@ def driver() -> None:
       "ref_loss": losses["ref"], "ours_loss": losses["ours"],
       "ref_xla_flags": xla_flags["ref"], "ours_xla_flags": xla_flags["ours"],
   }
-  for k, v in result.items():
-    print(f"{k:>20}: {v:.4g}" if isinstance(v, float) else f"{k:>20}: {v}")
+  bench._print(result)
   print(f"ours {med['ours']:.1f} ms vs {FLAGS.ref} ({ref_sha[:7]}) {med['ref']:.1f} ms per step "
         f"(medians of {FLAGS.steps}, interleaved in blocks of {FLAGS.block}): this checkout is "
         f"{result['ref_over_ours']:.3f}x the ref's speed (per block pair "
