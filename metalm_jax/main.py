@@ -108,6 +108,7 @@ def main(argv):
     sys.exit(preemption.PREEMPTED_EXIT_CODE)
   except storage.StorageError as e:
     logging.exception("storage error")
+    storage.quiet_pending_writes(str(e))
     sys.exit(str(e))
   if jax.process_index() == 0:
     print("final: " + json.dumps({k: v for k, v in results.items()

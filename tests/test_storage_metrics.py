@@ -155,3 +155,31 @@ def test_tensorboard_writer_does_not_import_torch(tmp_path):
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        cwd=str(tmp_path.parent), timeout=120)
   assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_pending_write_failures_do_not_bury_the_storage_error(capsys):
+  """After a StorageError ends a run, asyncio's 'Future exception was never
+  retrieved' records (one per pending write of the failed save) are dropped
+  and counted; one line on stderr names the error; other asyncio records pass."""
+  log = logging.getLogger("asyncio")
+  seen = []
+
+  class Keep(logging.Handler):
+    def emit(self, record):
+      seen.append(record.getMessage())
+
+  keep = Keep()
+  log.addHandler(keep)
+  f = storage.quiet_pending_writes("storage error while saving: boom")
+  try:
+    for i in range(3):
+      log.error("Future exception was never retrieved\nfuture: <Future %d>", i)
+    log.error("Task was destroyed but it is pending!")
+  finally:
+    log.removeFilter(f)
+    log.removeHandler(keep)
+  assert f.dropped == 3
+  assert seen == ["Task was destroyed but it is pending!"]
+  err = capsys.readouterr().err
+  assert err.count("not repeated here") == 1
+  assert err.strip().endswith("The run ended on: storage error while saving: boom")
