@@ -54,6 +54,8 @@ flags.DEFINE_string("tree", ROOT, "internal: the tree a worker imports")
 flags.DEFINE_string("ours_xla_flags", "", "XLA_FLAGS added for this checkout's worker")
 flags.DEFINE_string("ref_xla_flags", "", "XLA_FLAGS added for the ref's worker")
 FLAGS = flags.FLAGS
+# Flags the driver keeps to itself (a worker gets every other flag it was given).
+DRIVER_ONLY = ("ref", "json_out", "tree", "worker", "ours_xla_flags", "ref_xla_flags")
 
 TAG = "@@ab "
 
@@ -104,8 +106,7 @@ def _worker_argv(tree: str) -> list:
   taken inside that tree; --ref and --json_out stay with the driver."""
   out = [sys.executable, os.path.abspath(__file__), "--worker", f"--tree={tree}"]
   for a in sys.argv[1:]:
-    if a.startswith(("--ref=", "--json_out=", "--tree=", "--worker", "--ours_xla_flags",
-                     "--ref_xla_flags")):
+    if a.lstrip("-").split("=", 1)[0].removeprefix("no") in DRIVER_ONLY:
       continue
     if a.startswith("--config="):
       spec = a.split("=", 1)[1]

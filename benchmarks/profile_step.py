@@ -101,6 +101,11 @@ def thunk_times(events) -> dict:
   return out
 
 
+def is_eigen_dot(thunk: str) -> bool:
+  """A plain `dot` thunk: a dot XLA:CPU left to Eigen (not a YNNPACK fusion)."""
+  return re.fullmatch(r"dot(\.\d+)?", thunk) is not None
+
+
 def timeline(events, steps: int) -> dict:
   """Wall time per step from the first thunk's start to the last one's end,
   the time in which at least one thunk runs, and the rest: no thunk running.
@@ -121,7 +126,7 @@ def timeline(events, steps: int) -> dict:
   if cur_end is not None:
     busy += cur_end - cur_start
   span = (spans[-1][1] - spans[0][0]) if spans else 0.0
-  eigen = sum(1 for name, _, _ in events if re.fullmatch(r"dot(\.\d+)?", name))
+  eigen = sum(1 for name, _, _ in events if is_eigen_dot(name))
   return {"span": span / 1e3 / steps, "thunks_running": busy / 1e3 / steps,
           "no_thunk_running": (span - busy) / 1e3 / steps,
           "thunks_per_step": len(events) / steps, "eigen_dots_per_step": eigen / steps}
@@ -246,7 +251,7 @@ def matmul_table(events, ops: dict, shapes: dict, steps: int) -> list:
     if name not in shapes:
       continue
     _, phase, _ = classify(name, ops[name])
-    backend = "eigen (async)" if re.fullmatch(r"dot(\.\d+)?", name) else "ynnpack"
+    backend = "eigen (async)" if is_eigen_dot(name) else "ynnpack"
     flops, desc = shapes[name]
     r = rows[(phase, desc, backend)]
     r[0] += 1
