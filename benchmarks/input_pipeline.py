@@ -13,7 +13,8 @@ Per config and worker count (`--workers`, a list; Grain worker processes,
 `config.data.num_workers`) it prints rows/s, tokens/s and rows per CPU-second
 (the CPU time of this process and its worker processes over the timed batches:
 on a shared machine the wall-clock rate depends on what else runs, the CPU
-cost per row less). `--repeats` keeps the fastest of several runs. The timed
+cost per row less). `--repeats` keeps the fastest of several runs (each
+variant of a config runs once per repeat, in turn). The timed
 batches follow a warm-up long enough to drain the prefetch buffers
 (`config.data.prefetch_buffer` rows per mixture entry and process), so
 buffered rows are not counted as produced.
@@ -26,7 +27,11 @@ plus the trainer process's share of unpacking its batches), and the cores, so
 worker processes of a core each, that a host needs to supply `--headroom` (2) x
 the demand at `--mfu`, next to the vCPUs such a host has (HOSTS below).
 `--compare_arithmetic_norm` also times each config with the image
-normalisation as it was before its look-up table (in-process);
+normalisation as it was before its look-up table (in-process); `--photos=N`
+also times each vl config on N photo-sized JPEGs (`--photo_size`, 640x480) built
+into --data_dir as a user's JSONL caption set, whose supply per core gives a
+second column of cores per host (the embedded world's 64 px PNGs decode almost
+for free, a photo does not);
 `--profile_batches` gives the share of each stage (STAGES) in a cProfile. Numbers
 depend on the machine and on CPU contention: state both (--json_out writes the
 figures with their provenance, metalm_jax/provenance.py, load averages included).
@@ -71,6 +76,10 @@ flags.DEFINE_bool("compare_arithmetic_norm", False,
 flags.DEFINE_integer("profile_batches", 0, "> 0: also cProfile this many batches of the first "
                      "config, in-process without read threads (so every stage is seen), with "
                      "the table and (with --compare_arithmetic_norm) the arithmetic normalisation")
+flags.DEFINE_integer("photos", 0, "> 0: also time each vl config on a caption set of this many "
+                     "photo-sized JPEGs (--photo_size; built once into --data_dir from a JSONL "
+                     "manifest, as a user's set is), at every --workers count")
+flags.DEFINE_string("photo_size", "640x480", "WIDTHxHEIGHT of the --photos JPEGs (COCO's usual)")
 flags.DEFINE_string("json_out", "", "also write the figures (and their provenance) here")
 FLAGS = flags.FLAGS
 
@@ -88,6 +97,8 @@ HOSTS = {
 # Which measured pipeline feeds a fit-table model (modern_vl trains on the
 # paper_vl data: configs/pretrain_vl.py size=modern).
 FEEDS = {"paper_vl": "vl:paper_vl", "modern_vl": "vl:paper_vl", "paper_lang": "lang:paper_lang"}
+# A --photos run's config label: the vl config's, then this.
+PHOTOS = "+photos"
 
 
 def _children_cpu_s() -> float:
@@ -131,7 +142,57 @@ def run_arithmetic(kind: str, size: str) -> dict:
   return dict(r, image_norm="arithmetic (before)")
 
 
-def run_one(kind: str, size: str, workers: int) -> dict:
+def photo_jpeg(index: int, width: int, height: int) -> bytes:
+  """A photo-sized JPEG (quality 90) that compresses like a photo: smooth
+  colour waves, different per `index`, plus pixel noise (~120 KB at 640 x 480,
+  about a COCO image's size)."""
+  import io
+  import numpy as np
+  from PIL import Image
+  rng = np.random.default_rng(index)
+  yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+  waves = [np.sin(xx / rng.uniform(20, 60) + rng.uniform(0, 6)) * rng.uniform(30, 70)
+           + np.cos(yy / rng.uniform(15, 50) + rng.uniform(0, 6)) * rng.uniform(30, 70)
+           for _ in range(3)]
+  pixels = np.stack(waves, -1) + 128 + rng.normal(0, 12, (height, width, 3))
+  out = io.BytesIO()
+  Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(out, format="JPEG", quality=90)
+  return out.getvalue()
+
+
+def photo_size() -> tuple:
+  m = re.fullmatch(r"(\d+)x(\d+)", FLAGS.photo_size)
+  if not m:
+    raise ValueError(f"--photo_size={FLAGS.photo_size!r}: want WIDTHxHEIGHT, e.g. 640x480")
+  return int(m.group(1)), int(m.group(2))
+
+
+def photo_set(data_cfg, count: int) -> str:
+  """The caption set of `count` photo_jpeg images of --photo_size, built (if
+  missing) into the data dir from a JSONL manifest (prepare.ensure_jsonl, as
+  a user's set); returns its caption source's name."""
+  import tempfile
+  from metalm_jax.data import prepare
+  from metalm_jax.data import user_sets
+  width, height = photo_size()
+  name = f"photos_{width}x{height}_{count}"
+  if os.path.exists(os.path.join(user_sets.builder_dir(data_cfg, name), "dataset_info.json")):
+    return f"{name}_caption"
+  with tempfile.TemporaryDirectory() as folder:
+    os.makedirs(os.path.join(folder, "img"))
+    with open(os.path.join(folder, "train.jsonl"), "w") as manifest:
+      for i in range(count):
+        with open(os.path.join(folder, "img", f"{i}.jpg"), "wb") as f:
+          f.write(photo_jpeg(i, width, height))
+        manifest.write(json.dumps({"image": f"img/{i}.jpg",
+                                   "caption": f"waves of colour number {i}."}) + "\n")
+    prepare.ensure_jsonl(name, folder, data_cfg)
+  return f"{name}_caption"
+
+
+def run_one(kind: str, size: str, workers: int, photos: int = 0) -> dict:
+  """rows/s of config kind:size with `workers` Grain workers; with `photos`,
+  on the photo_set of that many JPEGs instead of the config's mixture."""
   import ml_collections as mlc
   from metalm_jax import presets
   from metalm_jax.data import pipeline
@@ -141,6 +202,10 @@ def run_one(kind: str, size: str, workers: int) -> dict:
   cfg.data.num_workers = workers
   if FLAGS.world:
     cfg.data.world = FLAGS.world
+  label = f"{kind}:{size}"
+  if photos:
+    cfg.data.mixture = {photo_set(cfg.data, photos): 1.0}
+    label += PHOTOS
   buffered = cfg.data.prefetch_buffer * len(cfg.data.mixture) * max(1, workers)
   warm = 2 + math.ceil(buffered / FLAGS.batch_size)
   t0 = time.perf_counter()
@@ -160,7 +225,9 @@ def run_one(kind: str, size: str, workers: int) -> dict:
   cpu = time.process_time() - cpu0 + _children_cpu_s() - kids0
   if hasattr(it, "close"):
     it.close()
-  return {"config": f"{kind}:{size}", "world": cfg.data.world, "seq_len": cfg.data.seq_len,
+  return {"config": label, "world": cfg.data.world, "seq_len": cfg.data.seq_len,
+          "mixture": dict(cfg.data.mixture),
+          "photo_size": FLAGS.photo_size if photos else None,
           "workers": workers, "rows_per_s": rows / dt, "tokens_per_s": tokens / dt,
           "loss_tokens_per_s": loss / dt, "fill": tokens / (rows * cfg.data.seq_len),
           "cpu_s": cpu, "rows_per_cpu_s": rows / cpu if cpu > 0 else None,
@@ -222,23 +289,34 @@ def demand(fits: List[dict], measured: List[dict]) -> List[dict]:
     at_mfu = at_peak * FLAGS.mfu
     want = FLAGS.headroom * at_mfu
     feed = FEEDS.get(fit["model"], "")
-    runs = by_cfg.get(feed, {})
-    # Supply per core: rows per CPU-second of a one-worker run (the worker and
-    # the trainer process's share of unpacking its batches); without one, the
-    # best run's. A worker process given a core of its own supplies that much.
-    one = runs.get(1) or (max(runs.values(), key=lambda r: r["rows_per_cpu_s"] or 0.0)
-                          if runs else None)
-    per_core = one["rows_per_cpu_s"] if one else None
     row = dict(fit, hosts=hosts, chips_per_host=host["chips"], host_vcpus=host["vcpus"],
                host_machine=host["machine"], demand_rows_per_s_at_peak=at_peak,
                demand_rows_per_s_at_mfu=at_mfu, mfu=FLAGS.mfu, headroom=FLAGS.headroom,
-               supply_wanted_rows_per_s=want, fed_by=feed, supply_rows_per_cpu_s=per_core,
-               supply_measured_with_workers=one["workers"] if one else None)
-    if per_core:
-      row["cores_needed"] = want / per_core
-      row["cores_share_of_host"] = row["cores_needed"] / host["vcpus"]
-      row["workers_needed"] = math.ceil(row["cores_needed"])
+               supply_wanted_rows_per_s=want, fed_by=feed)
+    row.update(_supply(by_cfg.get(feed, {}), want, host["vcpus"]))
+    if feed.startswith("vl:") and feed + PHOTOS in by_cfg:
+      photos = _supply(by_cfg[feed + PHOTOS], want, host["vcpus"])
+      row.update({f"{k}_photos": v for k, v in photos.items()},
+                 photo_size=by_cfg[feed + PHOTOS][photos["supply_measured_with_workers"]][
+                     "photo_size"])
     out.append(row)
+  return out
+
+
+def _supply(runs: Dict[int, dict], want: float, vcpus: int) -> dict:
+  """Supply per core from one config's runs by worker count: rows per
+  CPU-second of the one-worker run (the worker and the trainer process's share
+  of unpacking its batches), else the best run's; a worker process given a
+  core of its own supplies that much. With it, the cores (= workers) that
+  supply `want` rows/s and their share of the host's `vcpus`."""
+  one = runs.get(1) or (max(runs.values(), key=lambda r: r["rows_per_cpu_s"] or 0.0)
+                        if runs else None)
+  per_core = one["rows_per_cpu_s"] if one else None
+  out = dict(supply_rows_per_cpu_s=per_core,
+             supply_measured_with_workers=one["workers"] if one else None)
+  if per_core:
+    out.update(cores_needed=want / per_core, cores_share_of_host=want / per_core / vcpus,
+               workers_needed=math.ceil(want / per_core))
   return out
 
 
@@ -251,7 +329,10 @@ def demand_line(d: dict) -> str:
           f"demand/host: peak={d['demand_rows_per_s_at_peak']:7.1f} "
           f"@{100 * d['mfu']:.0f}%MFU={d['demand_rows_per_s_at_mfu']:7.1f} rows/s; "
           f"{d['headroom']:g}x needs {cores} cores ({share} of {d['host_vcpus']} vCPUs), "
-          f"{workers} workers [{d['fed_by'] or 'not measured'}]")
+          f"{workers} workers [{d['fed_by'] or 'not measured'}]" + (
+              f"; with {d['photo_size']} JPEGs {d['cores_needed_photos']:.1f} cores "
+              f"({100 * d['cores_share_of_host_photos']:.1f}%), {d['workers_needed_photos']} "
+              f"workers" if d.get("cores_needed_photos") else ""))
 
 
 def scaling(measured: List[dict]) -> Dict[str, dict]:
@@ -364,7 +445,38 @@ def image_path(number: int = 50, repeat: int = 7) -> Dict[str, float]:
   }
   out["same_values"] = bool(np.array_equal(images.preprocess_image(small, 224),
                                            _arithmetic_preprocess(small, 224)))
+  out.update(photo_path(ms))
   return out
+
+
+def photo_path(ms) -> Dict[str, float]:
+  """The same for a --photo_size JPEG (photo_jpeg): decode (to_rgb), the
+  bicubic downscale to 224 px with the normalisation (preprocess_image), and
+  both through the pipeline's image modality; then the path not taken: PIL's
+  JPEG draft mode (DCT-domain downscale while decoding, to the smallest power-
+  of-two reduction still >= 224 px), its time and how far its pixels land
+  from the path taken (in 0-255 levels)."""
+  import io
+  import numpy as np
+  from PIL import Image
+  from metalm_jax.media import images
+  width, height = photo_size()
+  jpeg = photo_jpeg(0, width, height)
+  rgb, _ = images.to_rgb(jpeg)
+
+  def draft():
+    pil = Image.open(io.BytesIO(jpeg))
+    pil.draft("RGB", (224, 224))
+    return images.preprocess_image(np.asarray(pil.convert("RGB")), 224)
+  taken = images.preprocess_image(rgb, 224)
+  levels = np.abs(draft() - taken) * np.asarray(images.CLIP_STD, np.float32) * 255
+  return {"photo_size": FLAGS.photo_size, "photo_jpeg_bytes": len(jpeg),
+          "to_rgb_photo_ms": ms(lambda: images.to_rgb(jpeg)),
+          "preprocess_photo_to_224_ms": ms(lambda: images.preprocess_image(rgb, 224)),
+          "photo_to_224_ms": ms(lambda: images.preprocess_image(images.to_rgb(jpeg)[0], 224)),
+          "draft_photo_to_224_ms": ms(draft),
+          "draft_levels_mean": float(levels.mean()), "draft_levels_p99": float(
+              np.percentile(levels, 99)), "draft_levels_max": float(levels.max())}
 
 
 def _cpu_model() -> str:
@@ -387,12 +499,20 @@ def main(argv):
   rows, before = [], []
   for item in FLAGS.configs.split(","):
     kind, size = item.split(":")
-    if FLAGS.compare_arithmetic_norm:
-      before.append(best([run_arithmetic(kind, size) for _ in range(FLAGS.repeats)]))
-      print(line(before[-1]), flush=True)
-    for w in workers:
-      rows.append(best([run_one(kind, size, w) for _ in range(FLAGS.repeats)]))
-      print(line(rows[-1]), flush=True)
+    # Every variant once per repeat, in turn, so a change of load or a warm
+    # cache favours none of them.
+    variants = [("arithmetic", 0, 0)] if FLAGS.compare_arithmetic_norm else []
+    variants += [("table", w, 0) for w in workers]
+    variants += [("table", w, FLAGS.photos) for w in workers] if FLAGS.photos and kind == "vl" \
+        else []
+    runs = {v: [] for v in variants}
+    for _ in range(FLAGS.repeats):
+      for norm, w, photos in variants:
+        runs[(norm, w, photos)].append(run_arithmetic(kind, size) if norm == "arithmetic"
+                                       else run_one(kind, size, w, photos))
+    for (norm, _, _), tried in runs.items():
+      (before if norm == "arithmetic" else rows).append(best(tried))
+      print(line((before if norm == "arithmetic" else rows)[-1]), flush=True)
   profiles = []
   if FLAGS.profile_batches > 0:
     kind, size = FLAGS.configs.split(",")[0].split(":")
@@ -404,7 +524,10 @@ def main(argv):
                 f"{k} {100 * v['share']:.0f}%" for k, v in p["stages"].items()))
   image = image_path()
   print("image path per image (min of repeats): " + ", ".join(
-      f"{k}={v:.3f}ms" for k, v in image.items() if k.endswith("_ms")))
+      f"{k}={v:.3f}ms" for k, v in image.items() if k.endswith("_ms")) +
+        f"; {FLAGS.photo_size} JPEG in draft mode: pixels {image['draft_levels_mean']:.2f} levels "
+        f"from the path taken on average (p99 {image['draft_levels_p99']:.1f}, max "
+        f"{image['draft_levels_max']:.1f})")
   scale = scaling(rows)
   for cfg, s in scale.items():
     eff = ", ".join(f"{w}: {e:.2f}" for w, e in s["efficiency"].items())

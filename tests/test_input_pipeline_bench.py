@@ -19,7 +19,11 @@ runs = [dict(config="vl:paper_vl", workers=1, rows_per_s=250.0, rows_per_cpu_s=3
         dict(config="vl:paper_vl", workers=2, rows_per_s=450.0, rows_per_cpu_s=290.0,
              image_norm="table", cores_busy=1.0),
         dict(config="lang:paper_lang", workers=0, rows_per_s=50.0, rows_per_cpu_s=80.0,
-             image_norm="table", cores_busy=1.0)]
+             image_norm="table", cores_busy=1.0),
+        dict(config="vl:paper_vl+photos", workers=0, rows_per_s=160.0, rows_per_cpu_s=170.0,
+             image_norm="table", cores_busy=1.0, photo_size="640x480"),
+        dict(config="vl:paper_vl+photos", workers=1, rows_per_s=140.0, rows_per_cpu_s=150.0,
+             image_norm="table", cores_busy=1.0, photo_size="640x480")]
 other = ip.fit_rows(sys.argv[1])
 print(json.dumps({"demand": ip.demand(fits, runs), "scaling": ip.scaling(runs), "other": other}))
 """
@@ -68,3 +72,56 @@ def test_demand_per_fit_table_row(tmp_path):
   assert {d["model"] for d in out["demand"]} == {"paper_vl", "modern_vl", "paper_lang"}
   s = out["scaling"]["vl:paper_vl"]
   assert s["rows_per_s_per_worker"] == 250.0 and abs(s["efficiency"]["2"] - 0.9) < 1e-9
+  # Photo-sized JPEGs: a second supply (its one-worker run) for the vl rows only.
+  want = 2 * v5e["demand_rows_per_s_at_mfu"]
+  assert v5e["supply_rows_per_cpu_s_photos"] == 150.0 and v5e["photo_size"] == "640x480"
+  assert abs(v5e["cores_needed_photos"] - want / 150.0) < 1e-9
+  assert v5e["workers_needed_photos"] == math.ceil(want / 150.0)
+  assert abs(v5e["cores_share_of_host_photos"] - want / 150.0 / 112) < 1e-12
+  assert v5e["cores_needed"] == want / 300.0  # the world's supply is unchanged
+  assert "cores_needed_photos" not in lang_h100
+
+
+_PHOTOS = """
+import json, os, sys
+sys.path.insert(0, "benchmarks")
+import input_pipeline as ip
+data_dir = sys.argv[1]
+ip.FLAGS(["input_pipeline", "--data_dir=" + data_dir, "--world=test", "--photo_size=96x64",
+          "--batch_size=2", "--batches=1"])
+row = ip.run_one("vl", "tiny", 0, photos=3)
+info = os.path.join(data_dir, "metalm_jsonl", "photos_96x64_3", "1.0.0", "dataset_info.json")
+built = os.path.getmtime(info)
+import ml_collections as mlc
+name = ip.photo_set(mlc.ConfigDict({"data_dir": data_dir}), 3)  # already there: not rebuilt
+import io
+import numpy as np
+from PIL import Image
+big = ip.photo_jpeg(0, 640, 480)
+img = Image.open(io.BytesIO(big))
+print(json.dumps({"row": row, "rebuilt": os.path.getmtime(info) != built, "name": name,
+                  "photo": ip.photo_path(lambda fn: 0.0),
+                  "big": [img.format, list(img.size), len(big), float(np.asarray(img).std()),
+                          ip.photo_jpeg(0, 640, 480) == big, ip.photo_jpeg(1, 640, 480) == big]}))
+"""
+
+
+def test_photos_build_a_user_set_and_feed_the_pipeline(tmp_path):
+  """--photos: JPEGs of --photo_size built once into the data dir as a JSONL
+  caption set, read by the vl pipeline in place of its mixture."""
+  p = subprocess.run([sys.executable, "-c", _PHOTOS, str(tmp_path)], cwd=ROOT,
+                     capture_output=True, text=True, timeout=300)
+  assert p.returncode == 0, p.stderr[-2000:]
+  out = json.loads(p.stdout.strip().splitlines()[-1])
+  row = out["row"]
+  assert row["config"] == "vl:tiny+photos" and row["photo_size"] == "96x64"
+  assert row["mixture"] == {"photos_96x64_3_caption": 1.0} and row["rows"] == 2
+  assert out["name"] == "photos_96x64_3_caption" and not out["rebuilt"]
+  photo = out["photo"]
+  assert photo["photo_size"] == "96x64" and photo["photo_jpeg_bytes"] > 2000
+  # Smaller than 224 px: draft mode cannot reduce, so its pixels are the path's.
+  assert photo["draft_levels_max"] == 0.0
+  fmt, size, nbytes, std, same, other = out["big"]
+  assert fmt == "JPEG" and size == [640, 480] and same and not other
+  assert 60_000 < nbytes < 250_000 and std > 20  # compresses like a photo, not flat colour
+
