@@ -3,7 +3,7 @@ what a pod host needs to feed the fit table's step times.
 
     python benchmarks/input_pipeline.py --world=tiny --configs=vl:paper_vl,lang:paper_lang \
         --workers=0,1,2 --batches=40 --repeats=3 --compare_arithmetic_norm \
-        --profile_batches=30 --json_out=benchmarks/results/cpu_input_pipeline.json
+        --profile_batches=30 --photos=600 --json_out=benchmarks/results/cpu_input_pipeline.json
 
 `--world=tiny` overrides the embedded world for every config (e.g. to time the
 paper_vl geometry, 224 px images, without building the 224 px world: the

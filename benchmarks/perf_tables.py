@@ -186,20 +186,28 @@ def input_demand_table(result: dict, files: Sequence[str]) -> str:
   """`benchmarks/input_pipeline.py` results: what each fit-table row asks
   of a host, and the Grain workers that supply twice that at 40% MFU."""
   rows = []
+  photos = sorted({d["photo_size"] for d in result["demand"] if d.get("photo_size")})
   for d in result["demand"]:
-    rows.append([
+    row = [
         d["model"], d["target"], f"{d['hosts']} x {d['chips_per_host']}",
         str(d["rows_per_step"]), f"{1000 * d['step_at_peak_s']:.1f}",
         f"{d['demand_rows_per_s_at_peak']:,.0f}", f"{d['demand_rows_per_s_at_mfu']:,.0f}",
         f"{d['supply_wanted_rows_per_s']:,.0f}",
         f"{d['supply_rows_per_cpu_s']:.0f} (`{d['fed_by']}`)",
         f"{d['cores_needed']:.1f} ({d['workers_needed']})",
-        f"{d['host_vcpus']} (`{d['host_machine']}`)", f"{100 * d['cores_share_of_host']:.1f}%"])
+        f"{d['host_vcpus']} (`{d['host_machine']}`)", f"{100 * d['cores_share_of_host']:.1f}%"]
+    if photos:
+      row += ([f"{d['supply_rows_per_cpu_s_photos']:.0f}",
+               f"{d['cores_needed_photos']:.1f} ({d['workers_needed_photos']})",
+               f"{100 * d['cores_share_of_host_photos']:.1f}%"]
+              if d.get("cores_needed_photos") else ["", "", ""])
+    rows.append(row)
   mfu, room = 100 * result["mfu"], result["headroom"]
+  extra = [f"{photos[0]} JPEGs: supply per core", "cores (= workers)", "share"] if photos else []
   return _table(["model", "target", "hosts x chips", "rows/step", "step at peak (ms)",
                  "demand per host at peak (rows/s)", f"at {mfu:.0f}% MFU", f"{room:g}x that",
                  "supply per core here (rows/s)", "cores (= workers) needed",
-                 "host vCPUs (machine)", "share"], rows) + (
+                 "host vCPUs (machine)", "share"] + extra, rows) + (
       f"\n\nResult file: `benchmarks/results/{files[0]}` (code {_code(result['provenance'])}, "
       f"load average {_load_avg(result['provenance'])}).")
 

@@ -58,3 +58,20 @@ def test_fit_and_loss_chunk_tables_read_their_reports(tmp_path, monkeypatch):
   chunk = perf_tables.render("loss chunk table").splitlines()
   assert chunk[2].startswith(f"| {model} | {topo} | ")
   assert "| 5.00 (" in chunk[2] and ": 3.00 (2.00) |" in chunk[2] and "| **-2.00** |" in chunk[2]
+
+
+def test_input_demand_table_adds_photo_columns_only_when_measured():
+  result = perf_tables.load("cpu_input_pipeline.json")
+  plain = dict(result, demand=[{k: v for k, v in d.items() if "photo" not in k}
+                               for d in result["demand"]])
+  files = ("cpu_input_pipeline.json",)
+  head = perf_tables.input_demand_table(plain, files).splitlines()[0]
+  assert "JPEGs" not in head and head.count("|") == 13
+  first = dict(plain["demand"][0], photo_size="640x480", supply_rows_per_cpu_s_photos=123.4,
+               cores_needed_photos=7.25, workers_needed_photos=8,
+               cores_share_of_host_photos=0.0647)
+  last = plain["demand"][-1]
+  lines = perf_tables.input_demand_table(dict(plain, demand=[first, last]), files).splitlines()
+  assert "| 640x480 JPEGs: supply per core | cores (= workers) | share |" in lines[0]
+  assert lines[2].endswith("| 123 | 7.2 (8) | 6.5% |")
+  assert lines[3].endswith("|  |  |  |")  # a row without photos (not a vl model) stays empty
