@@ -73,6 +73,9 @@ flags.DEFINE_float("headroom", 2.0, "supply wanted per host, as a multiple of th
 flags.DEFINE_bool("compare_arithmetic_norm", False,
                   "also time each config in-process (workers=0) with the image normalisation "
                   "done as float arithmetic, as before the look-up table (media/images.py)")
+flags.DEFINE_bool("compare_all_fields", False,
+                  "also time each config in-process (workers=0) with every field of every "
+                  "record deserialised, as before Source.fields (data/sources.py)")
 flags.DEFINE_integer("profile_batches", 0, "> 0: also cProfile this many batches of the first "
                      "config, in-process without read threads (so every stage is seen), with "
                      "the table and (with --compare_arithmetic_norm) the arithmetic normalisation")
@@ -140,6 +143,18 @@ def run_arithmetic(kind: str, size: str) -> dict:
   finally:
     images.preprocess_image = table
   return dict(r, image_norm="arithmetic (before)")
+
+
+def run_all_fields(kind: str, size: str) -> dict:
+  """run_one in-process with every source's Source.fields emptied: each
+  record deserialised whole, as before the sources named their fields."""
+  import dataclasses
+  from unittest import mock
+  from metalm_jax.data import sources
+  every = {n: dataclasses.replace(sources.SOURCES.get(n), fields=()) for n in sources.SOURCES}
+  with mock.patch.dict(sources.SOURCES._items, every):
+    r = run_one(kind, size, 0)
+  return dict(r, records="all fields (before)")
 
 
 def photo_jpeg(index: int, width: int, height: int) -> bytes:
@@ -232,7 +247,13 @@ def run_one(kind: str, size: str, workers: int, photos: int = 0) -> dict:
           "loss_tokens_per_s": loss / dt, "fill": tokens / (rows * cfg.data.seq_len),
           "cpu_s": cpu, "rows_per_cpu_s": rows / cpu if cpu > 0 else None,
           "cores_busy": cpu / dt, "rows": rows, "wall_s": dt, "warmup_batches": warm,
-          "setup_s": setup, "image_norm": "table"}
+          "setup_s": setup, "image_norm": "table", "records": "named fields"}
+
+
+# A run of config kind:size, by variant: (kind, size, workers, photos) -> figures.
+VARIANTS = {"arithmetic": lambda kind, size, w, photos: run_arithmetic(kind, size),
+            "all fields": lambda kind, size, w, photos: run_all_fields(kind, size),
+            "table": run_one}
 
 
 def line(r: dict) -> str:
@@ -241,7 +262,8 @@ def line(r: dict) -> str:
           f"workers={r['workers']} rows/s={r['rows_per_s']:8.1f} rows/cpu-s={per_cpu} "
           f"cores busy={r['cores_busy']:.2f} tokens/s={r['tokens_per_s']:10.0f} "
           f"loss_tokens/s={r['loss_tokens_per_s']:9.0f} fill={r['fill']:.2f} "
-          f"(setup+warm-up {r['setup_s']:.1f}s) image_norm={r['image_norm']}")
+          f"(setup+warm-up {r['setup_s']:.1f}s) image_norm={r['image_norm']} "
+          f"records={r.get('records', 'all fields')}")
 
 
 def fit_rows(reports_dir: str) -> List[dict]:
@@ -496,23 +518,24 @@ def main(argv):
   workers = [int(w) for w in FLAGS.workers] or [FLAGS.num_workers]
   print(f"cpus={os.cpu_count()} batch_size={FLAGS.batch_size} batches={FLAGS.batches} "
         f"load average={os.getloadavg()[0]:.2f}")
-  rows, before = [], []
+  rows, before, all_fields = [], [], []
   for item in FLAGS.configs.split(","):
     kind, size = item.split(":")
     # Every variant once per repeat, in turn, so a change of load or a warm
     # cache favours none of them.
     variants = [("arithmetic", 0, 0)] if FLAGS.compare_arithmetic_norm else []
+    variants += [("all fields", 0, 0)] if FLAGS.compare_all_fields else []
     variants += [("table", w, 0) for w in workers]
     variants += [("table", w, FLAGS.photos) for w in workers] if FLAGS.photos and kind == "vl" \
         else []
     runs = {v: [] for v in variants}
     for _ in range(FLAGS.repeats):
-      for norm, w, photos in variants:
-        runs[(norm, w, photos)].append(run_arithmetic(kind, size) if norm == "arithmetic"
-                                       else run_one(kind, size, w, photos))
-    for (norm, _, _), tried in runs.items():
-      (before if norm == "arithmetic" else rows).append(best(tried))
-      print(line((before if norm == "arithmetic" else rows)[-1]), flush=True)
+      for variant in variants:
+        runs[variant].append(VARIANTS[variant[0]](kind, size, *variant[1:]))
+    for (name, _, _), tried in runs.items():
+      kept = {"arithmetic": before, "all fields": all_fields}.get(name, rows)
+      kept.append(best(tried))
+      print(line(kept[-1]), flush=True)
   profiles = []
   if FLAGS.profile_batches > 0:
     kind, size = FLAGS.configs.split(",")[0].split(":")
@@ -545,7 +568,8 @@ def main(argv):
     provenance.write_json(FLAGS.json_out, {
         "cpu_model": _cpu_model(), "batch_size": FLAGS.batch_size, "batches": FLAGS.batches,
         "mfu": FLAGS.mfu, "headroom": FLAGS.headroom, "rows": rows,
-        "arithmetic_norm_rows": before, "image_path": image, "profiles": profiles,
+        "arithmetic_norm_rows": before, "all_fields_rows": all_fields, "image_path": image,
+        "profiles": profiles,
         "scaling": scale, "hosts": HOSTS,
         "demand": needs},
         begun, devices="subprocess")

@@ -114,8 +114,14 @@ def data_source(data_cfg, source_name: str, split: str, skip_corrupt: bool = Fal
   if src.module:  # without TensorFlow, tfds does not import its catalogue eagerly
     importlib.import_module(src.module)
   tfds_split = sources_lib.tfds_split(source_name, split)
-  records = (src.read(data_cfg, tfds_split) if src.read else
-             tfds.data_source(name, split=tfds_split, data_dir=prepare.data_dir(data_cfg)))
+  if src.read:
+    records = src.read(data_cfg, tfds_split)
+  elif src.fields:  # only the fields the source's extract reads are deserialised
+    raw = tfds.data_source(name, split=tfds_split, data_dir=prepare.data_dir(data_cfg),
+                           deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+    records = records_lib.FieldRecords(raw, src.fields, source_name)
+  else:
+    records = tfds.data_source(name, split=tfds_split, data_dir=prepare.data_dir(data_cfg))
   return records_lib.CheckedRecords(records, name, tfds_split, skip=skip_corrupt)
 
 

@@ -7,6 +7,12 @@ the split, the shard file and the record's index (in the split and in the
 shard). With `skip=True` (`config.data.skip_corrupt_records`) it returns
 `UNREADABLE` instead, which the per-example task counts as
 `skipped_unreadable_record` and drops; each skip is logged.
+
+`FieldRecords(raw, fields, source)` deserialises only the named fields of
+each record of a tfds source opened with `deserialize_method=RAW_BYTES`
+(`Source.fields`, data/sources.py): an embedded-world record carries some 30
+fields (the sound clip, the video frames, the documents) and a task reads two
+to four of them. Reading a field that was not named raises, naming it.
 """
 from __future__ import annotations
 
@@ -79,3 +85,39 @@ class CheckedRecords:
       raise CorruptRecordError(
           msg + "; set config.data.skip_corrupt_records=True to skip and count such "
           "records") from None
+
+
+class Fields(dict):
+  """A record's selected fields; reading any other raises naming it."""
+
+  def __init__(self, values, source: str, fields: Tuple[str, ...]):
+    super().__init__(values)
+    self.source, self.fields = source, fields
+
+  def __missing__(self, key):
+    raise KeyError(f"data source {self.source!r} read record field {key!r}, which is not in "
+                   f"its Source.fields {self.fields} (data/sources.py): add it there")
+
+
+class FieldRecords:
+  """Random access (len, [i]) over a RAW_BYTES tfds source, each record
+  deserialised to `fields` only (values as a full deserialisation gives)."""
+
+  def __init__(self, raw, fields: Tuple[str, ...], source: str):
+    import tensorflow_datasets as tfds
+    features = raw.dataset_info.features
+    unknown = [f for f in fields if f not in features]
+    if unknown:
+      raise ValueError(f"data source {source!r}: Source.fields names {unknown}, not fields of "
+                       f"{raw.dataset_info.full_name}; it has {sorted(features)}")
+    self.raw, self.fields, self.source = raw, tuple(fields), source
+    self._features = tfds.features.FeaturesDict({f: features[f] for f in fields})
+    # What CheckedRecords reads to name a corrupt record's shard.
+    self.dataset_info, self.split = raw.dataset_info, raw.split
+
+  def __len__(self) -> int:
+    return len(self.raw)
+
+  def __getitem__(self, index):
+    return Fields(self._features.deserialize_example_np(self.raw[index]), self.source,
+                  self.fields)

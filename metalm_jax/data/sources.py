@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -61,6 +61,9 @@ class Source:
   # (data_cfg, tfds split) -> random-access records, for data sets read from
   # their folder rather than by tfds name (your own data: data/user_sets.py)
   read: Optional[Callable[[Any, str], Any]] = None
+  # The record fields `extract` reads: only these are deserialised
+  # (records.FieldRecords; reading another raises naming it). () = all.
+  fields: Tuple[str, ...] = ()
 
 
 def _world_name(data_cfg) -> str:
@@ -142,14 +145,21 @@ def register(name: str, source: Source) -> None:
   SOURCES.register(name)(source)
 
 
-register("world_caption", Source("caption", _world_name, _WORLD_SPLITS, _captions, True))
-register("world_vqa", Source("vqa", _world_name, _WORLD_SPLITS, _world_vqa, True))
-register("world_text", Source("text", _world_name, _WORLD_SPLITS, _document("document"), True))
-register("world_nli", Source("nli", _world_name, _WORLD_SPLITS, _nli, True))
+register("world_caption", Source("caption", _world_name, _WORLD_SPLITS, _captions, True,
+                                fields=("image", "captions")))
+register("world_vqa", Source("vqa", _world_name, _WORLD_SPLITS, _world_vqa, True,
+                            fields=("image", "questions", "answers")))
+register("world_text", Source("text", _world_name, _WORLD_SPLITS, _document("document"), True,
+                             fields=("document",)))
+register("world_nli", Source("nli", _world_name, _WORLD_SPLITS, _nli, True,
+                            fields=("premise", "hypothesis", "label")))
 register("world_interleaved", Source("interleaved", _world_name, _WORLD_SPLITS,
-                                     _world_interleaved, True))
+                                     _world_interleaved, True,
+                                     fields=("doc_images", "doc_captions", "doc_questions",
+                                             "doc_answers")))
 register("world_instructions", Source("text", _world_name, _WORLD_SPLITS,
-                                      _world_instructions, True))
+                                      _world_instructions, True,
+                                      fields=("captions", "questions", "answers", "document")))
 
 
 def _world_bind(r, rng):
@@ -159,8 +169,11 @@ def _world_bind(r, rng):
                                            np.asarray(r["bind_labels"]))]}
 
 
-register("world_bind", Source("episode_image", _world_name, _WORLD_SPLITS, _world_bind, True))
-register("world_bind_text", Source("episode_text", _world_name, _WORLD_SPLITS, _world_bind, True))
+_BIND_FIELDS = ("bind_images", "bind_phrases", "bind_labels")
+register("world_bind", Source("episode_image", _world_name, _WORLD_SPLITS, _world_bind, True,
+                              fields=_BIND_FIELDS))
+register("world_bind_text", Source("episode_text", _world_name, _WORLD_SPLITS, _world_bind, True,
+                                   fields=_BIND_FIELDS))
 
 # Pretraining mixtures whose models are measured zero-shot (docs/claims.md):
 # none of their text holds a VQA or caption prompt (world_instructions and
@@ -202,11 +215,13 @@ def _world_audio_image_qa(r, rng):
 
 for _kind in ("audio", "video"):
   register(f"world_{_kind}_caption", Source(f"{_kind}_caption", _world_name, _WORLD_SPLITS,
-                                            _world_av_captions(_kind), True))
+                                            _world_av_captions(_kind), True,
+                                            fields=(_kind, f"{_kind}_captions")))
   register(f"world_{_kind}_qa", Source(f"{_kind}_qa", _world_name, _WORLD_SPLITS,
-                                       _world_av_qa(_kind), True))
+                                       _world_av_qa(_kind), True,
+                                       fields=(_kind, f"{_kind}_questions", f"{_kind}_answers")))
 register("world_audio_image_qa", Source("audio_image_qa", _world_name, _WORLD_SPLITS,
-                                        _world_audio_image_qa, True))
+                                        _world_audio_image_qa, True, fields=("image", "objects")))
 register("coco_caption", Source("caption", lambda c: "metalm_coco_karpathy",
                                 {"train": "train", "validation": "validation", "test": "test"},
                                 _captions))
@@ -244,8 +259,11 @@ def tfds_split(source_name: str, split: str) -> str:
 # templates, and two-image statements over the embedded world.
 
 def _variant(name: str, base: str, task: str, extract=None) -> None:
+  """`base`'s records in another task's layout; another `extract` reads every
+  field unless it is registered with its own."""
   src = SOURCES.get(base)
-  register(name, dataclasses.replace(src, task=task, extract=extract or src.extract))
+  register(name, dataclasses.replace(src, task=task, extract=extract or src.extract,
+                                     fields=src.fields if extract is None else ()))
 
 
 for _base in ("world_caption", "coco_caption"):
@@ -299,7 +317,8 @@ def _world_pair(r, rng):
           "sentence": sentence, "label": 0 if true else 1}
 
 
-register("world_pair", Source("pair", _world_name, _WORLD_SPLITS, _world_pair, True))
+register("world_pair", Source("pair", _world_name, _WORLD_SPLITS, _world_pair, True,
+                             fields=("image", "objects")))
 
 
 # ---------------------------------------------------------------- multitask text
@@ -387,9 +406,10 @@ def _world_attribute(r, rng):
   return _qa(context, question.format(f"{o.color} {o.shape}"), o.size)
 
 
-for _name, _extract in (("world_text_qa", _world_text_qa), ("world_count", _world_count),
-                        ("world_attribute", _world_attribute)):
-  register(_name, Source("text_qa", _world_name, _WORLD_SPLITS, _extract, True))
+for _name, _extract, _fields in (("world_text_qa", _world_text_qa, ("document", "objects")),
+                                 ("world_count", _world_count, ("objects",)),
+                                 ("world_attribute", _world_attribute, ("objects",))):
+  register(_name, Source("text_qa", _world_name, _WORLD_SPLITS, _extract, True, fields=_fields))
 
 for _base in ("world_nli", "mnli"):
   _variant(f"{_base}_encoded", _base, "nli_encoded")
