@@ -3,7 +3,8 @@ what a pod host needs to feed the fit table's step times.
 
     python benchmarks/input_pipeline.py --world=tiny --configs=vl:paper_vl,lang:paper_lang \
         --workers=0,1,2 --batches=40 --repeats=3 --compare_arithmetic_norm \
-        --profile_batches=30 --photos=600 --json_out=benchmarks/results/cpu_input_pipeline.json
+        --compare_all_fields --profile_batches=30 --photos=600 \
+        --json_out=benchmarks/results/cpu_input_pipeline.json
 
 `--world=tiny` overrides the embedded world for every config (e.g. to time the
 paper_vl geometry, 224 px images, without building the 224 px world: the
@@ -27,7 +28,9 @@ plus the trainer process's share of unpacking its batches), and the cores, so
 worker processes of a core each, that a host needs to supply `--headroom` (2) x
 the demand at `--mfu`, next to the vCPUs such a host has (HOSTS below).
 `--compare_arithmetic_norm` also times each config with the image
-normalisation as it was before its look-up table (in-process); `--photos=N`
+normalisation as it was before its look-up table (in-process);
+`--compare_all_fields` with every field of every record deserialised, as
+before the sources named their fields (in-process); `--photos=N`
 also times each vl config on N photo-sized JPEGs (`--photo_size`, 640x480) built
 into --data_dir as a user's JSONL caption set, whose supply per core gives a
 second column of cores per host (the embedded world's 64 px PNGs decode almost
