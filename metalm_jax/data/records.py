@@ -98,6 +98,11 @@ class Fields(dict):
     raise KeyError(f"data source {self.source!r} read record field {key!r}, which is not in "
                    f"its Source.fields {self.fields} (data/sources.py): add it there")
 
+  def get(self, key, default=None):
+    """As dict.get for a named field; an unnamed one raises (a default would
+    hide the field the source forgot to name)."""
+    return self[key] if key not in self.fields else super().get(key, default)
+
 
 class FieldRecords:
   """Random access (len, [i]) over a RAW_BYTES tfds source, each record
