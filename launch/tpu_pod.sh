@@ -8,8 +8,12 @@
 #       --config=configs/pretrain_vl.py:size=paper --workdir=gs://BUCKET/runs/vl \
 #       [--project=P] [--version=v2-alpha-tpuv5-lite] [--spot] [--dry_run] \
 #       [--data_bucket=gs://BUCKET/tfds] \
-#       [-- --config.optimizer.lr=2e-4 ...]
+#       [-- --config.optimizer.lr=2e-4 --config.data.num_workers=4 ...]
 #   bash launch/tpu_pod.sh --help
+#
+# Input workers per host (config.data.num_workers; the presets read input
+# in-process): docs/performance.md#input-at-pod-rate gives the count per model
+# and target.
 #
 # --data_bucket mounts a bucket read-only with gcsfuse at /tmp/metalm_data on
 # every worker and passes --config.data.data_dir=/tmp/metalm_data (array_record
