@@ -88,7 +88,11 @@ class CheckedRecords:
 
 
 class Fields(dict):
-  """A record's selected fields; reading any other raises naming it."""
+  """A record's selected fields; reading any other with [] raises naming it.
+  `.get` keeps dict's meaning (generic code asks for optional keys, e.g.
+  is_unreadable); a source whose extract .get()s a field it did not name
+  gets the default, which tests/test_data_fields.py's comparison with full
+  records catches for every world source."""
 
   def __init__(self, values, source: str, fields: Tuple[str, ...]):
     super().__init__(values)
@@ -97,11 +101,6 @@ class Fields(dict):
   def __missing__(self, key):
     raise KeyError(f"data source {self.source!r} read record field {key!r}, which is not in "
                    f"its Source.fields {self.fields} (data/sources.py): add it there")
-
-  def get(self, key, default=None):
-    """As dict.get for a named field; an unnamed one raises (a default would
-    hide the field the source forgot to name)."""
-    return self[key] if key not in self.fields else super().get(key, default)
 
 
 class FieldRecords:
