@@ -38,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # noqa: E402
 
+from benchmarks import hlo_dots  # noqa: E402
 from benchmarks import train_step as bench  # noqa: E402  (defines --config, --batch_size, ...)
 from metalm_jax import absl_run  # noqa: E402
 
@@ -168,80 +169,6 @@ def breakdown(times: dict, ops: dict, steps: int, top: int) -> str:
   return "\n".join(lines)
 
 
-def _computations(hlo_text: str) -> dict:
-  """{computation name: its instruction lines} of a compiled HLO module."""
-  comps, cur = collections.defaultdict(list), None
-  for line in hlo_text.splitlines():
-    m = re.match(r"^(?:ENTRY )?%([\w.\-]+) \(", line)
-    if m:
-      cur = m.group(1)
-    elif cur is not None:
-      comps[cur].append(line)
-  return comps
-
-
-_SHAPE = r"(?:f32|bf16|f16|f64)\[([\d,]*)\]"
-
-
-def _ints(text: str) -> list:
-  return [int(d) for d in text.split(",") if d]
-
-
-def _prod(xs) -> int:
-  out = 1
-  for x in xs:
-    out *= x
-  return out
-
-
-def _dot(line: str, shapes: dict):
-  """(FLOPs, description) of an HLO dot instruction line, its operands'
-  shapes from `shapes`; None for any other line."""
-  m = re.search(_SHAPE + r"\{[\d,]*\} dot\(%([\w.\-]+), %([\w.\-]+)\)(.*)", line)
-  if not m or m.group(2) not in shapes or m.group(3) not in shapes:
-    return None
-  lhs, rhs = shapes[m.group(2)], shapes[m.group(3)]
-
-  def field(name):
-    f = re.search(name + r"=\{([\d,]*)\}", m.group(4))
-    return _ints(f.group(1)) if f else []
-
-  lb, lc, rb, rc = (field(f) for f in ("lhs_batch_dims", "lhs_contracting_dims",
-                                         "rhs_batch_dims", "rhs_contracting_dims"))
-  batch, k = _prod(lhs[i] for i in lb), _prod(lhs[i] for i in lc)
-  m_ = _prod(d for i, d in enumerate(lhs) if i not in lb + lc)
-  n_ = _prod(d for i, d in enumerate(rhs) if i not in rb + rc)
-  return 2 * batch * m_ * k * n_, (f"{batch} x " if batch > 1 else "") + f"{m_} x {k} x {n_}"
-
-
-def dot_shapes(hlo_text: str) -> dict:
-  """{thunk name: (FLOPs, "M x K x N" or "batch x M x K x N")} for every
-  instruction that is a dot or a fusion whose computation holds one: M, N the
-  free sizes, K the contracted, batch the batch dims' product."""
-  comps = _computations(hlo_text)
-  shapes = {}
-  for name, lines in comps.items():
-    shapes[name] = {}
-    for line in lines:
-      m = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = " + _SHAPE, line)
-      if m:
-        shapes[name][m.group(1)] = _ints(m.group(2))
-  first_dot = {}
-  for name, lines in comps.items():
-    first_dot[name] = next((d for d in (_dot(ln, shapes[name]) for ln in lines) if d), None)
-  out = {}
-  for comp, lines in comps.items():
-    for line in lines:
-      m = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = (.*)", line)
-      if not m:
-        continue
-      called = re.search(r"calls=%([\w.\-]+)", m.group(2))
-      found = first_dot.get(called.group(1)) if called else _dot(line, shapes[comp])
-      if found:
-        out[m.group(1)] = found
-  return out
-
-
 def matmul_table(events, ops: dict, shapes: dict, steps: int) -> list:
   """Per (phase, shape, backend): count per step, thunk ms per step, GFLOP per
   step and GFLOP/s of thunk time (Eigen `dot` thunks return before their work
@@ -323,7 +250,8 @@ def main(argv):
   events = thunk_events(trace_dir, ops)
   per_thunk = thunk_times(events)
   line = timeline(events, FLAGS.trace_steps)
-  matmuls = matmul_table(events, ops, dot_shapes(b.compiled.as_text()), FLAGS.trace_steps)
+  matmuls = matmul_table(events, ops, hlo_dots.dot_shapes(b.compiled.as_text()),
+                         FLAGS.trace_steps)
   print(f"\nwhole-step trace, {FLAGS.trace_steps} steps, XLA thunk time per step by part and "
         f"phase (trace in {trace_dir}):")
   print(breakdown(per_thunk, ops, FLAGS.trace_steps, FLAGS.top))

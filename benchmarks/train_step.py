@@ -150,13 +150,19 @@ def _timed_blocks(runners, steps: int, block: int):
   return wall, cpu
 
 
-def main(argv):
-  del argv
-  if FLAGS.compare_torch and "OMP_WAIT_POLICY" not in os.environ:
-    # Torch's OpenMP runtime honours it only from the process environment
-    # (setting it in-process before importing torch was measured to do nothing).
+def torch_omp_env() -> None:
+  """Re-executes this process with OMP_WAIT_POLICY=--torch_omp_wait unless it
+  is set: torch's OpenMP runtime honours it only from the process environment
+  (setting it in-process before importing torch was measured to do nothing)."""
+  if "OMP_WAIT_POLICY" not in os.environ:
     os.environ["OMP_WAIT_POLICY"] = FLAGS.torch_omp_wait.upper()
     os.execv(sys.executable, [sys.executable] + sys.argv)
+
+
+def main(argv):
+  del argv
+  if FLAGS.compare_torch:
+    torch_omp_env()
   import copy
 
   import jax

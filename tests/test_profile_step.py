@@ -1,10 +1,12 @@
 """benchmarks/profile_step.py's accounting: the timeline (time with no thunk
-running) and the matmul shapes and FLOPs it reads from compiled HLO."""
+running), and the matmul shapes and FLOPs benchmarks/hlo_dots.py reads from
+compiled HLO."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from benchmarks import hlo_dots
 from benchmarks import profile_step as ps
 
 
@@ -28,7 +30,7 @@ def test_timeline_splits_wall_time_into_busy_and_idle():
 def test_dot_shapes_reads_flops_and_dims_from_compiled_hlo(spec, shapes, desc):
   args = [jnp.ones(s, jnp.float32) for s in shapes]
   hlo = jax.jit(lambda a, b: jnp.einsum(spec, a, b)).lower(*args).compile().as_text()
-  found = ps.dot_shapes(hlo)
+  found = hlo_dots.dot_shapes(hlo)
   ops = ps.hlo_ops(hlo)
   # The thunk that computes the dot (a fusion or a plain dot) is named, with
   # the einsum's FLOPs: 2 x the product of all distinct dims.
@@ -38,3 +40,23 @@ def test_dot_shapes_reads_flops_and_dims_from_compiled_hlo(spec, shapes, desc):
   thunks = [n for n in found if f"%{n} = " in entry and n in ops]
   assert len(thunks) == 1, (thunks, entry)
   assert found[thunks[0]] == (flops, desc)
+
+
+def test_executed_dots_lists_each_dot_once():
+  """Three dots (one batched, one a weight gradient's layout, one feeding a
+  fused elementwise op): three entries with their dims, none counted twice
+  for the fusion that holds it; a program without a dot lists none."""
+  a, w = jnp.ones((48, 32)), jnp.ones((32, 24))
+  x, y = jnp.ones((3, 16, 32)), jnp.ones((3, 32, 8))
+  g = jnp.ones((48, 24))
+
+  def f(a, w, x, y, g):
+    return jnp.tanh(a @ w) + 1.0, jnp.einsum("bmk,bkn->bmn", x, y), a.T @ g
+
+  hlo = jax.jit(f).lower(a, w, x, y, g).compile().as_text()
+  found = sorted(hlo_dots.executed_dots(hlo), key=lambda d: d[1])
+  assert found == sorted([(2 * 48 * 32 * 24, "48 x 32 x 24"),
+                          (2 * 3 * 16 * 32 * 8, "3 x 16 x 32 x 8"),
+                          (2 * 32 * 48 * 24, "32 x 48 x 24")], key=lambda d: d[1])
+  none = jax.jit(lambda a: jnp.tanh(a) * 2).lower(a).compile().as_text()
+  assert hlo_dots.executed_dots(none) == []
