@@ -56,11 +56,17 @@ def _dot(line: str, shapes: dict):
   return 2 * batch * m_ * k * n_, (f"{batch} x " if batch > 1 else "") + f"{m_} x {k} x {n_}"
 
 
+_INSTRUCTION = re.compile(r"\s*(?:ROOT )?%([\w.\-]+) = (.*)")
+
+
 def dot_shapes(hlo_text: str) -> dict:
   """{thunk name: (FLOPs, "M x K x N" or "batch x M x K x N")} for every
   instruction that is a dot or a fusion whose computation holds one: M, N the
   free sizes, K the contracted, batch the batch dims' product."""
-  comps = _computations(hlo_text)
+  return _dot_shapes(_computations(hlo_text))
+
+
+def _dot_shapes(comps: dict) -> dict:
   shapes = {}
   for name, lines in comps.items():
     shapes[name] = {}
@@ -74,7 +80,7 @@ def dot_shapes(hlo_text: str) -> dict:
   out = {}
   for comp, lines in comps.items():
     for line in lines:
-      m = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = (.*)", line)
+      m = _INSTRUCTION.match(line)
       if not m:
         continue
       called = re.search(r"calls=%([\w.\-]+)", m.group(2))
@@ -94,11 +100,11 @@ def executed_dots(hlo_text: str) -> List[Tuple[int, str]]:
   bodies, where = set(), {}
   for comp, lines in comps.items():
     for line in lines:
-      m = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = (.*)", line)
+      m = _INSTRUCTION.match(line)
       if not m:
         continue
       where[m.group(1)] = comp
       called = re.search(r"calls=%([\w.\-]+)", m.group(2))
       if called and re.search(r"\bfusion\(", m.group(2)):
         bodies.add(called.group(1))
-  return [v for name, v in dot_shapes(hlo_text).items() if where.get(name) not in bodies]
+  return [v for name, v in _dot_shapes(comps).items() if where.get(name) not in bodies]

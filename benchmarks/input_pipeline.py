@@ -266,7 +266,7 @@ def line(r: dict) -> str:
           f"cores busy={r['cores_busy']:.2f} tokens/s={r['tokens_per_s']:10.0f} "
           f"loss_tokens/s={r['loss_tokens_per_s']:9.0f} fill={r['fill']:.2f} "
           f"(setup+warm-up {r['setup_s']:.1f}s) image_norm={r['image_norm']} "
-          f"records={r.get('records', 'all fields')}")
+          f"records={r['records']}")
 
 
 def fit_rows(reports_dir: str) -> List[dict]:
@@ -322,8 +322,7 @@ def demand(fits: List[dict], measured: List[dict]) -> List[dict]:
     if feed.startswith("vl:") and feed + PHOTOS in by_cfg:
       photos = _supply(by_cfg[feed + PHOTOS], want, host["vcpus"])
       row.update({f"{k}_photos": v for k, v in photos.items()},
-                 photo_size=by_cfg[feed + PHOTOS][photos["supply_measured_with_workers"]][
-                     "photo_size"])
+                 photo_size=next(iter(by_cfg[feed + PHOTOS].values()))["photo_size"])
     out.append(row)
   return out
 
@@ -477,7 +476,7 @@ def image_path(number: int = 50, repeat: int = 7) -> Dict[str, float]:
 def photo_path(ms) -> Dict[str, float]:
   """The same for a --photo_size JPEG (photo_jpeg): decode (to_rgb), the
   bicubic downscale to 224 px with the normalisation (preprocess_image), and
-  both through the pipeline's image modality; then the path not taken: PIL's
+  both in a row; then the path not taken: PIL's
   JPEG draft mode (DCT-domain downscale while decoding, to the smallest power-
   of-two reduction still >= 224 px), its time and how far its pixels land
   from the path taken (in 0-255 levels)."""

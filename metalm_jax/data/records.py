@@ -12,7 +12,8 @@ shard). With `skip=True` (`config.data.skip_corrupt_records`) it returns
 each record of a tfds source opened with `deserialize_method=RAW_BYTES`
 (`Source.fields`, data/sources.py): an embedded-world record carries some 30
 fields (the sound clip, the video frames, the documents) and a task reads two
-to four of them. Reading a field that was not named raises, naming it.
+to four of them. Reading (`record[name]`) a field that was not named raises,
+naming it.
 """
 from __future__ import annotations
 

@@ -258,12 +258,9 @@ def tfds_split(source_name: str, split: str) -> str:
 # Same records, finetuning layouts (tasks.py): "caption:" prompt, instruction
 # templates, and two-image statements over the embedded world.
 
-def _variant(name: str, base: str, task: str, extract=None) -> None:
-  """`base`'s records in another task's layout; another `extract` reads every
-  field unless it is registered with its own."""
-  src = SOURCES.get(base)
-  register(name, dataclasses.replace(src, task=task, extract=extract or src.extract,
-                                     fields=src.fields if extract is None else ()))
+def _variant(name: str, base: str, task: str) -> None:
+  """`base`'s records (same extract, same fields) in another task's layout."""
+  register(name, dataclasses.replace(SOURCES.get(base), task=task))
 
 
 for _base in ("world_caption", "coco_caption"):
