@@ -13,13 +13,15 @@ compiles a program of the same dots alone: each with operands of its own
 all independent of one another. That is the easiest form of the step's matmul
 work for XLA:CPU (no transposed operands, so no Eigen fallbacks; any order and
 any concurrency), so its time is a floor under the step's with these
-kernels. The program, our step and the torch reference
-(benchmarks/torch_reference.py, as train_step.py --compare_torch) run blocks
-of --block steps in turn until each has --steps. Printed and written
-(--json_out, with provenance): the dots and their GFLOP per step, the three
-medians, the floor's GFLOP/s and the 1024^2 matmul peak measured in the run,
-the step time that 1.2x the torch reference's speed asks (its median / 1.2),
-and the floor's share of it.
+kernels. The same matmuls in torch (`torch.matmul`, its own kernels, on the
+threads the reference uses) are torch's floor. The two programs, our step and
+the torch reference (benchmarks/torch_reference.py, as train_step.py
+--compare_torch) run blocks of --block steps in turn until each has --steps.
+Printed and written (--json_out, with provenance): the dots and their GFLOP
+per step, the four medians, the floor's GFLOP/s and the 1024^2 matmul peak
+measured in the run, the step time that 1.2x the torch reference's speed asks
+(its median / 1.2) and our floor's share of it, and what each step spends
+beyond its own framework's floor.
 """
 import os
 import sys
@@ -51,6 +53,25 @@ def floor_program(dots, seed: int = 0):
   return jax.jit(lambda ops: [jnp.matmul(a, b) for a, b in ops]), operands
 
 
+def torch_floor_program(dots, seed: int = 0):
+  """The same plain matmuls as floor_program, in torch (its own kernels, on
+  the threads torch_reference sets): a no-argument fn running them all."""
+  import numpy as np
+  import torch
+  rng = np.random.default_rng(seed)
+  operands = []
+  for _, dims in dots:
+    *batch, m, k, n = (int(v) for v in dims.split(" x "))
+    operands.append((torch.from_numpy(rng.standard_normal((*batch, m, k), dtype=np.float32)),
+                     torch.from_numpy(rng.standard_normal((*batch, k, n), dtype=np.float32))))
+
+  def run():
+    with torch.no_grad():
+      for a, b in operands:
+        torch.matmul(a, b)
+  return run
+
+
 def main(argv):
   del argv
   bench.torch_omp_env()
@@ -75,7 +96,7 @@ def main(argv):
   ref = torch_reference.TorchBench(config, b.np_batch, threads=FLAGS.torch_threads,
                                    seed=config.seed)
   runners = {"jax": ours, "matmuls": lambda: jax.block_until_ready(fn(operands)),
-             "torch": ref.step}
+             "torch": ref.step, "torch_matmuls": torch_floor_program(dots, seed=int(config.seed))}
   for _ in range(FLAGS.warmup):
     for run in runners.values():
       run()
@@ -99,6 +120,10 @@ def main(argv):
       "target_speed_over_torch": FLAGS.target,
       "target_step_ms": 1e3 * target_s,
       "floor_share_of_target": med["matmuls"] / target_s,
+      "torch_floor_ms_median": 1e3 * med["torch_matmuls"],
+      "torch_floor_gflop_per_s": gflop / med["torch_matmuls"],
+      "beyond_floor_ms": 1e3 * (med["jax"] - med["matmuls"]),
+      "torch_beyond_torch_floor_ms": 1e3 * (med["torch"] - med["torch_matmuls"]),
       "step_over_floor": med["jax"] / med["matmuls"],
       "torch_over_floor": med["torch"] / med["matmuls"],
       "load_average_1min": os.getloadavg()[0],
@@ -109,7 +134,10 @@ def main(argv):
         f"peak {out['matmul_peak_gflop_per_s']:.0f}); our step {out['step_ms_median']:.1f} ms, "
         f"torch {out['torch_step_ms_median']:.1f} ms (medians of {FLAGS.steps}, in blocks of "
         f"{FLAGS.block}); {FLAGS.target:g}x torch asks for {out['target_step_ms']:.1f} ms, of "
-        f"which the matmuls alone take {100 * out['floor_share_of_target']:.0f}%")
+        f"which the matmuls alone take {100 * out['floor_share_of_target']:.0f}%; the same "
+        f"matmuls in torch {out['torch_floor_ms_median']:.1f} ms; beyond its own framework's "
+        f"matmuls our step spends {out['beyond_floor_ms']:.1f} ms, torch's "
+        f"{out['torch_beyond_torch_floor_ms']:.1f} ms")
   if FLAGS.json_out:
     provenance.write_json(FLAGS.json_out, out, begun)
 
