@@ -158,27 +158,34 @@ def ab_table(*results_and_files) -> str:
                  "load average start / end", "result file"], rows)
 
 
-def matmul_floor_table(result: dict, files: Sequence[str]) -> str:
-  """`benchmarks/matmul_floor.py` results: the step's matmuls alone (in XLA
-  and in torch) next to the step, the torch reference and the step time the
-  target asks."""
-  r, prov = result, result.get("provenance", {})
-  row = [_code(prov), r["batch"], f"{r['dots_per_step']} ({r['matmul_gflop_per_step']:.1f})",
-         f"{r['floor_ms_median']:.1f} ({r['floor_gflop_per_s']:.0f} of "
-         f"{r['matmul_peak_gflop_per_s']:.0f})",
-         f"{r['step_ms_median']:.1f}", f"{r['torch_step_ms_median']:.1f}",
-         f"{r['target_step_ms']:.1f}", f"**{100 * r['floor_share_of_target']:.0f}%**",
-         f"{r['target_step_ms'] - r['floor_ms_median']:.1f}",
-         f"{r['torch_floor_ms_median']:.1f} ({r['torch_floor_gflop_per_s']:.0f})",
-         f"{r['beyond_floor_ms']:.1f} / {r['torch_beyond_torch_floor_ms']:.1f}",
-         _load_avg(prov), f"`benchmarks/results/{files[0]}`"]
-  target = r["target_speed_over_torch"]
+def matmul_floor_table(*args) -> str:
+  """`benchmarks/matmul_floor.py` results, one row per file: the step's
+  matmuls alone (in XLA and, where measured, in torch) next to the step, the
+  torch reference and the step time the target asks."""
+  *results, files = args
+  rows = []
+  for r, f in zip(results, files):
+    prov = r.get("provenance", {})
+    torch_floor = "torch_floor_ms_median" in r
+    rows.append([
+        _code(prov), r["batch"], f"{r['dots_per_step']} ({r['matmul_gflop_per_step']:.1f})",
+        f"{r['floor_ms_median']:.1f} ({r['floor_gflop_per_s']:.0f} of "
+        f"{r['matmul_peak_gflop_per_s']:.0f})",
+        f"{r['step_ms_median']:.1f}", f"{r['torch_step_ms_median']:.1f}",
+        f"{r['target_step_ms']:.1f}", f"**{100 * r['floor_share_of_target']:.0f}%**",
+        f"{r['target_step_ms'] - r['floor_ms_median']:.1f}",
+        (f"{r['torch_floor_ms_median']:.1f} ({r['torch_floor_gflop_per_s']:.0f})"
+         if torch_floor else "not measured"),
+        (f"{r['beyond_floor_ms']:.1f} / **{r['torch_beyond_torch_floor_ms']:.1f}**"
+         if torch_floor else f"{r['step_ms_median'] - r['floor_ms_median']:.1f} / not measured"),
+        _load_avg(prov), f"`benchmarks/results/{f}`"])
+  target = results[-1]["target_speed_over_torch"]
   return _table(["code", "batch", "dots per step (GFLOP)",
                  "matmuls alone: ms median (GFLOP/s of the 1024^2 peak)", "our step ms",
                  "torch step ms", f"{target:g}x torch asks (ms)", "matmuls' share of that",
                  "left for all else (ms)", "the matmuls alone in torch: ms (GFLOP/s)",
-                 "ours / torch beyond its own matmuls (ms)",
-                 "load average start / end", "result file"], [row])
+                 "beyond each one's own matmuls: ours / torch (ms)",
+                 "load average start / end", "result file"], rows)
 
 
 def decode_table(before: dict, after: dict, files: Sequence[str]) -> str:
@@ -289,7 +296,8 @@ TABLES: Dict[str, Table] = {
     "step profile table": Table(tuple(s[2] for s in STEP_STAGES), profile_table),
     "matmul table": Table((STEP_STAGES[-1][2],), matmul_table),
     "ab table": Table(("cpu_ab_skip_cond.json",), ab_table),
-    "matmul floor table": Table(("cpu_matmul_floor.json",), matmul_floor_table),
+    "matmul floor table": Table(("cpu_matmul_floor_952d72e.json", "cpu_matmul_floor.json"),
+                                matmul_floor_table),
     "decode table": Table(("cpu_decode_bench_71a42e6.json", "cpu_decode_bench.json"),
                           decode_table),
     "input demand table": Table(("cpu_input_pipeline.json",), input_demand_table),
