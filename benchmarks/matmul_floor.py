@@ -38,32 +38,33 @@ flags.DEFINE_float("target", 1.2, "speed over the torch reference the step is as
 FLAGS = flags.FLAGS
 
 
-def floor_program(dots, seed: int = 0):
-  """(jitted fn, its operands): every (FLOPs, dims) of `dots` as a plain
-  matmul of operands of its own; fn(operands) returns every product."""
-  import jax
-  import jax.numpy as jnp
+def plain_operands(dots, seed: int = 0) -> list:
+  """[(a, b)]: random float32 numpy operands, [batch x] M x K and K x N, for
+  every (FLOPs, dims) of `dots`."""
   import numpy as np
   rng = np.random.default_rng(seed)
-  operands = []
+  out = []
   for _, dims in dots:
     *batch, m, k, n = (int(v) for v in dims.split(" x "))
-    operands.append((jnp.asarray(rng.standard_normal((*batch, m, k), dtype=np.float32)),
-                     jnp.asarray(rng.standard_normal((*batch, k, n), dtype=np.float32))))
+    out.append((rng.standard_normal((*batch, m, k), dtype=np.float32),
+                rng.standard_normal((*batch, k, n), dtype=np.float32)))
+  return out
+
+
+def floor_program(dots, seed: int = 0):
+  """(jitted fn, its operands): every dot of `dots` as a plain matmul of
+  operands of its own; fn(operands) returns every product."""
+  import jax
+  import jax.numpy as jnp
+  operands = [(jnp.asarray(a), jnp.asarray(b)) for a, b in plain_operands(dots, seed)]
   return jax.jit(lambda ops: [jnp.matmul(a, b) for a, b in ops]), operands
 
 
 def torch_floor_program(dots, seed: int = 0):
-  """The same plain matmuls as floor_program, in torch (its own kernels, on
-  the threads torch_reference sets): a no-argument fn running them all."""
-  import numpy as np
+  """The same plain matmuls in torch (its own kernels, on the threads
+  torch_reference sets): a no-argument fn running them all."""
   import torch
-  rng = np.random.default_rng(seed)
-  operands = []
-  for _, dims in dots:
-    *batch, m, k, n = (int(v) for v in dims.split(" x "))
-    operands.append((torch.from_numpy(rng.standard_normal((*batch, m, k), dtype=np.float32)),
-                     torch.from_numpy(rng.standard_normal((*batch, k, n), dtype=np.float32))))
+  operands = [(torch.from_numpy(a), torch.from_numpy(b)) for a, b in plain_operands(dots, seed)]
 
   def run():
     with torch.no_grad():

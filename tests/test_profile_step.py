@@ -1,6 +1,8 @@
 """benchmarks/profile_step.py's accounting: the timeline (time with no thunk
 running), and the matmul shapes and FLOPs benchmarks/hlo_dots.py reads from
 compiled HLO."""
+import importlib.util
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -60,3 +62,19 @@ def test_executed_dots_lists_each_dot_once():
                           (2 * 32 * 48 * 24, "32 x 48 x 24")], key=lambda d: d[1])
   none = jax.jit(lambda a: jnp.tanh(a) * 2).lower(a).compile().as_text()
   assert hlo_dots.executed_dots(none) == []
+
+
+def test_matmul_floor_programs_run_the_listed_dots():
+  """benchmarks/matmul_floor.py: each listed dot becomes one plain product of
+  the listed dims, the same operands in the XLA and the torch program; the
+  products equal numpy's (float64 reference, float32 tolerance)."""
+  from benchmarks import matmul_floor
+  dots = [(2 * 48 * 32 * 24, "48 x 32 x 24"), (2 * 3 * 16 * 32 * 8, "3 x 16 x 32 x 8")]
+  ops = matmul_floor.plain_operands(dots, seed=3)
+  assert [(a.shape, b.shape) for a, b in ops] == [((48, 32), (32, 24)),
+                                                 ((3, 16, 32), (3, 32, 8))]
+  fn, operands = matmul_floor.floor_program(dots, seed=3)
+  for got, (a, b) in zip(fn(operands), ops):
+    np.testing.assert_allclose(np.asarray(got), a.astype(np.float64) @ b, rtol=1e-4, atol=1e-4)
+  if importlib.util.find_spec("torch") is not None:
+    matmul_floor.torch_floor_program(dots, seed=3)()
