@@ -41,7 +41,9 @@ def test_second_run_refuses_naming_the_first_then_takes_a_dead_lock(tmp_path):
     # The whole trainer refuses before it writes metrics, configs or checkpoints.
     with pytest.raises(L.WorkdirLockedError, match=rf"pid {p.pid}"):
       trainer_lib.train(S.tiny_train_config(), str(w), data=S)
-    assert set(os.listdir(w)) <= {L.LOCK_FILE, "tensorboard"}
+    # (the holder's heartbeat may be mid-replace: its temporary file is its own)
+    assert {n for n in os.listdir(w) if not n.startswith(f".{L.LOCK_FILE}.tmp")} <= {
+        L.LOCK_FILE, "tensorboard"}
     # Its heartbeat moves on while it runs.
     t0 = json.loads((w / L.LOCK_FILE).read_text())["heartbeat"]
     time.sleep(0.6)
@@ -87,3 +89,25 @@ def test_other_hosts_live_lock_holds_even_if_its_pid_is_free_here(tmp_path):
   (w / L.LOCK_FILE).write_text(json.dumps({**other, "host": socket.gethostname()}))
   with L.WorkdirLock(w):
     pass
+
+
+def test_a_heartbeat_never_leaves_the_lock_empty(tmp_path):
+  """The heartbeat replaces the lock file whole: with it beating every 0.5 ms,
+  no read sees a torn file and no second run takes the live lock. (Written in
+  place, truncate then write, 19% of such reads saw an empty file, which a
+  second run read as "no lock" and took over; the suite caught it once at
+  the 0.2 s heartbeat of the test above.)"""
+  holder = L.WorkdirLock(tmp_path, heartbeat_s=0.0005).acquire()
+  try:
+    reads, took, t0 = 0, 0, time.time()
+    while time.time() - t0 < 1.0:
+      assert json.loads(holder.path.read_text())["token"] == holder.info["token"]
+      try:
+        L.WorkdirLock(tmp_path, settle_s=0.0).acquire().release()
+        took += 1
+      except L.WorkdirLockedError:
+        pass
+      reads += 1
+    assert took == 0 and reads > 100
+  finally:
+    holder.release()

@@ -94,8 +94,9 @@ class WorkdirLock:
     return None
 
   def _write(self) -> None:
-    self.path.parent.mkdir(parents=True, exist_ok=True)
-    self.path.write_text(json.dumps({**self.info, "heartbeat": _now()}, sort_keys=True))
+    # storage.write_text: whole-file replace (a local file is renamed over the
+    # lock), so a reader never sees the lock empty mid-heartbeat and takes it.
+    storage.write_text(self.path, json.dumps({**self.info, "heartbeat": _now()}, sort_keys=True))
 
   def acquire(self) -> "WorkdirLock":
     other = self.read()
