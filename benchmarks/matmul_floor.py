@@ -20,8 +20,10 @@ the torch reference (benchmarks/torch_reference.py, as train_step.py
 Printed and written (--json_out, with provenance): the dots and their GFLOP
 per step, the four medians, the floor's GFLOP/s and the 1024^2 matmul peak
 measured in the run, the step time that 1.2x the torch reference's speed asks
-(its median / 1.2) and our floor's share of it, and what each step spends
-beyond its own framework's floor.
+(its median / 1.2) and our floor's share of it, what each step spends
+beyond its own framework's floor, and the cores the process may use (run it
+under `taskset -c 0 ... --torch_threads=1` for one core: no two thunks, nor
+two torch threads, share the time, so what is beyond the floor is work).
 """
 import os
 import sys
@@ -127,6 +129,8 @@ def main(argv):
       "torch_beyond_torch_floor_ms": 1e3 * (med["torch"] - med["torch_matmuls"]),
       "step_over_floor": med["jax"] / med["matmuls"],
       "torch_over_floor": med["torch"] / med["matmuls"],
+      "cores": len(os.sched_getaffinity(0)),
+      "torch_threads": FLAGS.torch_threads,
       "load_average_1min": os.getloadavg()[0],
   }
   bench._print(out)

@@ -168,7 +168,8 @@ def matmul_floor_table(*args) -> str:
     prov = r.get("provenance", {})
     torch_floor = "torch_floor_ms_median" in r
     rows.append([
-        _code(prov), r["batch"], f"{r['dots_per_step']} ({r['matmul_gflop_per_step']:.1f})",
+        _code(prov), r["batch"], str(r.get("cores", prov.get("cpu_count", ""))),
+        f"{r['dots_per_step']} ({r['matmul_gflop_per_step']:.1f})",
         f"{r['floor_ms_median']:.1f} ({r['floor_gflop_per_s']:.0f} of "
         f"{r['matmul_peak_gflop_per_s']:.0f})",
         f"{r['step_ms_median']:.1f}", f"{r['torch_step_ms_median']:.1f}",
@@ -180,7 +181,7 @@ def matmul_floor_table(*args) -> str:
          if torch_floor else f"{r['step_ms_median'] - r['floor_ms_median']:.1f} / not measured"),
         _load_avg(prov), f"`benchmarks/results/{f}`"])
   target = results[-1]["target_speed_over_torch"]
-  return _table(["code", "batch", "dots per step (GFLOP)",
+  return _table(["code", "batch", "cores", "dots per step (GFLOP)",
                  "matmuls alone: ms median (GFLOP/s of the 1024^2 peak)", "our step ms",
                  "torch step ms", f"{target:g}x torch asks (ms)", "matmuls' share of that",
                  "left for all else (ms)", "the matmuls alone in torch: ms (GFLOP/s)",
@@ -296,8 +297,8 @@ TABLES: Dict[str, Table] = {
     "step profile table": Table(tuple(s[2] for s in STEP_STAGES), profile_table),
     "matmul table": Table((STEP_STAGES[-1][2],), matmul_table),
     "ab table": Table(("cpu_ab_skip_cond.json",), ab_table),
-    "matmul floor table": Table(("cpu_matmul_floor_952d72e.json", "cpu_matmul_floor.json"),
-                                matmul_floor_table),
+    "matmul floor table": Table(("cpu_matmul_floor_952d72e.json", "cpu_matmul_floor.json",
+                                 "cpu_matmul_floor_1core.json"), matmul_floor_table),
     "decode table": Table(("cpu_decode_bench_71a42e6.json", "cpu_decode_bench.json"),
                           decode_table),
     "input demand table": Table(("cpu_input_pipeline.json",), input_demand_table),
