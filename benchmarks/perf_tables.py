@@ -84,6 +84,15 @@ def profile_table(*results_and_files) -> str:
   """`benchmarks/profile_step.py` results, one column pair per stage
   (STEP_STAGES): XLA thunk time per step by part, the timeline."""
   *results, files = results_and_files
+  return _profile_columns([label for label, _, _ in STEP_STAGES], results, files)
+
+
+def one_core_profile_table(result: dict, files: Sequence[str]) -> str:
+  """The same for one profile run on one core (`taskset -c 0`)."""
+  return _profile_columns(["one core"], [result], files)
+
+
+def _profile_columns(labels, results, files) -> str:
   parts = [p for p in results[0]["thunk_ms_per_step"]]
   rows = []
   for part in parts:
@@ -113,7 +122,7 @@ def profile_table(*results_and_files) -> str:
   rows.append(["whole step (wall, median)"] + [
       c for r in results for c in (f"{r['sub_step_ms_median']['whole train step']:.1f}", "")])
   head = ["part (ms per step, share)"]
-  for (label, _, _), r in zip(STEP_STAGES, results):
+  for label, r in zip(labels, results):
     head += [f"{label}: {_code(r.get('provenance'))}", "of it copies / transposes"]
   loads = ", ".join(f"`benchmarks/results/{f}` (load average {_load_avg(r.get('provenance'))})"
                     for r, f in zip(results, files))
@@ -296,6 +305,8 @@ TABLES: Dict[str, Table] = {
     "train step table": Table(tuple(s[1] for s in STEP_STAGES), train_step_table),
     "step profile table": Table(tuple(s[2] for s in STEP_STAGES), profile_table),
     "matmul table": Table((STEP_STAGES[-1][2],), matmul_table),
+    "one-core step profile table": Table(("cpu_profile_step_1core.json",),
+                                         one_core_profile_table),
     "ab table": Table(("cpu_ab_skip_cond.json",), ab_table),
     "matmul floor table": Table(("cpu_matmul_floor_952d72e.json", "cpu_matmul_floor.json",
                                  "cpu_matmul_floor_1core.json"), matmul_floor_table),
