@@ -140,9 +140,8 @@ def test_training_follows_the_torch_reference(tmp_path):
   state = t.initial_state()
   ours0 = torch_reference.our_params(ref, cfg.model)
   assert jax.tree.structure(ours0) == jax.tree.structure(state["params"])
-  state["params"] = jax.tree.map(
-      lambda old, new: jax.device_put(np.asarray(new, np.float32).reshape(old.shape),
-                                      old.sharding), state["params"], ours0)
+  state["params"] = jax.device_put(jax.tree.map(lambda a: np.asarray(a, np.float32), ours0),
+                                   t.shardings["params"])
   np_batch = _batch(cfg.model)
   batch = shard_lib.global_batch(np_batch, t.mesh)
   opt, sched = torch_reference.make_optimizer(ref, cfg.optimizer, cfg.total_steps)
