@@ -78,6 +78,7 @@ def torch_floor_program(dots, seed: int = 0):
 def main(argv):
   del argv
   bench.torch_omp_env()
+  host_malloc = bench.host_setup()
   import jax
   import numpy as np
   from benchmarks import torch_reference
@@ -104,7 +105,7 @@ def main(argv):
     for run in runners.values():
       run()
   peak = metrics_lib.measure_matmul_peak(FLAGS.matmul_size, np.float32)
-  times, _ = bench._timed_blocks(runners, FLAGS.steps, FLAGS.block)
+  times, _, _ = bench._timed_blocks(runners, FLAGS.steps, FLAGS.block)
   peak = max(peak, metrics_lib.measure_matmul_peak(FLAGS.matmul_size, np.float32))
   med = {k: float(np.median(v)) for k, v in times.items()}
   gflop = sum(f for f, _ in dots) / 1e9
@@ -131,6 +132,7 @@ def main(argv):
       "torch_over_floor": med["torch"] / med["matmuls"],
       "cores": len(os.sched_getaffinity(0)),
       "torch_threads": FLAGS.torch_threads,
+      "host_malloc": host_malloc,
       "load_average_1min": os.getloadavg()[0],
   }
   bench._print(out)

@@ -194,6 +194,7 @@ def matmul_table(events, ops: dict, shapes: dict, steps: int) -> list:
 
 def main(argv):
   del argv
+  host_malloc = bench.host_setup()
   import jax
   import numpy as np
   from metalm_jax import provenance
@@ -235,7 +236,7 @@ def main(argv):
     for fn in runners.values():
       for _ in range(FLAGS.warmup):
         fn()
-    times, _ = bench._timed_blocks(runners, FLAGS.steps, 1)
+    times, _, _ = bench._timed_blocks(runners, FLAGS.steps, 1)
   print(f"load average before timing: {os.getloadavg()[0]:.2f}")
   print(f"sub-steps, medians of {FLAGS.steps} interleaved runs ({FLAGS.batch_size} x "
         f"{FLAGS.seq_len}):")
@@ -267,6 +268,7 @@ def main(argv):
   if FLAGS.json_out:  # defined by train_step
     provenance.write_json(FLAGS.json_out, {
         "batch": f"{FLAGS.batch_size} x {FLAGS.seq_len}", "steps": FLAGS.steps,
+        "host_malloc": host_malloc,
         "sub_step_ms_median": {k: 1e3 * float(np.median(v)) for k, v in times.items()},
         "trace_steps": FLAGS.trace_steps,
         "thunk_ms_per_step": part_table(per_thunk, ops, FLAGS.trace_steps),

@@ -61,8 +61,18 @@ flags.DEFINE_integer("torch_threads", 2, "torch intra-op threads")
 flags.DEFINE_enum("torch_omp_wait", "passive", ["passive", "active"],
                   "OMP_WAIT_POLICY for torch (unless set in the environment): 'active' "
                   "spin-waits, which collapses torch's speed on an oversubscribed machine")
+flags.DEFINE_enum("host_malloc", "auto", ["auto", "keep", "system"],
+                  "malloc mode for the step's host buffers, as metalm_jax.main's flag "
+                  "(metalm_jax/host_memory.py); set before the backend starts")
 flags.mark_flag_as_required("config")
 FLAGS = flags.FLAGS
+
+
+def host_setup() -> str:
+  """--host_malloc applied to this process, as the trainer's entry point does;
+  call first, before anything starts the JAX backend. Returns the mode in force."""
+  from metalm_jax import host_memory
+  return host_memory.configure(FLAGS.host_malloc)
 
 
 def synthetic_batch(model_cfg, b, l, seed=0):
@@ -136,18 +146,22 @@ def _print(out):
 
 
 def _timed_blocks(runners, steps: int, block: int):
-  """({name: [wall seconds per step]}, {name: [process CPU seconds per step]}):
-  `block` steps of each runner in turn until every runner has `steps`."""
+  """({name: [wall seconds per step]}, {name: [process CPU seconds per step]},
+  {name: [minor page faults per step]}): `block` steps of each runner in turn
+  until every runner has `steps`."""
   wall = {name: [] for name in runners}
   cpu = {name: [] for name in runners}
+  faults = {name: [] for name in runners}
   while len(wall[next(iter(runners))]) < steps:
     for name, fn in runners.items():
       for _ in range(min(block, steps - len(wall[name]))):
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         t0, c0 = time.perf_counter(), time.process_time()
         fn()
         wall[name].append(time.perf_counter() - t0)
         cpu[name].append(time.process_time() - c0)
-  return wall, cpu
+        faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+  return wall, cpu, faults
 
 
 def torch_omp_env() -> None:
@@ -161,6 +175,7 @@ def torch_omp_env() -> None:
 
 def main(argv):
   del argv
+  host_malloc = host_setup()
   if FLAGS.compare_torch:
     torch_omp_env()
   import copy
@@ -219,7 +234,8 @@ def main(argv):
       fn()
   load = os.getloadavg()[0]
   interleave = ref is not None or chunked_config is not None
-  times, cpu = _timed_blocks(runners, FLAGS.steps, FLAGS.block if interleave else FLAGS.steps)
+  times, cpu, faults = _timed_blocks(runners, FLAGS.steps,
+                                     FLAGS.block if interleave else FLAGS.steps)
   step_s = float(np.median(times["jax"]))
   # Best of two matmul readings around the timed steps (shared machines drift).
   measured = max(peak_before, metrics_lib.measure_matmul_peak(FLAGS.matmul_size, mm_dtype))
@@ -235,6 +251,8 @@ def main(argv):
       "step_time_ms_median": round(1e3 * step_s, 2),
       "step_time_ms_min": round(1e3 * min(times["jax"]), 2),
       "step_cpu_ms_median": round(1e3 * float(np.median(cpu["jax"])), 2),
+      "host_malloc": host_malloc,
+      "page_faults_per_step_median": float(np.median(faults["jax"])),
       "load_average_1min": round(load, 2),
       "tokens_per_sec": round(FLAGS.batch_size * FLAGS.seq_len / step_s, 1),
       "model_tflops_per_step": flops_ex * FLAGS.batch_size / 1e12,
@@ -273,6 +291,7 @@ def main(argv):
         "torch_step_time_ms_median": round(1e3 * torch_s, 2),
         "torch_step_time_ms_min": round(1e3 * min(times["torch"]), 2),
         "torch_step_cpu_ms_median": round(1e3 * float(np.median(cpu["torch"])), 2),
+        "torch_page_faults_per_step_median": float(np.median(faults["torch"])),
         "torch_matmul_peak_tflops": torch_peak / 1e12,
         "torch_loss": ref.step(),
         "speedup_vs_torch": torch_s / step_s,

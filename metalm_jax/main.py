@@ -37,6 +37,10 @@ flags.DEFINE_integer("num_cpu_devices", 0, "CPU only: devices per process (0 = d
 flags.DEFINE_bool("distributed", None, "call jax.distributed.initialize() without flags; "
                   "default: on Cloud TPU VMs with several workers")
 flags.DEFINE_bool("force", False, "take over the workdir lock even if another run holds it")
+flags.DEFINE_enum("host_malloc", "auto", ["auto", "keep", "system"],
+                  "keep: malloc keeps the step's freed host buffers (XLA:CPU temporaries) "
+                  "instead of unmapping them every step; auto: keep on CPU-only hosts "
+                  "(metalm_jax/host_memory.py)")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
@@ -88,8 +92,10 @@ def init_distributed() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from metalm_jax import host_memory
   from metalm_jax import storage
   from metalm_jax.train import preemption
+  host_memory.configure(FLAGS.host_malloc)  # before the backend starts its threads
   # SIGTERM from here on means "preempted": exit 42 at the next safe point.
   try:
     with preemption.StopSignal():

@@ -13,12 +13,14 @@ def test_worker_flags_point_into_the_workers_tree(monkeypatch, tmp_path):
   monkeypatch.setattr(sys, "argv", [
       "ab_step.py", "--ref=HEAD~1", "--config=configs/pretrain_vl.py:size=bench",
       "--config.model.decoder.vocab_size=32000", "--steps=10", "--json_out=/tmp/x.json",
-      "--ours_xla_flags=--xla_cpu_enable_fast_math=true", "--tree=/elsewhere", "--noworker"])
-  argv = ab_step._worker_argv(str(tmp_path))
+      "--ours_xla_flags=--xla_cpu_enable_fast_math=true", "--tree=/elsewhere", "--noworker",
+      "--ref_flags=--host_malloc=system --block=2"])
+  argv = ab_step._worker_argv(str(tmp_path), "--host_malloc=system --block=2")
   assert argv[2:4] == ["--worker", f"--tree={tmp_path}"]
   assert f"--config={tmp_path}/configs/pretrain_vl.py:size=bench" in argv
   assert "--config.model.decoder.vocab_size=32000" in argv and "--steps=10" in argv
   assert not [a for a in argv if a.startswith(("--ref", "--json_out", "--ours_xla"))]
+  assert argv[-2:] == ["--host_malloc=system", "--block=2"]  # that worker's own flags, last
   assert [a for a in argv if a.startswith(("--tree", "--worker", "--noworker"))] == [
       "--worker", f"--tree={tmp_path}"]
 

@@ -101,6 +101,9 @@ def test_sigterm_then_sigkill_then_resume_is_bit_exact(tmp_path, data_dir, refer
   assert _steps_logged(work) == list(range(1, 25))  # none lost, none twice
   assert H.losses(work) == reference  # bit-exact: the same float32 values at every step
   assert (work / "final_metrics.json").exists()
+  # The runs kept their step's host buffers between steps (metalm_jax/host_memory.py,
+  # applied by main before the backend started): bit-exact all the same.
+  assert H.tail(work, 10 ** 6).count("host_malloc=keep") == 3
 
 
 def test_gcs_workdir_sigkill_resume_export_eval_predictor(tmp_path, data_dir, reference,
