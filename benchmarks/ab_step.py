@@ -21,8 +21,8 @@ load on the machine hits both alike. Printed and written (--json_out, with
 provenance): both step-time medians and bests, the ratio (ref median / ours:
 > 1 means this checkout is faster), the mean and spread of that ratio over
 block pairs, both compiled steps' XLA temporaries, both losses after the last
-step, each worker's minor page faults per step and malloc mode, and each
-tree's commit. Same --config, --batch_size, --seq_len and
+step, each worker's minor page faults per step, peak resident memory and
+malloc mode, and each tree's commit. Same --config, --batch_size, --seq_len and
 config overrides for both; the ref's train_step.py must have `build`.
 --ours_xla_flags / --ref_xla_flags are appended to XLA_FLAGS in that worker's
 environment only (XLA reads them once per process); --ours_flags / --ref_flags
@@ -109,7 +109,8 @@ def worker() -> None:
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t0)
       faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
-      _send({"times": times, "faults": faults, "loss": float(metrics["loss"])})
+      _send({"times": times, "faults": faults, "loss": float(metrics["loss"]),
+             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
 
 
 def _read(proc) -> dict:
@@ -174,6 +175,7 @@ def driver() -> None:
     ready = {k: _read(p) for k, p in procs.items()}  # both workers compile at once
     times = {k: [] for k in procs}
     faults = {k: 0 for k in procs}
+    rss = {}
     pairs, losses = [], {}
     while len(times["ours"]) < FLAGS.steps:
       n = min(FLAGS.block, FLAGS.steps - len(times["ours"]))
@@ -185,6 +187,7 @@ def driver() -> None:
         block[k] = out["times"]
         times[k] += out["times"]
         faults[k] += out["faults"]
+        rss[k] = out["peak_rss_mb"]
         losses[k] = out["loss"]
       pairs.append(float(np.median(block["ref"]) / np.median(block["ours"])))
   finally:
@@ -211,6 +214,7 @@ def driver() -> None:
       "ours_host_malloc": ready["ours"]["host_malloc"],
       "ref_page_faults_per_step": faults["ref"] / len(times["ref"]),
       "ours_page_faults_per_step": faults["ours"] / len(times["ours"]),
+      "ref_peak_rss_mb": rss["ref"], "ours_peak_rss_mb": rss["ours"],
   }
   bench._print(result)
   print(f"ours {med['ours']:.1f} ms vs {FLAGS.ref} ({ref_sha[:7]}) {med['ref']:.1f} ms per step "
@@ -220,7 +224,8 @@ def driver() -> None:
         f"{result['ours_temp_mb']:.1f} vs {result['ref_temp_mb']:.1f} MB; minor page faults "
         f"per step {result['ours_page_faults_per_step']:.0f} vs "
         f"{result['ref_page_faults_per_step']:.0f} (host_malloc {result['ours_host_malloc']} vs "
-        f"{result['ref_host_malloc']})")
+        f"{result['ref_host_malloc']}); peak resident memory {result['ours_peak_rss_mb']:.0f} vs "
+        f"{result['ref_peak_rss_mb']:.0f} MB")
   if FLAGS.json_out:
     provenance.write_json(FLAGS.json_out, result, begun)
 
