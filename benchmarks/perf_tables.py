@@ -155,15 +155,22 @@ def ab_table(*results_and_files) -> str:
     for side in ("ours", "ref"):
       if r.get(f"{side}_xla_flags"):
         label += f"; {side}: XLA_FLAGS `{r[f'{side}_xla_flags']}`"
+      if r.get(f"{side}_flags"):
+        label += f"; {side}: `{r[f'{side}_flags']}`"
+    faults = (f"{r['ours_page_faults_per_step']:,.0f} / {r['ref_page_faults_per_step']:,.0f}"
+              if "ours_page_faults_per_step" in r else "not recorded")
+    rss = (f"{r['ours_peak_rss_mb']:,.0f} / {r['ref_peak_rss_mb']:,.0f}"
+           if "ours_peak_rss_mb" in r else "not recorded")
     rows.append([label, r["batch"],
                  f"{r['ours_step_ms_median']:.1f} / {r['ref_step_ms_median']:.1f}",
                  f"**{r['ref_over_ours']:.3f}x**",
                  f"{r['block_ratio_mean']:.3f} +- {r['block_ratio_std']:.3f} "
                  f"({r['block_pairs']} pairs)",
-                 f"{r['ours_temp_mb']:.1f} / {r['ref_temp_mb']:.1f}",
+                 f"{r['ours_temp_mb']:.1f} / {r['ref_temp_mb']:.1f}", faults, rss,
                  _load_avg(prov), f"`benchmarks/results/{f}`"])
   return _table(["ours vs ref", "batch", "step ms median, ours / ref", "speed, ours / ref",
                  "per block pair (mean +- std)", "XLA temporaries MB, ours / ref",
+                 "minor page faults per step, ours / ref", "peak resident MB, ours / ref",
                  "load average start / end", "result file"], rows)
 
 
@@ -307,7 +314,7 @@ TABLES: Dict[str, Table] = {
     "matmul table": Table((STEP_STAGES[-1][2],), matmul_table),
     "one-core step profile table": Table(("cpu_profile_step_1core.json",),
                                          one_core_profile_table),
-    "ab table": Table(("cpu_ab_skip_cond.json",), ab_table),
+    "ab table": Table(("cpu_ab_skip_cond.json", "cpu_ab_host_malloc.json"), ab_table),
     "matmul floor table": Table(("cpu_matmul_floor_952d72e.json", "cpu_matmul_floor.json",
                                  "cpu_matmul_floor_1core.json"), matmul_floor_table),
     "decode table": Table(("cpu_decode_bench_71a42e6.json", "cpu_decode_bench.json"),
