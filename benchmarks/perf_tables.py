@@ -56,7 +56,8 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 STEP_STAGES = (
     ("before", "cpu_train_step_bench_71a42e6.json", "cpu_profile_step_71a42e6.json"),
     ("layer norm + GELU", "cpu_train_step_bench_90f08df.json", "cpu_profile_step_90f08df.json"),
-    ("+ skip as lax.cond", "cpu_train_step_bench.json", "cpu_profile_step.json"),
+    ("+ skip as lax.cond", "cpu_train_step_bench_37c070a.json", "cpu_profile_step_37c070a.json"),
+    ("+ host_malloc=keep", "cpu_train_step_bench.json", "cpu_profile_step.json"),
 )
 
 
@@ -315,8 +316,9 @@ TABLES: Dict[str, Table] = {
     "one-core step profile table": Table(("cpu_profile_step_1core.json",),
                                          one_core_profile_table),
     "ab table": Table(("cpu_ab_skip_cond.json", "cpu_ab_host_malloc.json"), ab_table),
-    "matmul floor table": Table(("cpu_matmul_floor_952d72e.json", "cpu_matmul_floor.json",
-                                 "cpu_matmul_floor_1core.json"), matmul_floor_table),
+    "matmul floor table": Table(("cpu_matmul_floor_952d72e.json", "cpu_matmul_floor_f663539.json",
+                                 "cpu_matmul_floor_1core.json", "cpu_matmul_floor.json"),
+                                matmul_floor_table),
     "decode table": Table(("cpu_decode_bench_71a42e6.json", "cpu_decode_bench.json"),
                           decode_table),
     "input demand table": Table(("cpu_input_pipeline.json",), input_demand_table),
