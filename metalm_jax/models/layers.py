@@ -18,6 +18,7 @@ import numpy as np
 from flax import struct
 from jax.ad_checkpoint import checkpoint_name
 
+from metalm_jax.models import einsum_attention
 from metalm_jax.models import lora as lora_lib
 from metalm_jax.models import splash as splash_lib
 from metalm_jax.registry import Registry
@@ -304,8 +305,8 @@ class AttentionImpl(NamedTuple):
 # attention_impl -> AttentionImpl.
 ATTENTION_IMPLEMENTATIONS = Registry("attention_impl")
 # The fused implementation `auto` picks per platform; XLA elsewhere or when it does not fit.
-AUTO_ATTENTION = {"gpu": "cudnn", "cuda": "cudnn", "tpu": "splash"}
-ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash")
+AUTO_ATTENTION = {"gpu": "cudnn", "cuda": "cudnn", "tpu": "splash", "cpu": "einsum"}
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash", "einsum")
 
 
 @functools.lru_cache(maxsize=None)
@@ -368,11 +369,19 @@ def _splash_attention(q, k, v, mask, causal, kv_axes):
   return splash_lib.attention(q, k, v, mask, causal, kv_axes=kv_axes)
 
 
+def _einsum_attention(q, k, v, mask, causal, kv_axes):
+  del kv_axes
+  if isinstance(mask, Segments):
+    mask = mask.dense()
+  return einsum_attention.attention(q, k, v, mask, causal)
+
+
 ATTENTION_IMPLEMENTATIONS.register("xla")(
     AttentionImpl(_xla_unfit, functools.partial(_jax_attention, implementation="xla")))
 ATTENTION_IMPLEMENTATIONS.register("cudnn")(
     AttentionImpl(_cudnn_unfit, functools.partial(_jax_attention, implementation="cudnn")))
 ATTENTION_IMPLEMENTATIONS.register("splash")(AttentionImpl(_splash_unfit, _splash_attention))
+ATTENTION_IMPLEMENTATIONS.register("einsum")(AttentionImpl(_xla_unfit, _einsum_attention))
 
 
 class Attention(nn.Module):
