@@ -88,9 +88,15 @@ def profile_table(*results_and_files) -> str:
   return _profile_columns([label for label, _, _ in STEP_STAGES], results, files)
 
 
-def one_core_profile_table(result: dict, files: Sequence[str]) -> str:
-  """The same for one profile run on one core (`taskset -c 0`)."""
-  return _profile_columns(["one core"], [result], files)
+# One-core profiles (`taskset -c 0`), oldest first: (label, profile_step result).
+ONE_CORE_PROFILES = (("one core, malloc as the system's", "cpu_profile_step_1core_6f22414.json"),
+                     ("one core, host_malloc=keep", "cpu_profile_step_1core.json"))
+
+
+def one_core_profile_table(*results_and_files) -> str:
+  """The same for profile runs on one core (ONE_CORE_PROFILES)."""
+  *results, files = results_and_files
+  return _profile_columns([label for label, _ in ONE_CORE_PROFILES], results, files)
 
 
 def _profile_columns(labels, results, files) -> str:
@@ -313,12 +319,12 @@ TABLES: Dict[str, Table] = {
     "train step table": Table(tuple(s[1] for s in STEP_STAGES), train_step_table),
     "step profile table": Table(tuple(s[2] for s in STEP_STAGES), profile_table),
     "matmul table": Table((STEP_STAGES[-1][2],), matmul_table),
-    "one-core step profile table": Table(("cpu_profile_step_1core.json",),
+    "one-core step profile table": Table(tuple(f for _, f in ONE_CORE_PROFILES),
                                          one_core_profile_table),
     "ab table": Table(("cpu_ab_skip_cond.json", "cpu_ab_host_malloc.json"), ab_table),
     "matmul floor table": Table(("cpu_matmul_floor_952d72e.json", "cpu_matmul_floor_f663539.json",
-                                 "cpu_matmul_floor_1core.json", "cpu_matmul_floor.json"),
-                                matmul_floor_table),
+                                 "cpu_matmul_floor_1core_b6b7c08.json", "cpu_matmul_floor.json",
+                                 "cpu_matmul_floor_1core.json"), matmul_floor_table),
     "decode table": Table(("cpu_decode_bench_71a42e6.json", "cpu_decode_bench.json"),
                           decode_table),
     "input demand table": Table(("cpu_input_pipeline.json",), input_demand_table),

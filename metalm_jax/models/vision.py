@@ -6,7 +6,6 @@ import dataclasses
 from typing import Any, Callable
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from metalm_jax.models import layers, stack
@@ -89,7 +88,8 @@ class ProbeAttention(nn.Module):
     v = layers.constrain(proj("value")(x), act)
     impl = layers.resolve_attention_impl(self.impl, q.dtype, self.head_dim, q_len=q.shape[1],
                                          kv_len=k.shape[1])
-    out = layers.constrain(jax.nn.dot_product_attention(q, k, v, implementation=impl), act)
+    out = layers.ATTENTION_IMPLEMENTATIONS.get(impl).attend(q, k, v, None, False, act)
+    out = layers.constrain(out, act)
     return layers.DenseND((d,), ("heads", "kv", "embed"), n_in=2, use_bias=self.use_bias,
                           dtype=self.dtype, name="out")(out)
 
