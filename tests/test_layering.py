@@ -205,7 +205,7 @@ def test_cycle_checker_finds_a_planted_cycle(tmp_path):
 # import only from lower layers (utilities in layer 0 may import each other).
 LAYERS = (
     ("registry", "optional", "storage", "config_names", "provenance", "aot_targets",
-     "absl_run"),
+     "absl_run", "host_memory"),
     ("media",),                          # decoders of images, audio, video
     ("presets",),                        # model and data presets
     ("models",),                         # modules, modality records, batch shapes
