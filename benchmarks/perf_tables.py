@@ -89,8 +89,7 @@ def profile_table(*results_and_files) -> str:
 
 
 # One-core profiles (`taskset -c 0`), oldest first: (label, profile_step result).
-ONE_CORE_PROFILES = (("one core, malloc as the system's", "cpu_profile_step_1core_6f22414.json"),
-                     ("one core, host_malloc=keep", "cpu_profile_step_1core.json"))
+ONE_CORE_PROFILES = (("one core, malloc as the system's", "cpu_profile_step_1core_6f22414.json"),)
 
 
 def one_core_profile_table(*results_and_files) -> str:
