@@ -57,7 +57,8 @@ STEP_STAGES = (
     ("before", "cpu_train_step_bench_71a42e6.json", "cpu_profile_step_71a42e6.json"),
     ("layer norm + GELU", "cpu_train_step_bench_90f08df.json", "cpu_profile_step_90f08df.json"),
     ("+ skip as lax.cond", "cpu_train_step_bench_37c070a.json", "cpu_profile_step_37c070a.json"),
-    ("+ host_malloc=keep", "cpu_train_step_bench.json", "cpu_profile_step.json"),
+    ("+ host_malloc=keep", "cpu_train_step_bench_fc994f3.json", "cpu_profile_step_fc994f3.json"),
+    ("+ einsum attention", "cpu_train_step_bench.json", "cpu_profile_step.json"),
 )
 
 
@@ -89,7 +90,9 @@ def profile_table(*results_and_files) -> str:
 
 
 # One-core profiles (`taskset -c 0`), oldest first: (label, profile_step result).
-ONE_CORE_PROFILES = (("one core, malloc as the system's", "cpu_profile_step_1core_6f22414.json"),)
+ONE_CORE_PROFILES = (("one core, malloc as the system's", "cpu_profile_step_1core_6f22414.json"),
+                     ("one core, host_malloc=keep + einsum attention",
+                      "cpu_profile_step_1core.json"))
 
 
 def one_core_profile_table(*results_and_files) -> str:
@@ -320,7 +323,8 @@ TABLES: Dict[str, Table] = {
     "matmul table": Table((STEP_STAGES[-1][2],), matmul_table),
     "one-core step profile table": Table(tuple(f for _, f in ONE_CORE_PROFILES),
                                          one_core_profile_table),
-    "ab table": Table(("cpu_ab_skip_cond.json", "cpu_ab_host_malloc.json"), ab_table),
+    "ab table": Table(("cpu_ab_skip_cond.json", "cpu_ab_host_malloc.json",
+                       "cpu_ab_einsum_attention.json"), ab_table),
     "matmul floor table": Table(("cpu_matmul_floor_952d72e.json", "cpu_matmul_floor_f663539.json",
                                  "cpu_matmul_floor_1core_b6b7c08.json", "cpu_matmul_floor.json",
                                  "cpu_matmul_floor_1core.json"), matmul_floor_table),
