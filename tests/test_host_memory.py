@@ -31,7 +31,7 @@ PROBE = textwrap.dedent("""
     for _ in range(12):  # the heap settles in a few calls (fragments of earlier ones)
       f(a, b, v).block_until_ready()
     faults = []
-    for _ in range(4):
+    for _ in range(8):
       f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
       f(a, b, v).block_until_ready()
       faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
@@ -55,8 +55,11 @@ def test_keep_stops_the_temporaries_faulting_in_every_call():
   assert (system["mode"], keep["mode"]) == ("system", "keep")
   # system: the freed 64 MiB goes back to the kernel, so each call faults it in again.
   assert min(system["faults"]) > pages // 2, system
-  # keep: the heap already holds it.
-  assert max(keep["faults"]) < pages // 20, keep
+  # keep: the heap already holds it. (Now and then a call still faults it in
+  # once, when other allocations have taken its place in the heap: seen under
+  # pytest-xdist load, one call in eight. The system's malloc faults every call.)
+  quiet = [f for f in keep["faults"] if f < pages // 20]
+  assert len(quiet) >= 6, keep
   # Applied once, it stays; asked for too late, it says what holds.
   assert keep["late"] == "keep" and system["late"] == "system"
 
