@@ -42,6 +42,7 @@ from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from metalm_jax import absl_run  # noqa: E402
+from metalm_jax import host_memory  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "train config file[:arg]")
 flags.DEFINE_integer("batch_size", 16, "global batch")
@@ -61,7 +62,7 @@ flags.DEFINE_integer("torch_threads", 2, "torch intra-op threads")
 flags.DEFINE_enum("torch_omp_wait", "passive", ["passive", "active"],
                   "OMP_WAIT_POLICY for torch (unless set in the environment): 'active' "
                   "spin-waits, which collapses torch's speed on an oversubscribed machine")
-flags.DEFINE_enum("host_malloc", "auto", ["auto", "keep", "system"],
+flags.DEFINE_enum("host_malloc", "auto", list(host_memory.MODES),
                   "malloc mode for the step's host buffers, as metalm_jax.main's flag "
                   "(metalm_jax/host_memory.py); set before the backend starts")
 flags.mark_flag_as_required("config")
@@ -71,7 +72,6 @@ FLAGS = flags.FLAGS
 def host_setup() -> str:
   """--host_malloc applied to this process, as the trainer's entry point does;
   call first, before anything starts the JAX backend. Returns the mode in force."""
-  from metalm_jax import host_memory
   return host_memory.configure(FLAGS.host_malloc)
 
 

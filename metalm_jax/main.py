@@ -27,6 +27,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from metalm_jax import config_names
+from metalm_jax import host_memory
 
 config_flags.DEFINE_config_file("config", None, "config file[:arg]", lock_config=True)
 flags.DEFINE_string("workdir", None, "checkpoints, metrics.jsonl, TensorBoard events")
@@ -37,7 +38,7 @@ flags.DEFINE_integer("num_cpu_devices", 0, "CPU only: devices per process (0 = d
 flags.DEFINE_bool("distributed", None, "call jax.distributed.initialize() without flags; "
                   "default: on Cloud TPU VMs with several workers")
 flags.DEFINE_bool("force", False, "take over the workdir lock even if another run holds it")
-flags.DEFINE_enum("host_malloc", "auto", ["auto", "keep", "system"],
+flags.DEFINE_enum("host_malloc", "auto", list(host_memory.MODES),
                   "keep: malloc keeps the step's freed host buffers (XLA:CPU temporaries) "
                   "instead of unmapping them every step; auto: keep on CPU-only hosts "
                   "(metalm_jax/host_memory.py)")
@@ -92,7 +93,6 @@ def init_distributed() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from metalm_jax import host_memory
   from metalm_jax import storage
   from metalm_jax.train import preemption
   host_memory.configure(FLAGS.host_malloc)  # before the backend starts its threads

@@ -26,7 +26,10 @@ import numpy as np
 
 
 def _large_negative(dtype):
-  return jnp.asarray(-0.7 * float(jnp.finfo(dtype).max), dtype)
+  """The library's masked value: -0.7 x the dtype's max, capped at float32's
+  (so it stays finite when the float64 logits' softmax runs in float32)."""
+  top = min(float(jnp.finfo(dtype).max), float(jnp.finfo(jnp.float32).max))
+  return jnp.asarray(-0.7 * top, dtype)
 
 
 def attention(q, k, v, allowed, causal: bool):
